@@ -1,0 +1,2 @@
+"""scfm-audit."""
+__version__ = "0.1.0"

@@ -1,0 +1,145 @@
+"""``scfm-audit`` command line: demo, run, validate, analyses, simulate."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Audit the mechanistic interpretability of single-cell foundation models.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _finish(run, started: float) -> None:
+    tests = run.tests
+    n_sig = int((tests["q"] < run.alpha).sum()) if len(tests) else 0
+    console.print(
+        f"\n[bold green]done[/] in {time.perf_counter() - started:.1f}s: "
+        f"{len(run.results)} analyses, {len(tests)} tests ({n_sig} with q < {run.alpha})"
+    )
+    sc = run.verdicts()
+    if len(sc):
+        t = Table(title="Scorecard", show_lines=False)
+        for c in ("claim", "dataset", "answer", "q", "effect"):
+            t.add_column(c)
+        for r in sc.itertuples():
+            colour = {"yes": "green", "no": "red"}.get(r.answer, "yellow")
+            t.add_row(r.claim, str(r.dataset), f"[{colour}]{r.answer}[/]", f"{r.q:.3g}",
+                      f"{r.effect:.3f}")
+        console.print(t)
+    for name, e in run.errors.items():
+        err.print(f"[red]{name} failed:[/] {e}")
+    console.print(f"report: [bold]{run.output / 'report.html'}[/]")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller benchmark, fewer draws."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+) -> None:
+    """Run the whole framework on the built-in synthetic benchmark."""
+    from scfm_audit.pipeline._demo import demo_config
+    from scfm_audit.pipeline._runner import run_audit
+
+    started = time.perf_counter()
+    cfg = demo_config(out, quick=quick)
+    run = run_audit(cfg, use_cache=not no_cache)
+    _finish(run, started)
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Audit YAML."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Override `output`."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run an audit config: models × datasets × references × analyses."""
+    from scfm_audit.pipeline._config import ConfigError
+    from scfm_audit.pipeline._runner import run_audit
+
+    started = time.perf_counter()
+    try:
+        result = run_audit(config, output=out, use_cache=not no_cache, quiet=quiet)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    _finish(result, started)
+
+
+@app.command()
+def validate(config: Path = typer.Argument(..., help="Audit YAML.")) -> None:
+    """Check a config, its files and dataset columns without running anything."""
+    from scfm_audit.pipeline._validate import validate_config
+
+    checks = validate_config(config)
+    t = Table(title=f"Validation of {config}")
+    for c in ("check", "status", "detail"):
+        t.add_column(c)
+    for c in checks:
+        colour = "green" if c.ok else "red"
+        t.add_row(c.name, f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", c.detail)
+    console.print(t)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def analyses() -> None:
+    """List the analysis catalogue."""
+    from scfm_audit.pipeline._analysis import ANALYSES
+
+    t = Table(title="Analyses")
+    for c in ("name", "version", "category", "description"):
+        t.add_column(c, overflow="fold")
+    for name, spec in ANALYSES.items():
+        t.add_row(name, spec.version, spec.category, spec.description)
+    console.print(t)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(Path("synthetic_benchmark"), "--out", "-o"),
+    n_cells: int = typer.Option(3000, help="Number of cells."),
+    n_genes: int = typer.Option(400, help="Number of genes."),
+    n_tfs: int = typer.Option(40, help="Number of transcription factors."),
+    seed: int = typer.Option(0),
+    regulation_strength: float = typer.Option(1.0, help="0 gives a null benchmark."),
+) -> None:
+    """Write the synthetic Perturb-seq benchmark (.h5ad + reference TSVs)."""
+    from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq, write_benchmark
+
+    try:
+        params = SimulationParams(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed,
+                                  regulation_strength=regulation_strength)
+    except ValueError as e:
+        _fail(str(e))
+    with console.status(f"simulating {n_cells} cells × {n_genes} genes"):
+        bench = simulate_perturbseq(params, out_path=None)
+        files = write_benchmark(bench, out)
+    for k, v in files.items():
+        console.print(f"{k}: {v}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

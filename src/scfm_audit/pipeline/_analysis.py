@@ -1,0 +1,120 @@
+"""Analysis = pure kernel + frozen spec + the shared runner.
+
+An analysis is a function ``run(ctx: AnalysisContext, params) -> AnalysisResult``
+registered with :func:`register_analysis`. It asks the context for what it needs
+(datasets, references, edge scores — resolved once per run and cached), registers every
+statistical test with ``ctx.add_test`` and returns tables, figures and scorecard verdicts.
+The runner does the rest (caching, FDR across the run, writing, the report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from scfm_audit._registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+    from scfm_audit.data._network import ReferenceNetwork
+    from scfm_audit.edges._scores import EdgeScores
+    from scfm_audit.models._base import ModelAdapter
+    from scfm_audit.stats._registry import TestRecord
+
+
+class AnalysisParams(BaseModel):
+    """Base of every analysis' parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    name: str
+    description: str
+    params: type[AnalysisParams]
+    run: Callable[[AnalysisContext, AnalysisParams], AnalysisResult]
+    version: str
+    category: str = ""
+    reference: str = ""  # where the design comes from (paper section / catalogue number)
+
+
+ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.evaluate",))
+
+
+def register_analysis(
+    name: str,
+    *,
+    description: str,
+    params: type[AnalysisParams],
+    version: str,
+    category: str = "",
+    reference: str = "",
+) -> Callable[[Callable], Callable]:
+    """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        ANALYSES.add(
+            name,
+            AnalysisSpec(
+                name=name,
+                description=description,
+                params=params,
+                run=fn,
+                version=version,
+                category=category,
+                reference=reference,
+            ),
+        )
+        return fn
+
+    return deco
+
+
+@dataclass
+class Verdict:
+    """One scorecard line: a claim answered by one registered test (after BH)."""
+
+    claim: str
+    record: TestRecord
+    model: str | None = None
+    dataset: str | None = None
+
+
+@dataclass
+class AnalysisResult:
+    """What an analysis returns: named long tables, named figures, a one-paragraph
+    summary and scorecard verdicts."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    summary: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class AnalysisContext(Protocol):
+    """What the runner gives an analysis."""
+
+    analysis: str
+    seed: int
+
+    def dataset_names(self) -> list[str]: ...
+    def dataset(self, name: str) -> AnnData: ...
+    def reference_names(self) -> list[str]: ...
+    def reference(self, name: str) -> ReferenceNetwork: ...
+    def edge_names(self) -> list[str]: ...
+    def edge_scores(self, edges: str, dataset: str) -> list[EdgeScores]: ...
+    def model_names(self) -> list[str]: ...
+    def model(self, name: str) -> ModelAdapter: ...
+    def rng(self, *keys: Any) -> np.random.Generator: ...
+    def add_test(self, **fields: Any) -> TestRecord: ...
+    def progress(self, iterable, *, description: str, total: int | None = None): ...
+    def cached(self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str) -> Any: ...

@@ -1,0 +1,501 @@
+"""The local runner: resolve each artifact once, run the analyses, correct across the
+run, write one output folder.
+
+Order of work for ``run_audit(config)``:
+
+1. validate the config (names, parameters, cross-references);
+2. for each analysis in config order, run it with a :class:`RunContext` that resolves
+   datasets, references, models and edge scores lazily, once per run, through the
+   on-disk :class:`ArtifactCache` (``<output>/cache``);
+3. BH-FDR over every registered test of the run;
+4. write tables (Parquet + CSV), figures (PNG), ``tests.parquet``/``tests.csv``,
+   ``config.resolved.yaml``, ``run.json`` and ``report.html``, each atomically.
+
+The same config gives the same numbers: every random draw comes from
+``RunContext.rng(*keys)``, a generator seeded by (run seed, analysis, keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scfm_audit import __version__
+from scfm_audit.pipeline._analysis import ANALYSES, AnalysisResult, AnalysisSpec
+from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
+from scfm_audit.pipeline._config import (
+    AuditConfig,
+    analysis_base_name,
+    config_to_yaml,
+    load_config,
+)
+from scfm_audit.pipeline._io import atomic_path, atomic_write_text, write_table
+from scfm_audit.stats._registry import TestRecord, TestRegistry
+
+log = logging.getLogger("scfm_audit")
+
+
+def _seed_of(*keys: Any) -> int:
+    return zlib.crc32(json.dumps(keys, default=str).encode())
+
+
+class Resources:
+    """Run-wide resolution of datasets, references, models and edge scores (memoised in
+    memory, cached on disk)."""
+
+    def __init__(self, cfg: AuditConfig, cache: ArtifactCache, progress: Progress) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.progress = progress
+        self._datasets: dict[str, Any] = {}
+        self._benchmarks: dict[str, Any] = {}
+        self._references: dict[str, Any] = {}
+        self._models: dict[str, Any] = {}
+        self._edges: dict[tuple[str, str], list] = {}
+        self.notes: list[str] = []
+
+    # -- datasets ----------------------------------------------------------------------
+    def _simulated(self, name: str):
+        if name not in self._benchmarks:
+            from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq
+
+            params = SimulationParams(**self.cfg.datasets[name].simulate)
+            self._benchmarks[name] = self.cache.get_or_compute(
+                "simulation",
+                {"params": params.model_dump(mode="json")},
+                lambda: simulate_perturbseq(params),
+                codec="pickle",
+            )
+        return self._benchmarks[name]
+
+    def dataset_spec(self, name: str):
+        from scfm_audit.data._dataset import DatasetSpec
+
+        d = self.cfg.datasets[name]
+        control = tuple(d.control) if isinstance(d.control, list) else d.control
+        return DatasetSpec(
+            counts=d.counts,
+            perturbation=d.perturbation,
+            control=control,
+            modality=d.modality,
+            cell_state=d.cell_state,
+            batch=d.batch,
+            gene_id_column=d.gene_id_column,
+        )
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            from scfm_audit.data._dataset import load_dataset, validate_dataset
+
+            d = self.cfg.datasets[name]
+            spec = self.dataset_spec(name)
+            if d.simulate is not None:
+                adata = self._simulated(name).adata
+                validate_dataset(adata, spec)
+                adata.uns.setdefault("scfm_audit", {})
+                adata.uns["scfm_audit"].update({"spec": spec.__dict__, "name": name})
+            else:
+                adata = load_dataset(d.path, spec, backed=d.backed, name=name)
+            self._datasets[name] = adata
+        return self._datasets[name]
+
+    def dataset_fingerprint(self, name: str) -> dict[str, Any]:
+        d = self.cfg.datasets[name]
+        base = d.model_dump(mode="json")
+        if d.path is not None:
+            base["file"] = file_fingerprint(d.path)
+        return base
+
+    # -- references ----------------------------------------------------------------------
+    def reference(self, name: str):
+        if name not in self._references:
+            r = self.cfg.references[name]
+            if r.format == "simulated":
+                bench = self._simulated(r.dataset)
+                net = bench.grn if r.network == "grn" else bench.ppi
+                net = replace(net, name=name)
+            else:
+                from scfm_audit.data._references import load_reference
+
+                net = load_reference(r.format, r.path, name=name, **r.options())
+            self._references[name] = net
+        return self._references[name]
+
+    # -- models --------------------------------------------------------------------------
+    def model(self, name: str):
+        if name not in self._models:
+            from scfm_audit.models._base import load_model
+
+            m = self.cfg.models[name]
+            self._models[name] = load_model(
+                m.family, m.path, device=m.device, name=name, **m.options()
+            )
+        return self._models[name]
+
+    # -- edges ---------------------------------------------------------------------------
+    def edge_cells(self, edges: str, dataset: str) -> np.ndarray:
+        """Obs positions the edge source uses (controls or all, subsampled with a seed)."""
+        from scfm_audit.data._dataset import control_mask
+
+        e = self.cfg.edges[edges]
+        adata = self.dataset(dataset)
+        spec = self.dataset_spec(dataset)
+        if e.cells == "control" and spec.perturbation is not None:
+            cells = np.flatnonzero(control_mask(adata, spec))
+        else:
+            cells = np.arange(adata.n_obs)
+        if e.max_cells is not None and len(cells) > e.max_cells:
+            rng = np.random.default_rng(_seed_of(self.cfg.seed, "cells", dataset))
+            cells = np.sort(rng.choice(cells, size=e.max_cells, replace=False))
+        return cells
+
+    def edge_genes(self, edges: str, dataset: str, adata_cells) -> list[str] | None:
+        e = self.cfg.edges[edges]
+        if e.genes == "all" or adata_cells.n_vars <= e.n_top_genes:
+            return None
+        import scanpy as sc
+
+        from scfm_audit.data._dataset import counts_matrix
+
+        tmp = sc.AnnData(counts_matrix(adata_cells, self.dataset_spec(dataset)).astype(np.float32))
+        tmp.var_names = adata_cells.var_names
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=e.n_top_genes, flavor="seurat")
+        return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
+
+    def edge_scores(self, edges: str, dataset: str) -> list:
+        key = (edges, dataset)
+        if key in self._edges:
+            return self._edges[key]
+        from scfm_audit.edges._registry import EDGE_SCORERS
+
+        e = self.cfg.edges[edges]
+        scorer = EDGE_SCORERS.get(e.scorer)
+        cells = self.edge_cells(edges, dataset)
+        adata = self.dataset(dataset)
+        spec = self.dataset_spec(dataset)
+        cache_key = {
+            "edges": e.model_dump(mode="json"),
+            "dataset": self.dataset_fingerprint(dataset),
+            "cells": stable_hash(cells.tolist()),
+            "seed": self.cfg.seed,
+        }
+        if e.model is not None:
+            m = self.cfg.models[e.model]
+            cache_key["model"] = {"family": m.family, "files": file_fingerprint(m.path)}
+
+        def compute() -> list:
+            sub = adata[cells]
+            sub = sub.to_memory() if getattr(sub, "isbacked", False) else sub.copy()
+            genes = self.edge_genes(edges, dataset, sub)
+            kwargs = dict(e.options())
+            kwargs.setdefault("counts", spec.counts)
+            if e.model is not None:
+                kwargs["model"] = self.model(e.model)
+            t0 = time.perf_counter()
+            with self.progress.status(f"edges {edges} on {dataset} ({len(cells)} cells)"):
+                out = scorer(sub, genes=genes, seed=self.cfg.seed, **kwargs)
+            log.info("edges %s/%s: %d score sets in %.1fs", edges, dataset, len(out),
+                     time.perf_counter() - t0)
+            return out
+
+        out = self.cache.get_or_compute("edges", cache_key, compute, codec="edges")
+        out = [replace(s, dataset=dataset, params={**s.params, "edges": edges}) for s in out]
+        self._edges[key] = out
+        return out
+
+
+class Progress:
+    """Thin wrapper over rich progress bars (plain iteration when quiet)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        from rich.console import Console
+
+        self.console = Console(stderr=True, quiet=quiet)
+
+    def track(self, iterable: Iterable, *, description: str, total: int | None = None
+              ) -> Iterator:
+        if self.quiet:
+            yield from iterable
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        with RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
+            yield from bar.track(iterable, description=description, total=total)
+
+    def status(self, message: str):
+        if self.quiet:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return self.console.status(message)
+
+
+@dataclass
+class RunContext:
+    """The :class:`~scfm_audit.pipeline._analysis.AnalysisContext` the runner gives one
+    analysis."""
+
+    analysis: str
+    seed: int
+    resources: Resources
+    registry: TestRegistry
+    progress_: Progress
+    alpha: float = 0.05
+
+    def dataset_names(self) -> list[str]:
+        return list(self.resources.cfg.datasets)
+
+    def dataset(self, name: str):
+        return self.resources.dataset(name)
+
+    def dataset_spec(self, name: str):
+        return self.resources.dataset_spec(name)
+
+    def reference_names(self) -> list[str]:
+        return list(self.resources.cfg.references)
+
+    def reference(self, name: str):
+        return self.resources.reference(name)
+
+    def edge_names(self) -> list[str]:
+        return list(self.resources.cfg.edges)
+
+    def edge_scores(self, edges: str, dataset: str) -> list:
+        return self.resources.edge_scores(edges, dataset)
+
+    def model_names(self) -> list[str]:
+        return list(self.resources.cfg.models)
+
+    def model(self, name: str):
+        return self.resources.model(name)
+
+    def rng(self, *keys: Any) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _seed_of(self.analysis, *keys)])
+
+    def seed_for(self, *keys: Any) -> int:
+        """An integer seed derived like :meth:`rng` (for functions that take a seed)."""
+        return _seed_of(self.seed, self.analysis, *keys)
+
+    def add_test(self, **fields: Any) -> TestRecord:
+        fields.setdefault("analysis", self.analysis)
+        fields.setdefault("seed", self.seed)
+        return self.registry.add(**fields)
+
+    def progress(self, iterable, *, description: str, total: int | None = None):
+        return self.progress_.track(iterable, description=description, total=total)
+
+    def cached(self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str) -> Any:
+        return self.resources.cache.get_or_compute(
+            kind, {"analysis": self.analysis, "seed": self.seed, **key}, compute,
+            codec="pickle",
+        )
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced (also written to ``output``)."""
+
+    config: AuditConfig
+    output: Path
+    specs: dict[str, AnalysisSpec]
+    params: dict[str, Any]
+    results: dict[str, AnalysisResult]
+    tests: pd.DataFrame
+    family_sensitivity: pd.DataFrame
+    timings: dict[str, float]
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    alpha: float = 0.05
+
+    def verdicts(self) -> pd.DataFrame:
+        """Scorecard rows: claim, model, dataset, answer, q, effect (after BH)."""
+        tests = self.tests
+        rows = []
+        for name, res in self.results.items():
+            for v in res.verdicts:
+                match = tests[(tests["analysis"] == v.record.analysis)
+                              & (tests["hypothesis"] == v.record.hypothesis)]
+                for col in ("model", "dataset", "reference", "method", "layer", "head"):
+                    val = getattr(v.record, col)
+                    match = match[match[col].isna()] if val is None else match[match[col] == val]
+                q = float(match["q"].iloc[0]) if len(match) else float("nan")
+                rec = v.record
+                ok = (not np.isnan(q)) and q < self.alpha and _effect_in_direction(rec)
+                rows.append({
+                    "analysis": name,
+                    "claim": v.claim,
+                    "model": v.model or rec.model,
+                    "dataset": v.dataset or rec.dataset,
+                    "reference": rec.reference,
+                    "answer": "n/a" if np.isnan(q) else ("yes" if ok else "no"),
+                    "q": q,
+                    "p": rec.p,
+                    "effect_name": rec.effect_name,
+                    "effect": rec.effect,
+                    "ci_low": rec.ci_low,
+                    "ci_high": rec.ci_high,
+                    "test": rec.test,
+                })
+        return pd.DataFrame(rows)
+
+
+def _effect_in_direction(rec: TestRecord) -> bool:
+    if rec.direction == "two-sided" or np.isnan(rec.effect):
+        return True
+    return rec.effect > 0 if rec.direction == "greater" else rec.effect < 0
+
+
+def run_audit(
+    config: AuditConfig | str | Path,
+    *,
+    output: str | Path | None = None,
+    quiet: bool = False,
+    use_cache: bool = True,
+    report: bool = True,
+) -> RunResult:
+    """Run every analysis of ``config`` and write the output folder.
+
+    Returns the :class:`RunResult`. An analysis that raises is recorded in
+    ``RunResult.errors`` (and the report) and the run goes on; the run fails only if
+    every analysis failed.
+    """
+    cfg = load_config(config) if isinstance(config, str | Path) else config
+    if output is not None:
+        cfg = cfg.model_copy(update={"output": Path(output)})
+    params = cfg.analysis_params()
+    cfg.check_references(params)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(quiet=quiet)
+    cache = ArtifactCache(out / "cache" if use_cache else None)
+    resources = Resources(cfg, cache, progress)
+    registry = TestRegistry(alpha=cfg.alpha)
+    results: dict[str, AnalysisResult] = {}
+    specs: dict[str, AnalysisSpec] = {}
+    timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for name, p in params.items():
+        spec = ANALYSES.get(analysis_base_name(name))
+        specs[name] = spec
+        ctx = RunContext(name, cfg.seed, resources, registry, progress, alpha=cfg.alpha)
+        t0 = time.perf_counter()
+        progress.console.log(f"[bold]{name}[/] v{spec.version}: {spec.description}")
+        n_before = len(registry)
+        try:
+            results[name] = spec.run(ctx, p)
+        except Exception as e:  # one failing analysis must not lose the others
+            log.exception("analysis %s failed", name)
+            errors[name] = f"{type(e).__name__}: {e}"
+            # drop tests half-registered by the failed analysis
+            registry._records = registry._records[:n_before]
+            progress.console.log(f"[red]{name} failed[/]: {errors[name]}")
+        timings[name] = time.perf_counter() - t0
+    if params and len(errors) == len(params):
+        raise RuntimeError("every analysis failed:\n" + "\n".join(
+            f"  {k}: {v}" for k, v in errors.items()))
+    tests = registry.to_frame()
+    run = RunResult(
+        config=cfg,
+        output=out,
+        specs=specs,
+        params=params,
+        results=results,
+        tests=tests,
+        family_sensitivity=registry.family_sensitivity(),
+        timings=timings,
+        notes=resources.notes,
+        errors=errors,
+        alpha=cfg.alpha,
+    )
+    write_outputs(run, report=report)
+    return run
+
+
+def write_outputs(run: RunResult, *, report: bool = True) -> None:
+    """Write every table, figure, the test registry, the config and the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run.output
+    files: dict[str, list[Path]] = {}
+    for name, res in run.results.items():
+        paths: list[Path] = []
+        for tname, df in res.tables.items():
+            paths += write_table(_parquet_safe(df), out / "tables" / f"{name}__{tname}")
+        for fname, fig in res.figures.items():
+            png = out / "figures" / f"{name}__{fname}.png"
+            with atomic_path(png) as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+            plt.close(fig)
+            paths.append(png)
+        files[name] = paths
+    run.files = files
+    write_table(_parquet_safe(run.tests), out / "tests")
+    write_table(run.family_sensitivity, out / "tables" / "family_sensitivity")
+    scorecard = run.verdicts()
+    write_table(scorecard, out / "scorecard")
+    atomic_write_text(out / "config.resolved.yaml", config_to_yaml(run.config))
+    meta = {
+        "version": __version__,
+        "seed": run.config.seed,
+        "analyses": {n: {"version": s.version, "seconds": round(run.timings[n], 3)}
+                     for n, s in run.specs.items()},
+        "n_tests": len(run.tests),
+        "errors": run.errors,
+    }
+    atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+    if report:
+        from scfm_audit.report import render_report
+
+        render_report(run, out / "report.html")
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with None mixed into ints / floats / bools get nullable dtypes;
+    any other mixture becomes text, so that every table writes to Parquet."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype != object:
+            continue
+        kinds = {type(v) for v in df[c].dropna()}
+        if not kinds or kinds <= {str}:
+            continue
+        if kinds <= {int, np.int64, np.int32}:
+            df[c] = df[c].astype("Int64")
+        elif kinds <= {float, int, np.float64, np.int64}:
+            df[c] = df[c].astype("Float64")
+        elif kinds <= {bool, np.bool_}:
+            df[c] = df[c].astype("boolean")
+        else:
+            df[c] = df[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return df

@@ -1,0 +1,16 @@
+"""Benjamini–Hochberg false discovery rate."""
+
+from __future__ import annotations
+
+import numpy as np
+from statsmodels.stats.multitest import multipletests
+
+
+def bh_fdr(p: np.ndarray) -> np.ndarray:
+    """BH-adjusted q-values for ``p``; NaN entries stay NaN and are not counted in m."""
+    p = np.asarray(p, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    return q
