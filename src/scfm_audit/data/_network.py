@@ -110,14 +110,18 @@ def _normalise_edges(edges: pd.DataFrame, directed: bool) -> pd.DataFrame:
         a, b = df["source"].to_numpy(), df["target"].to_numpy()
         swap = a > b
         df.loc[swap, ["source", "target"]] = np.c_[b[swap], a[swap]]
-    if df.duplicated(["source", "target"]).any():
-        df = (
-            df.groupby(["source", "target"], sort=False)
-            .agg(
-                weight=("weight", "max"),
-                sign=("sign", lambda s: int(s.iloc[0]) if s.nunique() == 1 else 0),
-                evidence=("evidence", lambda s: ";".join(sorted({e for e in s if e}))),
-            )
-            .reset_index()
-        )
+    keys = ["source", "target"]
+    dup = df.duplicated(keys, keep=False).to_numpy()
+    if dup.any():
+        # vectorised merge (a STRING file has ~10^6 duplicated pairs): max weight; sign kept
+        # only when all records agree; evidence = sorted union of non-empty entries
+        d = df.loc[dup]
+        g = d.groupby(keys, sort=False)
+        merged = g.agg(weight=("weight", "max"), smin=("sign", "min"), smax=("sign", "max"))
+        merged["sign"] = np.where(merged["smin"] == merged["smax"], merged["smin"], 0)
+        ev = d.loc[d["evidence"] != "", keys + ["evidence"]].drop_duplicates()
+        ev = ev.sort_values("evidence").groupby(keys, sort=False)["evidence"].agg(";".join)
+        merged["evidence"] = ev.reindex(merged.index).fillna("")
+        merged = merged.drop(columns=["smin", "smax"]).reset_index()
+        df = pd.concat([df.loc[~dup], merged[list(EDGE_COLUMNS)]], ignore_index=True)
     return df.reset_index(drop=True)
