@@ -212,10 +212,10 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                 ci=("auroc_ci_low", "auroc_ci_high"), chance=0.5,
                 title=f"{ref_name} AUROC by layer ({ds})")
         heads = table[table["head"].notna()]
-        for (ds, ref_name, model), sub in heads.groupby(["dataset", "reference", "model"]):
-            figures[f"heads_{ds}_{ref_name}_{model}"] = head_heatmap(
+        for (ds, ref_name, en), sub in heads.groupby(["dataset", "reference", "edges"]):
+            figures[f"heads_{ds}_{ref_name}_{en}"] = head_heatmap(
                 sub, value="auroc", layer="layer", head="head",
-                title=f"{model}: per-head {ref_name} AUROC ({ds})")
+                title=f"{en}: per-head {ref_name} AUROC ({ds})")
     summary = _summary(table)
     return AnalysisResult(tables={"recovery": table}, figures=figures, summary=summary,
                           verdicts=verdicts, notes=notes)

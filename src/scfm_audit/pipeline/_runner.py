@@ -334,6 +334,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     alpha: float = 0.05
+    cache_hits: list[str] = field(default_factory=list)
+    cache_misses: list[str] = field(default_factory=list)
 
     def verdicts(self) -> pd.DataFrame:
         """Scorecard rows: claim, model, dataset, answer, q, effect (after BH)."""
@@ -434,6 +436,8 @@ def run_audit(
         notes=resources.notes,
         errors=errors,
         alpha=cfg.alpha,
+        cache_hits=list(cache.hits),
+        cache_misses=list(cache.misses),
     )
     write_outputs(run, report=report)
     return run

@@ -1,0 +1,562 @@
+"""Figure helpers shared by the analyses.
+
+Every helper returns a :class:`matplotlib.figure.Figure` drawn on the Agg canvas (no
+pyplot state, nothing to close, safe in worker processes and headless runs), with
+labelled axes, a title and the Okabe–Ito colour-blind-safe palette. The runner saves
+them as PNG and the report embeds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+log = logging.getLogger("scfm_audit")
+
+#: Okabe & Ito (2008) colour-blind-safe palette (yellow last: weak on white).
+PALETTE: tuple[str, ...] = (
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#000000",  # black
+    "#F0E442",  # yellow
+)
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+_PRETTY = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "epr": "early-precision ratio",
+    "layer": "layer",
+    "head": "head",
+    "delta_auroc": "ΔAUROC",
+}
+
+
+def _pretty(name: str) -> str:
+    return _PRETTY.get(name, name.replace("_", " "))
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained", dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(i: int) -> dict[str, Any]:
+    """Colour, line style and marker for series ``i`` (redundant encodings, so series
+    stay distinguishable in greyscale and for every colour-vision deficiency)."""
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "linestyle": _LINESTYLES[(i // len(PALETTE)) % len(_LINESTYLES)],
+        "marker": _MARKERS[i % len(_MARKERS)],
+    }
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``max_points`` points of a curve (both ends kept)."""
+    if len(x) <= max_points:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(int))
+    return x[idx], y[idx]
+
+
+# ----------------------------------------------------------------------------------------
+def roc_pr_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """ROC and precision–recall curves side by side.
+
+    Parameters
+    ----------
+    curves
+        ``label -> (y_true, scores)``: binary labels (1 = reference edge / responder) and
+        scores (higher = more likely positive). Pairs with a non-finite score are dropped;
+        a curve with only one class is listed as undefined.
+    title
+        Figure title.
+
+    Returns
+    -------
+    Figure with two axes: ROC (with the chance diagonal, AUROC in the legend) and PR
+    (with each curve's positive rate as the no-skill line, AUPRC = average precision in
+    the legend).
+    """
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    fig = _new_figure(11.0, 4.6)
+    ax_roc, ax_pr = fig.subplots(1, 2)
+    ax_roc.plot([0, 1], [0, 1], color="0.55", linestyle=":", linewidth=1, label="chance (0.5)")
+    rates: list[float] = []
+    for i, (label, (y_true, scores)) in enumerate(curves.items()):
+        y = np.asarray(y_true, dtype=float).ravel()
+        s = np.asarray(scores, dtype=float).ravel()
+        if y.shape != s.shape:
+            raise ValueError(
+                f"roc_pr_figure: curve {label!r} has {y.size} labels but {s.size} scores."
+            )
+        keep = np.isfinite(s) & np.isfinite(y)
+        y, s = y[keep].astype(int), s[keep]
+        st = _style(i)
+        if y.size == 0 or y.min() == y.max():
+            ax_roc.plot([], [], color=st["color"], label=f"{label}: undefined (one class)")
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y, s)
+        auc = roc_auc_score(y, s)
+        ap = average_precision_score(y, s)
+        rate = float(y.mean())
+        fpr, tpr = _thin(fpr, tpr)
+        rec, prec = _thin(rec[::-1], prec[::-1])
+        ax_roc.plot(
+            fpr,
+            tpr,
+            color=st["color"],
+            linestyle=st["linestyle"],
+            linewidth=1.6,
+            label=f"{label} (AUROC {auc:.3f})",
+        )
+        ax_pr.plot(
+            rec,
+            prec,
+            color=st["color"],
+            linestyle=st["linestyle"],
+            linewidth=1.6,
+            drawstyle="steps-pre",
+            label=f"{label} (AUPRC {ap:.3f})",
+        )
+        rates.append(rate)
+        ax_pr.axhline(rate, color=st["color"], linestyle=":", linewidth=1, alpha=0.8)
+    if rates:
+        same = np.allclose(rates, rates[0])
+        desc = f"positive rate ({rates[0]:.3g})" if same else "positive rate (dotted, per curve)"
+        ax_pr.plot([], [], color="0.4", linestyle=":", linewidth=1, label=desc)
+    ax_roc.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        title="ROC",
+    )
+    ax_pr.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title="precision–recall"
+    )
+    for ax in (ax_roc, ax_pr):
+        ax.set_aspect("equal", adjustable="box")
+        ax.grid(True, color="0.92", linewidth=0.8)
+        ax.legend(
+            loc="lower right" if ax is ax_roc else "upper right",
+            fontsize=8,
+            frameon=True,
+            framealpha=0.9,
+        )
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+def _mean_duplicates(
+    df: pd.DataFrame, keys: list[str], cols: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """Average ``cols`` over rows sharing ``keys``; return the frame and the largest
+    number of rows merged into one (1 = no duplicates)."""
+    sizes = df.groupby(keys, dropna=False, sort=False).size()
+    most = int(sizes.max()) if len(sizes) else 1
+    if most <= 1:
+        return df, 1
+    out = df.groupby(keys, dropna=False, sort=False)[cols].mean().reset_index()
+    return out, most
+
+
+def metric_by_layer_figure(
+    df: pd.DataFrame,
+    *,
+    x: str = "layer",
+    y: str = "auroc",
+    hue: str | None = "method",
+    ci: tuple[str, str] | None = ("ci_low", "ci_high"),
+    chance: float | None = 0.5,
+    col: str | None = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> Figure:
+    """A metric against layer (or any ordered ``x``): one line per ``hue`` value with its
+    CI band, optionally one panel per ``col`` value (e.g. per reference).
+
+    Parameters
+    ----------
+    df
+        Long table with columns ``x``, ``y`` (and ``hue``, ``col``, the two ``ci``
+        columns when given). Rows with a missing ``x`` or ``y`` are dropped; several rows
+        per (col, hue, x) are averaged and the figure says so.
+    ci
+        Lower and upper CI columns, drawn as a shaded band; ``None`` for no band.
+    chance
+        Level drawn as a dotted line (0.5 for AUROC); ``None`` for none.
+
+    Returns
+    -------
+    Figure with one axes per ``col`` value (one axes without ``col``).
+    """
+    needed = [c for c in (x, y, hue, col, *(ci or ())) if c is not None]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"metric_by_layer_figure: columns {missing} not in the table "
+            f"(it has {list(df.columns)})."
+        )
+    data = df.dropna(subset=[x, y]).copy()
+    hue_col = hue if hue is not None else "__all__"
+    if hue is None:
+        data[hue_col] = y
+    panel_col = col if col is not None else "__panel__"
+    if col is None:
+        data[panel_col] = ""
+    value_cols = [y, *(ci or ())]
+    data[value_cols] = data[value_cols].astype(float)
+    data, merged = _mean_duplicates(data, [panel_col, hue_col, x], value_cols)
+    panels = list(dict.fromkeys(data[panel_col]))
+    hues = list(dict.fromkeys(data[hue_col]))
+    n = max(len(panels), 1)
+    fig = _new_figure(min(4.8 * n + 1.2, 16.0), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True, squeeze=False)[0])
+    for ax, panel in zip(axes, panels or [""]):
+        sub = data[data[panel_col] == panel] if panels else data
+        for i, h in enumerate(hues):
+            d = sub[sub[hue_col] == h].sort_values(x)
+            if d.empty:
+                continue
+            st = _style(i)
+            xs = d[x].to_numpy(dtype=float)
+            ax.plot(
+                xs,
+                d[y].to_numpy(dtype=float),
+                color=st["color"],
+                linestyle=st["linestyle"],
+                marker=st["marker"],
+                markersize=4,
+                linewidth=1.6,
+                label=str(h) if hue is not None else None,
+            )
+            if ci is not None:
+                lo = d[ci[0]].to_numpy(dtype=float)
+                hi = d[ci[1]].to_numpy(dtype=float)
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():
+                    ax.fill_between(
+                        xs[ok], lo[ok], hi[ok], color=st["color"], alpha=0.15, linewidth=0
+                    )
+        if chance is not None:
+            ax.axhline(
+                chance, color="0.45", linestyle=":", linewidth=1, label=f"chance ({chance:g})"
+            )
+        ax.set_xlabel(xlabel or _pretty(x))
+        if col is not None:
+            ax.set_title(f"{col} = {panel}", fontsize=10)
+        if np.issubdtype(np.asarray(data[x]).dtype, np.number):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, color="0.92", linewidth=0.8)
+    axes[0].set_ylabel(ylabel or _pretty(y))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        legend_title = _pretty(hue) if hue else None
+        if ci is not None:
+            legend_title = f"{legend_title} (band: CI)" if legend_title else "band: CI"
+        axes[-1].legend(
+            handles,
+            labels,
+            fontsize=8,
+            frameon=True,
+            framealpha=0.9,
+            title=legend_title,
+            title_fontsize=8,
+            loc="best",
+        )
+    if merged > 1:
+        axes[0].annotate(
+            f"mean of up to {merged} rows per point",
+            xy=(0.01, 0.96),
+            xycoords="axes fraction",
+            fontsize=7,
+            color="0.35",
+            va="top",
+        )
+        log.warning("metric_by_layer_figure: up to %d rows per (%s, %s) averaged", merged, hue, x)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+def head_heatmap(
+    df: pd.DataFrame,
+    *,
+    value: str = "auroc",
+    layer: str = "layer",
+    head: str = "head",
+    mark: str | None = None,
+    center: float | None = None,
+    title: str | None = None,
+    label: str | None = None,
+) -> Figure:
+    """Layer × head heatmap of ``value`` with a colour bar.
+
+    Parameters
+    ----------
+    df
+        One row per (layer, head) (several rows per cell are averaged and the figure
+        says so).
+    mark
+        Boolean column; its true cells (e.g. heads significant after FDR) get a black
+        box and a dot.
+    center
+        Value at the middle of a diverging colour map (e.g. 0.5 for AUROC); ``None``
+        uses the sequential viridis map.
+
+    Returns
+    -------
+    Figure with two axes (the heatmap and its colour bar).
+    """
+    missing = [c for c in (value, layer, head, mark) if c is not None and c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"head_heatmap: columns {missing} not in the table (it has {list(df.columns)})."
+        )
+    data = df.dropna(subset=[layer, head]).copy()
+    data[value] = data[value].astype(float)
+    cols = [value]
+    if mark is not None:
+        data[mark] = data[mark].fillna(False).astype(float)
+        cols.append(mark)
+    data, merged = _mean_duplicates(data, [layer, head], cols)
+    grid = data.pivot(index=layer, columns=head, values=value).sort_index().sort_index(axis=1)
+    n_layers, n_heads = grid.shape
+    fig = _new_figure(
+        min(max(3.2 + 0.42 * n_heads, 4.8), 14.0), min(max(1.6 + 0.34 * n_layers, 3.2), 12.0)
+    )
+    ax = fig.subplots()
+    z = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    if center is not None and z.count():
+        span = float(np.nanmax(np.abs(z.compressed() - center))) or 1e-9
+        norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
+        im = ax.imshow(z, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+    else:
+        im = ax.imshow(z, cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_heads), [str(_as_int(h)) for h in grid.columns])
+    ax.set_yticks(range(n_layers), [str(_as_int(v)) for v in grid.index])
+    ax.set_xlabel(_pretty(head))
+    ax.set_ylabel(_pretty(layer))
+    if n_heads * n_layers <= 96 and z.count():
+        lo, hi = im.norm.vmin, im.norm.vmax
+        for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+            if np.isfinite(v):
+                frac = (v - lo) / (hi - lo) if hi > lo else 0.5
+                dark = frac < 0.35 if center is None else abs(frac - 0.5) > 0.3
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
+    if mark is not None:
+        m = data.pivot(index=layer, columns=head, values=mark).reindex_like(grid)
+        ii, jj = np.nonzero(m.to_numpy(dtype=float) > 0.5)
+        for i, j in zip(ii, jj):
+            ax.add_patch(_box(j, i))
+        fig.supxlabel(
+            f"boxed: {_pretty(mark)} ({len(ii)} of {z.count()} cells)", fontsize=8, color="0.25"
+        )
+    cbar = fig.colorbar(im, ax=ax, shrink=0.9)
+    cbar.set_label(label or _pretty(value))
+    if merged > 1:
+        ax.annotate(
+            f"mean of up to {merged} rows per cell",
+            xy=(0, 1.01),
+            xycoords="axes fraction",
+            fontsize=7,
+            color="0.35",
+        )
+        log.warning("head_heatmap: up to %d rows per (layer, head) averaged", merged)
+    if title:
+        ax.set_title(title, pad=14 if merged > 1 else 6)
+    return fig
+
+
+def _box(x: float, y: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.46, y - 0.46), 0.92, 0.92, fill=False, edgecolor="black", linewidth=1.8)
+
+
+def _as_int(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() else v
+
+
+# ----------------------------------------------------------------------------------------
+def null_distribution_figure(
+    null: np.ndarray,
+    observed: float,
+    *,
+    title: str | None = None,
+    xlabel: str = "statistic",
+    direction: str = "greater",
+    p: float | None = None,
+    bins: int | str = "auto",
+) -> Figure:
+    """Histogram of a permutation / resampling null with the observed value.
+
+    ``p`` is shown as given (pass the p-value the analysis registered); otherwise the
+    empirical p is computed with the +1 correction, ``(1 + #{null ≥ observed}) /
+    (1 + n)`` for ``direction="greater"`` (≤ for "less", twice the smaller tail, capped at
+    1, for "two-sided").
+
+    Returns
+    -------
+    Figure with one axes.
+    """
+    if direction not in ("greater", "less", "two-sided"):
+        raise ValueError(f"direction must be greater/less/two-sided, got {direction!r}")
+    z = np.asarray(null, dtype=float).ravel()
+    z = z[np.isfinite(z)]
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    n = z.size
+    if p is None and n:
+        ge = (1 + np.sum(z >= observed)) / (1 + n)
+        le = (1 + np.sum(z <= observed)) / (1 + n)
+        p = {"greater": ge, "less": le, "two-sided": min(1.0, 2 * min(ge, le))}[direction]
+    if n:
+        ax.hist(
+            z,
+            bins=bins,
+            color=PALETTE[5],
+            edgecolor="white",
+            linewidth=0.4,
+            label=f"null (n = {n:,})",
+        )
+    p_txt = "undefined" if p is None or not np.isfinite(p) else f"{p:.3g}"
+    ax.axvline(
+        observed,
+        color=PALETTE[1],
+        linewidth=2,
+        label=f"observed = {observed:.4g}\np = {p_txt} ({direction})",
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.grid(True, axis="y", color="0.92", linewidth=0.8)
+    ax.legend(fontsize=8, frameon=True, framealpha=0.9)
+    ax.set_title(title or "null distribution")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+def forest_figure(
+    df: pd.DataFrame,
+    *,
+    label: str,
+    effect: str,
+    ci_low: str,
+    ci_high: str,
+    ref: float | None = 0.0,
+    hue: str | None = None,
+    mark: str | None = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+) -> Figure:
+    """Forest plot: one row per ``label`` with its effect and CI, a reference line at
+    ``ref`` (0 for differences, 1 for ratios).
+
+    ``hue`` colours rows by a grouping column; ``mark`` (boolean column, e.g. q < α)
+    fills the point (open points are not significant). Rows are drawn top to bottom in
+    table order.
+
+    Returns
+    -------
+    Figure with one axes.
+    """
+    missing = [
+        c
+        for c in (label, effect, ci_low, ci_high, hue, mark)
+        if c is not None and c not in df.columns
+    ]
+    if missing:
+        raise ValueError(
+            f"forest_figure: columns {missing} not in the table (it has {list(df.columns)})."
+        )
+    n = len(df)
+    fig = _new_figure(7.0, min(max(1.4 + 0.32 * n, 2.6), 30.0))
+    ax = fig.subplots()
+    ys = np.arange(n)[::-1]
+    groups = list(dict.fromkeys(df[hue])) if hue is not None else [None]
+    eff = df[effect].to_numpy(dtype=float)
+    lo = df[ci_low].to_numpy(dtype=float)
+    hi = df[ci_high].to_numpy(dtype=float)
+    filled = (
+        df[mark].fillna(False).to_numpy(dtype=bool) if mark is not None else np.ones(n, dtype=bool)
+    )
+    for gi, g in enumerate(groups):
+        sel = np.ones(n, dtype=bool) if hue is None else (df[hue] == g).to_numpy()
+        st = _style(gi)
+        has_ci = sel & np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(ys[has_ci], lo[has_ci], hi[has_ci], color=st["color"], linewidth=1.8)
+        for fill in (True, False):
+            s = sel & (filled == fill)
+            if s.any():
+                ax.plot(
+                    eff[s],
+                    ys[s],
+                    linestyle="none",
+                    marker=st["marker"],
+                    markersize=6,
+                    color=st["color"],
+                    markerfacecolor=st["color"] if fill else "white",
+                    markeredgewidth=1.5,
+                    label=(str(g) if hue is not None and fill else None),
+                )
+    if ref is not None:
+        ax.axvline(ref, color="0.45", linestyle=":", linewidth=1)
+    ax.set_yticks(ys, [str(v) for v in df[label]])
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(xlabel or _pretty(effect) + " (CI)")
+    ax.set_ylabel(_pretty(label))
+    ax.grid(True, axis="x", color="0.92", linewidth=0.8)
+    if hue is not None:
+        ax.legend(fontsize=8, frameon=True, framealpha=0.9, title=_pretty(hue), title_fontsize=8)
+    if mark is not None:
+        ax.annotate(
+            f"filled: {_pretty(mark)}",
+            xy=(1, 1.01),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=7,
+            color="0.35",
+        )
+    ax.set_title(title or f"{_pretty(effect)} with CI")
+    return fig

@@ -1,0 +1,502 @@
+"""The run report: one self-contained HTML file (inline CSS, figures as base64 PNG, no
+scripts, nothing fetched), scorecard first, then every analysis in run order.
+
+``render_report(run, path)`` is called by the runner after the tables and figures are
+written; it reads the figures back from ``<output>/figures``. Every user-provided string
+(claims, names, summaries, notes, error messages, config values) is HTML-escaped by
+jinja2's autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from importlib import resources
+from numbers import Integral, Real
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from scfm_audit.pipeline._io import atomic_write_text
+
+if TYPE_CHECKING:
+    from scfm_audit.pipeline._runner import RunResult
+
+log = logging.getLogger("scfm_audit")
+
+#: Rows of each analysis table shown in the report (the full table is in ``tables/``).
+TABLE_ROWS = 20
+#: Test lists longer than this are collapsed in a ``<details>`` element.
+TESTS_OPEN = 12
+#: At most this many tests are listed per analysis (all are in ``tests.csv``).
+TESTS_MAX = 2000
+_MISSING = "—"
+
+
+# ---------------------------------------------------------------------- formatting --
+def _is_missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, float | np.floating):
+        return math.isnan(v)
+    return False
+
+
+def fmt_num(v: Any, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits (integers exactly, large ones with
+    thousands separators); missing values as an em dash."""
+    if _is_missing(v):
+        return _MISSING
+    if isinstance(v, bool | np.bool_):
+        return "true" if v else "false"
+    if isinstance(v, Integral):
+        v = int(v)
+        return f"{v:,}" if abs(v) >= 1000 else str(v)
+    if isinstance(v, Real):
+        f = float(v)
+        if math.isinf(f):
+            return "∞" if f > 0 else "−∞"
+        if f == 0:
+            return "0"
+        if f.is_integer() and 1000 <= abs(f) < 1e15:
+            return f"{int(f):,}"
+        return f"{f:.{digits}g}"
+    return str(v)
+
+
+def fmt_p(v: Any) -> str:
+    """p- and q-values: three significant digits, scientific below 10⁻³."""
+    if _is_missing(v):
+        return _MISSING
+    f = float(v)
+    if f == 0:
+        return "0"
+    if f < 1e-3:
+        return f"{f:.2e}"
+    return f"{f:.3g}"
+
+
+def fmt_effect(effect: Any, lo: Any = None, hi: Any = None) -> str:
+    """``effect [lo, hi]`` (the CI only when both ends are known)."""
+    if _is_missing(effect):
+        return _MISSING
+    out = fmt_num(effect, 3)
+    if not (_is_missing(lo) or _is_missing(hi)):
+        out += f" [{fmt_num(lo, 3)}, {fmt_num(hi, 3)}]"
+    return out
+
+
+def fmt_seconds(s: float) -> str:
+    if _is_missing(s):
+        return _MISSING
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(round(s), 60)
+    if m < 60:
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def _cell(v: Any, max_chars: int = 120) -> dict[str, str]:
+    """One table cell: text, CSS class, full text for the tooltip when truncated."""
+    if _is_missing(v):
+        return {"text": _MISSING, "cls": "missing", "title": ""}
+    if isinstance(v, bool | np.bool_):
+        return {"text": "true" if v else "false", "cls": "bool", "title": ""}
+    if isinstance(v, Real):
+        return {"text": fmt_num(v), "cls": "num", "title": ""}
+    text = v if isinstance(v, str) else str(v)
+    if len(text) > max_chars:
+        return {"text": text[: max_chars - 1] + "…", "cls": "", "title": text}
+    return {"text": text, "cls": "", "title": ""}
+
+
+def _slug(name: str) -> str:
+    return "a-" + re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).strip("-")
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text or "") if p.strip()]
+
+
+# ----------------------------------------------------------------------- sections --
+def _header(run: RunResult, path: Path) -> dict[str, Any]:
+    from scfm_audit import __version__
+
+    cfg = run.config
+    tests = run.tests
+    n_p = int(tests["p"].notna().sum()) if "p" in tests else 0
+    n_sig = int((tests["q"] < run.alpha).sum()) if "q" in tests else 0
+    names = {}
+    for section in ("datasets", "models", "references"):
+        names[section] = ", ".join(map(str, getattr(cfg, section, {}) or {})) or _MISSING
+    return {
+        "title": f"scfm-audit report — {Path(run.output).name or run.output}",
+        "output": str(Path(run.output).resolve()),
+        "date": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "version": __version__,
+        "seed": getattr(cfg, "seed", _MISSING),
+        "alpha": fmt_num(run.alpha),
+        "n_tests": len(tests),
+        "n_tests_p": n_p,
+        "n_sig": n_sig,
+        "runtime": fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING,
+        "n_analyses": len(_analysis_order(run)),
+        "n_failed": len(run.errors),
+        **names,
+        "notes": list(run.notes or []),
+        "report_path": str(path),
+    }
+
+
+def _analysis_order(run: RunResult) -> list[str]:
+    """Run order: the config's analyses (specs keep it), then anything else reported."""
+    order = list(dict.fromkeys([*run.specs, *run.results, *run.errors]))
+    return order
+
+
+_BADGE = {
+    "yes": ("yes", "✓ yes"),
+    "no": ("no", "✗ no"),
+}
+
+
+def _scorecard(run: RunResult) -> dict[str, Any]:
+    try:
+        verdicts = run.verdicts()
+    except Exception as e:  # the report must still render
+        log.exception("scorecard failed")
+        return {"groups": [], "error": f"{type(e).__name__}: {e}", "n": 0}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in verdicts.to_dict("records"):
+        key = (r.get("model"), r.get("dataset"))
+        key = tuple(_MISSING if _is_missing(k) else str(k) for k in key)
+        answer = str(r.get("answer", "n/a"))
+        cls, label = _BADGE.get(answer, ("na", "– n/a"))
+        q = r.get("q")
+        opposite = answer == "no" and not _is_missing(q) and float(q) < run.alpha
+        effect_name = "" if _is_missing(r.get("effect")) else (r.get("effect_name") or "effect")
+        groups.setdefault(key, []).append(
+            {
+                "claim": str(r.get("claim", "")),
+                "answer": answer,
+                "badge_cls": cls,
+                "badge": label,
+                "q": fmt_p(q),
+                "p": fmt_p(r.get("p")),
+                "effect_name": effect_name,
+                "effect": fmt_effect(r.get("effect"), r.get("ci_low"), r.get("ci_high")),
+                "test": str(r.get("test") or _MISSING),
+                "reference": _MISSING if _is_missing(r.get("reference")) else str(r["reference"]),
+                "analysis": str(r.get("analysis", "")),
+                "anchor": _slug(r.get("analysis", "")),
+                "opposite": opposite,
+            }
+        )
+    out = [{"model": m, "dataset": d, "rows": rows} for (m, d), rows in groups.items()]
+    counts = verdicts["answer"].value_counts().to_dict() if len(verdicts) else {}
+    return {
+        "groups": out,
+        "error": None,
+        "n": len(verdicts),
+        "n_yes": counts.get("yes", 0),
+        "n_no": counts.get("no", 0),
+        "n_na": counts.get("n/a", 0),
+    }
+
+
+def _family_sensitivity(run: RunResult) -> list[dict[str, str]]:
+    fs = run.family_sensitivity
+    if fs is None or fs.empty:
+        return []
+    return [{k: fmt_num(v) for k, v in row.items()} for row in fs.to_dict("records")]
+
+
+def _numeric(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
+    shown = df.head(n_rows)
+    return {
+        "header": [{"text": str(c), "cls": "num" if _numeric(df[c]) else ""} for c in df.columns],
+        "rows": [[_cell(v) for v in row] for row in shown.itertuples(index=False, name=None)],
+        "n_rows": len(df),
+        "n_cols": df.shape[1],
+        "n_shown": len(shown),
+    }
+
+
+def _figure_uri(png: Path | None, fig: Any = None) -> str | None:
+    data = None
+    if png is not None and png.is_file():
+        data = png.read_bytes()
+    elif fig is not None:  # not written (e.g. rendering a RunResult by hand): draw it now
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
+        data = buf.getvalue()
+    if data is None:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figures(run: RunResult, name: str, res: Any) -> list[dict[str, Any]]:
+    out = Path(run.output)
+    written = [Path(p) for p in run.files.get(name, []) if str(p).endswith(".png")]
+    figs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for fname, fig in (res.figures if res is not None else {}).items():
+        png = out / "figures" / f"{name}__{fname}.png"
+        match = next((p for p in written if p.name == png.name), png)
+        seen.add(match.name)
+        uri = _figure_uri(match, fig)
+        figs.append({"name": str(fname), "uri": uri, "file": f"figures/{png.name}"})
+    for p in written:
+        if p.name not in seen:
+            stem = p.stem.split("__", 1)[-1]
+            figs.append({"name": stem, "uri": _figure_uri(p), "file": f"figures/{p.name}"})
+    return figs
+
+
+_TEST_COLS = ("hypothesis", "model", "dataset", "reference", "method", "layer", "head", "test")
+#: Columns hoisted above the tests table when one value holds for every test.
+_HOISTABLE = ("model", "dataset", "reference", "method", "layer", "head", "test", "null", "family")
+
+
+def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
+    """The analysis' tests; columns that are empty for every test are dropped and those
+    with one value for every test are stated once above the table."""
+    t = run.tests
+    if t is None or t.empty or "analysis" not in t:
+        return {"n": 0}
+    t = t[t["analysis"] == name]
+    n = len(t)
+    if n == 0:
+        return {"n": 0}
+    n_sig = int((t["q"] < run.alpha).sum())
+
+    def single(col: str) -> Any:
+        """The one value of ``col`` when every test has the same non-missing value."""
+        if col not in t or t[col].isna().any():
+            return None
+        vals = t[col].unique()
+        return vals[0] if len(vals) == 1 and str(vals[0]) else None
+
+    def named(col: str) -> str | None:
+        vals = [v for v in t[col].dropna().unique() if str(v)] if col in t else []
+        return str(vals[0]) if len(vals) == 1 else None
+
+    common = []
+    hoisted = set()
+    if n > 1:
+        for c in _HOISTABLE:
+            v = single(c)
+            if v is not None:
+                common.append({"name": c, "value": fmt_num(v) if isinstance(v, Real) else str(v)})
+                hoisted.add(c)
+    elif single("null") is not None:
+        common.append({"name": "null", "value": str(single("null"))})
+        hoisted.add("null")
+    cols = [
+        c
+        for c in _TEST_COLS
+        if c in t and c not in hoisted and not (c != "hypothesis" and t[c].isna().all())
+    ]
+    show_family = "family" not in hoisted
+    stat_name = named("statistic_name")
+    eff_name = named("effect_name")
+    header = [{"text": c, "cls": ""} for c in cols] + [
+        {"text": f"statistic ({stat_name})" if stat_name else "statistic", "cls": "num"},
+        {"text": f"{eff_name} [CI]" if eff_name else "effect [CI]", "cls": "num"},
+        {"text": "n", "cls": "num"},
+        {"text": "p", "cls": "num"},
+        {"text": "q", "cls": "num"},
+        *([{"text": "family", "cls": ""}] if show_family else []),
+        {"text": "q < α", "cls": ""},
+    ]
+    rows = []
+    for r in t.head(TESTS_MAX).to_dict("records"):
+        cells = []
+        for c in cols:
+            cell = _cell(r.get(c), max_chars=200)
+            if c in ("hypothesis", "test"):
+                cell["cls"] += " wrap"
+            if c == "test" and "null" not in hoisted and not _is_missing(r.get("null")):
+                cell["title"] = f"null: {r['null']}"
+            cells.append(cell)
+        stat = fmt_num(r.get("statistic"))
+        if not stat_name and r.get("statistic_name") and stat != _MISSING:
+            stat = f"{r['statistic_name']} = {stat}"
+        eff = fmt_effect(r.get("effect"), r.get("ci_low"), r.get("ci_high"))
+        if not eff_name and r.get("effect_name") and eff != _MISSING:
+            eff = f"{r['effect_name']} = {eff}"
+        passed = "n/a" if _is_missing(r.get("q")) else ("yes" if bool(r.get("passed")) else "no")
+        cells += [
+            {"text": stat, "cls": "num", "title": ""},
+            {"text": eff, "cls": "num", "title": ""},
+            _cell(r.get("n")),
+            {"text": fmt_p(r.get("p")), "cls": "num", "title": ""},
+            {"text": fmt_p(r.get("q")), "cls": "num", "title": ""},
+            *([_cell(r.get("family"))] if show_family else []),
+            {"text": passed, "cls": f"passed-{passed.replace('/', '')}", "title": ""},
+        ]
+        rows.append({"cells": cells, "sig": passed == "yes"})
+    return {
+        "n": n,
+        "n_sig": n_sig,
+        "common": common,
+        "header": header,
+        "rows": rows,
+        "collapsed": n > TESTS_OPEN,
+        "truncated": n > TESTS_MAX,
+        "max": TESTS_MAX,
+    }
+
+
+def _section(run: RunResult, name: str) -> dict[str, Any]:
+    spec = run.specs.get(name)
+    res = run.results.get(name)
+    sec: dict[str, Any] = {
+        "name": name,
+        "anchor": _slug(name),
+        "version": getattr(spec, "version", _MISSING),
+        "category": getattr(spec, "category", "") or "",
+        "description": getattr(spec, "description", "") or "",
+        "reference": getattr(spec, "reference", "") or "",
+        "error": run.errors.get(name),
+        "seconds": fmt_seconds(run.timings.get(name, math.nan)),
+        "summary": _paragraphs(res.summary) if res is not None else [],
+        "notes": list(res.notes) if res is not None else [],
+        "figures": [],
+        "tables": [],
+        "tests": {"n": 0},
+        "render_error": None,
+    }
+    try:
+        sec["figures"] = _figures(run, name, res)
+        if res is not None:
+            for tname, df in res.tables.items():
+                tab = _table(df)
+                tab["name"] = str(tname)
+                tab["file"] = f"tables/{name}__{tname}.csv"
+                sec["tables"].append(tab)
+        sec["tests"] = _tests_table(run, name)
+    except Exception as e:  # one bad table must not lose the report
+        log.exception("report section %s failed", name)
+        sec["render_error"] = f"{type(e).__name__}: {e}"
+    if res is None and sec["error"] is None:
+        sec["error"] = "The analysis returned no result."
+    return sec
+
+
+def _toc(sections: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": s["name"],
+            "anchor": s["anchor"],
+            "category": s["category"],
+            "failed": s["error"] is not None,
+            "n_tests": s["tests"].get("n", 0),
+            "n_sig": s["tests"].get("n_sig", 0),
+        }
+        for s in sections
+    ]
+
+
+def _cache_info(run: RunResult) -> dict[str, Any]:
+    """Cache hits/misses when the run recorded them, else what lies in the cache folder."""
+    hits = getattr(run, "cache_hits", None)
+    misses = getattr(run, "cache_misses", None)
+    cache = getattr(run, "cache", None)
+    if hits is None and cache is not None:
+        hits, misses = getattr(cache, "hits", None), getattr(cache, "misses", None)
+    on_disk: dict[str, int] = {}
+    root = Path(run.output) / "cache"
+    if root.is_dir():
+        for kind in sorted(p for p in root.iterdir() if p.is_dir()):
+            n = sum(1 for a in kind.iterdir() if (a / "DONE").exists())
+            if n:
+                on_disk[kind.name] = n
+    return {
+        "hits": None if hits is None else list(hits),
+        "misses": None if misses is None else list(misses),
+        "on_disk": on_disk,
+    }
+
+
+def _config_yaml(run: RunResult) -> str:
+    from scfm_audit.pipeline._config import config_to_yaml
+
+    try:
+        return config_to_yaml(run.config)
+    except Exception:  # a hand-built RunResult may carry something else
+        return repr(run.config)
+
+
+def _timings(run: RunResult) -> list[dict[str, str]]:
+    rows = []
+    for name in _analysis_order(run):
+        spec = run.specs.get(name)
+        rows.append(
+            {
+                "name": name,
+                "anchor": _slug(name),
+                "version": str(getattr(spec, "version", _MISSING)),
+                "seconds": fmt_seconds(run.timings.get(name, math.nan)),
+                "status": "failed" if name in run.errors else "ok",
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------- render --
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    env.filters["pval"] = fmt_p
+    src = resources.files("scfm_audit.report").joinpath("templates/report.html.j2")
+    return env.from_string(src.read_text(encoding="utf-8"))
+
+
+def render_report(run: RunResult, path: str | Path) -> Path:
+    """Write the run's HTML report to ``path`` (atomically) and return the path.
+
+    One self-contained file: header (run folder, date, package version, seed, α, number
+    of tests, run time), the scorecard (one row per verdict, grouped by model and
+    dataset, with the family-definition sensitivity table), a table of contents, one
+    section per analysis in run order (description, summary, notes, error, figures,
+    tables, tests) and a footer (resolved config, timings, cache).
+    """
+    path = Path(path)
+    sections = [_section(run, name) for name in _analysis_order(run)]
+    html = _template().render(
+        h=_header(run, path),
+        scorecard=_scorecard(run),
+        family=_family_sensitivity(run),
+        toc=_toc(sections),
+        sections=sections,
+        config_yaml=_config_yaml(run),
+        timings=_timings(run),
+        total_time=fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING,
+        cache=_cache_info(run),
+        alpha=fmt_num(run.alpha),
+        table_rows=TABLE_ROWS,
+    )
+    atomic_write_text(path, html)
+    return path
