@@ -1,0 +1,51 @@
+"""Test registry, BH-FDR, resampling, DeLong, rewiring and test wrappers."""
+
+from scfm_audit.stats._delong import DeLongResult, delong_auroc_var, delong_test
+from scfm_audit.stats._fdr import bh_fdr
+from scfm_audit.stats._registry import TestRecord, TestRegistry
+from scfm_audit.stats._resampling import (
+    BootstrapResult,
+    PermutationResult,
+    bootstrap_ci,
+    empirical_p,
+    label_permutation_auroc,
+    permutation_test,
+)
+from scfm_audit.stats._rewire import curveball, rewire_labels
+from scfm_audit.stats._tests import (
+    StatTestResult,
+    cohens_d,
+    fisher_exact,
+    mann_whitney,
+    paired_wilcoxon,
+    partial_spearman,
+    sign_test,
+    spearman_trend,
+    welch_t,
+)
+
+__all__ = [
+    "BootstrapResult",
+    "DeLongResult",
+    "PermutationResult",
+    "StatTestResult",
+    "TestRecord",
+    "TestRegistry",
+    "bh_fdr",
+    "bootstrap_ci",
+    "cohens_d",
+    "curveball",
+    "delong_auroc_var",
+    "delong_test",
+    "empirical_p",
+    "fisher_exact",
+    "label_permutation_auroc",
+    "mann_whitney",
+    "paired_wilcoxon",
+    "partial_spearman",
+    "permutation_test",
+    "rewire_labels",
+    "sign_test",
+    "spearman_trend",
+    "welch_t",
+]
