@@ -68,9 +68,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}.{hint} Known: {known}."
-            ) from None
+            raise UnknownNameError(f"Unknown {self.kind} {name!r}.{hint} Known: {known}.") from None
 
     def __contains__(self, name: object) -> bool:
         self._load()

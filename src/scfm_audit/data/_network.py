@@ -119,7 +119,7 @@ def _normalise_edges(edges: pd.DataFrame, directed: bool) -> pd.DataFrame:
         g = d.groupby(keys, sort=False)
         merged = g.agg(weight=("weight", "max"), smin=("sign", "min"), smax=("sign", "max"))
         merged["sign"] = np.where(merged["smin"] == merged["smax"], merged["smin"], 0)
-        ev = d.loc[d["evidence"] != "", keys + ["evidence"]].drop_duplicates()
+        ev = d.loc[d["evidence"] != "", [*keys, "evidence"]].drop_duplicates()
         ev = ev.sort_values("evidence").groupby(keys, sort=False)["evidence"].agg(";".join)
         merged["evidence"] = ev.reindex(merged.index).fillna("")
         merged = merged.drop(columns=["smin", "smax"]).reset_index()

@@ -127,9 +127,11 @@ class EdgeScores:
         if (pos < 0).any():
             missing = pd.Index(genes)[pos < 0][:5].tolist()
             raise ValueError(f"EdgeScores.subset: genes not scored: {missing} ...")
-        s = self.scores.tocsr()[pos][:, pos] if sp.issparse(self.scores) else self.dense()[
-            np.ix_(pos, pos)
-        ]
+        s = (
+            self.scores.tocsr()[pos][:, pos]
+            if sp.issparse(self.scores)
+            else self.dense()[np.ix_(pos, pos)]
+        )
         cov = None if self.coverage is None else self.coverage[np.ix_(pos, pos)]
         return replace(self, scores=s, genes=pd.Index(genes), coverage=cov)
 
@@ -137,9 +139,7 @@ class EdgeScores:
         """(S + Sᵀ) / 2, ignoring NaN on one side."""
         d = self.dense()
         s = np.nanmean(np.stack([d, d.T]), axis=0)
-        return replace(
-            self, scores=s, directed=False, params={**self.params, "symmetrised": True}
-        )
+        return replace(self, scores=s, directed=False, params={**self.params, "symmetrised": True})
 
     def to_long(self, *, drop_diagonal: bool = True, dropna: bool = True) -> pd.DataFrame:
         """Long table ``source, target, weight`` + provenance columns (decoupler format)."""
@@ -160,9 +160,7 @@ class EdgeScores:
         )
         if self.coverage is not None:
             df["coverage"] = self.coverage[keep]
-        return df.assign(
-            method=self.method, model=self.model, layer=self.layer, head=self.head
-        )
+        return df.assign(method=self.method, model=self.model, layer=self.layer, head=self.head)
 
     def meta(self) -> dict[str, Any]:
         """Provenance as a flat dict (for tables and the test registry)."""

@@ -68,8 +68,9 @@ def _rewired_auroc_null(
     src = pairs.source[pairs.label]
     tgt = pairs.target[pairs.label]
     null = np.empty(n_draws)
-    for b, labels in enumerate(rewire_labels(src, tgt, n, n, n_draws=n_draws, seed=seed,
-                                             forbid_self_loops=True)):
+    for b, labels in enumerate(
+        rewire_labels(src, tgt, n, n, n_draws=n_draws, seed=seed, forbid_self_loops=True)
+    ):
         # rewiring keeps every source's out-degree, so positives stay on candidate rows
         null[b] = (rank_matrix[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
     return null
@@ -143,8 +144,7 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
             ref = ctx.reference(ref_name)
             curves = {}
             for en in edge_names:
-                score_sets = [s for s in ctx.edge_scores(en, ds)
-                              if p.per_head or s.head is None]
+                score_sets = [s for s in ctx.edge_scores(en, ds) if p.per_head or s.head is None]
                 pairs_cache: dict[int, CandidatePairs] = {}
                 layers = sorted({s.layer for s in score_sets if s.layer is not None})
                 verdict_layer = layers[p.verdict_layer] if layers else None
@@ -153,9 +153,13 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                     if key not in pairs_cache:
                         pairs_cache[key] = candidate_pairs(es.genes, ref)
                     pairs = pairs_cache[key]
-                    base = {"dataset": ds, "reference": ref_name, "edges": en,
-                            "source": es.method + (f"[{es.model}]" if es.model else ""),
-                            **es.meta()}
+                    base = {
+                        "dataset": ds,
+                        "reference": ref_name,
+                        "edges": en,
+                        "source": es.method + (f"[{es.model}]" if es.model else ""),
+                        **es.meta(),
+                    }
                     if pairs.n_pos < p.min_positives:
                         notes.append(
                             f"{ds}/{en}/{ref_name}: only {pairs.n_pos} reference edges among "
@@ -163,20 +167,32 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                         )
                         break
                     r = edge_recovery(
-                        es, pairs, n_boot=p.n_boot, n_perm=p.n_perm,
+                        es,
+                        pairs,
+                        n_boot=p.n_boot,
+                        n_perm=p.n_perm,
                         n_rewire=p.n_rewire if ref.directed else 0,
                         transform=p.score_transform,
                         seed=ctx.seed_for(ds, ref_name, es.label),
                     )
-                    rows.append({**base, **{k: v for k, v in r.items()
-                                            if not k.startswith("null_")}})
+                    rows.append(
+                        {**base, **{k: v for k, v in r.items() if not k.startswith("null_")}}
+                    )
                     is_head = es.head is not None
                     common = dict(
-                        model=es.model, dataset=ds, reference=ref_name, method=es.label,
-                        layer=es.layer, head=es.head, n=r["n_candidates"],
-                        statistic_name="AUROC", statistic=r["auroc"],
-                        effect_name="AUROC - 0.5", effect=r["auroc"] - 0.5,
-                        ci_low=r["auroc_ci_low"] - 0.5, ci_high=r["auroc_ci_high"] - 0.5,
+                        model=es.model,
+                        dataset=ds,
+                        reference=ref_name,
+                        method=es.label,
+                        layer=es.layer,
+                        head=es.head,
+                        n=r["n_candidates"],
+                        statistic_name="AUROC",
+                        statistic=r["auroc"],
+                        effect_name="AUROC - 0.5",
+                        effect=r["auroc"] - 0.5,
+                        ci_low=r["auroc_ci_low"] - 0.5,
+                        ci_high=r["auroc_ci_high"] - 0.5,
                         direction="greater",
                         family="descriptive" if is_head else "confirmatory",
                     )
@@ -184,43 +200,60 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                         hypothesis=f"{es.label} ranks {ref_name} edges above non-edges",
                         test=f"label-shuffle permutation ({p.n_perm})",
                         null="reference labels exchangeable across candidate pairs",
-                        p=r["p_shuffle"], **common,
+                        p=r["p_shuffle"],
+                        **common,
                     )
                     if not np.isnan(r["p_rewire"]):
                         ctx.add_test(
-                            hypothesis=f"{es.label} recovers {ref_name} beyond its degree "
-                            "sequence",
+                            hypothesis=f"{es.label} recovers {ref_name} beyond its degree sequence",
                             test=f"Curveball degree-preserving rewiring ({p.n_rewire})",
                             null="edges placed at random with every source's out-degree and "
                             "every target's in-degree kept",
-                            p=r["p_rewire"], **common,
+                            p=r["p_rewire"],
+                            **common,
                         )
                     if not is_head and (es.layer is None or es.layer == verdict_layer):
-                        verdicts.append(Verdict(
-                            claim=f"{es.label} recovers {ref_name} (AUROC > 0.5)",
-                            record=rec, model=es.model, dataset=ds))
+                        verdicts.append(
+                            Verdict(
+                                claim=f"{es.label} recovers {ref_name} (AUROC > 0.5)",
+                                record=rec,
+                                model=es.model,
+                                dataset=ds,
+                            )
+                        )
                         s = pair_scores(es, pairs, transform=p.score_transform)
                         floor = np.nanmin(s) - 1 if np.isfinite(s).any() else 0.0
                         curves[es.label] = (pairs.label, np.where(np.isnan(s), floor, s))
             if curves:
                 figures[f"roc_pr_{ds}_{ref_name}"] = roc_pr_figure(
-                    curves, title=f"{ref_name} recovery on {ds}")
+                    curves, title=f"{ref_name} recovery on {ds}"
+                )
     table = pd.DataFrame(rows)
     if not table.empty:
         layered = table[table["layer"].notna() & table["head"].isna()]
         for (ds, ref_name), sub in layered.groupby(["dataset", "reference"]):
             figures[f"by_layer_{ds}_{ref_name}"] = metric_by_layer_figure(
-                sub, x="layer", y="auroc", hue="source",
-                ci=("auroc_ci_low", "auroc_ci_high"), chance=0.5,
-                title=f"{ref_name} AUROC by layer ({ds})")
+                sub,
+                x="layer",
+                y="auroc",
+                hue="source",
+                ci=("auroc_ci_low", "auroc_ci_high"),
+                chance=0.5,
+                title=f"{ref_name} AUROC by layer ({ds})",
+            )
         heads = table[table["head"].notna()]
         for (ds, ref_name, en), sub in heads.groupby(["dataset", "reference", "edges"]):
             figures[f"heads_{ds}_{ref_name}_{en}"] = head_heatmap(
-                sub, value="auroc", layer="layer", head="head",
-                title=f"{en}: per-head {ref_name} AUROC ({ds})")
+                sub,
+                value="auroc",
+                layer="layer",
+                head="head",
+                title=f"{en}: per-head {ref_name} AUROC ({ds})",
+            )
     summary = _summary(table)
-    return AnalysisResult(tables={"recovery": table}, figures=figures, summary=summary,
-                          verdicts=verdicts, notes=notes)
+    return AnalysisResult(
+        tables={"recovery": table}, figures=figures, summary=summary, verdicts=verdicts, notes=notes
+    )
 
 
 def _summary(table: pd.DataFrame) -> str:

@@ -74,8 +74,7 @@ def candidate_pairs(genes: pd.Index, reference: ReferenceNetwork) -> CandidatePa
     return CandidatePairs(S, T, label, genes, reference.directed)
 
 
-def pair_scores(scores: EdgeScores, pairs: CandidatePairs, *, transform: str = "abs"
-                ) -> np.ndarray:
+def pair_scores(scores: EdgeScores, pairs: CandidatePairs, *, transform: str = "abs") -> np.ndarray:
     """Scores of the candidate pairs (undirected pairs: mean of both directions).
     ``transform``: "abs" (magnitude: correlations of either sign count), or "raw"."""
     d = scores.dense()

@@ -119,8 +119,9 @@ class ModelAdapter(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: str | Path, *, device: str | torch.device | None = None,
-             name: str | None = None) -> ModelAdapter:
+    def load(
+        cls, path: str | Path, *, device: str | torch.device | None = None, name: str | None = None
+    ) -> ModelAdapter:
         """Load a checkpoint folder in the family's real layout."""
 
     @abstractmethod
@@ -132,8 +133,9 @@ class ModelAdapter(ABC):
     def vocabulary_report(self, adata) -> VocabularyReport: ...
 
     @abstractmethod
-    def tokenize(self, adata, cells: np.ndarray | None = None, *, counts: str = "X"
-                 ) -> TokenizedBatch:
+    def tokenize(
+        self, adata, cells: np.ndarray | None = None, *, counts: str = "X"
+    ) -> TokenizedBatch:
         """Tokenize the cells at obs positions ``cells`` (all when None) exactly as the
         family's own tokenizer does."""
 
@@ -154,8 +156,7 @@ class ModelAdapter(ABC):
 
     # -- model -----------------------------------------------------------------------------
     @abstractmethod
-    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
-        ...
+    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput: ...
 
     def forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
         """Evaluation-mode forward pass (no dropout, no gradients); hooks attached with

@@ -36,8 +36,10 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         return {"path": str(p), "missing": True}
     if p.is_dir():
-        return {"path": str(p), "files": [file_fingerprint(c) for c in sorted(p.iterdir())
-                                          if c.is_file()]}
+        return {
+            "path": str(p),
+            "files": [file_fingerprint(c) for c in sorted(p.iterdir()) if c.is_file()],
+        }
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 

@@ -157,8 +157,10 @@ class AuditConfig(_Strict):
             if base not in ANALYSES:
                 close = difflib.get_close_matches(base, ANALYSES.names(), n=3, cutoff=0.5)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
-                errors.append(f"analyses.{name}: unknown analysis.{hint} "
-                              "Run `scfm-audit analyses` for the list.")
+                errors.append(
+                    f"analyses.{name}: unknown analysis.{hint} "
+                    "Run `scfm-audit analyses` for the list."
+                )
                 continue
             try:
                 out[name] = ANALYSES.get(base).params(**(raw or {}))
@@ -186,11 +188,13 @@ class AuditConfig(_Strict):
                 if r.dataset is None:
                     errors.append(f"references.{name}: format 'simulated' needs 'dataset'")
                 else:
-                    errors.extend(self._missing(f"references.{name}.dataset", r.dataset,
-                                                "datasets"))
+                    errors.extend(
+                        self._missing(f"references.{name}.dataset", r.dataset, "datasets")
+                    )
                     if r.dataset in self.datasets and self.datasets[r.dataset].simulate is None:
-                        errors.append(f"references.{name}.dataset: {r.dataset!r} is not a "
-                                      "simulated dataset")
+                        errors.append(
+                            f"references.{name}.dataset: {r.dataset!r} is not a simulated dataset"
+                        )
             elif r.path is None:
                 errors.append(f"references.{name}: 'path' is required for format {r.format!r}")
         if errors:
@@ -202,8 +206,10 @@ class AuditConfig(_Strict):
             return []
         close = difflib.get_close_matches(item, known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return [f"{where}: {item!r} is not defined under '{section}'.{hint} "
-                f"Defined: {', '.join(known) or '(none)'}."]
+        return [
+            f"{where}: {item!r} is not defined under '{section}'.{hint} "
+            f"Defined: {', '.join(known) or '(none)'}."
+        ]
 
 
 def analysis_base_name(name: str) -> str:

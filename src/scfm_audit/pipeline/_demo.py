@@ -12,8 +12,9 @@ DEMO_SIMULATION: dict[str, Any] = {"n_cells": 3000, "n_genes": 300, "n_tfs": 30,
 QUICK_SIMULATION: dict[str, Any] = {"n_cells": 1200, "n_genes": 200, "n_tfs": 20, "seed": 0}
 
 
-def demo_config_dict(out: str | Path, *, quick: bool = False,
-                     models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def demo_config_dict(
+    out: str | Path, *, quick: bool = False, models: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The demo audit as a plain dict (what ``examples/demo.yaml`` holds).
 
     ``models`` (name → {family, path}) adds attention edges of those checkpoints.
@@ -26,7 +27,9 @@ def demo_config_dict(out: str | Path, *, quick: bool = False,
     }
     for name in models or {}:
         edges[f"{name}_attention"] = {
-            "scorer": "attention", "model": name, "max_cells": 300 if quick else 600,
+            "scorer": "attention",
+            "model": name,
+            "max_cells": 300 if quick else 600,
             "per_head": True,
         }
     return {
@@ -45,18 +48,25 @@ def demo_config_dict(out: str | Path, *, quick: bool = False,
         "edges": edges,
         "analyses": {
             "grn_recovery": {
-                "datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
-                "n_boot": n_boot, "n_perm": n_perm, "n_rewire": n_rewire,
+                "datasets": ["sim"],
+                "references": ["sim_grn", "sim_ppi"],
+                "n_boot": n_boot,
+                "n_perm": n_perm,
+                "n_rewire": n_rewire,
             },
             # the same analysis on data simulated without regulation: p must not be small
             "grn_recovery@null": {
-                "datasets": ["sim_null"], "references": ["null_grn"],
-                "n_boot": n_boot, "n_perm": n_perm, "n_rewire": n_rewire,
+                "datasets": ["sim_null"],
+                "references": ["null_grn"],
+                "n_boot": n_boot,
+                "n_perm": n_perm,
+                "n_rewire": n_rewire,
             },
         },
     }
 
 
-def demo_config(out: str | Path, *, quick: bool = False,
-                models: dict[str, dict[str, Any]] | None = None) -> AuditConfig:
+def demo_config(
+    out: str | Path, *, quick: bool = False, models: dict[str, dict[str, Any]] | None = None
+) -> AuditConfig:
     return config_from_dict(demo_config_dict(out, quick=quick, models=models))

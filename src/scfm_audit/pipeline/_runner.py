@@ -205,8 +205,13 @@ class Resources:
             t0 = time.perf_counter()
             with self.progress.status(f"edges {edges} on {dataset} ({len(cells)} cells)"):
                 out = scorer(sub, genes=genes, seed=self.cfg.seed, **kwargs)
-            log.info("edges %s/%s: %d score sets in %.1fs", edges, dataset, len(out),
-                     time.perf_counter() - t0)
+            log.info(
+                "edges %s/%s: %d score sets in %.1fs",
+                edges,
+                dataset,
+                len(out),
+                time.perf_counter() - t0,
+            )
             return out
 
         out = self.cache.get_or_compute("edges", cache_key, compute, codec="edges")
@@ -224,8 +229,7 @@ class Progress:
 
         self.console = Console(stderr=True, quiet=quiet)
 
-    def track(self, iterable: Iterable, *, description: str, total: int | None = None
-              ) -> Iterator:
+    def track(self, iterable: Iterable, *, description: str, total: int | None = None) -> Iterator:
         if self.quiet:
             yield from iterable
             return
@@ -313,7 +317,9 @@ class RunContext:
 
     def cached(self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str) -> Any:
         return self.resources.cache.get_or_compute(
-            kind, {"analysis": self.analysis, "seed": self.seed, **key}, compute,
+            kind,
+            {"analysis": self.analysis, "seed": self.seed, **key},
+            compute,
             codec="pickle",
         )
 
@@ -343,29 +349,33 @@ class RunResult:
         rows = []
         for name, res in self.results.items():
             for v in res.verdicts:
-                match = tests[(tests["analysis"] == v.record.analysis)
-                              & (tests["hypothesis"] == v.record.hypothesis)]
+                match = tests[
+                    (tests["analysis"] == v.record.analysis)
+                    & (tests["hypothesis"] == v.record.hypothesis)
+                ]
                 for col in ("model", "dataset", "reference", "method", "layer", "head"):
                     val = getattr(v.record, col)
                     match = match[match[col].isna()] if val is None else match[match[col] == val]
                 q = float(match["q"].iloc[0]) if len(match) else float("nan")
                 rec = v.record
                 ok = (not np.isnan(q)) and q < self.alpha and _effect_in_direction(rec)
-                rows.append({
-                    "analysis": name,
-                    "claim": v.claim,
-                    "model": v.model or rec.model,
-                    "dataset": v.dataset or rec.dataset,
-                    "reference": rec.reference,
-                    "answer": "n/a" if np.isnan(q) else ("yes" if ok else "no"),
-                    "q": q,
-                    "p": rec.p,
-                    "effect_name": rec.effect_name,
-                    "effect": rec.effect,
-                    "ci_low": rec.ci_low,
-                    "ci_high": rec.ci_high,
-                    "test": rec.test,
-                })
+                rows.append(
+                    {
+                        "analysis": name,
+                        "claim": v.claim,
+                        "model": v.model or rec.model,
+                        "dataset": v.dataset or rec.dataset,
+                        "reference": rec.reference,
+                        "answer": "n/a" if np.isnan(q) else ("yes" if ok else "no"),
+                        "q": q,
+                        "p": rec.p,
+                        "effect_name": rec.effect_name,
+                        "effect": rec.effect,
+                        "ci_low": rec.ci_low,
+                        "ci_high": rec.ci_high,
+                        "test": rec.test,
+                    }
+                )
         return pd.DataFrame(rows)
 
 
@@ -421,8 +431,9 @@ def run_audit(
             progress.console.log(f"[red]{name} failed[/]: {errors[name]}")
         timings[name] = time.perf_counter() - t0
     if params and len(errors) == len(params):
-        raise RuntimeError("every analysis failed:\n" + "\n".join(
-            f"  {k}: {v}" for k, v in errors.items()))
+        raise RuntimeError(
+            "every analysis failed:\n" + "\n".join(f"  {k}: {v}" for k, v in errors.items())
+        )
     tests = registry.to_frame()
     run = RunResult(
         config=cfg,
@@ -472,8 +483,10 @@ def write_outputs(run: RunResult, *, report: bool = True) -> None:
     meta = {
         "version": __version__,
         "seed": run.config.seed,
-        "analyses": {n: {"version": s.version, "seconds": round(run.timings[n], 3)}
-                     for n, s in run.specs.items()},
+        "analyses": {
+            n: {"version": s.version, "seconds": round(run.timings[n], 3)}
+            for n, s in run.specs.items()
+        },
         "n_tests": len(run.tests),
         "errors": run.errors,
     }

@@ -25,9 +25,14 @@ def validate_config(path: str | Path) -> list[Check]:
         cfg = load_config(path)
     except ValueError as e:
         return [Check("config", False, str(e))]
-    checks.append(Check("config", True,
-                        f"{len(cfg.datasets)} datasets, {len(cfg.references)} references, "
-                        f"{len(cfg.models)} models, {len(cfg.analyses)} analyses"))
+    checks.append(
+        Check(
+            "config",
+            True,
+            f"{len(cfg.datasets)} datasets, {len(cfg.references)} references, "
+            f"{len(cfg.models)} models, {len(cfg.analyses)} analyses",
+        )
+    )
     res = Resources(cfg, ArtifactCache(None), Progress(quiet=True))
     for name, d in cfg.datasets.items():
         if d.simulate is not None:
@@ -37,16 +42,16 @@ def validate_config(path: str | Path) -> list[Check]:
             from scfm_audit.data._dataset import load_dataset
 
             adata = load_dataset(d.path, res.dataset_spec(name), backed=True, name=name)
-            checks.append(Check(f"dataset {name}", True,
-                                f"{adata.n_obs} cells × {adata.n_vars} genes"))
+            checks.append(
+                Check(f"dataset {name}", True, f"{adata.n_obs} cells × {adata.n_vars} genes")
+            )
             if adata.isbacked:
                 adata.file.close()
         except (ValueError, OSError) as e:
             checks.append(Check(f"dataset {name}", False, str(e)))
     for name, r in cfg.references.items():
         if r.format == "simulated":
-            checks.append(Check(f"reference {name}", True,
-                                f"planted {r.network} of {r.dataset}"))
+            checks.append(Check(f"reference {name}", True, f"planted {r.network} of {r.dataset}"))
             continue
         try:
             net = res.reference(name)
@@ -56,8 +61,9 @@ def validate_config(path: str | Path) -> list[Check]:
     for name in cfg.models:
         try:
             m = res.model(name)
-            checks.append(Check(f"model {name}", True,
-                                f"{m.family}: {m.n_layers} layers × {m.n_heads} heads"))
+            checks.append(
+                Check(f"model {name}", True, f"{m.family}: {m.n_layers} layers × {m.n_heads} heads")
+            )
         except (ValueError, OSError, KeyError) as e:
             checks.append(Check(f"model {name}", False, str(e)))
     return checks
