@@ -39,8 +39,9 @@ def _finish(run, started: float) -> None:
             t.add_column(c)
         for r in sc.itertuples():
             colour = {"yes": "green", "no": "red"}.get(r.answer, "yellow")
-            t.add_row(r.claim, str(r.dataset), f"[{colour}]{r.answer}[/]", f"{r.q:.3g}",
-                      f"{r.effect:.3f}")
+            t.add_row(
+                r.claim, str(r.dataset), f"[{colour}]{r.answer}[/]", f"{r.q:.3g}", f"{r.effect:.3f}"
+            )
         console.print(t)
     for name, e in run.errors.items():
         err.print(f"[red]{name} failed:[/] {e}")
@@ -95,7 +96,10 @@ def validate(config: Path = typer.Argument(..., help="Audit YAML.")) -> None:
         colour = "green" if c.ok else "red"
         t.add_row(c.name, f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", c.detail)
     console.print(t)
-    if not all(c.ok for c in checks):
+    failed = [c for c in checks if not c.ok]
+    for c in failed:  # full messages, unwrapped by the table
+        err.print(f"[red]FAIL[/] {c.name}: {c.detail}", soft_wrap=True)
+    if failed:
         raise typer.Exit(code=1)
 
 
@@ -125,8 +129,13 @@ def simulate(
     from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq, write_benchmark
 
     try:
-        params = SimulationParams(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed,
-                                  regulation_strength=regulation_strength)
+        params = SimulationParams(
+            n_cells=n_cells,
+            n_genes=n_genes,
+            n_tfs=n_tfs,
+            seed=seed,
+            regulation_strength=regulation_strength,
+        )
     except ValueError as e:
         _fail(str(e))
     with console.status(f"simulating {n_cells} cells × {n_genes} genes"):
