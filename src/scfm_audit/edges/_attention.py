@@ -1,0 +1,741 @@
+"""Streaming attention-edge extraction.
+
+Cells are streamed through the model in batches. A hook on the chosen site of every
+requested layer folds that layer's (B, H, T, T) tensor into a gene × gene accumulator on
+the model's device the moment it is computed and returns ``None``: nothing per cell is
+kept, no list of all layers' attention ever exists, and the memory is
+``n_layers × (n_heads or 1) × G²`` sums plus one ``G²`` coverage count — independent of
+the number of cells. Accumulators are sums and counts, so shards of cells processed on
+different machines merge by addition (:meth:`AttentionAccumulator.merge`).
+
+Accumulation method
+-------------------
+A batch's token pairs are mapped once per batch (not per layer) to linear indices
+``slot(query gene) · G + slot(key gene)`` of the flattened G × G matrix, dropping every
+pair that involves a special token, padding or a gene outside ``genes`` (slot −1). Each
+layer's tensor is then folded with one ``index_add_`` per head (or one for the head sum
+when ``per_head=False``): O(B·H·T²) work, the same order as computing the attention
+itself, and no O(T·G) one-hot matrices. The alternative, one-hot P (T × G) and
+Pᵀ·A·P, costs O(T²·G + T·G²) per cell and head — for G = 2,000 genes and T = 512 tokens
+about 4,000× more arithmetic — so index arithmetic wins by construction. The pair index
+is built once per batch and shared by all layers and heads; the coverage count depends
+only on the tokens, so it is one G × G matrix for all layers. On CUDA, ``index_add_``
+sums in a non-deterministic order (float-rounding-level differences between runs).
+
+Scores and orientation
+----------------------
+``sum[L, h, i, j]`` adds, over cells, the score of the *query* token of ``genes[i]``
+attending to the *key* token of ``genes[j]`` (row = query, column = key), so
+``EdgeScores.scores[i, j]`` reads "i attends to j". scGPT's GRN tutorial reads the
+influence of a TF on its targets from the TF's *column* (targets attending to the TF):
+use ``scores.T`` (or :meth:`EdgeScores.symmetrised`) for TF → target orientation.
+
+Score kinds (``score=``):
+
+``"softmax"`` (default)
+    attention probabilities, hook site ``layers.L.attn.pattern``.
+``"qk"`` (alias ``"raw"``)
+    pre-softmax, unscaled q·kᵀ: the ``layers.L.attn.scores`` site (q·kᵀ/√d_head) times
+    √d_head (applied once, when the edges are read out).
+``"qk_scaled"``
+    q·kᵀ/√d_head exactly as the ``attn.scores`` site sees it (the softmax logits).
+``"scgpt_grn"``
+    scGPT's published attention-GRN recipe (``tutorials/Tutorial_Attention_GRN.ipynb``):
+    per cell and head, the q·kᵀ matrix is rank-normalised along each row (rank / M), the
+    result along each column (rank / M), and the heads are averaged; the cells are then
+    averaged. See :func:`scgpt_rank_normalise` for the deviations.
+
+Duplicated genes
+----------------
+If a gene is tokenised twice in one cell, every token pair is one observation: both
+occurrences add their scores to ``sum`` and both add to ``count``, so "present"
+normalisation gives the mean over token pairs and the coverage of that cell counts
+twice. Neither scGPT nor Geneformer tokenizers emit duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scfm_audit.edges._scores import EdgeScores
+
+__all__ = [
+    "SCORE_KINDS",
+    "AttentionAccumulator",
+    "PairIndex",
+    "extract_attention_accumulator",
+    "extract_attention_edges",
+    "scgpt_rank_normalise",
+]
+
+#: score kind → hook site kind it reads
+SCORE_KINDS: dict[str, str] = {
+    "softmax": "attn.pattern",
+    "qk": "attn.scores",
+    "qk_scaled": "attn.scores",
+    "scgpt_grn": "attn.scores",
+}
+_SCORE_ALIASES = {"raw": "qk", "pattern": "softmax"}
+_STATE_FORMAT = "scfm_audit.AttentionAccumulator"
+_STATE_VERSION = 1
+
+Normalisation = Literal["present", "all"]
+
+
+def _resolve_score(score: str) -> str:
+    kind = _SCORE_ALIASES.get(score, score)
+    if kind not in SCORE_KINDS:
+        raise ValueError(
+            f"unknown attention score kind {score!r}; choose one of "
+            f"{', '.join(repr(k) for k in SCORE_KINDS)} ('raw' is an alias of 'qk')."
+        )
+    return kind
+
+
+# -- the accumulator ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairIndex:
+    """The token pairs of one batch that fold into the accumulator.
+
+    ``lin`` (N,) linear index ``i·G + j`` of each kept (query gene i, key gene j) pair;
+    ``sel`` (N,) flat position of the pair in a (B, T, T) tensor, or None when every pair
+    is kept; ``shape`` the batch's (B, T). Indices are int32 when they fit, else int64.
+    """
+
+    lin: torch.Tensor
+    sel: torch.Tensor | None
+    shape: tuple[int, int]
+
+
+class AttentionAccumulator:
+    """Running gene × gene sums and coverage counts of per-cell attention scores.
+
+    Parameters
+    ----------
+    genes
+        Gene names indexing both axes (slot ``k`` = ``genes[k]``).
+    layers
+        Transformer layers accumulated (model layer numbers).
+    n_heads
+        Heads per layer.
+    per_head
+        Keep one sum per head (memory × ``n_heads``); otherwise the sum over heads.
+    dtype
+        Floating type of the sums (float64 by default; float32 halves the memory).
+    device
+        Where the tensors live (the model's device).
+    scale
+        Factor applied when the edges are read out (√d_head for ``score="qk"``).
+    params
+        Provenance (score kind, hook site, batch size, ...): saved with the state, copied
+        into every EdgeScores, and required to be equal when merging.
+
+    Attributes
+    ----------
+    sum
+        ``(n_layers, n_heads or 1, G, G)``: Σ over cells of the score of gene i's query
+        token attending to gene j's key token.
+    count
+        ``(G, G)`` int32: cells in which both genes were tokenised (shared by all layers
+        and heads, which see the same tokens).
+    n_cells
+        Cells folded in.
+    """
+
+    def __init__(
+        self,
+        genes: Sequence[str] | pd.Index,
+        *,
+        layers: Sequence[int],
+        n_heads: int,
+        per_head: bool = False,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+        scale: float = 1.0,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.genes = pd.Index(genes).astype(str)
+        if self.genes.has_duplicates:
+            dup = self.genes[self.genes.duplicated()].unique()[:5].tolist()
+            raise ValueError(f"AttentionAccumulator: duplicated gene names {dup}.")
+        self.layers = tuple(int(L) for L in layers)
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"AttentionAccumulator: need distinct layers, got {self.layers}.")
+        if not dtype.is_floating_point:
+            raise ValueError(f"AttentionAccumulator: dtype must be floating, got {dtype}.")
+        self.n_heads = int(n_heads)
+        self.per_head = bool(per_head)
+        self.scale = float(scale)
+        self.params = dict(params or {})
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        G = len(self.genes)
+        hs = self.n_heads if self.per_head else 1
+        self._pos = {L: i for i, L in enumerate(self.layers)}
+        self.sum = torch.zeros((len(self.layers), hs, G, G), dtype=dtype, device=self.device)
+        self.count = torch.zeros((G, G), dtype=torch.int32, device=self.device)
+        self.n_cells = 0
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sum.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the accumulator's tensors (independent of :attr:`n_cells`)."""
+        return self.sum.numel() * self.sum.element_size() + (
+            self.count.numel() * self.count.element_size()
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AttentionAccumulator({self.n_genes} genes, layers={list(self.layers)}, "
+            f"heads={self.n_heads}{' per head' if self.per_head else ' pooled'}, "
+            f"n_cells={self.n_cells}, {self.nbytes / 2**20:.1f} MiB)"
+        )
+
+    # -- folding ------------------------------------------------------------------------
+    def prepare(self, gene_slot: torch.Tensor) -> PairIndex:
+        """Index the token pairs of a batch: ``gene_slot`` (B, T) is each token's gene slot
+        in :attr:`genes`, −1 for special tokens, padding and genes not accumulated."""
+        if gene_slot.ndim != 2:
+            raise ValueError(f"gene_slot must be (B, T), got shape {tuple(gene_slot.shape)}.")
+        slot = gene_slot.to(self.device, torch.int64)
+        G = self.n_genes
+        if slot.numel() and int(slot.max()) >= G:
+            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
+        B, T = slot.shape
+        # int32 indices (half the memory) whenever they fit; index_add_ accepts both
+        small = G * G < 2**31 and B * T * T < 2**31
+        if small:
+            slot = slot.to(torch.int32)
+        valid = slot >= 0
+        lin = (slot[:, :, None] * G + slot[:, None, :]).reshape(-1)
+        if bool(valid.all()):
+            return PairIndex(lin=lin, sel=None, shape=(B, T))
+        pair = (valid[:, :, None] & valid[:, None, :]).reshape(-1)
+        sel = pair.nonzero().squeeze(1)
+        if small:
+            sel = sel.to(torch.int32)
+        return PairIndex(lin=lin[sel], sel=sel, shape=(B, T))
+
+    def add_cells(self, gene_slot: torch.Tensor | PairIndex) -> PairIndex:
+        """Count a batch of cells (coverage and :attr:`n_cells`); return its
+        :class:`PairIndex` for :meth:`fold`. Call once per batch, then :meth:`fold` every
+        layer of the accumulator with that batch."""
+        index = gene_slot if isinstance(gene_slot, PairIndex) else self.prepare(gene_slot)
+        ones = torch.ones(index.lin.shape[0], dtype=self.count.dtype, device=self.device)
+        self.count.view(-1).index_add_(0, index.lin, ones)
+        self.n_cells += index.shape[0]
+        return index
+
+    def fold(self, layer: int, values: torch.Tensor, index: PairIndex) -> None:
+        """Add one layer's per-cell scores ``values`` (B, H, T, T) (rows = queries) for the
+        batch described by ``index`` (from :meth:`add_cells`)."""
+        if layer not in self._pos:
+            raise ValueError(f"layer {layer} is not accumulated (layers {list(self.layers)}).")
+        B, T = index.shape
+        if tuple(values.shape) != (B, self.n_heads, T, T):
+            raise ValueError(
+                f"scores of layer {layer} have shape {tuple(values.shape)}, expected "
+                f"{(B, self.n_heads, T, T)} (batch, heads, tokens, tokens)."
+            )
+        buf = self.sum[self._pos[layer]].view(self.sum.shape[1], -1)  # (Hs, G·G)
+        if not self.per_head:
+            srcs = [values.sum(1)]  # (B, T, T): sum over heads, mean taken at read-out
+        else:
+            srcs = [values[:, h] for h in range(self.n_heads)]
+        for h, src in enumerate(srcs):
+            v = src.reshape(-1)
+            if index.sel is not None:
+                v = v[index.sel]
+            buf[h].index_add_(0, index.lin, v.to(device=self.device, dtype=buf.dtype))
+
+    def update(
+        self,
+        pattern: torch.Tensor | Mapping[int, torch.Tensor],
+        gene_slot: torch.Tensor,
+    ) -> None:
+        """Fold one batch: ``pattern`` (B, H, T, T) for a one-layer accumulator, or a
+        mapping layer → (B, H, T, T) covering every accumulated layer; ``gene_slot`` (B, T)
+        as in :meth:`prepare`."""
+        if isinstance(pattern, Mapping):
+            patterns = {int(k): v for k, v in pattern.items()}
+            if set(patterns) != set(self.layers):
+                raise ValueError(
+                    f"update needs a pattern for every accumulated layer {list(self.layers)}, "
+                    f"got {sorted(patterns)}; use add_cells() + fold() to stream layers."
+                )
+        else:
+            if len(self.layers) != 1:
+                raise ValueError(
+                    "this accumulator has several layers: pass {layer: pattern} for all of "
+                    "them, or call add_cells() once per batch and fold() per layer."
+                )
+            patterns = {self.layers[0]: pattern}
+        index = self.add_cells(gene_slot)
+        for layer, p in patterns.items():
+            self.fold(layer, p, index)
+
+    # -- combining and caching ----------------------------------------------------------
+    def _check_compatible(self, other: AttentionAccumulator) -> None:
+        mine = (list(self.genes), self.layers, self.n_heads, self.per_head, self.scale)
+        theirs = (list(other.genes), other.layers, other.n_heads, other.per_head, other.scale)
+        names = ("genes", "layers", "n_heads", "per_head", "scale")
+        keys = ("score", "site", "counts", "model")  # what makes the sums comparable
+        mine += tuple(self.params.get(k) for k in keys)
+        theirs += tuple(other.params.get(k) for k in keys)
+        names += tuple(f"params[{k!r}]" for k in keys)
+        for name, a, b in zip(names, mine, theirs):
+            if a != b:
+                raise ValueError(f"cannot merge accumulators with different {name}.")
+
+    def merge(self, other: AttentionAccumulator) -> AttentionAccumulator:
+        """Add ``other`` (a shard of other cells) into this accumulator; returns self."""
+        self._check_compatible(other)
+        self.sum += other.sum.to(self.device, self.sum.dtype)
+        self.count += other.count.to(self.device)
+        self.n_cells += other.n_cells
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the accumulator (CPU tensor copies)."""
+        return {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "genes": list(self.genes),
+            "layers": list(self.layers),
+            "n_heads": self.n_heads,
+            "per_head": self.per_head,
+            "scale": self.scale,
+            "params": dict(self.params),
+            "n_cells": self.n_cells,
+            "sum": self.sum.to("cpu", copy=True),
+            "count": self.count.to("cpu", copy=True),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], *, device: str | torch.device | None = None
+    ) -> AttentionAccumulator:
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError("not an AttentionAccumulator state dict.")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"AttentionAccumulator state version {state.get('version')} is not "
+                f"{_STATE_VERSION}; recompute it."
+            )
+        acc = cls(
+            state["genes"],
+            layers=state["layers"],
+            n_heads=state["n_heads"],
+            per_head=state["per_head"],
+            dtype=state["sum"].dtype,
+            device=device,
+            scale=state["scale"],
+            params=state.get("params"),
+        )
+        if tuple(state["sum"].shape) != tuple(acc.sum.shape):
+            raise ValueError("AttentionAccumulator state: sum has the wrong shape.")
+        acc.sum.copy_(state["sum"])
+        acc.count.copy_(state["count"])
+        acc.n_cells = int(state["n_cells"])
+        return acc
+
+    # -- read-out -----------------------------------------------------------------------
+    def to_edge_scores(
+        self,
+        *,
+        normalisation: Normalisation = "present",
+        model: str | None = None,
+        dataset: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        symmetrise: bool = False,
+    ) -> list[EdgeScores]:
+        """Edge scores per layer: the head-pooled mean first (``head=None``), then, when
+        :attr:`per_head`, one per head.
+
+        ``normalisation="present"`` divides the sum by the coverage (mean over the cells
+        in which both genes were tokenised; NaN where they never were); ``"all"`` divides
+        by :attr:`n_cells` (an absent pair contributes 0). The pooled score is the mean
+        over heads of the per-head scores. ``symmetrise`` returns (S + Sᵀ)/2.
+        """
+        if normalisation not in ("present", "all"):
+            raise ValueError(f"normalisation must be 'present' or 'all', got {normalisation!r}.")
+        count = self.count.to(self.sum.dtype)
+        if normalisation == "present":
+            denom = count
+        else:
+            denom = torch.full_like(count, float(self.n_cells))
+        absent = denom == 0
+        coverage = self.count.cpu().numpy().copy()  # shared by this call's EdgeScores
+        coverage.setflags(write=False)
+        base = {
+            "normalisation": normalisation,
+            "per_head": self.per_head,
+            "n_heads": self.n_heads,
+            "n_layers_accumulated": len(self.layers),
+            "layers": list(self.layers),
+            "accumulator_dtype": str(self.sum.dtype).removeprefix("torch."),
+            "scale": self.scale,
+            "orientation": "scores[i, j]: query token of genes[i] attends to key token of genes[j]",
+            **self.params,
+            **(dict(params) if params else {}),
+        }
+
+        def make(mat: torch.Tensor, layer: int, head: int | None) -> EdgeScores:
+            m = mat * self.scale / denom
+            m = m.masked_fill(absent, float("nan")).cpu().numpy()
+            es = EdgeScores(
+                scores=m,
+                genes=self.genes,
+                method="attention",
+                layer=layer,
+                head=head,
+                n_cells=self.n_cells,
+                coverage=coverage,
+                directed=True,
+                model=model,
+                dataset=dataset,
+                params={**base, "pooling": "mean over heads" if head is None else "head"},
+            )
+            if not symmetrise:
+                return es
+            with warnings.catch_warnings():  # pairs never seen stay NaN
+                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                return es.symmetrised()
+
+        out: list[EdgeScores] = []
+        for i, layer in enumerate(self.layers):
+            s = self.sum[i]
+            out.append(make(s.sum(0) / self.n_heads, layer, None))
+            if self.per_head:
+                out.extend(make(s[h], layer, h) for h in range(self.n_heads))
+        return out
+
+
+# -- scGPT's rank normalisation ---------------------------------------------------------------
+def _rank(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """0-based ranks along ``dim`` (ties by position: stable sort)."""
+    order = torch.argsort(x, dim=dim, stable=True)
+    shape = [1] * x.ndim
+    shape[dim] = x.shape[dim]
+    ar = torch.arange(x.shape[dim], device=x.device).view(shape).expand_as(order)
+    return torch.empty_like(order).scatter_(dim, order, ar)
+
+
+def scgpt_rank_normalise(
+    scores: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """scGPT's attention-GRN normalisation of q·kᵀ (B, H, T, T) → (B, H, T, T) float32.
+
+    Following ``Tutorial_Attention_GRN.ipynb``: per cell and head, each row (query) of
+    q·kᵀ is replaced by the ranks of its entries divided by M, then each column (key) of
+    that matrix by its ranks divided by M (ranks 0 … M−1). Averaging over heads and cells
+    is left to the accumulator. Ranks are invariant to the positive 1/√d_head factor, so
+    the ``attn.scores`` site can be used as is.
+
+    Deviations from the tutorial (which tokenises every HVG in every cell, so it has no
+    padding): padding tokens (``attention_mask`` False) are excluded from both rankings
+    and M is the number of real tokens of the cell (``<cls>`` included, as in the
+    tutorial); ties are ranked by position (stable sort; the tutorial's ``argsort`` does
+    not specify); scores are ranked in the model's dtype (the tutorial runs under fp16
+    autocast, which creates more ties); every cell is averaged (the tutorial's loop skips
+    the first cell of each condition).
+    """
+    B, H, T, _ = scores.shape
+    if attention_mask is None:
+        attention_mask = torch.ones((B, T), dtype=torch.bool, device=scores.device)
+    real = attention_mask.to(scores.device, torch.bool)
+    M = real.sum(1).clamp(min=1).to(torch.float32)[:, None, None]  # (B, 1, 1)
+    pad_key = ~real[:, None, :]  # (B, 1, T)
+    pad_query = ~real[:, :, None]  # (B, T, 1)
+    out = torch.empty((B, H, T, T), dtype=torch.float32, device=scores.device)
+    for h in range(H):  # one head at a time bounds the int64 sort buffers
+        x = scores[:, h].masked_fill(pad_key, float("inf"))  # padding ranks last
+        row = _rank(x, -1)  # (B, T, T): rank of key j in query i's row
+        row = row.masked_fill(pad_query, T)  # padded queries rank last in each column
+        col = _rank(row, -2)
+        out[:, h] = col.to(torch.float32) / M
+    return out
+
+
+# -- the streaming engine --------------------------------------------------------------------
+class _StopForward(BaseException):
+    """Raised after the last requested layer: the rest of the forward pass is skipped.
+    A BaseException so that no adapter's ``except Exception`` can swallow it."""
+
+
+def _resolve_layers(adapter, layers: int | Sequence[int] | None) -> list[int]:
+    n = adapter.n_layers
+    if layers is None:
+        return list(range(n))
+    raw = [layers] if isinstance(layers, int | np.integer) else list(layers)
+    out = []
+    for L in raw:
+        L = int(L)
+        if not -n <= L < n:
+            raise ValueError(f"layer {L} out of range: the model has {n} layers (0 … {n - 1}).")
+        out.append(L % n)
+    if not out:
+        raise ValueError("layers is empty; pass None for all layers.")
+    return sorted(set(out))
+
+
+def _resolve_genes(adata, genes) -> tuple[pd.Index, np.ndarray]:
+    """Accumulated gene names and the map dataset gene position → slot (−1 = not kept)."""
+    var = pd.Index(adata.var_names).astype(str)
+    if var.has_duplicates:
+        dup = var[var.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"adata.var_names has duplicates {dup}; make them unique first.")
+    if genes is None:
+        return var, np.arange(len(var), dtype=np.int64)
+    names = pd.Index(genes).astype(str)
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"genes has duplicates {dup}.")
+    pos = var.get_indexer(names)
+    if (pos < 0).any():
+        missing = names[pos < 0]
+        raise ValueError(
+            f"{len(missing)} of the requested genes are not in adata.var_names "
+            f"(e.g. {missing[:10].tolist()}); intersect them with adata.var_names first."
+        )
+    slot_map = np.full(len(var), -1, dtype=np.int64)
+    slot_map[pos] = np.arange(len(names))
+    return names, slot_map
+
+
+def _resolve_cells(adata, cells) -> np.ndarray:
+    n = adata.n_obs
+    if cells is None:
+        return np.arange(n)
+    arr = np.asarray(cells)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"boolean cells mask has length {arr.size}, adata has {n} cells.")
+        return np.flatnonzero(arr)
+    if arr.dtype.kind in "OUS":
+        pos = pd.Index(adata.obs_names).get_indexer(arr.astype(str))
+        if (pos < 0).any():
+            raise ValueError(f"cells not in adata.obs_names: {arr[pos < 0][:5].tolist()}")
+        return pos
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"cell positions must lie in 0 … {n - 1}.")
+    return arr
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _CellsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("? cells/s" if speed is None else f"{speed:,.1f} cells/s")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _CellsPerSecond(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def extract_attention_accumulator(
+    adapter,
+    adata,
+    *,
+    cells=None,
+    genes=None,
+    layers: int | Sequence[int] | None = None,
+    per_head: bool = False,
+    score: str = "softmax",
+    batch_size: int = 16,
+    counts: str = "X",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> AttentionAccumulator:
+    """Stream ``cells`` of ``adata`` through ``adapter`` and accumulate attention scores.
+
+    Same parameters as :func:`extract_attention_edges`; returns the raw
+    :class:`AttentionAccumulator` (on the adapter's device), e.g. to process shards of
+    cells separately and :meth:`~AttentionAccumulator.merge` them.
+    """
+    from scfm_audit.models._hooks import site_name
+
+    kind = _resolve_score(score)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+    layer_list = _resolve_layers(adapter, layers)
+    names, slot_map = _resolve_genes(adata, genes)
+    cell_idx = _resolve_cells(adata, cells)
+    device = torch.device(adapter.device)
+    d_head = adapter.d_model // adapter.n_heads
+    acc = AttentionAccumulator(
+        names,
+        layers=layer_list,
+        n_heads=adapter.n_heads,
+        per_head=per_head,
+        dtype=dtype,
+        device=device,
+        scale=math.sqrt(d_head) if kind == "qk" else 1.0,
+        params={
+            "score": kind,
+            "site": SCORE_KINDS[kind],
+            "batch_size": batch_size,
+            "counts": counts,
+            "n_layers": adapter.n_layers,
+            "model": adapter.name,
+            "model_family": getattr(adapter, "family", None),
+        },
+    )
+    slot_map_t = torch.as_tensor(slot_map, device=device)
+    last = layer_list[-1]
+    current: dict[str, PairIndex] = {}
+
+    def fold_hook(x: torch.Tensor, *, site: str, ctx) -> None:
+        layer = int(site.split(".")[1])
+        if kind == "scgpt_grn":
+            x = scgpt_rank_normalise(x, ctx.attention_mask)
+        acc.fold(layer, x, current["index"])
+        if layer == last:
+            raise _StopForward
+        return None
+
+    site_kind = SCORE_KINDS[kind]
+    fns = [(site_name(L, site_kind), fold_hook) for L in layer_list]
+    with _progress(progress) as bar, adapter.hooks(fns):
+        task = bar.add_task(f"attention {adapter.name}", total=len(cell_idx))
+        for batch in adapter.iter_batches(
+            adata, batch_size=batch_size, cells=cell_idx, counts=counts
+        ):
+            gidx = batch.gene_index.to(device)
+            slot = torch.where(gidx >= 0, slot_map_t[gidx.clamp(min=0)], -1)
+            current["index"] = acc.add_cells(slot)
+            try:
+                adapter.forward(batch)
+            except _StopForward:
+                pass
+            bar.advance(task, len(batch))
+    return acc
+
+
+def extract_attention_edges(
+    adapter,
+    adata,
+    *,
+    cells=None,
+    genes=None,
+    layers: int | Sequence[int] | None = None,
+    per_head: bool = False,
+    score: str = "softmax",
+    normalisation: Normalisation = "present",
+    batch_size: int = 16,
+    counts: str = "X",
+    symmetrise: bool = False,
+    dtype: torch.dtype = torch.float32,
+    dataset: str | None = None,
+    progress: bool = True,
+) -> list[EdgeScores]:
+    """Attention edges of a model over a dataset, streamed cell batch by cell batch.
+
+    Parameters
+    ----------
+    adapter
+        A loaded :class:`~scfm_audit.models.ModelAdapter`; runs on its device.
+    adata
+        Cells to tokenise (raw counts in ``X`` or the layer ``counts``).
+    cells
+        Obs positions, a boolean mask or obs names (all cells when None).
+    genes
+        Genes to accumulate (e.g. HVGs, TFs and targets), all in ``adata.var_names``;
+        other genes are still tokenised (the model sees the whole cell) but their pairs
+        are not accumulated. All genes when None — memory grows as G².
+    layers
+        Layers to read (negative numbers count from the end); all when None. The forward
+        pass stops after the last requested layer.
+    per_head
+        Also return one EdgeScores per head (memory × n_heads).
+    score
+        ``"softmax"``, ``"qk"`` (alias ``"raw"``), ``"qk_scaled"`` or ``"scgpt_grn"``
+        (see the module docstring).
+    normalisation
+        ``"present"``: mean over the cells where both genes were tokenised (NaN if
+        never); ``"all"``: sum divided by the number of cells.
+    batch_size, counts
+        Cells per forward pass; the count matrix used by the tokenizer.
+    symmetrise
+        Return (S + Sᵀ)/2 (undirected).
+    dtype
+        Floating type of the accumulator (float32 by default; float64 for very many cells).
+    dataset
+        Dataset name recorded in the provenance.
+    progress
+        Show a progress bar with cells/s.
+
+    Returns
+    -------
+    list[EdgeScores]
+        Per layer: the head-pooled mean (``head=None``), then each head when
+        ``per_head``. ``method="attention"``, coverage = cells with both genes tokenised,
+        ``params`` records the score kind, normalisation, batch size and layers.
+    """
+    kind = _resolve_score(score)
+    acc = extract_attention_accumulator(
+        adapter,
+        adata,
+        cells=cells,
+        genes=genes,
+        layers=layers,
+        per_head=per_head,
+        score=kind,
+        batch_size=batch_size,
+        counts=counts,
+        dtype=dtype,
+        progress=progress,
+    )
+    return acc.to_edge_scores(
+        normalisation=normalisation, model=adapter.name, dataset=dataset, symmetrise=symmetrise
+    )
+
+
+# -- registration as an edge scorer ------------------------------------------------------------
+def _attention_scorer(adata, *, genes=None, seed: int = 0, model=None, **params):
+    """Edge scorer ``"attention"``: :func:`extract_attention_edges` with ``model=`` the
+    adapter (``seed`` is unused: the extraction is deterministic)."""
+    if model is None:
+        raise ValueError("the 'attention' scorer needs model=<a loaded ModelAdapter>.")
+    return extract_attention_edges(model, adata, genes=genes, **params)
+
+
+try:
+    from scfm_audit.edges._registry import register_scorer
+except ImportError:  # the registry module is optional at import time
+    register_scorer = None
+if register_scorer is not None:
+    register_scorer("attention")(_attention_scorer)
