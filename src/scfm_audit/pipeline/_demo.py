@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from scfm_audit import __version__
 from scfm_audit.pipeline._config import AuditConfig, config_from_dict
 
 #: simulator settings of the demo benchmark (small enough for 2 cores in minutes)
@@ -57,6 +58,7 @@ def demo_config_dict(
             # the same analysis on data simulated without regulation: p must not be small
             "grn_recovery@null": {
                 "datasets": ["sim_null"],
+                "edges": ["spearman", "pearson"],
                 "references": ["null_grn"],
                 "n_boot": n_boot,
                 "n_perm": n_perm,
@@ -64,6 +66,40 @@ def demo_config_dict(
             },
         },
     }
+
+
+def ensure_demo_models(
+    out: str | Path, *, quick: bool = False, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Small scGPT- and Geneformer-architecture models trained on the demo benchmark,
+    in their real checkpoint layouts under ``<out>/models`` (trained once, then reused
+    while the benchmark settings are unchanged). Returns the config ``models`` section.
+    """
+    import json
+    import shutil
+
+    from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq
+    from scfm_audit.models._train import train_demo_models
+    from scfm_audit.pipeline._cache import stable_hash
+    from scfm_audit.pipeline._io import atomic_write_text
+
+    sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
+    folder = Path(out) / "models"
+    stamp = folder / "demo_models.json"
+    key = stable_hash({"sim": sim, "quick": quick, "seed": seed, "version": __version__})
+    families = {"scgpt_demo": "scgpt", "geneformer_demo": "geneformer"}
+    fresh = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+    if not (fresh and all((folder / name).is_dir() for name in families)):
+        tmp = folder.parent / f".models-tmp-{key}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        bench = simulate_perturbseq(SimulationParams(**sim))
+        trained = train_demo_models(bench.adata, tmp, quick=quick, seed=seed)
+        if {Path(trained[f]).name for f in families.values()} != set(families):
+            raise RuntimeError(f"unexpected demo model folders: {trained}")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # the whole folder appears at once: a killed training leaves none
+        atomic_write_text(stamp, json.dumps({"key": key, "simulation": sim}))
+    return {name: {"family": fam, "path": str(folder / name)} for name, fam in families.items()}
 
 
 def demo_config(

@@ -1,0 +1,723 @@
+"""Train small demo models of both families on a dataset (the synthetic benchmark).
+
+Real scGPT / Geneformer weights cannot be downloaded here, so the demo trains small models
+of exactly the released architectures, from scratch, with each family's own pretraining
+objective, and saves them in the released checkpoint layouts; the audit then has models
+whose attention was shaped by data rather than by a random initialisation.
+
+Objectives
+----------
+scGPT: masked value modelling (scGPT pretraining, ``random_mask_value`` + ``masked_mse_loss``)
+    Cells are tokenized by :meth:`ScGPTAdapter.tokenize` (``<cls>`` + the non-zero genes,
+    per-cell binned values). Each step sees at most ``train_seq_len`` tokens per cell:
+    ``<cls>`` plus a random subset of the genes in random order, as scGPT's
+    ``DataCollator(sampling=True)`` does for cells longer than its ``max_length`` (the
+    saved ``max_seq_len`` still covers every non-zero gene, so the audit sees whole
+    cells; scGPT has no positional encoding). In every cell ``floor(mask_ratio · n)`` of
+    the ``n`` gene tokens (never ``<cls>`` or padding) get the input value
+    ``mask_value = -1`` (upstream ``args.json``), and the expression decoder's output at
+    those positions is regressed on their binned values: MSE over masked positions. The
+    MVC / generative objectives of scGPT's pretraining are not used (those heads keep
+    their initial weights).
+Geneformer: masked gene modelling (BERT masked-LM, ``DataCollatorForLanguageModeling``)
+    Cells are rank-value tokenized by :meth:`GeneformerAdapter.tokenize` with gene medians
+    computed from the data (:func:`gene_medians_from_counts`). Each gene token is selected
+    with probability ``mask_ratio`` (0.15); a selected token becomes ``<mask>`` (80 %), a
+    random gene token (10 %; upstream draws from the whole vocabulary, specials
+    included) or stays (10 %); cross-entropy of the masked-LM logits at the selected
+    positions. Full sequences (absolute positions must match the tokenizer's ranks).
+
+Both run through the adapter's differentiable ``_forward`` (the hooked encoder the audit
+reads), with AdamW (weight decay 0.01), linear warm-up over the first 5 % of the steps then
+cosine decay, and gradient-norm clipping at 1.0. Dropout is not applied (the shared
+encoder layer has none). Training uses *all* cells, controls and perturbed: a foundation
+model is pretrained on atlases holding both kinds of states, and the audit later runs the
+model on all of them; the perturbation labels are never shown to the model.
+
+Initialisation (scGPT only; the architecture and parameter shapes are unchanged): the
+first layer of the value encoder gets ReLU kinks spread over the bin range (see
+:func:`_init_value_encoder`; with the default initialisation bins 5 … 50 embed almost
+identically and the model starts blind to values), and the expression decoder's output
+bias starts at the mean bin. Both only shorten the start of training.
+
+Determinism: weights come from ``build_*_checkpoint(seed=seed)``; cell order, gene
+sub-samples and masks from one ``torch.Generator`` seeded with ``seed``; the same inputs
+give the same model on the same device unless the ``max_seconds`` safety budget stops
+training early (recorded as ``stopped_by_budget`` in ``train_log.json``).
+``torch.set_num_threads`` is left alone.
+
+What the attention learns (measured; Spearman of |co-expression| against head-pooled
+softmax attention per layer, trained versus the same architecture at its random
+initialisation):
+
+* small benchmark with strong co-expression modules (``tests/test_train.py``, ~1,000
+  steps): every scGPT layer becomes co-expression-structured (max |r| over layers
+  0.22–0.31 against ≤ 0.06 at random init), with a layer-dependent sign (the second
+  layer attends *away* from co-expressed partners), so the mean over layers can cancel.
+  Geneformer's masked-LM attention stays unrelated (max |r| ≤ 0.05, random init up to
+  0.07 through the ≈ 1/T uniform-attention artefact).
+* quick demo benchmark (:data:`DEMO_TRAINING` ``"quick"``): scGPT learns to use context
+  (held-in masked MSE 201 → 83; a per-gene-mean predictor gets ~94) and its attention
+  correlates with |co-expression| in every layer (mean +0.05 against +0.01 at random
+  init); Geneformer +0.02 against +0.09.
+* full demo benchmark (three-minute budget): scGPT only reaches the per-gene-mean level
+  (masked MSE 199 → 99; ~98 for per-gene means, ~88 with the cell state known) and its
+  attention is weakly *anti*-related to |co-expression| (mean -0.06 against +0.02);
+  Geneformer +0.03 against +0.22 (artefact). Longer training is what these models need.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from scfm_audit.models._base import ModelAdapter, TokenizedBatch
+
+__all__ = [
+    "DEMO_TRAINING",
+    "TrainReport",
+    "gene_medians_from_counts",
+    "train_demo_models",
+    "train_geneformer_demo",
+    "train_scgpt_demo",
+]
+
+LOG_FILE = "train_log.json"
+SCGPT_MASK_VALUE = -1.0  # args.json "mask_value"
+WARMUP_FRACTION = 0.05
+CLIP_NORM = 1.0
+WEIGHT_DECAY = 0.01
+EVAL_CELLS = 256  # the first cells, with fixed masks: loss before and after training
+
+
+@dataclass
+class TrainReport:
+    """What one training run did (also written to ``train_log.json``).
+
+    ``loss_per_epoch``: mean training loss of each epoch (the last one partial when the
+    budget stopped training). ``eval_loss_initial`` / ``eval_loss_final``: the masked loss
+    of the untrained and the trained model on the first :data:`EVAL_CELLS` cells with the
+    same fixed masks both times, so the two numbers are directly comparable.
+    ``adapter``: the trained model in memory (not serialised).
+    """
+
+    family: str
+    path: Path
+    objective: str
+    n_cells: int
+    n_genes: int
+    n_params: int
+    epochs: int
+    steps: int
+    loss_per_epoch: list[float]
+    eval_loss_initial: float
+    eval_loss_final: float
+    seconds: float
+    stopped_by_budget: bool
+    params: dict[str, Any] = field(default_factory=dict)
+    adapter: ModelAdapter | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def final_loss(self) -> float:
+        return self.loss_per_epoch[-1] if self.loss_per_epoch else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "adapter"}
+        d["path"] = str(self.path)
+        d["torch_version"] = torch.__version__
+        d["torch_threads"] = torch.get_num_threads()
+        return d
+
+    def write(self, folder: str | Path) -> Path:
+        p = Path(folder) / LOG_FILE
+        tmp = p.with_name(f".{LOG_FILE}.tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2))
+        tmp.replace(p)
+        return p
+
+
+# ---------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _counts(adata) -> sp.csr_matrix:
+    X = adata.X
+    if X is None:
+        raise ValueError("adata.X is empty; training needs raw counts in X.")
+    return sp.csr_matrix(X)
+
+
+def gene_medians_from_counts(adata, n_counts: np.ndarray | None = None) -> np.ndarray:
+    """Per gene, the median of its non-zero ``counts / n_counts · 10,000`` values, as in
+    Geneformer's gene median dictionary (non-zero median of the normalised expression);
+    genes never detected get 1.0.
+
+    ``n_counts`` defaults to ``obs["n_counts"]`` when present, else each cell's total
+    (what :meth:`GeneformerAdapter.tokenize` divides by).
+    """
+    X = _counts(adata).astype(np.float64)
+    if n_counts is None:
+        if "n_counts" in adata.obs.columns:
+            n_counts = adata.obs["n_counts"].to_numpy(dtype=np.float64)
+        else:
+            n_counts = np.asarray(X.sum(axis=1)).ravel()
+    n_counts = np.asarray(n_counts, dtype=np.float64)
+    scale = np.divide(1e4, n_counts, out=np.zeros_like(n_counts), where=n_counts > 0)
+    Xn = sp.csc_matrix(sp.diags(scale) @ X)
+    med = np.ones(X.shape[1])
+    for j in range(X.shape[1]):
+        v = Xn.data[Xn.indptr[j] : Xn.indptr[j + 1]]
+        v = v[v > 0]
+        if v.size:
+            med[j] = float(np.median(v))
+    return med
+
+
+def _schedule(step: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 0."""
+    warm = max(1, int(WARMUP_FRACTION * total))
+    if step < warm:
+        return (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _batches(n: int, batch_size: int, lengths: np.ndarray, gen: torch.Generator) -> list:
+    """One shuffled epoch in batches of similar length (within chunks of 50 batches the
+    cells are sorted by length, as Hugging Face's ``group_by_length``; the batches are then
+    shuffled), so little compute goes to padding."""
+    perm = torch.randperm(n, generator=gen).numpy()
+    chunk = batch_size * 50
+    out = []
+    for s in range(0, n, chunk):
+        part = perm[s : s + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        out += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    order = torch.randperm(len(out), generator=gen).numpy()
+    return [out[i] for i in order]
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+@dataclass
+class _FitResult:
+    losses: list[float]
+    eval_before: float
+    eval_after: float
+    epochs: int
+    steps: int
+    stopped: bool
+    seconds: float
+
+
+def _fit(
+    *,
+    name: str,
+    module: torch.nn.Module,
+    n_cells: int,
+    lengths: np.ndarray,
+    loss_fn: Callable[[np.ndarray, torch.Generator], torch.Tensor],
+    eval_fn: Callable[[], float],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    gen: torch.Generator,
+    max_seconds: float | None,
+    progress: bool,
+    started: float,
+) -> _FitResult:
+    """The AdamW loop shared by both families."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    total = epochs * math.ceil(n_cells / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total))
+    eval_before = eval_fn()
+    losses: list[float] = []
+    step = done = 0
+    stopped = False
+    with _progress(progress) as bar:
+        task = bar.add_task(name, total=total, loss=float("nan"))
+        for _ in range(epochs):
+            run, n = 0.0, 0
+            for idx in _batches(n_cells, batch_size, lengths, gen):
+                loss = loss_fn(idx, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+                opt.step()
+                sched.step()
+                step += 1
+                run += float(loss.detach())
+                n += 1
+                bar.update(task, advance=1, loss=run / n)
+                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                    stopped = True
+                    break
+            losses.append(run / max(n, 1))
+            done += 1
+            if stopped:
+                break
+    eval_after = eval_fn()
+    return _FitResult(
+        losses, eval_before, eval_after, done, step, stopped, time.perf_counter() - started
+    )
+
+
+def _check_common(epochs: int, batch_size: int, lr: float, mask_ratio: float, adata) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be ≥ 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 < mask_ratio < 1:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    if adata.n_obs < 1 or adata.n_vars < 2:
+        raise ValueError(f"need at least 1 cell and 2 genes, got {adata.n_obs} × {adata.n_vars}")
+
+
+def _rows(batch: TokenizedBatch, idx: np.ndarray) -> TokenizedBatch:
+    """Rows ``idx`` of a padded batch, cut to their longest sequence."""
+    t = torch.as_tensor(idx, dtype=torch.long)
+    mask = batch.attention_mask[t]
+    T = max(int(mask.sum(1).max()), 1)
+    return TokenizedBatch(
+        input_ids=batch.input_ids[t, :T],
+        attention_mask=mask[:, :T],
+        gene_index=batch.gene_index[t, :T],
+        cell_index=batch.cell_index[idx],
+        values=None if batch.values is None else batch.values[t, :T],
+    )
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+# ---------------------------------------------------------------------------------------
+# scGPT
+
+
+def _subsample(batch: TokenizedBatch, length: int | None, gen: torch.Generator) -> TokenizedBatch:
+    """At most ``length`` tokens per cell: ``<cls>`` plus a random subset of the gene
+    tokens in random order (scGPT's ``DataCollator`` with ``sampling=True``)."""
+    if length is None or batch.seq_len <= length:
+        return batch
+    mask = batch.attention_mask
+    r = torch.rand(mask.shape, generator=gen)
+    r[:, 0] = -1.0  # <cls> stays first
+    r[~mask] = 2.0  # padding last
+    order = r.argsort(1)[:, :length]
+    new_mask = mask.gather(1, order)
+    T = int(new_mask.sum(1).max())
+    order, new_mask = order[:, :T], new_mask[:, :T]
+    return TokenizedBatch(
+        input_ids=batch.input_ids.gather(1, order),
+        attention_mask=new_mask,
+        gene_index=batch.gene_index.gather(1, order),
+        cell_index=batch.cell_index,
+        values=batch.values.gather(1, order),
+    )
+
+
+def _scgpt_mask(mask: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Positions to mask: per row ``floor(ratio · n)`` of the ``n`` gene tokens (position 0
+    is ``<cls>``), uniformly without replacement (``random_mask_value``)."""
+    cand = mask.clone()
+    cand[:, 0] = False
+    k = torch.floor(cand.sum(1).float() * ratio).long()
+    r = torch.rand(cand.shape, generator=gen)
+    r[~cand] = 2.0
+    rank = r.argsort(1).argsort(1)
+    return (rank < k[:, None]) & cand
+
+
+def _scgpt_loss(adapter, batch: TokenizedBatch, sel: torch.Tensor) -> torch.Tensor:
+    """MSE of the expression decoder at the masked positions ``sel``."""
+    vals = batch.values.clone()
+    target = batch.values[sel]
+    vals[sel] = SCGPT_MASK_VALUE
+    masked = TokenizedBatch(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        gene_index=batch.gene_index, cell_index=batch.cell_index, values=vals,
+    )  # fmt: skip
+    out = adapter._forward(masked.to(adapter.device))
+    pred = out.gene_predictions[sel.to(adapter.device)]
+    return F.mse_loss(pred, target.to(adapter.device))
+
+
+def _init_value_encoder(module, n_bins: int, gen: torch.Generator) -> None:
+    """Spread the kinks of the value encoder's first ReLU layer over the bin range.
+
+    ``ContinuousValueEncoder`` is ``LayerNorm(Linear(ReLU(Linear(x))))`` of the raw bin
+    number. With the default initialisation every hidden unit is linear in ``x`` beyond
+    ``x ≈ 1``, so after the LayerNorm bins 5 … 50 embed almost identically (cosine
+    > 0.99) and training starts blind to expression values. Here unit ``k`` gets
+    ``w_k = ±U(0.5, 1.5)`` and ``b_k = −w_k · t_k`` with ``t_k ~ U(−2, n_bins)``: a ReLU
+    basis with kinks across the bins. Same architecture and shapes.
+    """
+    ve = getattr(module, "value_encoder", None)
+    lin = getattr(ve, "linear1", None)
+    if lin is None:  # category / scaling input styles: nothing to do
+        return
+    d = lin.weight.shape[0]
+    sign = torch.where(torch.rand(d, generator=gen) < 0.5, -1.0, 1.0)
+    w = sign * (0.5 + torch.rand(d, generator=gen))
+    t = -2.0 + (n_bins + 2.0) * torch.rand(d, generator=gen)
+    with torch.no_grad():
+        lin.weight.copy_(w[:, None])
+        lin.bias.copy_(-w * t)
+
+
+def train_scgpt_demo(
+    adata,
+    out_dir: str | Path,
+    *,
+    d_model: int = 64,
+    n_layers: int = 4,
+    n_heads: int = 4,
+    d_hid: int = 128,
+    n_bins: int = 51,
+    max_seq_len: int | None = None,
+    train_seq_len: int | None = 128,
+    epochs: int = 6,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    mask_ratio: float = 0.4,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    device: str | torch.device | None = "cpu",
+    progress: bool = True,
+) -> TrainReport:
+    """Train a fresh scGPT-architecture model on ``adata`` by masked value modelling and
+    save it to ``out_dir`` in the real layout (``args.json``, ``vocab.json``,
+    ``best_model.pt``) with a ``train_log.json``.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X``; all cells are used. The vocabulary is ``var_names`` (scGPT
+        matches gene symbols).
+    d_model, n_layers, n_heads, d_hid, n_bins
+        Architecture (``args.json`` ``embsize``, ``nlayers``, ``nheads``, ``d_hid``,
+        ``n_bins``).
+    max_seq_len
+        Saved in ``args.json`` (the length the audit tokenizes at); default 1 + the largest
+        number of non-zero genes of a cell, so no cell is cut.
+    train_seq_len
+        Tokens per cell during training (``<cls>`` + a random gene subset, upstream's
+        collator sampling); None = whole cells.
+    epochs, batch_size, lr, mask_ratio
+        Optimisation (see the module docstring); ``mask_ratio`` of the gene tokens of each
+        cell get ``mask_value = -1``.
+    seed
+        Initial weights, cell order, gene sub-samples, masks.
+    max_seconds
+        Safety budget: training stops after the step that exceeds it (the model is saved
+        and ``stopped_by_budget`` recorded).
+    device
+        Where to train (default CPU; the checkpoint is saved from CPU tensors either way).
+    progress
+        Show a progress bar.
+    """
+    from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+
+    started = time.perf_counter()
+    _check_common(epochs, batch_size, lr, mask_ratio, adata)
+    X = _counts(adata)
+    nnz = np.diff(X.indptr) if X.has_canonical_format else np.asarray((X != 0).sum(1)).ravel()
+    if max_seq_len is None:
+        max_seq_len = int(nnz.max()) + 1
+    if train_seq_len is not None and train_seq_len < 2:
+        raise ValueError(f"train_seq_len must be ≥ 2 (<cls> + one gene), got {train_seq_len}")
+    genes = [str(g) for g in adata.var_names]
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = build_scgpt_checkpoint(
+            Path(tmp) / "init", genes, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+            d_hid=d_hid, n_bins=n_bins, max_seq_len=max_seq_len, seed=seed,
+        )  # fmt: skip
+        adapter = ScGPTAdapter.load(ck, device=device, name=out_dir.name, seed=seed)
+    data = adapter.tokenize(adata)
+    lengths = data.attention_mask.sum(1).numpy()
+    module = adapter.module
+    module.eval()  # no dropout / batch-norm statistics; gradients flow regardless
+    gen = torch.Generator().manual_seed(seed)
+    _init_value_encoder(module, n_bins, gen)
+    real = data.attention_mask.clone()
+    real[:, 0] = False
+    with torch.no_grad():  # the expression decoder starts at the mean bin
+        module.decoder.fc[-1].bias.fill_(float(data.values[real].mean()))
+
+    eval_gen = torch.Generator().manual_seed(seed + 7919)
+    eval_batch = _subsample(_rows(data, np.arange(min(EVAL_CELLS, adata.n_obs))), train_seq_len,
+                            eval_gen)  # fmt: skip
+    eval_sel = _scgpt_mask(eval_batch.attention_mask, mask_ratio, eval_gen)
+
+    def eval_fn() -> float:
+        with torch.no_grad():
+            return float(_scgpt_loss(adapter, eval_batch, eval_sel))
+
+    def loss_fn(idx: np.ndarray, g: torch.Generator) -> torch.Tensor:
+        b = _subsample(_rows(data, idx), train_seq_len, g)
+        return _scgpt_loss(adapter, b, _scgpt_mask(b.attention_mask, mask_ratio, g))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fit = _fit(
+            name="scGPT (masked values)", module=module, n_cells=adata.n_obs,
+            lengths=lengths, loss_fn=loss_fn, eval_fn=eval_fn, epochs=epochs,
+            batch_size=batch_size, lr=lr, gen=gen, max_seconds=max_seconds,
+            progress=progress, started=started,
+        )  # fmt: skip
+    adapter.args.update(
+        data_source="scfm-audit demo (synthetic benchmark, all cells)", epochs=fit.epochs,
+        lr=lr, batch_size=batch_size, mask_ratio=mask_ratio, training_tasks="mlm",
+    )  # fmt: skip
+    adapter.save_pretrained(out_dir)
+    report = TrainReport(
+        family="scgpt", path=out_dir,
+        objective="masked value modelling (MSE on masked bins)",
+        n_cells=int(adata.n_obs), n_genes=len(genes), n_params=_n_params(module),
+        epochs=fit.epochs, steps=fit.steps, loss_per_epoch=fit.losses,
+        eval_loss_initial=fit.eval_before, eval_loss_final=fit.eval_after,
+        seconds=time.perf_counter() - started, stopped_by_budget=fit.stopped,
+        params=dict(
+            d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_hid=d_hid, n_bins=n_bins,
+            max_seq_len=max_seq_len, train_seq_len=train_seq_len, epochs=epochs,
+            batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, mask_value=SCGPT_MASK_VALUE,
+            seed=seed, max_seconds=max_seconds, optimizer="AdamW",
+            weight_decay=WEIGHT_DECAY, clip_norm=CLIP_NORM, warmup_fraction=WARMUP_FRACTION,
+            schedule="linear warm-up, cosine decay", cells="all (controls and perturbed)",
+            init="build_scgpt_checkpoint(seed) + value-encoder kinks + decoder bias at "
+            "the mean bin", device=str(adapter.device),
+        ),
+        adapter=adapter,
+    )  # fmt: skip
+    report.write(out_dir)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Geneformer
+
+
+def _gf_mask(
+    ids: torch.Tensor,
+    cand: torch.Tensor,
+    ratio: float,
+    mask_id: int,
+    gene_ids: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of the candidate positions: (new input ids, selected positions)."""
+    sel = (torch.rand(ids.shape, generator=gen) < ratio) & cand
+    u = torch.rand(ids.shape, generator=gen)
+    rnd = gene_ids[torch.randint(len(gene_ids), ids.shape, generator=gen)]
+    new = ids.clone()
+    new[sel & (u < 0.8)] = mask_id
+    swap = sel & (u >= 0.8) & (u < 0.9)
+    new[swap] = rnd[swap]
+    return new, sel
+
+
+def train_geneformer_demo(
+    adata,
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 64,
+    n_layers: int = 4,
+    n_heads: int = 4,
+    intermediate_size: int = 128,
+    version: Literal["V1", "V2"] = "V1",
+    epochs: int = 3,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    mask_ratio: float = 0.15,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    device: str | torch.device | None = "cpu",
+    progress: bool = True,
+) -> TrainReport:
+    """Train a fresh Geneformer-architecture ``BertForMaskedLM`` on ``adata`` by masked
+    gene modelling and save it to ``out_dir`` in the real layout (``config.json``,
+    ``model.safetensors``, token and gene-median dictionary pickles) with a
+    ``train_log.json``.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X``; all cells are used. The vocabulary is the dataset's Ensembl ids
+        (``var`` column ``ensembl_id`` / ``gene_ids`` / ``feature_id``, or Ensembl
+        ``var_names``); the gene medians are computed from the data
+        (:func:`gene_medians_from_counts`).
+    hidden_size, n_layers, n_heads, intermediate_size, version
+        Architecture and token conventions (V1: no special tokens, input 2048; V2:
+        ``<cls>``/``<eos>``, input 4096).
+    epochs, batch_size, lr, mask_ratio
+        Optimisation (see the module docstring).
+    seed, max_seconds, device, progress
+        As :func:`train_scgpt_demo`.
+    """
+    from scfm_audit.models._geneformer import (
+        GeneformerAdapter,
+        _var_ids,
+        build_geneformer_checkpoint,
+    )
+
+    started = time.perf_counter()
+    _check_common(epochs, batch_size, lr, mask_ratio, adata)
+    raw, _ = _var_ids(adata, None)
+    ids = [str(g).strip().upper() for g in raw]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the dataset's Ensembl ids must be unique to train a demo Geneformer")
+    med = gene_medians_from_counts(adata)
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = build_geneformer_checkpoint(
+            Path(tmp) / "init", ids, dict(zip(ids, med.tolist())), version=version,
+            hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads,
+            intermediate_size=intermediate_size, seed=seed,
+        )  # fmt: skip
+        adapter = GeneformerAdapter.load(ck, device=device, name=out_dir.name)
+    data = adapter.tokenize(adata)
+    lengths = data.attention_mask.sum(1).numpy()
+    module = adapter.module
+    module.eval()
+    specials = {int(t) for k, t in adapter.token_dictionary.items() if str(k).startswith("<")}
+    gene_tok = torch.tensor(
+        sorted(int(t) for t in adapter.token_dictionary.values() if int(t) not in specials),
+        dtype=torch.long,
+    )
+    special_t = torch.tensor(sorted(specials), dtype=torch.long)
+    mask_id = int(adapter.token_dictionary["<mask>"])
+
+    def loss_on(b: TokenizedBatch, g: torch.Generator) -> torch.Tensor:
+        cand = b.attention_mask & ~torch.isin(b.input_ids, special_t)
+        new, sel = _gf_mask(b.input_ids, cand, mask_ratio, mask_id, gene_tok, g)
+        if not sel.any():  # a tiny batch drew no position: take one candidate
+            first = cand.flatten().nonzero()[:1]
+            sel.view(-1)[first] = True
+            new.view(-1)[first] = mask_id
+        masked = TokenizedBatch(
+            input_ids=new, attention_mask=b.attention_mask, gene_index=b.gene_index,
+            cell_index=b.cell_index,
+        )  # fmt: skip
+        out = adapter._forward(masked.to(adapter.device), return_logits=True)
+        s = sel.to(adapter.device)
+        return F.cross_entropy(out.logits[s], b.input_ids.to(adapter.device)[s])
+
+    eval_batch = _rows(data, np.arange(min(EVAL_CELLS, adata.n_obs)))
+
+    def eval_fn() -> float:
+        with torch.no_grad():
+            return float(loss_on(eval_batch, torch.Generator().manual_seed(seed + 7919)))
+
+    def loss_fn(idx: np.ndarray, g: torch.Generator) -> torch.Tensor:
+        return loss_on(_rows(data, idx), g)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fit = _fit(
+            name="Geneformer (masked genes)", module=module, n_cells=adata.n_obs,
+            lengths=lengths, loss_fn=loss_fn, eval_fn=eval_fn, epochs=epochs,
+            batch_size=batch_size, lr=lr, gen=torch.Generator().manual_seed(seed),
+            max_seconds=max_seconds, progress=progress, started=started,
+        )  # fmt: skip
+    adapter.save_pretrained(out_dir)
+    report = TrainReport(
+        family="geneformer", path=out_dir,
+        objective="masked gene modelling (cross-entropy on masked rank-value tokens)",
+        n_cells=int(adata.n_obs), n_genes=len(ids), n_params=_n_params(module),
+        epochs=fit.epochs, steps=fit.steps, loss_per_epoch=fit.losses,
+        eval_loss_initial=fit.eval_before, eval_loss_final=fit.eval_after,
+        seconds=time.perf_counter() - started, stopped_by_budget=fit.stopped,
+        params=dict(
+            hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads,
+            intermediate_size=intermediate_size, version=version, epochs=epochs,
+            batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, seed=seed,
+            max_seconds=max_seconds, optimizer="AdamW", weight_decay=WEIGHT_DECAY,
+            clip_norm=CLIP_NORM, warmup_fraction=WARMUP_FRACTION,
+            schedule="linear warm-up, cosine decay", cells="all (controls and perturbed)",
+            masking="80% <mask> / 10% random gene / 10% unchanged",
+            gene_medians="non-zero median of counts / n_counts × 10,000, from the data",
+            device=str(adapter.device),
+        ),
+        adapter=adapter,
+    )  # fmt: skip
+    report.write(out_dir)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# both demo models
+
+
+#: Settings of the demo models per benchmark size (``"quick"`` for ``--quick``).
+#: ``max_seconds`` is a safety budget per model; the two together stay under three
+#: minutes on two CPU cores.
+DEMO_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "scgpt": {"epochs": 8, "batch_size": 16, "lr": 2e-3, "train_seq_len": 128,
+                  "max_seconds": 95.0},
+        "geneformer": {"epochs": 2, "batch_size": 16, "lr": 2e-3, "max_seconds": 70.0},
+    },
+    "quick": {
+        "scgpt": {"epochs": 12, "batch_size": 16, "lr": 2e-3, "train_seq_len": 128,
+                  "max_seconds": 60.0},
+        "geneformer": {"epochs": 4, "batch_size": 16, "lr": 2e-3, "max_seconds": 50.0},
+    },
+}  # fmt: skip
+
+
+def train_demo_models(
+    adata,
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Train the demo scGPT and Geneformer models on all cells of ``adata`` into
+    ``out_dir/scgpt_demo`` and ``out_dir/geneformer_demo``; returns family → folder.
+
+    Settings: :data:`DEMO_TRAINING` (``quick`` for the quick benchmark). Each folder holds
+    the family's real checkpoint layout and a ``train_log.json``.
+    """
+    out_dir = Path(out_dir)
+    cfg = DEMO_TRAINING["quick" if quick else "full"]
+    scgpt = train_scgpt_demo(
+        adata, out_dir / "scgpt_demo", seed=seed, progress=progress, **cfg["scgpt"]
+    )
+    geneformer = train_geneformer_demo(
+        adata, out_dir / "geneformer_demo", seed=seed, progress=progress, **cfg["geneformer"]
+    )
+    return {"scgpt": scgpt.path, "geneformer": geneformer.path}
