@@ -215,7 +215,15 @@ class Resources:
             return out
 
         out = self.cache.get_or_compute("edges", cache_key, compute, codec="edges")
-        out = [replace(s, dataset=dataset, params={**s.params, "edges": edges}) for s in out]
+        out = [
+            replace(
+                s,
+                dataset=dataset,
+                model=s.model or e.model,  # provenance: the config's model name
+                params={**s.params, "edges": edges},
+            )
+            for s in out
+        ]
         self._edges[key] = out
         return out
 
