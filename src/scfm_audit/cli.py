@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code=2)
 
 
@@ -40,11 +41,15 @@ def _finish(run, started: float) -> None:
         for r in sc.itertuples():
             colour = {"yes": "green", "no": "red"}.get(r.answer, "yellow")
             t.add_row(
-                r.claim, str(r.dataset), f"[{colour}]{r.answer}[/]", f"{r.q:.3g}", f"{r.effect:.3f}"
+                escape(r.claim),
+                escape(str(r.dataset)),
+                f"[{colour}]{r.answer}[/]",
+                f"{r.q:.3g}",
+                f"{r.effect:.3f}",
             )
         console.print(t)
     for name, e in run.errors.items():
-        err.print(f"[red]{name} failed:[/] {e}")
+        err.print(f"[red]{name} failed:[/] {escape(e)}")
     console.print(f"report: [bold]{run.output / 'report.html'}[/]")
 
 
@@ -104,11 +109,11 @@ def validate(config: Path = typer.Argument(..., help="Audit YAML.")) -> None:
         t.add_column(c)
     for c in checks:
         colour = "green" if c.ok else "red"
-        t.add_row(c.name, f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", c.detail)
+        t.add_row(escape(c.name), f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", escape(c.detail))
     console.print(t)
     failed = [c for c in checks if not c.ok]
     for c in failed:  # full messages, unwrapped by the table
-        err.print(f"[red]FAIL[/] {c.name}: {c.detail}", soft_wrap=True)
+        err.print(f"[red]FAIL[/] {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
 
