@@ -21,8 +21,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # attention extraction imports torch; keep `import scfm_audit.edges` light
-    if name in ("extract_attention_edges", "extract_attention_accumulator",
-                "AttentionAccumulator"):
+    if name in ("extract_attention_edges", "extract_attention_accumulator", "AttentionAccumulator"):
         from scfm_audit.edges import _attention
 
         return getattr(_attention, name)
