@@ -255,52 +255,6 @@ def _params(fmt: str, path: Path, **extra: Any) -> dict[str, Any]:
     return {"format": fmt, "path": str(path), **extra}
 
 
-def _network(
-    edges: pd.DataFrame, *, name: str, directed: bool, params: dict[str, Any]
-) -> ReferenceNetwork:
-    """Build the network after merging duplicate pairs with vectorised pandas.
-
-    Same rule as :class:`ReferenceNetwork` (max weight; sign kept when all records
-    agree, else 0; evidence ``;``-joined, sorted, unique), but without a Python call
-    per pair, which matters for STRING-sized tables.
-    """
-    df = edges.reset_index(drop=True)
-    for col, default in (("weight", 1.0), ("sign", 0), ("evidence", "")):
-        if col not in df:
-            df[col] = default
-    df = df.assign(
-        source=df["source"].astype(str).str.strip(),
-        target=df["target"].astype(str).str.strip(),
-        weight=df["weight"].astype(float),
-        sign=df["sign"].astype(int),
-        evidence=df["evidence"].fillna("").astype(str),
-    )
-    df = df[df["source"] != df["target"]]
-    if not directed:
-        a, b = df["source"].to_numpy(), df["target"].to_numpy()
-        swap = a > b
-        df = df.assign(source=np.where(swap, b, a), target=np.where(swap, a, b))
-    key = ["source", "target"]
-    if df.duplicated(key).any():
-        g = df.groupby(key, sort=False)
-        smin, smax = g["sign"].min(), g["sign"].max()
-        merged = pd.DataFrame(
-            {"weight": g["weight"].max(), "sign": smin.where(smin == smax, 0).astype(int)}
-        )
-        ev = df.loc[df["evidence"] != "", [*key, "evidence"]].drop_duplicates()
-        ev = ev.sort_values([*key, "evidence"], kind="stable")
-        multi = ev.duplicated(key, keep=False)
-        joined = pd.concat(
-            [
-                ev.loc[~multi].set_index(key)["evidence"],
-                ev.loc[multi].groupby(key, sort=False)["evidence"].agg(";".join),
-            ]
-        )
-        merged["evidence"] = joined.reindex(merged.index).fillna("").to_numpy()
-        df = merged.reset_index()
-    return ReferenceNetwork(df, name=name, directed=directed, params=params)
-
-
 # ---------------------------------------------------------------------------------------
 # TRRUST
 
@@ -354,7 +308,7 @@ def load_trrust(path: PathLike) -> ReferenceNetwork:
     edges = pd.DataFrame(
         {"source": sources, "target": targets, "weight": 1.0, "sign": signs, "evidence": evidence}
     )
-    return _network(
+    return ReferenceNetwork(
         edges, name="trrust", directed=True, params=_params("trrust", p, n_rows=len(edges))
     )
 
@@ -409,7 +363,7 @@ def _load_decoupler(path: PathLike, *, fmt: str, min_confidence: str | None) -> 
         keep = conf.map(CONFIDENCE_LEVELS.index) <= CONFIDENCE_LEVELS.index(level)
         edges = edges[keep.to_numpy()]
         extra["n_after_confidence"] = int(keep.sum())
-    return _network(
+    return ReferenceNetwork(
         edges.reset_index(drop=True), name=fmt, directed=True, params=_params(fmt, p, **extra)
     )
 
@@ -538,7 +492,7 @@ def load_string(
                 stacklevel=2,
             )
         links = links.assign(source=src, target=tgt)[mapped]
-    return _network(
+    return ReferenceNetwork(
         links.reset_index(drop=True),
         name="string",
         directed=False,
@@ -594,7 +548,7 @@ def _load_table(
         edges["sign"] = np.sign(w).astype(int) if (w < 0).any() else 0
         edges["weight"] = w.abs()
     edges["evidence"] = df[evidence_col].fillna("") if evidence_col else evidence
-    return _network(
+    return ReferenceNetwork(
         edges,
         name=fmt,
         directed=directed,
