@@ -217,3 +217,30 @@ def test_cache_keys_on_parameters(tmp_path):
     c = cache.get_or_compute("t", {"k": 2}, compute, codec="frame")
     assert n["calls"] == 2
     assert a["x"][0] == b["x"][0] == 1 and c["x"][0] == 2
+
+
+def test_genes_outside_a_models_vocabulary_are_reported(tmp_path, tiny_bench):
+    """A model that knows only part of the dataset's genes: the run says how many and
+    which, instead of silently scoring fewer genes."""
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    genes = list(tiny_bench.adata.var_names)
+    build_scgpt_checkpoint(tmp_path / "scgpt", genes[:-5], seed=0)
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+    cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40}
+    cfg["analyses"] = {
+        "grn_recovery": {
+            "datasets": ["sim"],
+            "references": ["grn"],
+            "edges": ["attn"],
+            "n_boot": 20,
+            "n_perm": 20,
+            "n_rewire": 0,
+        }
+    }
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    note = next(n for n in run.notes if n.startswith("vocabulary tiny sim"))
+    assert f"{len(genes) - 5}/{len(genes)} genes" in note
+    assert all(g in note for g in genes[-5:])
+    assert "vocabulary tiny sim" in (run.output / "report.html").read_text()

@@ -141,6 +141,18 @@ class Resources:
             )
         return self._models[name]
 
+    def _note_vocabulary(self, model: str, dataset: str) -> None:
+        note_key = f"vocabulary {model} {dataset}"
+        if any(n.startswith(note_key) for n in self.notes):
+            return
+        r = self.model(model).vocabulary_report(self.dataset(dataset))
+        missing = ", ".join(r.missing[:10]) + (" ..." if len(r.missing) > 10 else "")
+        self.notes.append(
+            f"{note_key}: {r.n_in_vocab}/{r.n_genes} genes in the vocabulary "
+            f"({r.fraction_genes:.1%} of genes, {r.fraction_counts:.1%} of counts)"
+            + (f"; not in the vocabulary: {missing}" if r.missing else "")
+        )
+
     # -- edges ---------------------------------------------------------------------------
     def edge_cells(self, edges: str, dataset: str) -> np.ndarray:
         """Obs positions the edge source uses (controls or all, subsampled with a seed)."""
@@ -214,6 +226,8 @@ class Resources:
             )
             return out
 
+        if e.model is not None:  # genes the model cannot see are reported, never dropped silently
+            self._note_vocabulary(e.model, dataset)
         out = self.cache.get_or_compute("edges", cache_key, compute, codec="edges")
         out = [
             replace(
@@ -434,8 +448,7 @@ def run_audit(
         except Exception as e:  # one failing analysis must not lose the others
             log.exception("analysis %s failed", name)
             errors[name] = f"{type(e).__name__}: {e}"
-            # drop tests half-registered by the failed analysis
-            registry._records = registry._records[:n_before]
+            registry.rollback(n_before)
             progress.console.log(f"[red]{name} failed[/]: {errors[name]}")
         timings[name] = time.perf_counter() - t0
     if params and len(errors) == len(params):

@@ -125,6 +125,11 @@ class TestRegistry:
     def __len__(self) -> int:
         return len(self._records)
 
+    def rollback(self, n: int) -> None:
+        """Forget every test registered after the first ``n`` (an analysis that failed
+        midway must not leave half of its family in the run's FDR correction)."""
+        del self._records[n:]
+
     def records(self, analysis: str | None = None) -> list[TestRecord]:
         return [r for r in self._records if analysis is None or r.analysis == analysis]
 
