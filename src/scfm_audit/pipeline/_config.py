@@ -19,17 +19,27 @@ analyses:
   grn_recovery: {references: [trrust], edges: [spearman, scgpt_attn]}
 ```
 
-Relative paths are resolved against the config file's folder.
+Relative paths are resolved against the config file's folder; absolute paths are kept
+as they are. Every key is checked: a misspelt one gets "did you mean", options of edge
+scorers, reference loaders and model families are checked against what those accept.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Analysis parameter fields that name other config entries, checked at validation.
 CROSS_REFERENCES = {
@@ -43,6 +53,10 @@ CROSS_REFERENCES = {
 }
 
 
+#: Fewest cells an edge source may be computed on (``edges.<name>.min_source_cells``).
+MIN_CELLS = 30
+
+
 class ConfigError(ValueError):
     """An invalid audit config; the message names every offending key."""
 
@@ -52,6 +66,8 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
+    """One dataset: an ``.h5ad`` file (``path``) or the built-in simulator (``simulate``)."""
+
     path: Path | None = None
     simulate: dict[str, Any] | None = None
     counts: str = "X"
@@ -63,7 +79,8 @@ class DatasetConfig(_Strict):
     gene_id_column: str | None = None
     backed: bool = False
 
-    def model_post_init(self, _: Any) -> None:
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
         if (self.path is None) == (self.simulate is None):
             raise ValueError("give exactly one of 'path' (an .h5ad file) or 'simulate'")
         if self.simulate is not None:
@@ -77,6 +94,7 @@ class DatasetConfig(_Strict):
             }.items():
                 if getattr(self, k) is None:
                     object.__setattr__(self, k, v)
+        return self
 
 
 class ReferenceConfig(BaseModel):
@@ -107,14 +125,16 @@ class ModelConfig(BaseModel):
 class EdgeConfig(BaseModel):
     """An edge-score source. ``cells``: which cells it is computed on (``control`` =
     non-targeting cells, as the paper does; ``all``); ``max_cells`` subsamples (seeded);
-    ``genes``: ``all``, ``hvg`` (top ``n_top_genes`` highly variable) or ``references``
-    (genes of the run's references). Other keys are passed to the scorer."""
+    ``genes``: ``all`` or ``hvg`` (top ``n_top_genes`` highly variable). ``min_source_cells``:
+    the run refuses a dataset that gives this source fewer cells (scores from a handful of
+    cells have misleadingly tight CIs). Other keys are passed to the scorer."""
 
     model_config = ConfigDict(extra="allow")
     scorer: str
     model: str | None = None
     cells: Literal["control", "all"] = "control"
     max_cells: int | None = Field(default=2000, ge=1)
+    min_source_cells: int = Field(default=MIN_CELLS, ge=2)
     genes: Literal["all", "hvg"] = "all"
     n_top_genes: int = Field(default=2000, ge=2)
 
@@ -165,7 +185,9 @@ class AuditConfig(_Strict):
             try:
                 out[name] = ANALYSES.get(base).params(**(raw or {}))
             except ValidationError as e:
-                errors.extend(_format_errors(e, prefix=f"analyses.{name}"))
+                errors.extend(
+                    _format_errors(e, prefix=f"analyses.{name}", model=ANALYSES.get(base).params)
+                )
         if errors:
             raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
         return out
@@ -197,8 +219,68 @@ class AuditConfig(_Strict):
                         )
             elif r.path is None:
                 errors.append(f"references.{name}: 'path' is required for format {r.format!r}")
+        errors.extend(self._option_errors())
         if errors:
             raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+
+    def _option_errors(self) -> list[str]:
+        """Unknown scorers, formats and families, and options their functions do not take."""
+        from scfm_audit._registry import UnknownNameError
+        from scfm_audit.data._references import REFERENCE_LOADERS
+        from scfm_audit.edges._registry import EDGE_SCORERS
+        from scfm_audit.models._base import MODEL_FAMILIES
+        from scfm_audit.pipeline._options import (
+            RESERVED,
+            check_options,
+            keyword_parameters,
+            model_parameters,
+            scorer_parameters,
+        )
+
+        errors: list[str] = []
+        for name, e in self.edges.items():
+            try:
+                fn = EDGE_SCORERS.get(e.scorer)
+            except UnknownNameError as err:
+                errors.append(f"edges.{name}.scorer: {err}")
+                continue
+            if e.scorer == "attention" and e.model is None:
+                errors.append(f"edges.{name}: the attention scorer needs 'model' (a models entry)")
+            accepted = scorer_parameters(e.scorer, fn)
+            errors += check_options(
+                f"edges.{name}", e.options(), accepted, fn=[fn, *_targets(e.scorer)],
+                owner=f"edge scorer {e.scorer!r}", reserved=RESERVED["edges"],
+            )  # fmt: skip
+        for name, r in self.references.items():
+            if r.format == "simulated":
+                extra = sorted(r.options())
+                if extra:
+                    errors.append(
+                        f"references.{name}: format 'simulated' takes only 'dataset' and "
+                        f"'network'; remove {', '.join(extra)}"
+                    )
+                continue
+            try:
+                loader = REFERENCE_LOADERS.get(r.format)
+            except UnknownNameError as err:
+                errors.append(f"references.{name}.format: {err} (or 'simulated')")
+                continue
+            errors += check_options(
+                f"references.{name}", r.options(), keyword_parameters(loader), fn=loader,
+                owner=f"reference format {r.format!r}", reserved=RESERVED["references"],
+            )  # fmt: skip
+        for name, m in self.models.items():
+            try:
+                cls = MODEL_FAMILIES.get(m.family)
+            except UnknownNameError as err:
+                errors.append(f"models.{name}.family: {err}")
+                continue
+            errors += check_options(
+                f"models.{name}", m.options(), model_parameters(cls),
+                fn=[cls.load, cls.__init__], owner=f"model family {m.family!r}",
+                reserved=RESERVED["models"],
+            )  # fmt: skip
+        return errors
 
     def _missing(self, where: str, item: str, section: str) -> list[str]:
         known = list(getattr(self, section))
@@ -218,47 +300,106 @@ def analysis_base_name(name: str) -> str:
     return name.split("@", 1)[0]
 
 
-def _format_errors(e: ValidationError, prefix: str = "") -> list[str]:
+def _targets(scorer: str) -> list[Any]:
+    import importlib
+
+    from scfm_audit.pipeline._options import SCORER_TARGETS
+
+    if scorer not in SCORER_TARGETS:
+        return []
+    module, fn = SCORER_TARGETS[scorer]
+    return [getattr(importlib.import_module(module), fn)]
+
+
+def _format_errors(
+    e: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[str]:
+    """One line per pydantic error: the dotted key, what is wrong and, for an unknown key,
+    the closest known keys."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
         where = ".".join(x for x in (prefix, loc) if x)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the README's config reference)"
+            known = _known_keys(model or AuditConfig, err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=2, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            msg = f"unknown key.{hint} Known keys here: {', '.join(known)}."
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error", "model_type", "dict_type"):
+            msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{where}: {msg}")
     return lines
+
+
+def _known_keys(model: Any, loc: tuple) -> list[str]:
+    """Field names of the (nested) pydantic model found at ``loc`` inside ``model``."""
+    import typing
+
+    def unwrap(ann: Any) -> Any:
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) in (typing.Union, type(int | None)) and args:
+            return next((a for a in args if _is_model(a) or typing.get_origin(a) is dict), args[0])
+        return ann
+
+    ann = unwrap(model)
+    for part in loc:
+        if _is_model(ann):
+            field = ann.model_fields.get(str(part))
+            if field is None:
+                return []
+            ann = unwrap(field.annotation)
+        elif typing.get_origin(ann) is dict:
+            ann = unwrap(typing.get_args(ann)[1])
+        else:
+            return []
+    return list(ann.model_fields) if _is_model(ann) else []
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
 
 
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate an audit YAML; relative paths resolve against its folder."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Config file not found: {path}")
+        raise ConfigError(f"Config file not found: {path}; check the path.")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the audit YAML file inside it.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file ({e}).") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return config_from_dict(raw, base=path.parent)
 
 
 def config_from_dict(raw: dict[str, Any], *, base: Path | None = None) -> AuditConfig:
+    """Validate a config given as a dict; relative paths resolve against ``base`` (default:
+    the working folder)."""
     try:
         cfg = AuditConfig(**raw)
     except ValidationError as e:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(_format_errors(e))) from None
-    if base is not None:
-        cfg = _resolve_paths(cfg, base)
+    cfg = _resolve_paths(cfg, Path.cwd() if base is None else base)
     params = cfg.analysis_params()
     cfg.check_references(params)
     return cfg
 
 
 def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
+    """Relative paths → absolute, against ``base``; absolute paths stay as given (so a
+    written ``config.resolved.yaml`` runs again from anywhere)."""
+    base = base.absolute()
+
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p)
+        return None if p is None else Path(os.path.normpath(base / p.expanduser()))
 
     for d in cfg.datasets.values():
         d.path = fix(d.path)
@@ -266,8 +407,8 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
         r.path = fix(r.path)
         extra = r.model_extra or {}
         for k in ("aliases",):
-            if isinstance(extra.get(k), str) and not Path(extra[k]).is_absolute():
-                extra[k] = str(base / extra[k])
+            if isinstance(extra.get(k), str):
+                extra[k] = str(fix(Path(extra[k])))
     for m in cfg.models.values():
         m.path = fix(m.path)
     cfg.output = fix(cfg.output) or cfg.output
