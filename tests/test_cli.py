@@ -31,8 +31,8 @@ def test_validate_reports_missing_dataset_file(tmp_path):
     p = tmp_path / "audit.yaml"
     p.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["validate", str(p)], terminal_width=200)
-    assert r.exit_code == 1
-    assert "FAIL" in r.output and "missing.h5ad" in r.output
+    assert r.exit_code == 2  # bad input
+    assert "error:" in r.output and "missing.h5ad" in r.output
 
 
 def test_run_with_bad_config_exits_with_the_message(tmp_path):

@@ -1,10 +1,27 @@
-"""``scfm-audit`` command line: demo, run, validate, analyses, simulate."""
+"""``scfm-audit`` command line: demo, run, validate, analyses, simulate.
+
+Exit codes (also in the README):
+
+==  ==========================================================================
+0   success: every analysis ran and the run registered at least one test
+1   the run finished but is incomplete: an analysis failed, every analysis
+    failed (nothing written), or the run produced no statistical test
+2   bad config, input or output folder (nothing was computed), or bad usage
+3   the output folder is locked by another run
+4   internal error (a bug: please report it; ``SCFM_AUDIT_DEBUG=1`` shows the
+    traceback)
+130 interrupted (Ctrl-C)
+==  ==========================================================================
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -21,9 +38,41 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code=2)
+EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Turn every exception into one message and an exit code (see the module docstring);
+    a traceback only with ``SCFM_AUDIT_DEBUG=1``."""
+    from scfm_audit.pipeline._output import OutputBusyError
+    from scfm_audit.pipeline._runner import RunFailedError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        _fail("interrupted; the output folder still holds the previous run.", EXIT_INTERRUPTED)
+    except Exception as e:
+        if os.environ.get("SCFM_AUDIT_DEBUG"):
+            raise
+        if isinstance(e, OutputBusyError):
+            _fail(str(e), EXIT_BUSY)
+        if isinstance(e, RunFailedError):
+            _fail(str(e), EXIT_INCOMPLETE)
+        if isinstance(e, ValueError | OSError):  # our input errors are ValueErrors
+            _fail(str(e), EXIT_BAD_INPUT)
+        _fail(
+            f"internal error ({type(e).__name__}: {e}). This is a bug in scfm-audit; rerun "
+            "with SCFM_AUDIT_DEBUG=1 to see the traceback and report it.",
+            EXIT_BUG,
+        )
 
 
 def _finish(run, started: float) -> None:
@@ -48,9 +97,17 @@ def _finish(run, started: float) -> None:
                 f"{r.effect:.3f}",
             )
         console.print(t)
-    for name, e in run.errors.items():
-        err.print(f"[red]{name} failed:[/] {escape(e)}")
-    console.print(f"report: [bold]{run.output / 'report.html'}[/]")
+    console.print(f"report: [bold]{escape(str(run.output / 'report.html'))}[/]")
+    problems = [f"analysis {name} failed: {e}" for name, e in run.errors.items()]
+    if len(tests) == 0:
+        problems.append(
+            "the run registered no statistical test (see the report's notes: e.g. "
+            "references too small for min_positives, or no usable edge source)"
+        )
+    for p in problems:
+        err.print(f"[bold red]error:[/] {escape(p)}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(code=EXIT_INCOMPLETE)
 
 
 @app.command()
@@ -67,15 +124,18 @@ def demo(
     Trains small scGPT- and Geneformer-architecture models on the benchmark first (once;
     they are kept in OUT/models in their real checkpoint layouts and reused)."""
     from scfm_audit.pipeline._demo import demo_config, ensure_demo_models
+    from scfm_audit.pipeline._output import check_output_path
     from scfm_audit.pipeline._runner import run_audit
 
     started = time.perf_counter()
-    models = None
-    if not no_models:
-        with console.status("training the demo models (first run only)"):
-            models = ensure_demo_models(out, quick=quick)
-    cfg = demo_config(out, quick=quick, models=models)
-    run = run_audit(cfg, use_cache=not no_cache)
+    with _clean_errors():
+        out = check_output_path(out)
+        models = None
+        if not no_models:
+            with console.status("training the demo models (first run only)"):
+                models = ensure_demo_models(out, quick=quick)
+        cfg = demo_config(out, quick=quick, models=models)
+        run = run_audit(cfg, use_cache=not no_cache)
     _finish(run, started)
 
 
@@ -87,47 +147,63 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Run an audit config: models × datasets × references × analyses."""
-    from scfm_audit.pipeline._config import ConfigError
     from scfm_audit.pipeline._runner import run_audit
 
     started = time.perf_counter()
-    try:
+    with _clean_errors():
         result = run_audit(config, output=out, use_cache=not no_cache, quiet=quiet)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
     _finish(result, started)
 
 
 @app.command()
-def validate(config: Path = typer.Argument(..., help="Audit YAML.")) -> None:
-    """Check a config, its files and dataset columns without running anything."""
+def validate(
+    config: Path = typer.Argument(..., help="Audit YAML."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Check this output instead."),
+) -> None:
+    """Check a config, its files, dataset columns, references, models and output folder
+    without running anything (exit code 2 if anything is wrong)."""
     from scfm_audit.pipeline._validate import validate_config
 
-    checks = validate_config(config)
-    t = Table(title=f"Validation of {config}")
+    with _clean_errors():
+        checks = validate_config(config, output=out)
+    t = Table(title=f"Validation of {escape(str(config))}")
     for c in ("check", "status", "detail"):
         t.add_column(c)
     for c in checks:
         colour = "green" if c.ok else "red"
-        t.add_row(escape(c.name), f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", escape(c.detail))
+        detail = c.detail if c.ok else "see below"
+        t.add_row(escape(c.name), f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", escape(detail))
     console.print(t)
     failed = [c for c in checks if not c.ok]
     for c in failed:  # full messages, unwrapped by the table
-        err.print(f"[red]FAIL[/] {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
     if failed:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_BAD_INPUT)
 
 
 @app.command()
-def analyses() -> None:
-    """List the analysis catalogue."""
-    from scfm_audit.pipeline._analysis import ANALYSES
+def analyses(
+    name: str | None = typer.Argument(None, help="Show this analysis' parameters."),
+) -> None:
+    """List the analysis catalogue, or every parameter of one analysis."""
+    from scfm_audit.pipeline._analysis import ANALYSES, parameter_table
 
-    t = Table(title="Analyses")
-    for c in ("name", "version", "category", "description"):
+    if name is None:
+        t = Table(title="Analyses (scfm-audit analyses NAME: its parameters)")
+        for c in ("name", "version", "category", "description"):
+            t.add_column(c, overflow="fold")
+        for n, spec in ANALYSES.items():
+            t.add_row(n, spec.version, spec.category, escape(spec.description))
+        console.print(t)
+        return
+    with _clean_errors():
+        spec = ANALYSES.get(name)
+    console.print(f"[bold]{name}[/] v{spec.version}: {escape(spec.description)}")
+    t = Table(title=f"Parameters (config: analyses: {{{name}: {{...}}}})")
+    for c in ("parameter", "type", "default", "description"):
         t.add_column(c, overflow="fold")
-    for name, spec in ANALYSES.items():
-        t.add_row(name, spec.version, spec.category, spec.description)
+    for row in parameter_table(spec.params):
+        t.add_row(*(escape(str(v)) for v in row.values()))
     console.print(t)
 
 
@@ -141,7 +217,11 @@ def simulate(
     regulation_strength: float = typer.Option(1.0, help="0 gives a null benchmark."),
 ) -> None:
     """Write the synthetic Perturb-seq benchmark (.h5ad + reference TSVs)."""
+    from pydantic import ValidationError
+
     from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq, write_benchmark
+    from scfm_audit.pipeline._config import _format_errors
+    from scfm_audit.pipeline._output import check_output_path
 
     try:
         params = SimulationParams(
@@ -151,11 +231,13 @@ def simulate(
             seed=seed,
             regulation_strength=regulation_strength,
         )
-    except ValueError as e:
-        _fail(str(e))
-    with console.status(f"simulating {n_cells} cells × {n_genes} genes"):
-        bench = simulate_perturbseq(params, out_path=None)
-        files = write_benchmark(bench, out)
+    except ValidationError as e:
+        _fail("invalid option: " + "; ".join(_format_errors(e, model=SimulationParams)))
+    with _clean_errors():
+        out = check_output_path(out, what="benchmark folder")
+        with console.status(f"simulating {n_cells} cells × {n_genes} genes"):
+            bench = simulate_perturbseq(params, out_path=None)
+            files = write_benchmark(bench, out)
     for k, v in files.items():
         console.print(f"{k}: {v}")
 
@@ -173,12 +255,15 @@ def train_demo_models_command(
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.models._train import LOG_FILE, train_demo_models
     from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION
+    from scfm_audit.pipeline._output import check_output_path
 
     started = time.perf_counter()
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
-    with console.status(f"simulating {sim['n_cells']} cells × {sim['n_genes']} genes"):
-        bench = simulate_perturbseq(**sim)
-    paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
+    with _clean_errors():
+        out = check_output_path(out, what="models folder")
+        with console.status(f"simulating {sim['n_cells']} cells × {sim['n_genes']} genes"):
+            bench = simulate_perturbseq(**sim)
+        paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
     t = Table(title="Demo models")
     columns = ("model", "epochs", "steps", "loss: first → last epoch",
                "masked loss: untrained → trained", "seconds")  # fmt: skip

@@ -46,6 +46,27 @@ class AnalysisSpec:
     reference: str = ""  # where the design comes from (paper section / catalogue number)
 
 
+def parameter_table(params: type[BaseModel]) -> list[dict[str, str]]:
+    """One row per parameter of an analysis: name, type, default and the description
+    given with ``Field(description=...)`` (empty where none is given)."""
+    import typing
+
+    rows = []
+    for name, f in params.model_fields.items():
+        ann = f.annotation
+        kind = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
+        default = f.get_default(call_default_factory=True)
+        rows.append(
+            {
+                "parameter": name,
+                "type": kind or str(ann).replace("typing.", ""),
+                "default": "(required)" if f.is_required() else repr(default),
+                "description": f.description or "",
+            }
+        )
+    return rows
+
+
 ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.evaluate",))
 
 

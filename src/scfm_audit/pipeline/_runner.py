@@ -17,8 +17,10 @@ The same config gives the same numbers: every random draw comes from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from scfm_audit import __version__
 from scfm_audit.pipeline._analysis import ANALYSES, AnalysisResult, AnalysisSpec
@@ -243,17 +246,33 @@ class Resources:
 
 
 class Progress:
-    """Thin wrapper over rich progress bars (plain iteration when quiet)."""
+    """What the user sees while a run works (stderr): rich bars and spinners on a
+    terminal; on a pipe or a log file, one plain, timestamped line per step (start and end,
+    never a redrawn bar); nothing when quiet."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=quiet)
+        self.live = self.console.is_terminal and not quiet
+
+    def say(self, message: str) -> None:
+        """One line of rich markup, timestamped (no source file:line, unlike console.log)."""
+        if not self.quiet:
+            self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
 
     def track(self, iterable: Iterable, *, description: str, total: int | None = None) -> Iterator:
-        if self.quiet:
-            yield from iterable
+        if not self.live:
+            if self.quiet:
+                yield from iterable
+                return
+            t0 = time.perf_counter()
+            n = 0
+            self.say(f"{escape(description)} ...")
+            for n, item in enumerate(iterable, 1):  # noqa: B007 - n is reported below
+                yield item
+            self.say(f"{escape(description)}: {n} done in {time.perf_counter() - t0:.1f}s")
             return
         from rich.progress import (
             BarColumn,
@@ -275,12 +294,19 @@ class Progress:
         ) as bar:
             yield from bar.track(iterable, description=description, total=total)
 
-    def status(self, message: str):
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner on a terminal; start and end lines elsewhere."""
         if self.quiet:
-            import contextlib
-
-            return contextlib.nullcontext()
-        return self.console.status(message)
+            yield
+        elif self.live:
+            with self.console.status(escape(message)):
+                yield
+        else:
+            t0 = time.perf_counter()
+            self.say(f"{escape(message)} ...")
+            yield
+            self.say(f"{escape(message)}: done in {time.perf_counter() - t0:.1f}s")
 
 
 @dataclass
@@ -364,6 +390,7 @@ class RunResult:
     alpha: float = 0.05
     cache_hits: list[str] = field(default_factory=list)
     cache_misses: list[str] = field(default_factory=list)
+    total_seconds: float | None = None
 
     def verdicts(self) -> pd.DataFrame:
         """Scorecard rows: claim, model, dataset, answer, q, effect (after BH)."""
@@ -407,6 +434,10 @@ def _effect_in_direction(rec: TestRecord) -> bool:
     return rec.effect > 0 if rec.direction == "greater" else rec.effect < 0
 
 
+class RunFailedError(RuntimeError):
+    """Every analysis of a run failed; nothing was written (the previous outputs stay)."""
+
+
 def run_audit(
     config: AuditConfig | str | Path,
     *,
@@ -417,20 +448,52 @@ def run_audit(
 ) -> RunResult:
     """Run every analysis of ``config`` and write the output folder.
 
-    Returns the :class:`RunResult`. An analysis that raises is recorded in
-    ``RunResult.errors`` (and the report) and the run goes on; the run fails only if
-    every analysis failed.
+    Before computing anything the run checks the config, the output folder (writable, not
+    locked by another run) and every input (:func:`~scfm_audit.pipeline._validate.
+    input_checks`), raising ``ConfigError`` / ``InputError`` / ``OutputFolderError`` /
+    ``OutputBusyError`` with one message listing each problem. An analysis that raises is
+    recorded in ``RunResult.errors`` (and the report) and the run goes on;
+    :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
+    as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
+    from scfm_audit.pipeline._output import OutputTransaction
+    from scfm_audit.pipeline._validate import input_checks, raise_on_failures
+
+    started = time.perf_counter()
     cfg = load_config(config) if isinstance(config, str | Path) else config
     if output is not None:
-        cfg = cfg.model_copy(update={"output": Path(output)})
+        cfg = cfg.model_copy(update={"output": Path(output).expanduser().absolute()})
     params = cfg.analysis_params()
     cfg.check_references(params)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(quiet=quiet)
-    cache = ArtifactCache(out / "cache" if use_cache else None)
-    resources = Resources(cfg, cache, progress)
+    tx = OutputTransaction(cfg.output)
+    created = not tx.path.exists()
+    tx.open()
+    try:
+        out = tx.path
+        progress = Progress(quiet=quiet)
+        cache = ArtifactCache(out / "cache" if use_cache else None)
+        resources = Resources(cfg, cache, progress)
+        try:
+            with progress.status("checking the inputs"):
+                raise_on_failures(input_checks(cfg, resources, params))
+        except Exception:
+            if created:  # leave no trace of a run that never started
+                tx.close()
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        run = _run_analyses(cfg, params, resources, progress)
+        run.total_seconds = time.perf_counter() - started
+        write_outputs(run, report=report, folder=tx.staging)
+        with progress.status("swapping the new outputs in"):
+            tx.commit()
+        return run
+    finally:
+        tx.close()
+
+
+def _run_analyses(
+    cfg: AuditConfig, params: dict[str, Any], resources: Resources, progress: Progress
+) -> RunResult:
     registry = TestRegistry(alpha=cfg.alpha)
     results: dict[str, AnalysisResult] = {}
     specs: dict[str, AnalysisSpec] = {}
@@ -441,48 +504,75 @@ def run_audit(
         specs[name] = spec
         ctx = RunContext(name, cfg.seed, resources, registry, progress, alpha=cfg.alpha)
         t0 = time.perf_counter()
-        progress.console.log(f"[bold]{name}[/] v{spec.version}: {spec.description}")
+        progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
         n_before = len(registry)
         try:
             results[name] = spec.run(ctx, p)
         except Exception as e:  # one failing analysis must not lose the others
-            log.exception("analysis %s failed", name)
+            log.debug("analysis %s failed", name, exc_info=True)
             errors[name] = f"{type(e).__name__}: {e}"
             registry.rollback(n_before)
-            progress.console.log(f"[red]{name} failed[/]: {errors[name]}")
+            progress.say(f"[red]{name} failed[/]: {escape(errors[name])}")
         timings[name] = time.perf_counter() - t0
+        progress.say(f"{name}: {len(registry) - n_before} tests in {timings[name]:.1f}s")
     if params and len(errors) == len(params):
-        raise RuntimeError(
-            "every analysis failed:\n" + "\n".join(f"  {k}: {v}" for k, v in errors.items())
+        raise RunFailedError(
+            "every analysis failed (nothing was written):\n"
+            + "\n".join(f"  {k}: {v}" for k, v in errors.items())
         )
-    tests = registry.to_frame()
-    run = RunResult(
+    return RunResult(
         config=cfg,
-        output=out,
+        output=Path(cfg.output),
         specs=specs,
         params=params,
         results=results,
-        tests=tests,
+        tests=registry.to_frame(),
         family_sensitivity=registry.family_sensitivity(),
         timings=timings,
         notes=resources.notes,
         errors=errors,
         alpha=cfg.alpha,
-        cache_hits=list(cache.hits),
-        cache_misses=list(cache.misses),
+        cache_hits=list(resources.cache.hits),
+        cache_misses=list(resources.cache.misses),
     )
-    write_outputs(run, report=report)
-    return run
 
 
-def write_outputs(run: RunResult, *, report: bool = True) -> None:
-    """Write every table, figure, the test registry, the config and the report."""
+#: Packages whose versions ``run.json`` records.
+RECORDED_PACKAGES = (
+    "scfm-audit", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "transformers",
+    "pydantic",
+)  # fmt: skip
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform and package versions (``None`` for a package not installed)."""
+    import platform
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for pkg in RECORDED_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    versions["scfm-audit"] = __version__
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": versions,
+    }
+
+
+def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = None) -> None:
+    """Write every table, figure, the test registry, the config and the report into
+    ``folder`` (default ``run.output``; a run passes its staging folder)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = run.output
+    out = Path(folder) if folder is not None else run.output
     files: dict[str, list[Path]] = {}
     for name, res in run.results.items():
         paths: list[Path] = []
@@ -504,18 +594,23 @@ def write_outputs(run: RunResult, *, report: bool = True) -> None:
     meta = {
         "version": __version__,
         "seed": run.config.seed,
+        "environment": environment(),
+        "seconds_total": round(run.total_seconds or sum(run.timings.values()), 3),
         "analyses": {
             n: {"version": s.version, "seconds": round(run.timings[n], 3)}
             for n, s in run.specs.items()
         },
         "n_tests": len(run.tests),
         "errors": run.errors,
+        "cache": {"hits": len(run.cache_hits), "misses": len(run.cache_misses)},
     }
     atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
     if report:
         from scfm_audit.report import render_report
 
         render_report(run, out / "report.html")
+    # the files' paths once the staging folder is swapped in
+    run.files = {n: [run.output / p.relative_to(out) for p in paths] for n, paths in files.items()}
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:

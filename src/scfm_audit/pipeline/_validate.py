@@ -1,10 +1,22 @@
-"""``scfm-audit validate``: check a config, its files, columns, references and models
-without running any analysis."""
+"""Checks of a config's inputs, shared by ``scfm-audit validate`` and by every run (which
+refuses to start computing until they pass): files, dataset columns and counts,
+references and their overlap with the data's genes, models, the cells each edge source
+gets and the output folder.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scfm_audit.pipeline._config import AuditConfig
+    from scfm_audit.pipeline._runner import Resources
+
+
+class InputError(ValueError):
+    """One or more inputs of a run are unusable; the message lists each problem."""
 
 
 @dataclass
@@ -14,56 +26,163 @@ class Check:
     detail: str = ""
 
 
-def validate_config(path: str | Path) -> list[Check]:
-    """Every check, in order; stops early only if the config itself is invalid."""
+def validate_config(path: str | Path, *, output: str | Path | None = None) -> list[Check]:
+    """Every check, in order; stops early only if the config itself is invalid. Reads
+    datasets in backed mode (nothing is computed or written)."""
     from scfm_audit.pipeline._cache import ArtifactCache
     from scfm_audit.pipeline._config import load_config
     from scfm_audit.pipeline._runner import Progress, Resources
 
-    checks: list[Check] = []
     try:
         cfg = load_config(path)
+        params = cfg.analysis_params()
     except ValueError as e:
         return [Check("config", False, str(e))]
-    checks.append(
+    if output is not None:
+        cfg = cfg.model_copy(update={"output": Path(output).absolute()})
+    checks = [
         Check(
             "config",
             True,
             f"{len(cfg.datasets)} datasets, {len(cfg.references)} references, "
             f"{len(cfg.models)} models, {len(cfg.analyses)} analyses",
         )
-    )
+    ]
+    checks.append(output_check(cfg.output))
     res = Resources(cfg, ArtifactCache(None), Progress(quiet=True))
-    for name, d in cfg.datasets.items():
-        if d.simulate is not None:
-            checks.append(Check(f"dataset {name}", True, "simulated (built at run time)"))
-            continue
-        try:
-            from scfm_audit.data._dataset import load_dataset
+    return checks + input_checks(cfg, res, params, backed=True)
 
-            adata = load_dataset(d.path, res.dataset_spec(name), backed=True, name=name)
-            checks.append(
-                Check(f"dataset {name}", True, f"{adata.n_obs} cells × {adata.n_vars} genes")
-            )
-            if adata.isbacked:
-                adata.file.close()
-        except (ValueError, OSError) as e:
-            checks.append(Check(f"dataset {name}", False, str(e)))
-    for name, r in cfg.references.items():
-        if r.format == "simulated":
-            checks.append(Check(f"reference {name}", True, f"planted {r.network} of {r.dataset}"))
-            continue
+
+def output_check(output: str | Path) -> Check:
+    from scfm_audit.pipeline._output import OutputFolderError, check_output_path
+
+    try:
+        return Check("output", True, str(check_output_path(output)))
+    except OutputFolderError as e:
+        return Check("output", False, str(e))
+
+
+def input_checks(
+    cfg: AuditConfig, res: Resources, params: dict[str, Any], *, backed: bool = False
+) -> list[Check]:
+    """Datasets, references (and their genes in the data), models, cells per edge source.
+
+    ``backed``: open ``.h5ad`` files in backed mode (validate) rather than through
+    ``res.dataset`` (a run, which keeps what it loaded)."""
+    checks: list[Check] = []
+    data: dict[str, Any] = {}
+    for name, d in cfg.datasets.items():
         try:
-            net = res.reference(name)
-            checks.append(Check(f"reference {name}", True, repr(net)))
-        except (ValueError, OSError, KeyError) as e:
-            checks.append(Check(f"reference {name}", False, str(e)))
+            if d.simulate is not None or not backed:
+                adata = res.dataset(name)
+            else:
+                from scfm_audit.data._dataset import load_dataset
+
+                adata = load_dataset(d.path, res.dataset_spec(name), backed=True, name=name)
+            data[name] = adata
+            kind = "simulated, " if d.simulate is not None else ""
+            checks.append(
+                Check(f"dataset {name}", True, f"{kind}{adata.n_obs} cells × {adata.n_vars} genes")
+            )
+        except Exception as e:  # any failure to read the user's file is reported, not raised
+            from scfm_audit.data._simulate import SimulationParams
+
+            where = f"datasets.{name}" + (".simulate" if d.simulate is not None else "")
+            checks.append(Check(f"dataset {name}", False, _message(e, where, SimulationParams)))
+    refs: dict[str, Any] = {}
+    for name in cfg.references:
+        try:
+            refs[name] = res.reference(name)
+            checks.append(Check(f"reference {name}", True, repr(refs[name])))
+        except Exception as e:
+            checks.append(Check(f"reference {name}", False, _message(e, f"references.{name}")))
     for name in cfg.models:
         try:
             m = res.model(name)
             checks.append(
                 Check(f"model {name}", True, f"{m.family}: {m.n_layers} layers × {m.n_heads} heads")
             )
-        except (ValueError, OSError, KeyError) as e:
-            checks.append(Check(f"model {name}", False, str(e)))
+        except Exception as e:
+            checks.append(Check(f"model {name}", False, _message(e, f"models.{name}")))
+    checks += _usage_checks(cfg, res, params, data, refs)
+    for adata in data.values():
+        if getattr(adata, "isbacked", False) and backed:
+            adata.file.close()
     return checks
+
+
+def _usage_checks(
+    cfg: AuditConfig, res: Resources, params: dict[str, Any], data: dict, refs: dict
+) -> list[Check]:
+    """Per analysis: each reference shares genes with each dataset it is used on; each
+    edge source gets at least ``min_source_cells`` cells of each dataset."""
+    checks: list[Check] = []
+    seen: set[tuple] = set()
+    for analysis, p in params.items():
+        datasets = [d for d in (getattr(p, "datasets", None) or cfg.datasets) if d in data]
+        references = [r for r in (getattr(p, "references", None) or cfg.references) if r in refs]
+        edges = list(getattr(p, "edges", None) or cfg.edges)
+        for ds in datasets:
+            genes = data[ds].var_names
+            for ref in references:
+                if ("ref", ref, ds) in seen:
+                    continue
+                seen.add(("ref", ref, ds))
+                n = int(genes.isin(refs[ref].genes).sum())
+                if n == 0:
+                    checks.append(Check(f"reference {ref} on {ds}", False, _no_overlap(
+                        ref, refs[ref].genes, ds, genes, analysis)))  # fmt: skip
+            for e in edges:
+                if ("edge", e, ds) in seen or e not in cfg.edges:
+                    continue
+                seen.add(("edge", e, ds))
+                try:
+                    n_cells = len(res.edge_cells(e, ds))
+                except Exception as err:
+                    checks.append(Check(f"edges {e} on {ds}", False, _message(err, f"edges.{e}")))
+                    continue
+                need = cfg.edges[e].min_source_cells
+                if n_cells < need:
+                    which = "control cells" if cfg.edges[e].cells == "control" else "cells"
+                    checks.append(Check(f"edges {e} on {ds}", False, (
+                        f"dataset {ds!r} gives edge source {e!r} only {n_cells} {which}; at "
+                        f"least {need} are needed for scores and CIs that mean anything. Use a "
+                        f"dataset with more {which}, set edges.{e}.cells: all, or (at your own "
+                        f"risk) lower edges.{e}.min_source_cells.")))  # fmt: skip
+    return checks
+
+
+def _no_overlap(ref: str, ref_genes, ds: str, genes, analysis: str) -> str:
+    def show(idx) -> str:
+        return ", ".join(map(str, list(idx)[:3]))
+
+    return (
+        f"reference {ref!r} shares no gene with dataset {ds!r} (used together by analysis "
+        f"{analysis!r}): the reference names genes like {show(ref_genes)}, the data like "
+        f"{show(genes)}. Use the same identifiers on both sides (gene symbols in var_names, "
+        "or map the reference)."
+    )
+
+
+def _message(e: Exception, where: str, model: Any = None) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        from scfm_audit.pipeline._config import _format_errors
+
+        return "; ".join(_format_errors(e, prefix=where, model=model))
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, ValueError | OSError | KeyError):
+        return text
+    return f"{type(e).__name__}: {text}"
+
+
+def raise_on_failures(checks: list[Check]) -> None:
+    """Raise :class:`InputError` listing every failed check."""
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        lines = "\n".join(f"  {c.name}: {c.detail}" for c in failed)
+        raise InputError(
+            f"{len(failed)} input problem{'s' if len(failed) > 1 else ''} "
+            f"(nothing was computed):\n{lines}"
+        )

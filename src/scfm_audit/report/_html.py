@@ -474,6 +474,15 @@ def _template():
     return env.from_string(src.read_text(encoding="utf-8"))
 
 
+def _total_time(run: RunResult) -> str:
+    """Wall time of the whole run (inputs, analyses, writing) when recorded, else the sum
+    of the analyses' times."""
+    total = getattr(run, "total_seconds", None)
+    if total is not None:
+        return fmt_seconds(total)
+    return fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING
+
+
 def render_report(run: RunResult, path: str | Path) -> Path:
     """Write the run's HTML report to ``path`` (atomically) and return the path.
 
@@ -493,7 +502,7 @@ def render_report(run: RunResult, path: str | Path) -> Path:
         sections=sections,
         config_yaml=_config_yaml(run),
         timings=_timings(run),
-        total_time=fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING,
+        total_time=_total_time(run),
         cache=_cache_info(run),
         alpha=fmt_num(run.alpha),
         table_rows=TABLE_ROWS,
