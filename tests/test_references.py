@@ -351,3 +351,15 @@ def test_duplicate_merge_follows_the_rule(directed):
         slow.sort_values(key).reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_table_reads_directed_from_its_own_column(tmp_path):
+    """The simulator's ppi.tsv says directed=False in a column: it loads undirected,
+    unless the config overrides it; a file mixing both values is an error."""
+    p = tmp_path / "ppi.tsv"
+    p.write_text("source\ttarget\tdirected\nA\tB\tFalse\nB\tC\tFalse\n")
+    assert not load_reference("table", p).directed
+    assert load_reference("table", p, directed=True).directed
+    p.write_text("source\ttarget\tdirected\nA\tB\tFalse\nB\tC\tTrue\n")
+    with pytest.raises(ValueError, match="one value"):
+        load_reference("table", p)

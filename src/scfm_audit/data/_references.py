@@ -514,6 +514,21 @@ def _pick_column(df: pd.DataFrame, given: str | None, aliases: Sequence[str]) ->
     return next((lower[a] for a in aliases if a in lower), None)
 
 
+def _directed_column(df: pd.DataFrame, p: Path) -> bool:
+    """The value of a ``directed`` column (one value for the whole file), else True."""
+    col = next((c for c in df.columns if str(c).lower() == "directed"), None)
+    if col is None:
+        return True
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    values = {words.get(str(v).strip().lower()) for v in df[col].dropna().unique()}
+    if None in values or len(values) > 1:
+        raise ReferenceFormatError(
+            p, None, f"column {col!r} must hold one value, True or False, for the whole file "
+            "(a network is directed or not); or set the option directed: true/false."
+        )  # fmt: skip
+    return values.pop() if values else True
+
+
 def _load_table(
     path: PathLike,
     *,
@@ -523,12 +538,14 @@ def _load_table(
     weight_col: str | None,
     sign_col: str | None,
     evidence_col: str | None,
-    directed: bool,
+    directed: bool | None,
     sep: str | None,
     evidence: str,
 ) -> ReferenceNetwork:
     p = _check_file(path)
     df = _read_delimited(p, sep=sep if sep is not None else _sep_from_extension(p), fmt=fmt)
+    if directed is None:
+        directed = _directed_column(df, p)
     src = _pick_column(df, source_col, _SOURCE_ALIASES) or "source"
     tgt = _pick_column(df, target_col, _TARGET_ALIASES) or "target"
     wcol = weight_col if weight_col is not None else ("weight" if "weight" in df else None)
@@ -570,7 +587,7 @@ def load_table(
     weight_col: str | None = None,
     sign_col: str | None = None,
     evidence_col: str | None = None,
-    directed: bool = True,
+    directed: bool | None = None,
     sep: str | None = None,
 ) -> ReferenceNetwork:
     """Any headed TSV/CSV (``.tsv``, ``.csv``, ``.txt``; optionally ``.gz``).
@@ -580,7 +597,9 @@ def load_table(
     Signs may be numbers or words (``+``/``-``, Activation/Repression/Unknown); without
     a sign column, a weight column with negative values gives sign = sign(weight).
     Weights are stored as absolute values (default 1). ``sep`` defaults from the
-    extension (``.csv`` comma, ``.tsv`` tab, ``.txt`` sniffed).
+    extension (``.csv`` comma, ``.tsv`` tab, ``.txt`` sniffed). ``directed`` defaults to
+    the file's own ``directed`` column when it has one (as the tables
+    :meth:`ReferenceNetwork.to_tsv` and ``scfm-audit simulate`` write), else True.
     """
     return _load_table(
         path,
@@ -605,7 +624,7 @@ def load_chip(
     weight_col: str | None = None,
     sign_col: str | None = None,
     evidence_col: str | None = None,
-    directed: bool = True,
+    directed: bool | None = None,
     sep: str | None = None,
 ) -> ReferenceNetwork:
     """ChIP-seq style TF → target table: :func:`load_table` with evidence ``"ChIP-seq"``."""

@@ -26,6 +26,28 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded (missing file, wrong sizes, bad keys)."""
 
 
+def unreadable_weights(path: str | Path, err: BaseException) -> CheckpointError:
+    """The error for a weights file torch cannot load with ``weights_only=True``: says
+    whether the file is corrupt / not a checkpoint or holds pickled objects besides
+    tensors. Never relays torch's advice to retry with ``weights_only=False`` (that runs
+    arbitrary code from the file)."""
+    import zipfile
+
+    p = Path(path)
+    size = p.stat().st_size if p.exists() else 0
+    if size and zipfile.is_zipfile(p) and "Weights only load failed" in str(err):
+        return CheckpointError(
+            f"{p} is a PyTorch file but holds Python objects besides tensors (e.g. a whole "
+            "pickled model or an optimizer), which scfm-audit does not unpickle; save the "
+            "weights alone with torch.save(model.state_dict(), path)."
+        )
+    what = "is empty" if size == 0 else "is corrupt or not a PyTorch checkpoint"
+    return CheckpointError(
+        f"{p} {what} (torch cannot read it: {type(err).__name__}); replace it with the "
+        "checkpoint's original file."
+    )
+
+
 @dataclass
 class TokenizedBatch:
     """A batch of tokenized cells.

@@ -54,6 +54,7 @@ from scfm_audit.models._base import (
     TokenizedBatch,
     VocabularyReport,
     default_device,
+    unreadable_weights,
 )
 from scfm_audit.models._hooks import HookContext
 from scfm_audit.models._transformer import LayerWeights, encoder_layer
@@ -1061,9 +1062,7 @@ def _checkpoint_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(
-                f"Could not read weights {str(f)!r} ({type(err).__name__}: {err})."
-            ) from err
+            raise unreadable_weights(f, err) from None
     return shapes
 
 

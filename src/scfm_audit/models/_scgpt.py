@@ -62,6 +62,7 @@ from scfm_audit.models._base import (
     TokenizedBatch,
     VocabularyReport,
     default_device,
+    unreadable_weights,
 )
 from scfm_audit.models._hooks import HookContext, HookPoint, make_hook_points
 from scfm_audit.models._transformer import LayerWeights, encoder_layer
@@ -743,7 +744,7 @@ class ScGPTAdapter(ModelAdapter):
         try:
             raw = torch.load(wfile, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{wfile} cannot be read as a state dict: {e}") from None
+            raise unreadable_weights(wfile, e) from None
         if not isinstance(raw, Mapping) or not all(torch.is_tensor(v) for v in raw.values()):
             raise CheckpointError(f"{wfile} is not a state dict (a mapping name → tensor).")
         if raw and all(k.startswith("module.") for k in raw):  # saved from DDP
