@@ -6,6 +6,7 @@ gets and the output folder.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,7 +89,10 @@ def input_checks(
             from scfm_audit.data._simulate import SimulationParams
 
             where = f"datasets.{name}" + (".simulate" if d.simulate is not None else "")
-            checks.append(Check(f"dataset {name}", False, _message(e, where, SimulationParams)))
+            text = _message(e, where, SimulationParams)
+            # the loader speaks Python (DatasetSpec(counts=...)); a config user needs the key
+            text = re.sub(r"DatasetSpec\((\w+)=[^)]*\)", rf"datasets.{name}.\1 in the config", text)
+            checks.append(Check(f"dataset {name}", False, text))
     refs: dict[str, Any] = {}
     for name in cfg.references:
         try:
