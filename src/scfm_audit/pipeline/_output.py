@@ -163,13 +163,13 @@ class OutputTransaction:
             )
 
     def _recover(self) -> None:
-        """Clean up after killed runs: carry back entries left in their old folders, then
-        delete their staging and old folders."""
+        """Clean up after killed runs: carry back kept entries (cache, models, user files)
+        left in their folders (a staging folder killed after the swap holds the previous
+        run), then delete those folders."""
         for stale in sorted(self.path.parent.glob(f".{self.path.name}.scfm-*")):
             if stale == self.staging or not stale.is_dir():
                 continue
-            if ".scfm-old-" in stale.name:
-                self._carry(stale, self.path)
+            self._carry(stale, self.path)
             shutil.rmtree(stale, ignore_errors=True)
 
     # -- committing ----------------------------------------------------------------------
