@@ -261,3 +261,23 @@ def test_analyses_name_lists_every_parameter():
     assert r.exit_code == 0, r.output
     for name in ANALYSES.get("grn_recovery").params.model_fields:
         assert name in r.output
+
+
+def test_readme_config_for_the_simulate_files_validates(bench):
+    """The README's config for `scfm-audit simulate` output is valid as printed (and the
+    PPI it names loads undirected)."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("### A config for the files `scfm-audit simulate` writes", 1)[1]
+    text = re.findall(r"```yaml\n(.*?)```", block, flags=re.S)[0]
+    cfg = bench / "audit.yaml"
+    cfg.write_text(text)
+    r = runner.invoke(app, ["validate", str(cfg)], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    from scfm_audit.pipeline._cache import ArtifactCache
+    from scfm_audit.pipeline._config import load_config
+    from scfm_audit.pipeline._runner import Progress, Resources
+
+    res = Resources(load_config(cfg), ArtifactCache(None), Progress(quiet=True))
+    assert not res.reference("ppi").directed and res.reference("grn").directed
