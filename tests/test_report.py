@@ -312,7 +312,8 @@ def test_sections_tables_tests_footer(report):
     assert "statistic (AUROC)" in grn and "AUROC - 0.5 [CI]" in grn
     assert "Common to all tests:" in grn and "label-shuffle permutation (999)" in grn
     assert "string: only 3 reference edges" in grn
-    assert "v1.2" in grn and "catalogue #1" in grn
+    assert "v1.2" in grn
+    assert "catalogue #1" not in grn and "Design reference" not in grn  # internal notes
     inc = html[html.index('id="a-incremental_value"') : html.index('id="footer"')]
     assert "559,720" in inc and "1.235" in inc and "-0.0001235" in inc
     assert re.search(r"<details open>\s*<summary>Tests", inc)
@@ -441,3 +442,83 @@ def test_minimal_run_renders(tmp_path):
     assert "No analysis of this run declared a verdict." in html
     assert "registered no statistical tests" in html
     assert "0 rows × 0 columns" in html
+
+
+# -- issue 7, item 9: what a reader sees -------------------------------------------------
+def test_analysis_tables_show_values_with_ci_at_one_precision_per_column():
+    from scfm_audit.report._html import _table
+
+    df = pd.DataFrame(
+        {
+            "reference": ["grn", "ppi"],
+            "auroc": [0.6888475, 0.6575103],
+            "auroc_ci_low": [0.6299263, 0.5984221],
+            "auroc_ci_high": [0.7682607, 0.7013904],
+            "positive_rate": [0.16101, 0.0847458],
+            "p_shuffle": [0.0196078, 0.000012],
+            "delta": [1.234567, -0.000123456],  # spans 4 orders: each value on its own
+            "n_candidates": [354, 1770],
+        }
+    )
+    tab = _table(df)
+    head = [h["text"] for h in tab["header"]]
+    assert head == ["reference", "auroc [CI]", "positive_rate", "p_shuffle", "delta",
+                    "n_candidates"]  # fmt: skip
+    rows = [[c["text"] for c in r] for r in tab["rows"]]
+    assert rows[0][1] == "0.689 [0.630, 0.768]" and rows[1][1] == "0.658 [0.598, 0.701]"
+    assert [r[2] for r in rows] == ["0.161", "0.085"]
+    assert [r[3] for r in rows] == ["0.0196", "1.20e-05"]
+    assert [r[4] for r in rows] == ["1.235", "-0.0001235"]
+    assert [r[5] for r in rows] == ["354", "1,770"]
+
+
+def test_tests_table_shows_auroc_on_its_natural_scale_with_its_ci():
+    """Effect 'AUROC - 0.5' with CI → the AUROC column carries the CI shifted back."""
+    from scfm_audit.report._html import _tests_table
+
+    reg = TestRegistry(alpha=0.05)
+    for auc, lo, hi in ((0.6888, 0.6299, 0.7683), (0.55, 0.48, 0.62)):
+        reg.add(
+            analysis="grn_recovery", hypothesis="h", test="perm", null="label shuffle",
+            statistic_name="AUROC",
+            statistic=auc, effect_name="AUROC - 0.5", effect=auc - 0.5, ci_low=lo - 0.5,
+            ci_high=hi - 0.5, p=0.02, n=100, direction="greater",
+        )  # fmt: skip
+    run = RunResult(
+        config=AuditConfig(datasets={"d": {"simulate": {}}}), output=Path("."), specs={},
+        params={}, results={}, tests=reg.to_frame(), family_sensitivity=pd.DataFrame(),
+        timings={},
+    )  # fmt: skip
+    t = _tests_table(run, "grn_recovery")
+    head = [h["text"] for h in t["header"]]
+    assert "AUROC [CI]" in head and not any("AUROC - 0.5" in h for h in head)
+    cells = [c["text"] for c in t["rows"][0]["cells"]]
+    assert "0.689 [0.630, 0.768]" in cells
+    assert "0.550 [0.480, 0.620]" in [c["text"] for c in t["rows"][1]["cells"]]
+
+
+def test_figures_keep_legends_off_the_curves_and_auroc_axes_fixed():
+    """ROC/PR legends sit below the axes; by-layer legends to the right; an AUROC axis
+    spans at least 0.3–0.8 (so ±0.01 noise does not fill it) and contains 0.5; a
+    heatmap centred at 0.5 spans at least 0.4–0.6."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    fig = roc_pr_figure({"a": (y, y + rng.normal(0, 1, 400))})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        leg, box = ax.get_legend(), ax.get_window_extent()
+        assert leg.get_window_extent().y1 < box.y0  # entirely below the axes
+    df = pd.DataFrame({"layer": [0, 1, 2], "auroc": [0.501, 0.509, 0.497],
+                       "ci_low": [0.49, 0.5, 0.48], "ci_high": [0.51, 0.52, 0.51],
+                       "method": "attention"})  # fmt: skip
+    fig = metric_by_layer_figure(df)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo <= 0.3 and hi >= 0.8
+    assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
+    heat = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                         "auroc": [0.5, 0.51, 0.49, 0.505]})  # fmt: skip
+    fig = head_heatmap(heat, center=0.5)
+    norm = fig.axes[0].images[0].norm
+    assert norm.vmin <= 0.4 and norm.vmax >= 0.6

@@ -102,7 +102,7 @@ def roc_pr_figure(
         roc_curve,
     )
 
-    fig = _new_figure(11.0, 4.6)
+    fig = _new_figure(11.0, 5.6)
     ax_roc, ax_pr = fig.subplots(1, 2)
     ax_roc.plot([0, 1], [0, 1], color="0.55", linestyle=":", linewidth=1, label="chance (0.5)")
     rates: list[float] = []
@@ -162,11 +162,14 @@ def roc_pr_figure(
     for ax in (ax_roc, ax_pr):
         ax.set_aspect("equal", adjustable="box")
         ax.grid(True, color="0.92", linewidth=0.8)
+        # below the axes: a legend inside would hide the curves (PR starts top left, ROC
+        # ends top right, either may run anywhere)
         ax.legend(
-            loc="lower right" if ax is ax_roc else "upper right",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
             fontsize=8,
-            frameon=True,
-            framealpha=0.9,
+            frameon=False,
+            ncol=1,
         )
     if title:
         fig.suptitle(title)
@@ -174,6 +177,17 @@ def roc_pr_figure(
 
 
 # ----------------------------------------------------------------------------------------
+def _probability_range(values: np.ndarray, chance: float | None) -> tuple[float, float] | None:
+    """A fixed y-range for a [0, 1] metric around chance 0.5 (AUROC): at least 0.3–0.8,
+    widened in steps of 0.1 to hold every value (CIs included), within [0, 1]."""
+    v = values[np.isfinite(values)]
+    if chance != 0.5 or v.size == 0 or v.min() < 0 or v.max() > 1:
+        return None
+    lo = min(0.3, np.floor(v.min() * 10) / 10)
+    hi = max(0.8, np.ceil(v.max() * 10) / 10)
+    return float(max(lo, 0.0)) - 0.01, float(min(hi, 1.0)) + 0.01
+
+
 def _mean_duplicates(
     df: pd.DataFrame, keys: list[str], cols: list[str]
 ) -> tuple[pd.DataFrame, int]:
@@ -199,6 +213,7 @@ def metric_by_layer_figure(
     title: str | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Figure:
     """A metric against layer (or any ordered ``x``): one line per ``hue`` value with its
     CI band, optionally one panel per ``col`` value (e.g. per reference).
@@ -213,10 +228,15 @@ def metric_by_layer_figure(
         Lower and upper CI columns, drawn as a shaded band; ``None`` for no band.
     chance
         Level drawn as a dotted line (0.5 for AUROC); ``None`` for none.
+    ylim
+        Fixed y-range. Default: for a metric on [0, 1] with chance 0.5 (AUROC), a range
+        of at least 0.3–0.8 that always contains 0.5, so that noise of ±0.01 does not
+        fill the axes; otherwise matplotlib's auto-scale.
 
     Returns
     -------
-    Figure with one axes per ``col`` value (one axes without ``col``).
+    Figure with one axes per ``col`` value (one axes without ``col``); the legend sits
+    to the right of the last one, never over the lines.
     """
     needed = [c for c in (x, y, hue, col, *(ci or ())) if c is not None]
     missing = [c for c in needed if c not in df.columns]
@@ -277,6 +297,10 @@ def metric_by_layer_figure(
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(True, color="0.92", linewidth=0.8)
     axes[0].set_ylabel(ylabel or _pretty(y))
+    if ylim is None:
+        ylim = _probability_range(data[value_cols].to_numpy(dtype=float), chance)
+    if ylim is not None:
+        axes[0].set_ylim(*ylim)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         legend_title = _pretty(hue) if hue else None
@@ -290,7 +314,9 @@ def metric_by_layer_figure(
             framealpha=0.9,
             title=legend_title,
             title_fontsize=8,
-            loc="best",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
         )
     if merged > 1:
         axes[0].annotate(
@@ -316,6 +342,7 @@ def head_heatmap(
     head: str = "head",
     mark: str | None = None,
     center: float | None = None,
+    min_span: float = 0.1,
     title: str | None = None,
     label: str | None = None,
 ) -> Figure:
@@ -332,6 +359,10 @@ def head_heatmap(
     center
         Value at the middle of a diverging colour map (e.g. 0.5 for AUROC); ``None``
         uses the sequential viridis map.
+    min_span
+        With ``center``: the colour map spans at least ``center ± min_span`` (AUROC: 0.4
+        to 0.6), so that heads within noise of chance stay pale instead of being
+        stretched to the darkest colours.
 
     Returns
     -------
@@ -357,7 +388,7 @@ def head_heatmap(
     ax = fig.subplots()
     z = np.ma.masked_invalid(grid.to_numpy(dtype=float))
     if center is not None and z.count():
-        span = float(np.nanmax(np.abs(z.compressed() - center))) or 1e-9
+        span = max(float(np.nanmax(np.abs(z.compressed() - center))), min_span)
         norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
         im = ax.imshow(z, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
     else:

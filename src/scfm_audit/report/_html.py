@@ -93,6 +93,31 @@ def fmt_effect(effect: Any, lo: Any = None, hi: Any = None) -> str:
     return out
 
 
+def fmt_value_ci(value: Any, lo: Any, hi: Any, decimals: int | None) -> str:
+    """``value [lo, hi]`` with one precision for all three (``decimals`` from
+    :func:`column_decimals`; None: four significant digits each)."""
+    if _is_missing(value):
+        return _MISSING
+    out = _fixed(value, decimals)
+    if not (_is_missing(lo) or _is_missing(hi)):
+        out += f" [{_fixed(lo, decimals)}, {_fixed(hi, decimals)}]"
+    return out
+
+
+def column_decimals(values: Iterable[Any], *, significant: int = 3) -> int | None:
+    """Decimals that give the largest |value| of a column ``significant`` significant
+    digits (0–4), so that a column's values line up and compare; None when the column
+    spans more than two orders of magnitude (fixed decimals would print a small but
+    meaningful value, e.g. a ΔAUROC of −0.0004, as 0.00: format each value on its own)."""
+    v = np.abs(np.asarray([float(x) for x in values if not _is_missing(x)], dtype=float))
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return significant
+    if v.max() / v.min() > 100:
+        return None
+    return int(np.clip(significant - 1 - math.floor(math.log10(v.max())), 0, 4))
+
+
 def fmt_seconds(s: float) -> str:
     if _is_missing(s):
         return _MISSING
@@ -225,15 +250,66 @@ def _numeric(col: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
 
+_P_COLUMN = re.compile(r"^(p|q)(_|$)|_(p|q)$")
+_CI_SUFFIXES = (("_ci_low", "_ci_high"), ("_lo", "_hi"), ("_low", "_high"))
+
+
+def _ci_columns(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """``column -> (low, high)`` for numeric columns shown with their CI (``x_ci_low`` /
+    ``x_ci_high`` beside ``x``)."""
+    out = {}
+    for c in df.columns:
+        for lo, hi in _CI_SUFFIXES:
+            if f"{c}{lo}" in df and f"{c}{hi}" in df and _numeric(df[c]):
+                out[str(c)] = (f"{c}{lo}", f"{c}{hi}")
+                break
+    return out
+
+
 def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
+    """An analysis table for the report: each value with its CI in one cell
+    (``auroc [CI]``), one precision per column, p-/q-values in p-value notation."""
     shown = df.head(n_rows)
+    cis = _ci_columns(df)
+    folded = {c for pair in cis.values() for c in pair}
+    columns = [c for c in df.columns if c not in folded]
+    header, formats = [], []
+    for c in columns:
+        col = df[c]
+        if str(c) in cis:
+            lo, hi = cis[str(c)]
+            d = column_decimals(pd.concat([col, df[lo], df[hi]]))
+            header.append({"text": f"{c} [CI]", "cls": "num"})
+            formats.append(lambda r, c=c, lo=lo, hi=hi, d=d: _text(
+                fmt_value_ci(r[c], r[lo], r[hi], d)))  # fmt: skip
+        elif _numeric(col) and _P_COLUMN.search(str(c)):
+            header.append({"text": str(c), "cls": "num"})
+            formats.append(lambda r, c=c: _text(fmt_p(r[c])))
+        elif _numeric(col) and not pd.api.types.is_integer_dtype(col):
+            d = column_decimals(col)
+            header.append({"text": str(c), "cls": "num"})
+            formats.append(lambda r, c=c, d=d: _text(_fixed(r[c], d)))
+        else:
+            header.append({"text": str(c), "cls": "num" if _numeric(col) else ""})
+            formats.append(lambda r, c=c: _cell(r[c]))
+    rows = [[f(r) for f in formats] for r in shown.to_dict("records")]
     return {
-        "header": [{"text": str(c), "cls": "num" if _numeric(df[c]) else ""} for c in df.columns],
-        "rows": [[_cell(v) for v in row] for row in shown.itertuples(index=False, name=None)],
+        "header": header,
+        "rows": rows,
         "n_rows": len(df),
         "n_cols": df.shape[1],
         "n_shown": len(shown),
     }
+
+
+def _fixed(v: Any, decimals: int | None) -> str:
+    if _is_missing(v):
+        return _MISSING
+    return fmt_num(v) if decimals is None else f"{float(v):,.{decimals}f}"
+
+
+def _text(text: str) -> dict[str, str]:
+    return {"text": text, "cls": "missing" if text == _MISSING else "num", "title": ""}
 
 
 def _figure_uri(png: Path | None, fig: Any = None) -> str | None:
@@ -314,9 +390,21 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
     show_family = "family" not in hoisted
     stat_name = named("statistic_name")
     eff_name = named("effect_name")
+    shifts = [_shift(r) for r in t.to_dict("records")]
+    natural = all(s is not None for s in shifts)  # effect = statistic - c: show the statistic
+    eff_cols = [t[c] for c in ("effect", "ci_low", "ci_high") if c in t]
+    d_eff = column_decimals(pd.concat(eff_cols)) if eff_cols else 3
+    d_stat = column_decimals(t["statistic"]) if "statistic" in t else 3
+    stat_head = f"{stat_name}" if stat_name else "statistic"
+    if natural:
+        value_heads = [{"text": f"{stat_head} [CI]", "cls": "num"}]
+    else:
+        value_heads = [
+            {"text": f"statistic ({stat_name})" if stat_name else "statistic", "cls": "num"},
+            {"text": f"{eff_name} [CI]" if eff_name else "effect [CI]", "cls": "num"},
+        ]
     header = [{"text": c, "cls": ""} for c in cols] + [
-        {"text": f"statistic ({stat_name})" if stat_name else "statistic", "cls": "num"},
-        {"text": f"{eff_name} [CI]" if eff_name else "effect [CI]", "cls": "num"},
+        *value_heads,
         {"text": "n", "cls": "num"},
         {"text": "p", "cls": "num"},
         {"text": "q", "cls": "num"},
@@ -333,16 +421,26 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
             if c == "test" and "null" not in hoisted and not _is_missing(r.get("null")):
                 cell["title"] = f"null: {r['null']}"
             cells.append(cell)
-        stat = fmt_num(r.get("statistic"))
+        if natural:
+            c = _shift(r) or 0.0
+            lo, hi = r.get("ci_low"), r.get("ci_high")
+            stat = fmt_value_ci(
+                r.get("statistic"),
+                None if _is_missing(lo) else float(lo) + c,
+                None if _is_missing(hi) else float(hi) + c,
+                d_stat,
+            )
+        else:
+            stat = fmt_value_ci(r.get("statistic"), None, None, d_stat)
         if not stat_name and r.get("statistic_name") and stat != _MISSING:
             stat = f"{r['statistic_name']} = {stat}"
-        eff = fmt_effect(r.get("effect"), r.get("ci_low"), r.get("ci_high"))
+        eff = fmt_value_ci(r.get("effect"), r.get("ci_low"), r.get("ci_high"), d_eff)
         if not eff_name and r.get("effect_name") and eff != _MISSING:
             eff = f"{r['effect_name']} = {eff}"
         passed = "n/a" if _is_missing(r.get("q")) else ("yes" if bool(r.get("passed")) else "no")
         cells += [
             {"text": stat, "cls": "num", "title": ""},
-            {"text": eff, "cls": "num", "title": ""},
+            *([] if natural else [{"text": eff, "cls": "num", "title": ""}]),
             _cell(r.get("n")),
             {"text": fmt_p(r.get("p")), "cls": "num", "title": ""},
             {"text": fmt_p(r.get("q")), "cls": "num", "title": ""},
@@ -362,6 +460,22 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
     }
 
 
+_SHIFT = re.compile(r"^\s*(.+?)\s*([-+−])\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def _shift(r: dict[str, Any]) -> float | None:
+    """``c`` when the test's effect is its statistic minus ``c`` (``AUROC - 0.5``), so the
+    report can show the statistic and its CI on the natural scale; else None."""
+    m = _SHIFT.match(str(r.get("effect_name") or ""))
+    if not m or m.group(1) != str(r.get("statistic_name")):
+        return None
+    c = float(m.group(3)) * (1 if m.group(2) in "-−" else -1)
+    stat, eff = r.get("statistic"), r.get("effect")
+    if _is_missing(stat) or _is_missing(eff):
+        return c
+    return c if abs(float(stat) - float(eff) - c) < 1e-9 else None
+
+
 def _section(run: RunResult, name: str) -> dict[str, Any]:
     spec = run.specs.get(name)
     res = run.results.get(name)
@@ -371,7 +485,6 @@ def _section(run: RunResult, name: str) -> dict[str, Any]:
         "version": getattr(spec, "version", _MISSING),
         "category": getattr(spec, "category", "") or "",
         "description": getattr(spec, "description", "") or "",
-        "reference": getattr(spec, "reference", "") or "",
         "error": run.errors.get(name),
         "seconds": fmt_seconds(run.timings.get(name, math.nan)),
         "summary": _paragraphs(res.summary) if res is not None else [],
