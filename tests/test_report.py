@@ -458,18 +458,21 @@ def test_analysis_tables_show_values_with_ci_at_one_precision_per_column():
             "p_shuffle": [0.0196078, 0.000012],
             "delta": [1.234567, -0.000123456],  # spans 4 orders: each value on its own
             "n_candidates": [354, 1770],
+            "layer": [3.0, np.nan],  # whole numbers with NaN (pooled) stay whole
         }
     )
     tab = _table(df)
     head = [h["text"] for h in tab["header"]]
     assert head == ["reference", "auroc [CI]", "positive_rate", "p_shuffle", "delta",
-                    "n_candidates"]  # fmt: skip
+                    "n_candidates", "layer"]  # fmt: skip
     rows = [[c["text"] for c in r] for r in tab["rows"]]
     assert rows[0][1] == "0.689 [0.630, 0.768]" and rows[1][1] == "0.658 [0.598, 0.701]"
     assert [r[2] for r in rows] == ["0.161", "0.085"]
     assert [r[3] for r in rows] == ["0.0196", "1.20e-05"]
     assert [r[4] for r in rows] == ["1.235", "-0.0001235"]
     assert [r[5] for r in rows] == ["354", "1,770"]
+    assert [r[6] for r in rows] == ["3", "—"]
+    assert not tab["wide"] and _table(pd.DataFrame({f"c{i}": [1] for i in range(12)}))["wide"]
 
 
 def test_tests_table_shows_auroc_on_its_natural_scale_with_its_ci():

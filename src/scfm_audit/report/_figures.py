@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -341,7 +341,7 @@ def head_heatmap(
     layer: str = "layer",
     head: str = "head",
     mark: str | None = None,
-    center: float | None = None,
+    center: float | Literal["auto"] | None = "auto",
     min_span: float = 0.1,
     title: str | None = None,
     label: str | None = None,
@@ -358,7 +358,8 @@ def head_heatmap(
         box and a dot.
     center
         Value at the middle of a diverging colour map (e.g. 0.5 for AUROC); ``None``
-        uses the sequential viridis map.
+        uses the sequential viridis map; ``"auto"``: 0.5 when ``value`` is an AUROC, so
+        that chance is white and noise around it stays pale.
     min_span
         With ``center``: the colour map spans at least ``center ± min_span`` (AUROC: 0.4
         to 0.6), so that heads within noise of chance stay pale instead of being
@@ -373,6 +374,8 @@ def head_heatmap(
         raise ValueError(
             f"head_heatmap: columns {missing} not in the table (it has {list(df.columns)})."
         )
+    if center == "auto":
+        center = 0.5 if "auroc" in value.lower() else None
     data = df.dropna(subset=[layer, head]).copy()
     data[value] = data[value].astype(float)
     cols = [value]

@@ -38,6 +38,8 @@ TESTS_OPEN = 12
 #: At most this many tests are listed per analysis (all are in ``tests.csv``).
 TESTS_MAX = 2000
 _MISSING = "—"
+#: Tables with more shown columns than this get a sticky first column and a scroll hint.
+WIDE_COLUMNS = 8
 
 
 # ---------------------------------------------------------------------- formatting --
@@ -285,10 +287,13 @@ def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
         elif _numeric(col) and _P_COLUMN.search(str(c)):
             header.append({"text": str(c), "cls": "num"})
             formats.append(lambda r, c=c: _text(fmt_p(r[c])))
-        elif _numeric(col) and not pd.api.types.is_integer_dtype(col):
+        elif _numeric(col) and not pd.api.types.is_integer_dtype(col) and not _whole(col):
             d = column_decimals(col)
             header.append({"text": str(c), "cls": "num"})
             formats.append(lambda r, c=c, d=d: _text(_fixed(r[c], d)))
+        elif _numeric(col) and _whole(col):
+            header.append({"text": str(c), "cls": "num"})
+            formats.append(lambda r, c=c: _text(_fixed(r[c], 0)))
         else:
             header.append({"text": str(c), "cls": "num" if _numeric(col) else ""})
             formats.append(lambda r, c=c: _cell(r[c]))
@@ -299,7 +304,14 @@ def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
         "n_rows": len(df),
         "n_cols": df.shape[1],
         "n_shown": len(shown),
+        "wide": len(header) > WIDE_COLUMNS,
     }
+
+
+def _whole(col: pd.Series) -> bool:
+    """A float column holding only whole numbers (layer, head with NaN for 'pooled')."""
+    v = pd.to_numeric(col, errors="coerce").dropna().to_numpy(dtype=float)
+    return bool(v.size) and bool(np.all(np.isfinite(v) & (v == np.round(v))))
 
 
 def _fixed(v: Any, decimals: int | None) -> str:
