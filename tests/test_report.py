@@ -525,3 +525,34 @@ def test_figures_keep_legends_off_the_curves_and_auroc_axes_fixed():
     fig = head_heatmap(heat, center=0.5)
     norm = fig.axes[0].images[0].norm
     assert norm.vmin <= 0.4 and norm.vmax >= 0.6
+
+
+CHROMIUM = next(
+    (b for b in ("chromium", "chromium-browser", "google-chrome") if __import__("shutil").which(b)),
+    None,
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
+def test_wide_tables_scroll_in_a_browser(report, tmp_path):
+    """In headless Chromium at 900 px, every table box wider than the page scrolls
+    (overflow-x auto, scrollWidth > clientWidth) instead of being cut off."""
+    import subprocess
+
+    _, html = report
+    probe = (
+        "<script>window.addEventListener('load',()=>{const o=[];"
+        "document.querySelectorAll('.scroll').forEach(e=>o.push([e.scrollWidth,e.clientWidth,"
+        "getComputedStyle(e).overflowX].join(':')));const p=document.createElement('pre');"
+        "p.id='probe';p.textContent=o.join(' ');document.body.appendChild(p);});</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,2000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    boxes = [b.split(":") for b in re.search(r'<pre id="probe">([^<]*)', dom).group(1).split()]
+    assert boxes and all(ov == "auto" for _, _, ov in boxes)
+    assert any(int(sw) > int(cw) for sw, cw, _ in boxes)  # some table is wider: it scrolls
