@@ -359,3 +359,20 @@ def test_real_processes(bench, snapshot, tmp_path):
         assert all(s in p.stderr for s in case.expect), (cid, p.stderr)
         assert not (work / "results").exists()
     assert _snapshot(bench) == snapshot
+
+
+@pytest.mark.parametrize("cid", ["top-level-typo", "h5ad-log-normalised", "output-is-a-file",
+                                 "reference-matches-no-gene"])  # fmt: skip
+def test_python_api_raises_the_same_message(cid, bench, tmp_path):
+    """``sa.run_audit`` raises a ValueError carrying the message the CLI prints; the
+    output folder does not appear."""
+    import scfm_audit as sa
+
+    case = next(c for c in CASES if c.id == cid)
+    cfg_path, extra = _prepare(case, bench, tmp_path)
+    out = extra[1] if extra else None
+    with pytest.raises(ValueError) as e:
+        sa.run_audit(cfg_path, output=out, quiet=True)
+    for s in case.expect:
+        assert s in str(e.value)
+    assert not (tmp_path / "results").exists()

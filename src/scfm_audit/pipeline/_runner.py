@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 import zlib
@@ -509,7 +510,10 @@ def _run_analyses(
         try:
             results[name] = spec.run(ctx, p)
         except Exception as e:  # one failing analysis must not lose the others
-            log.debug("analysis %s failed", name, exc_info=True)
+            # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
+            debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
+            log.log(logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name,
+                    exc_info=True)  # fmt: skip
             errors[name] = f"{type(e).__name__}: {e}"
             registry.rollback(n_before)
             progress.say(f"[red]{name} failed[/]: {escape(errors[name])}")
