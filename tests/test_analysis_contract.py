@@ -10,6 +10,9 @@ from matplotlib.figure import Figure
 
 from conftest import tiny_config
 from scfm_audit.pipeline import ANALYSES, AnalysisResult, config_from_dict, run_audit
+from scfm_audit.pipeline._cache import ArtifactCache
+from scfm_audit.pipeline._runner import Progress, Resources, _run_analyses
+from scfm_audit.pipeline._validate import InputError
 
 NAMES = ANALYSES.names()
 
@@ -45,9 +48,17 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path):
 def test_reference_without_shared_genes_is_handled(name, tmp_path):
     ref = tmp_path / "alien.tsv"
     ref.write_text("source\ttarget\nALIEN1\tALIEN2\nALIEN1\tALIEN3\n")
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path / "out")
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
     cfg["analyses"] = {name: {}}
-    run = run_audit(config_from_dict(cfg), quiet=True)
+    # a run refuses it before computing (issue 7: a reference matching none of the
+    # data's genes is an input error with a one-line reason) ...
+    with pytest.raises(InputError, match="shares no gene"):
+        run_audit(config_from_dict(cfg), quiet=True)
+    # ... and the analysis itself, given it anyway, handles it and says why
+    c = config_from_dict(cfg)
+    progress = Progress(quiet=True)
+    run = _run_analyses(c, c.analysis_params(), Resources(c, ArtifactCache(None), progress),
+                        progress)  # fmt: skip
     assert not run.errors, run.errors
     assert run.results[name].notes  # says why nothing could be evaluated

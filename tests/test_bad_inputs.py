@@ -295,6 +295,8 @@ def test_output_with_foreign_files_is_refused(bench, tmp_path):
     r = runner.invoke(app, ["run", str(cfg_path), "-q"], terminal_width=300)
     _clean(r.output)
     assert r.exit_code == 2 and "did not write (thesis.tex)" in r.output, r.output
+    r = runner.invoke(app, ["validate", str(cfg_path)], terminal_width=300)
+    assert r.exit_code == 2 and "did not write (thesis.tex)" in r.output, r.output
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 

@@ -80,6 +80,20 @@ def check_output_path(path: str | Path, *, what: str = "output folder") -> Path:
     return p
 
 
+def refuse_foreign(path: Path) -> None:
+    """Raise :class:`OutputFolderError` when ``path`` is a non-empty folder holding
+    nothing scfm-audit writes (someone's data: a run would move it aside)."""
+    if not path.is_dir():
+        return
+    names = {e.name for e in path.iterdir()} - {LOCK_FILE}
+    if names and not names & (RUN_ENTRIES | KEPT_ENTRIES):
+        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+        raise OutputFolderError(
+            f"The output folder {path} already holds files that scfm-audit did not "
+            f"write ({shown}); choose a new or empty folder (config key `output`, or --out)."
+        )
+
+
 def _pseudo_root(p: Path) -> str:
     return "/" + p.parts[1] if len(p.parts) > 1 else "/"
 
@@ -153,14 +167,7 @@ class OutputTransaction:
         self._locks.append(fd)
 
     def _refuse_foreign(self) -> None:
-        names = {e.name for e in self.path.iterdir()} - {LOCK_FILE}
-        ours = names & (RUN_ENTRIES | KEPT_ENTRIES)
-        if names and not ours:
-            shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
-            raise OutputFolderError(
-                f"The output folder {self.path} already holds files that scfm-audit did not "
-                f"write ({shown}); choose a new or empty folder (config key `output`, or --out)."
-            )
+        refuse_foreign(self.path)
 
     def _recover(self) -> None:
         """Clean up after killed runs: carry back kept entries (cache, models, user files)

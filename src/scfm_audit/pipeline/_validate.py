@@ -55,10 +55,12 @@ def validate_config(path: str | Path, *, output: str | Path | None = None) -> li
 
 
 def output_check(output: str | Path) -> Check:
-    from scfm_audit.pipeline._output import OutputFolderError, check_output_path
+    from scfm_audit.pipeline._output import OutputFolderError, check_output_path, refuse_foreign
 
     try:
-        return Check("output", True, str(check_output_path(output)))
+        path = check_output_path(output)
+        refuse_foreign(path)
+        return Check("output", True, str(path))
     except OutputFolderError as e:
         return Check("output", False, str(e))
 
@@ -164,7 +166,8 @@ def _no_overlap(ref: str, ref_genes, ds: str, genes, analysis: str) -> str:
         f"reference {ref!r} shares no gene with dataset {ds!r} (used together by analysis "
         f"{analysis!r}): the reference names genes like {show(ref_genes)}, the data like "
         f"{show(genes)}. Use the same identifiers on both sides (gene symbols in var_names, "
-        "or map the reference)."
+        f"or map the reference), or do not pair them (analyses.{analysis}.references / "
+        ".datasets)."
     )
 
 
