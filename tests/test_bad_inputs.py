@@ -378,3 +378,28 @@ def test_python_api_raises_the_same_message(cid, bench, tmp_path):
     for s in case.expect:
         assert s in str(e.value)
     assert not (tmp_path / "results").exists()
+
+
+def test_output_on_a_read_only_mount_is_refused_before_computing(bench, tmp_path):
+    """In a private mount namespace (nothing leaks out), a read-only tmpfs as the output's
+    parent: the run refuses at once, naming the output folder. Skipped where unprivileged."""
+    import shutil
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cfg_path = tmp_path / "audit.yaml"
+    cfg_path.write_text(yaml.safe_dump(base_config(bench, tmp_path / "unused")))
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = (f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m scfm_audit.cli run "
+           f"{cfg_path} -q --out {ro / 'results'}")  # fmt: skip
+    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
+                       env=env, timeout=120)  # fmt: skip
+    _clean(p.stdout + p.stderr)
+    assert p.returncode == 2, p.stderr
+    assert f"The output folder {ro / 'results'} cannot be written" in p.stderr
+    assert "read-only mount" in p.stderr
