@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -50,6 +51,14 @@ def bench(tmp_path_factory) -> Path:
     a[np.sort(np.r_[ctrl, pert])].copy().write_h5ad(root / "three_cells.h5ad")
     a[:, []].copy().write_h5ad(root / "no_genes.h5ad")
     (root / "corrupt.h5ad").write_text("this is not HDF5")
+    blank = a.copy()
+    blank.obs["perturbation"] = blank.obs["perturbation"].astype(str)
+    blank.obs.iloc[:5, blank.obs.columns.get_loc("perturbation")] = ""
+    blank.write_h5ad(root / "blank_label.h5ad")
+    ghost = a.copy()
+    labels = ghost.obs["perturbation"].astype(str)
+    ghost.obs["perturbation"] = pd.Categorical(labels, categories=[*labels.unique(), "GHOST"])
+    ghost.write_h5ad(root / "empty_group.h5ad")
     (root / "ensembl_grn.tsv").write_text("source\ttarget\nENSG01\tENSG02\nENSG03\tENSG04\n")
     (root / "bad_columns.tsv").write_text("regulator_name\tthe_target\nTF001\tG0011\n")
     ck = build_scgpt_checkpoint(root / "scgpt_corrupt", list(a.var_names), seed=0)
@@ -185,7 +194,10 @@ CASES = [
     Case("counts-layer-missing", _ds(counts="raw_counts"), ("raw_counts",)),
     Case("three-cells-one-control", _ds(path="three_cells.h5ad"), ("only 1 control cells",
          "at least 30")),
-    Case("zero-genes", _ds(path="no_genes.h5ad"), ("dataset bench",)),
+    Case("zero-genes", _ds(path="no_genes.h5ad"), ("dataset bench", "0 genes")),
+    Case("empty-perturbation-group", _ds(path="empty_group.h5ad"), ("zero cells", "'GHOST'")),
+    Case("blank-perturbation-label", _ds(path="blank_label.h5ad"), ("5 cell(s)",
+         "empty label")),
     Case("reference-file-missing", _set("references.grn.path", "/nonexistent/grn.tsv"),
          ("/nonexistent/grn.tsv",)),
     Case("reference-bad-columns", lambda c, b: c["references"]["grn"].update(

@@ -314,6 +314,13 @@ def _check_perturbation(col: pd.Series, spec: DatasetSpec) -> list[str]:
             f"{n_nan} cell(s) have no label (NaN) in obs[{name!r}]. Label them (e.g. with the "
             f"control label) or drop them: adata = adata[adata.obs[{name!r}].notna()].copy()."
         )
+    blank = col.dropna().astype(str).str.strip() == ""
+    if blank.any():
+        problems.append(
+            f"{int(blank.sum())} cell(s) have an empty label ('') in obs[{name!r}], which "
+            "would form a perturbation group without a target. Label them (e.g. with the "
+            "control label) or drop them."
+        )
     if isinstance(col.dtype, pd.CategoricalDtype):
         counts = col.value_counts(dropna=True)
         empty = [str(c) for c in counts.index[counts.to_numpy() == 0]]
