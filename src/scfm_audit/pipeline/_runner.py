@@ -3,13 +3,16 @@ run, write one output folder.
 
 Order of work for ``run_audit(config)``:
 
-1. validate the config (names, parameters, cross-references);
+1. validate the config (names, parameters, cross-references), check and lock the output
+   folder, then check every input (:mod:`~scfm_audit.pipeline._validate`): nothing is
+   computed unless all of it is usable;
 2. for each analysis in config order, run it with a :class:`RunContext` that resolves
    datasets, references, models and edge scores lazily, once per run, through the
    on-disk :class:`ArtifactCache` (``<output>/cache``);
 3. BH-FDR over every registered test of the run;
 4. write tables (Parquet + CSV), figures (PNG), ``tests.parquet``/``tests.csv``,
-   ``config.resolved.yaml``, ``run.json`` and ``report.html``, each atomically.
+   ``config.resolved.yaml``, ``run.json`` and ``report.html`` into a staging folder and
+   swap it in as a whole (:mod:`~scfm_audit.pipeline._output`).
 
 The same config gives the same numbers: every random draw comes from
 ``RunContext.rng(*keys)``, a generator seeded by (run seed, analysis, keys).
