@@ -124,7 +124,10 @@ def test_planted_network_recovered_and_null_not(first_run):
     planted = sc[sc["dataset"] == "sim"]
     null = sc[sc["dataset"] == "null"]
     assert (planted["answer"] == "yes").all(), planted
-    assert (null["answer"] == "no").all(), null
+    assert (null["answer"] == "no evidence").all(), null
+    # the scorecard names the layer-free source, the estimate on its natural scale and the null
+    assert (sc["effect_name"] == "AUROC").all() and (sc["null_value"] == 0.5).all()
+    assert (sc["null_name"] == "degree_permutation").all()
 
 
 def test_same_config_same_numbers_and_cache_reuse(first_run, tmp_path):

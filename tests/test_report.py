@@ -265,7 +265,7 @@ def test_scorecard_on_top_with_badges_and_q(report):
     i_first = html.index('id="a-grn_recovery"')
     assert html.index('id="top"') < i_score < html.index('id="contents"') < i_first
     scorecard = html[i_score : html.index('id="contents"')]
-    assert "✓ yes" in scorecard and "✗ no" in scorecard and "– n/a" in scorecard
+    assert "✓ yes" in scorecard and "✗ no evidence" in scorecard and "– n/a" in scorecard
     v = run.verdicts().set_index("claim")
     q_yes = v.loc[f"attention recovers TRRUST {XSS}", "q"]
     assert fmt_p(q_yes) in scorecard
@@ -276,8 +276,10 @@ def test_scorecard_on_top_with_badges_and_q(report):
     assert scorecard.count('class="group"') == 3
     # effect with CI
     assert "0.21 [0.15, 0.27]" in scorecard
-    # significant against the claim: "no", flagged
-    assert scorecard.count("opposite direction</span>") == 1
+    # significant against the claim: its own answer, not a plain "no"
+    assert v["answer"].value_counts().get("opposite", 0) == 1
+    table = scorecard[scorecard.index("<table>") :]
+    assert table.count('<span class="badge opp">⇄ opposite</span>') == 1
     # family-definition sensitivity
     assert "confirmatory only (BH)" in scorecard and "per analysis (BH)" in scorecard
 

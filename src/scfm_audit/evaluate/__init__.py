@@ -3,13 +3,13 @@
 from scfm_audit.evaluate import _grn_recovery  # noqa: F401  (registers grn_recovery)
 from scfm_audit.evaluate._grn_recovery import edge_recovery
 from scfm_audit.evaluate._metrics import auprc, auroc, early_precision_ratio
-from scfm_audit.evaluate._recovery import candidate_pairs, clustered_auroc_bootstrap
+from scfm_audit.evaluate._recovery import candidate_pairs, vertex_bootstrap_auroc
 
 __all__ = [
     "auprc",
     "auroc",
     "candidate_pairs",
-    "clustered_auroc_bootstrap",
     "early_precision_ratio",
     "edge_recovery",
+    "vertex_bootstrap_auroc",
 ]

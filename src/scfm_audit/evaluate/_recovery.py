@@ -104,48 +104,132 @@ def auroc_from_ranks(ranks: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def clustered_auroc_bootstrap(
+def rank_matrix(ranks: np.ndarray, pairs: CandidatePairs) -> np.ndarray:
+    """The candidate pairs' ranks as a ``genes × genes`` matrix (0 outside the universe;
+    undirected pairs are written both ways), so that a relabelled reference's rank sum is a
+    gather: ``R[π(s), π(t)]``."""
+    n = len(pairs.genes)
+    R = np.zeros((n, n))
+    R[pairs.source, pairs.target] = ranks
+    if not pairs.directed:
+        R[pairs.target, pairs.source] = ranks
+    return R
+
+
+def gene_roles(pairs: CandidatePairs, *, match: str = "degree") -> np.ndarray:
+    """Exchangeability classes of the genes for a node-label permutation null.
+
+    ``match="role"``: genes are exchangeable within their role: directed references —
+    candidate sources (rows of the universe) among themselves, every other gene among
+    the others; undirected — reference genes among themselves. Relabelling within roles
+    keeps the candidate universe and the whole graph (an isomorphic copy).
+    ``match="degree"``: additionally within equal degree (directed: equal out- and
+    in-degree among the candidate pairs; undirected: equal degree), so every gene keeps
+    its own degree too. Output: an integer class per gene of ``pairs.genes``.
+    """
+    n = len(pairs.genes)
+    role = np.zeros(n, dtype=np.int64)
+    role[np.unique(pairs.source)] = 1
+    if not pairs.directed:
+        role[np.unique(pairs.target)] = 1
+    if match == "role":
+        return role
+    if match != "degree":
+        raise ValueError(f"match must be 'role' or 'degree', got {match!r}")
+    s, t = pairs.source[pairs.label], pairs.target[pairs.label]
+    if pairs.directed:
+        out_deg = np.bincount(s, minlength=n)
+        in_deg = np.bincount(t, minlength=n)
+    else:
+        out_deg = np.bincount(np.concatenate([s, t]), minlength=n)
+        in_deg = np.zeros(n, dtype=np.int64)
+    key = np.stack([role, out_deg, in_deg], axis=1)
+    return np.unique(key, axis=0, return_inverse=True)[1].ravel()
+
+
+def relabelled_auroc_null(
+    R: np.ndarray, pairs: CandidatePairs, perms: np.ndarray
+) -> np.ndarray:
+    """AUROC of the reference relabelled by each permutation: ``perms`` ``(B, n)`` from
+    :func:`~scfm_audit.stats._montecarlo.permute_within_classes` over :func:`gene_roles`
+    (which keeps the candidate universe, so positives and negatives keep their numbers).
+    Output ``(B,)``."""
+    s, t = pairs.source[pairs.label], pairs.target[pairs.label]
+    n1 = pairs.n_pos
+    n0 = len(pairs) - n1
+    out = np.empty(len(perms))
+    step = max(1, (1 << 22) // max(n1, 1))
+    for a in range(0, len(perms), step):
+        P = perms[a : a + step]
+        out[a : a + step] = R[P[:, s], P[:, t]].sum(axis=1)
+    return (out - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def vertex_bootstrap_auroc(
     scores: np.ndarray,
-    label: np.ndarray,
-    cluster: np.ndarray,
+    pairs: CandidatePairs,
     *,
     n_boot: int,
     seed: int,
     ci: float = 0.95,
 ) -> tuple[float, float, np.ndarray]:
-    """Percentile CI of AUROC under a cluster bootstrap (resample whole clusters — e.g.
-    all candidate pairs of one TF — with replacement).
+    """Percentile CI of AUROC under a two-way (vertex) bootstrap that resamples genes on
+    both sides of every pair.
 
-    Exact and fast: with cluster multiplicities w, the resampled AUROC is
-    ``w_posᵀ M w / (Σ w·n1_c · Σ w·n0_c)`` where ``M[c, d]`` = Σ over positives i in cluster
-    c and negatives j in cluster d of H(x_i − x_j) (H = 1, ½ on ties, 0). ``M`` is built
-    once by sorting, so each draw is one small matrix–vector product.
+    Each draw gives every gene a multiplicity ``w_g`` (multinomial within its role:
+    candidate sources, other genes; undirected: reference genes), and pair ``(s, t)``
+    the weight ``w_s · w_t``. A gene keeps one multiplicity in both roles, so the
+    dependence among pairs sharing a hub TF *or* a hub target is resampled, not only the
+    sources' (the source-cluster bootstrap under-covered on hub-structured references).
+    The weighted AUROC counts tied scores ½; NaN scores rank lowest.
+    Output: ``(low, high, draws)``.
     """
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    codes, cl = np.unique(cluster, return_inverse=True)
-    C = len(codes)
-    pos_mask = label.astype(bool)
-    neg_s, neg_c = s[~pos_mask], cl[~pos_mask]
-    pos_s, pos_c = s[pos_mask], cl[pos_mask]
-    M = np.zeros((C, C))
-    for d in range(C):
-        nd = np.sort(neg_s[neg_c == d])
-        if len(nd) == 0:
-            continue
-        below = np.searchsorted(nd, pos_s, side="left")
-        tied = np.searchsorted(nd, pos_s, side="right") - below
-        np.add.at(M[:, d], pos_c, below + 0.5 * tied)
-    n1c = np.bincount(pos_c, minlength=C).astype(float)
-    n0c = np.bincount(neg_c, minlength=C).astype(float)
+    role = gene_roles(pairs, match="role")
+    n = len(pairs.genes)
+    strata = [np.flatnonzero(role == r) for r in np.unique(role)]
     rng = np.random.default_rng(seed)
-    W = rng.multinomial(C, np.full(C, 1.0 / C), size=n_boot).astype(float)  # (B, C)
-    num = np.einsum("bc,cd,bd->b", W, M, W)
-    den = (W @ n1c) * (W @ n0c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dist = num / den
+    sorted_ = _SortedScores(scores, pairs.label)
+    src, tgt = pairs.source[sorted_.order], pairs.target[sorted_.order]
+    dist = np.empty(n_boot)
+    batch = max(1, (1 << 22) // max(len(scores), 1))
+    for a in range(0, n_boot, batch):
+        b = min(batch, n_boot - a)
+        w = np.zeros((b, n))
+        for idx in strata:
+            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
+        dist[a : a + b] = sorted_.weighted_auroc(w[:, src] * w[:, tgt])
     dist = dist[np.isfinite(dist)]
     if len(dist) == 0:
         return float("nan"), float("nan"), dist
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(dist, [a, 1 - a])
+    lo, hi = np.quantile(dist, [(1 - ci) / 2, (1 + ci) / 2])
     return float(lo), float(hi), dist
+
+
+class _SortedScores:
+    """Scores sorted once (NaN lowest) with their tie groups, for many weighted AUROCs."""
+
+    def __init__(self, scores: np.ndarray, label: np.ndarray) -> None:
+        s = np.where(np.isnan(scores), -np.inf, scores)
+        self.order = np.argsort(s, kind="stable")
+        s_sorted = s[self.order]
+        self.starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        self.pos = label[self.order].astype(float)
+
+    def weighted_auroc(self, W: np.ndarray) -> np.ndarray:
+        """AUROC with case weights ``W`` ``(b, n)`` given in sorted order: Σ over
+        positive–negative pairs of ``W_i W_j`` (½ on tied scores) over ``ΣW_pos · ΣW_neg``."""
+        gp = np.add.reduceat(W * self.pos, self.starts, axis=1)
+        gn = np.add.reduceat(W * (1 - self.pos), self.starts, axis=1)
+        below = np.cumsum(gn, axis=1) - gn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (gp * (below + 0.5 * gn)).sum(1) / (gp.sum(1) * gn.sum(1))
+
+
+def weighted_auroc(scores: np.ndarray, label: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of ``scores`` with case weights, for each row of ``weights`` ``(b, n)`` (or
+    ``(n,)``): equal to the AUROC of the data with case ``i`` repeated ``weights[i]`` times.
+    NaN scores rank lowest; ties count ½."""
+    srt = _SortedScores(np.asarray(scores, float), np.asarray(label, bool))
+    W = np.atleast_2d(np.asarray(weights, float))[:, srt.order]
+    out = srt.weighted_auroc(W)
+    return out if np.ndim(weights) == 2 else out[0]

@@ -366,21 +366,33 @@ class RunResult:
     cache_misses: list[str] = field(default_factory=list)
 
     def verdicts(self) -> pd.DataFrame:
-        """Scorecard rows: claim, model, dataset, answer, q, effect (after BH)."""
+        """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
+        no evidence / n/a) from its test's run-wide BH q, the estimate with its CI on its
+        natural scale, the layer it rests on and why, and the reason for an n/a."""
+        from scfm_audit.stats._verdict import four_valued_answer
+
         tests = self.tests
         rows = []
         for name, res in self.results.items():
             for v in res.verdicts:
+                rec = v.record
                 match = tests[
-                    (tests["analysis"] == v.record.analysis)
-                    & (tests["hypothesis"] == v.record.hypothesis)
+                    (tests["analysis"] == rec.analysis) & (tests["hypothesis"] == rec.hypothesis)
                 ]
                 for col in ("model", "dataset", "reference", "method", "layer", "head"):
-                    val = getattr(v.record, col)
+                    val = getattr(rec, col)
                     match = match[match[col].isna()] if val is None else match[match[col] == val]
                 q = float(match["q"].iloc[0]) if len(match) else float("nan")
-                rec = v.record
-                ok = (not np.isnan(q)) and q < self.alpha and _effect_in_direction(rec)
+                answer, reason = four_valued_answer(
+                    p=rec.p,
+                    q=q,
+                    alpha=self.alpha,
+                    effect=rec.effect,
+                    null_value=rec.null_value,
+                    claimed=v.direction,
+                    p_floor=rec.p_floor,
+                    reason=v.reason or str(rec.extra.get("reason") or ""),
+                )
                 rows.append(
                     {
                         "analysis": name,
@@ -388,23 +400,22 @@ class RunResult:
                         "model": v.model or rec.model,
                         "dataset": v.dataset or rec.dataset,
                         "reference": rec.reference,
-                        "answer": "n/a" if np.isnan(q) else ("yes" if ok else "no"),
+                        "answer": answer,
+                        "reason": reason,
                         "q": q,
                         "p": rec.p,
                         "effect_name": rec.effect_name,
                         "effect": rec.effect,
                         "ci_low": rec.ci_low,
                         "ci_high": rec.ci_high,
+                        "null_value": rec.null_value,
+                        "layer": rec.layer,
+                        "layer_choice": v.layer_choice,
                         "test": rec.test,
+                        "null_name": rec.null_name,
                     }
                 )
         return pd.DataFrame(rows)
-
-
-def _effect_in_direction(rec: TestRecord) -> bool:
-    if rec.direction == "two-sided" or np.isnan(rec.effect):
-        return True
-    return rec.effect > 0 if rec.direction == "greater" else rec.effect < 0
 
 
 def run_audit(

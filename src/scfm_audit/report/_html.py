@@ -166,7 +166,8 @@ def _analysis_order(run: RunResult) -> list[str]:
 
 _BADGE = {
     "yes": ("yes", "✓ yes"),
-    "no": ("no", "✗ no"),
+    "opposite": ("opp", "⇄ opposite"),
+    "no evidence": ("no", "✗ no evidence"),
 }
 
 
@@ -183,23 +184,26 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
         answer = str(r.get("answer", "n/a"))
         cls, label = _BADGE.get(answer, ("na", "– n/a"))
         q = r.get("q")
-        opposite = answer == "no" and not _is_missing(q) and float(q) < run.alpha
         effect_name = "" if _is_missing(r.get("effect")) else (r.get("effect_name") or "effect")
+        layer = r.get("layer")
         groups.setdefault(key, []).append(
             {
                 "claim": str(r.get("claim", "")),
                 "answer": answer,
                 "badge_cls": cls,
                 "badge": label,
+                "reason": "" if _is_missing(r.get("reason")) else str(r.get("reason")),
                 "q": fmt_p(q),
                 "p": fmt_p(r.get("p")),
                 "effect_name": effect_name,
                 "effect": fmt_effect(r.get("effect"), r.get("ci_low"), r.get("ci_high")),
+                "null_value": "" if _is_missing(r.get("null_value")) else f"{r['null_value']:g}",
+                "layer": "" if _is_missing(layer) else str(int(layer)),
+                "layer_choice": str(r.get("layer_choice") or ""),
                 "test": str(r.get("test") or _MISSING),
                 "reference": _MISSING if _is_missing(r.get("reference")) else str(r["reference"]),
                 "analysis": str(r.get("analysis", "")),
                 "anchor": _slug(r.get("analysis", "")),
-                "opposite": opposite,
             }
         )
     out = [{"model": m, "dataset": d, "rows": rows} for (m, d), rows in groups.items()]
@@ -209,7 +213,8 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
         "error": None,
         "n": len(verdicts),
         "n_yes": counts.get("yes", 0),
-        "n_no": counts.get("no", 0),
+        "n_opposite": counts.get("opposite", 0),
+        "n_no": counts.get("no evidence", 0),
         "n_na": counts.get("n/a", 0),
     }
 

@@ -11,7 +11,9 @@ from scfm_audit.stats._resampling import (
     label_permutation_auroc,
     permutation_test,
 )
-from scfm_audit.stats._rewire import curveball, rewire_labels
+from scfm_audit.stats._montecarlo import MonteCarloP, adaptive_mc_pvalue, permute_within_classes
+from scfm_audit.stats._rewire import curveball, rewire_labels, rewire_undirected
+from scfm_audit.stats._verdict import ANSWERS, four_valued_answer
 from scfm_audit.stats._tests import (
     StatTestResult,
     cohens_d,
@@ -25,6 +27,12 @@ from scfm_audit.stats._tests import (
 )
 
 __all__ = [
+    "ANSWERS",
+    "MonteCarloP",
+    "adaptive_mc_pvalue",
+    "four_valued_answer",
+    "permute_within_classes",
+    "rewire_undirected",
     "BootstrapResult",
     "DeLongResult",
     "PermutationResult",
