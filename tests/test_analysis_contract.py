@@ -12,6 +12,13 @@ from conftest import tiny_config
 from scfm_audit.pipeline import ANALYSES, AnalysisResult, config_from_dict, run_audit
 
 NAMES = ANALYSES.names()
+# Parameters that keep an analysis' contract run short (its defaults are checked for validity).
+QUICK = {
+    "synthetic_controls": {
+        "n_replicates": 5,
+        "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
+    }
+}
 
 
 def test_registry_is_not_empty():
@@ -28,7 +35,7 @@ def test_spec_is_complete(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_on_the_simulator_and_registers_tests(name, tmp_path):
     cfg = tiny_config(tmp_path)
-    cfg["analyses"] = {name: {}}
+    cfg["analyses"] = {name: QUICK.get(name, {})}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     res = run.results[name]
@@ -47,7 +54,24 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path):
     ref.write_text("source\ttarget\nALIEN1\tALIEN2\nALIEN1\tALIEN3\n")
     cfg = tiny_config(tmp_path)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
-    cfg["analyses"] = {name: {}}
+    cfg["analyses"] = {name: QUICK.get(name, {})}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     assert run.results[name].notes  # says why nothing could be evaluated
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_analysis_is_calibrated_or_says_why_not(name):
+    """Every analysis declares null and planted simulator scenarios for the calibration
+    harness (with at least one hub-structured null), unless it is exempt with a reason."""
+    from scfm_audit.evaluate._calibration import CALIBRATIONS, EXEMPT
+
+    if name in EXEMPT:
+        assert len(EXEMPT[name]) > 10
+        return
+    assert name in CALIBRATIONS, f"{name} has no registered calibration"
+    cal = CALIBRATIONS.get(name)
+    kinds = [s.kind for s in cal.scenarios]
+    assert "null" in kinds and "planted" in kinds
+    assert any("hub" in s.name for s in cal.scenarios if s.kind == "null")
+    assert len({s.strength for s in cal.scenarios if s.kind == "planted"}) >= 2

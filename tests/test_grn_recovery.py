@@ -170,7 +170,11 @@ def test_zero_variance_regulators_are_not_assessable(planted):
     r = edge_recovery(EdgeScores(d, rho.genes, method="flat"), pairs, n_boot=20, seed=0)
     assert np.isnan(r["p"]) and "zero variance" in r["not_assessable"]
     answer, reason = four_valued_answer(
-        p=r["p"], q=np.nan, alpha=0.05, effect=r["auroc"], null_value=0.5,
+        p=r["p"],
+        q=np.nan,
+        alpha=0.05,
+        effect=r["auroc"],
+        null_value=0.5,
         reason=r["not_assessable"],
     )
     assert answer == "n/a" and "zero variance" in reason

@@ -27,6 +27,8 @@ def _fail(message: str) -> None:
 
 
 def _finish(run, started: float) -> None:
+    import pandas as pd
+
     tests = run.tests
     n_sig = int((tests["q"] < run.alpha).sum()) if len(tests) else 0
     console.print(
@@ -36,16 +38,21 @@ def _finish(run, started: float) -> None:
     sc = run.verdicts()
     if len(sc):
         t = Table(title="Scorecard", show_lines=False)
-        for c in ("claim", "dataset", "answer", "q", "effect"):
+        for c in ("claim", "dataset", "answer", "q", "estimate [95% CI]", "layer"):
             t.add_column(c)
+        colours = {"yes": "green", "opposite": "magenta", "no evidence": "red"}
         for r in sc.itertuples():
-            colour = {"yes": "green", "no": "red"}.get(r.answer, "yellow")
+            colour = colours.get(r.answer, "yellow")
+            est = "" if pd.isna(r.effect) else f"{r.effect_name} {r.effect:.3f}"
+            if not (pd.isna(r.ci_low) or pd.isna(r.ci_high)):
+                est += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             t.add_row(
                 escape(r.claim),
                 escape(str(r.dataset)),
-                f"[{colour}]{r.answer}[/]",
+                f"[{colour}]{r.answer}[/]" + (f"\n[dim]{escape(r.reason)}[/]" if r.reason else ""),
                 f"{r.q:.3g}",
-                f"{r.effect:.3f}",
+                escape(est),
+                "" if pd.isna(r.layer) else str(int(r.layer)),
             )
         console.print(t)
     for name, e in run.errors.items():

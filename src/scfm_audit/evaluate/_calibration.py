@@ -32,6 +32,7 @@ from scfm_audit._registry import Registry
 
 __all__ = [
     "CALIBRATIONS",
+    "EXEMPT",
     "Calibration",
     "ReplicateOutcome",
     "Scenario",
@@ -87,6 +88,9 @@ class Calibration:
 
 CALIBRATIONS: Registry[Calibration] = Registry("calibration", modules=("scfm_audit.evaluate",))
 
+# Analyses that need no calibration of their own, and why (the contract test reads this).
+EXEMPT = {"synthetic_controls": "it is the calibration harness; it makes no claim about a model"}
+
 
 def register_calibration(
     analysis: str,
@@ -125,21 +129,29 @@ def calibrate(
     n_replicates: int,
     seed: int = 0,
     alpha: float = 0.05,
-    scenarios: list[str] | None = None,
+    scenarios: list[str | Scenario] | None = None,
     progress: Callable | None = None,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``n_replicates`` replicates of each scenario of ``analysis``' calibration.
+
+    ``scenarios``: names of registered scenarios, or :class:`Scenario` objects (variants
+    of a registered scenario, e.g. with another reference template).
 
     Output: one row per scenario — ``analysis, scenario, kind, strength, n, rejections,
     rate, rate_low, rate_high`` (Clopper–Pearson 95%; the rate is type-I error for a null
     scenario, power for a planted one), ``coverage, coverage_low, coverage_high`` (when
-    the truth is known), ``truth``, ``mean_estimate``, ``description``; and the replicates
-    themselves in ``DataFrame.attrs["replicates"]``. Replicate ``i`` of a scenario uses
+    the truth is known), ``truth``, ``mean_estimate``, ``description``, and
+    ``rate[<test>]`` for other tests a replicate reports; second, the replicates themselves
+    (one row each). Replicate ``i`` of a scenario uses
     seed ``(seed, scenario index, i)``, so results do not depend on the order or the
     machine.
     """
     cal = CALIBRATIONS.get(analysis)
-    chosen = [cal.scenario(s) for s in scenarios] if scenarios else list(cal.scenarios)
+    chosen = (
+        [s if isinstance(s, Scenario) else cal.scenario(s) for s in scenarios]
+        if scenarios
+        else list(cal.scenarios)
+    )
     rows, reps = [], []
     for si, sc in enumerate(chosen):
         seeds = np.random.SeedSequence([seed, si]).generate_state(n_replicates)
@@ -185,6 +197,6 @@ def calibrate(
             clo, chi = clopper_pearson(c, m)
             row.update(coverage=c / m if m else math.nan, coverage_low=clo, coverage_high=chi)
         rows.append(row)
-    out = pd.DataFrame(rows)
-    out.attrs["replicates"] = pd.concat(reps, ignore_index=True) if reps else pd.DataFrame()
-    return out
+    replicates = pd.concat(reps, ignore_index=True) if reps else pd.DataFrame()
+    replicates.insert(0, "analysis", analysis)
+    return pd.DataFrame(rows), replicates

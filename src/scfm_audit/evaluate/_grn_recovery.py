@@ -29,6 +29,7 @@ the permutation floor.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -151,7 +152,7 @@ def edge_recovery(
     Returns a dict: ``auroc`` with ``auroc_ci_low/high`` (two-way vertex bootstrap),
     ``auprc``, ``positive_rate``, ``epr``, ``n_candidates``, ``n_positives``,
     ``n_scored`` (non-NaN); the verdict test: ``p`` (two-sided, under ``null``), ``null``
-    (its name), ``p_floor`` (smallest p its draws allow), ``n_null_draws``, ``null_mean``;
+    (its name), ``p_floor`` (smallest p its draws allow), ``n_null_draws``, ``auroc_null_mean``;
     and every null's two-sided p: ``p_degree_permutation``, ``p_node_permutation``,
     ``p_rewire`` (NaN when ``n_rewire`` = 0 and it is not the verdict null),
     ``p_shuffle``; the draws as ``null_<name>``. ``not_assessable`` gives the reason when
@@ -182,7 +183,7 @@ def edge_recovery(
         "null": null,
         "p_floor": nan,
         "n_null_draws": 0,
-        "null_mean": nan,
+        "auroc_null_mean": nan,
         "p_degree_permutation": nan,
         "p_node_permutation": nan,
         "p_rewire": nan,
@@ -194,15 +195,15 @@ def edge_recovery(
     lo, hi, _ = vertex_bootstrap_auroc(s, pairs, n_boot=n_boot, seed=seed)
     out.update(auroc_ci_low=lo, auroc_ci_high=hi)
     R = rank_matrix(ranks, pairs)
-    perm = label_permutation_auroc(
-        y, s_fill, n_perm=n_perm, seed=seed + 1, alternative="two-sided"
-    )
+    perm = label_permutation_auroc(y, s_fill, n_perm=n_perm, seed=seed + 1, alternative="two-sided")
     out["p_shuffle"] = float(perm.p)
     out["null_label_shuffle"] = perm.null
 
     def relabel(match: str):
         classes = gene_roles(pairs, match=match)
-        return lambda k, rng: relabelled_auroc_null(R, pairs, permute_within_classes(classes, k, rng))
+        return lambda k, rng: relabelled_auroc_null(
+            R, pairs, permute_within_classes(classes, k, rng)
+        )
 
     samplers = {
         "degree_permutation": relabel("degree"),
@@ -225,7 +226,10 @@ def edge_recovery(
         out[f"null_{name}"] = mc.null
         if verdict:
             out.update(
-                p=mc.p, p_floor=mc.p_floor, n_null_draws=mc.n_draws, null_mean=float(mc.null.mean())
+                p=mc.p,
+                p_floor=mc.p_floor,
+                n_null_draws=mc.n_draws,
+                auroc_null_mean=float(mc.null.mean()),
             )
     return out
 
@@ -396,8 +400,9 @@ def _verdict(
     """The scorecard line of one pooled source: the unlayered test, or the layer chosen by
     ``verdict_layer`` — fixed a priori, or the best layer with its p multiplied by the
     number of layers (Bonferroni, valid whatever the selection rule)."""
-    es0, r0, rec0 = items[0]
-    claim = f"{es0.method if es0.layer is not None else es0.label} recovers {ref_name}"
+    es0, _r0, rec0 = items[0]
+    who = es0.method + (f" [{es0.model}]" if es0.model else "")
+    claim = f"{who} recovers {ref_name}"
     if es0.layer is None:
         return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0
     items = sorted(items, key=lambda x: x[0].layer)
@@ -533,6 +538,14 @@ def _hub_scenarios():
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _template(path: str, fmt: str, k: int):
+    from scfm_audit.data._hub_reference import top_degree_subnetwork
+    from scfm_audit.data._references import load_reference
+
+    return top_degree_subnetwork(load_reference(fmt, path), k)
+
+
 def _calibration_replicate(sc, seed: int):
     from scfm_audit.data._hub_reference import hub_reference, place_reference
     from scfm_audit.evaluate._calibration import ReplicateOutcome
@@ -547,7 +560,10 @@ def _calibration_replicate(sc, seed: int):
         ref = bench.grn
     else:
         bench, es = _calibration_scores(n, seed, gene_level_predictability=0.0)
-        template = hub_reference(n, seed=seed + 1, directed=prm["directed"])
+        if "template" in prm:  # a real network's hub structure, e.g. TRRUST's top genes
+            template = _template(prm["template"], prm.get("template_format", "trrust"), n)
+        else:
+            template = hub_reference(n, seed=seed + 1, directed=prm["directed"])
         ref = place_reference(template, es.genes, seed=seed + 2)
     pairs = candidate_pairs(es.genes, ref)
     transform = "abs"

@@ -147,9 +147,7 @@ def gene_roles(pairs: CandidatePairs, *, match: str = "degree") -> np.ndarray:
     return np.unique(key, axis=0, return_inverse=True)[1].ravel()
 
 
-def relabelled_auroc_null(
-    R: np.ndarray, pairs: CandidatePairs, perms: np.ndarray
-) -> np.ndarray:
+def relabelled_auroc_null(R: np.ndarray, pairs: CandidatePairs, perms: np.ndarray) -> np.ndarray:
     """AUROC of the reference relabelled by each permutation: ``perms`` ``(B, n)`` from
     :func:`~scfm_audit.stats._montecarlo.permute_within_classes` over :func:`gene_roles`
     (which keeps the candidate universe, so positives and negatives keep their numbers).

@@ -21,7 +21,7 @@ def demo_config_dict(
     ``models`` (name → {family, path}) adds attention edges of those checkpoints.
     """
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
-    n_boot, n_perm, n_rewire = (200, 200, 50) if quick else (1000, 1000, 200)
+    n_boot, n_perm, n_rewire = (200, 199, 50) if quick else (1000, 999, 200)
     edges: dict[str, Any] = {
         "spearman": {"scorer": "coexpression", "method": "spearman", "max_cells": 1000},
         "pearson": {"scorer": "coexpression", "method": "pearson", "max_cells": 1000},
@@ -64,6 +64,8 @@ def demo_config_dict(
                 "n_perm": n_perm,
                 "n_rewire": n_rewire,
             },
+            # the inference itself, checked on simulated nulls and planted effects
+            "synthetic_controls": {"n_replicates": 10 if quick else 40},
         },
     }
 

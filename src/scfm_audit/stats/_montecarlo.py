@@ -22,6 +22,7 @@ the first stage ``j`` whose threshold is below ``t`` (or the last stage).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,7 +84,11 @@ def adaptive_mc_pvalue(
     """
     _check_alternative(alternative)
     stages = [int(s) for s in stages]
-    if not stages or any(s <= 0 for s in stages) or any(b <= a for a, b in zip(stages, stages[1:])):
+    if (
+        not stages
+        or any(s <= 0 for s in stages)
+        or any(b <= a for a, b in itertools.pairwise(stages))
+    ):
         raise ValueError(f"stages must be increasing positive draw counts, got {stages}.")
     observed = float(observed)
     if np.isnan(observed):
