@@ -247,3 +247,53 @@ def test_genes_outside_a_models_vocabulary_are_reported(tmp_path, tiny_bench):
     assert f"{len(genes) - 5}/{len(genes)} genes" in note
     assert all(g in note for g in genes[-5:])
     assert "vocabulary tiny sim" in (run.output / "report.html").read_text()
+
+
+@pytest.mark.parametrize("verdict_layer", ["best", 0])
+def test_layer_behind_a_claim_is_stated_and_selection_is_corrected(
+    tmp_path, tiny_bench, verdict_layer
+):
+    """A layered source's scorecard answer rests on one layer: fixed a priori (its own
+    test), or the best by AUROC with p × number of layers (Bonferroni); the per-layer
+    tests are descriptive, and the scorecard says which layer and why."""
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    build_scgpt_checkpoint(tmp_path / "scgpt", list(tiny_bench.adata.var_names), seed=0)
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 40}}
+    cfg["analyses"] = {
+        "grn_recovery": {
+            "datasets": ["sim"],
+            "references": ["grn"],
+            "n_boot": 20,
+            "n_perm": 99,
+            "per_head": False,
+            "verdict_layer": verdict_layer,
+        }
+    }
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    assert not run.errors, run.errors
+    sc = run.verdicts()
+    assert len(sc) == 1 and sc["answer"].iloc[0] in ("yes", "opposite", "no evidence", "n/a")
+    t = run.tests
+    verdict_null = t["null_name"] == "degree_permutation"
+    selected = t["hypothesis"].str.contains("selected layer")
+    per_layer = t[verdict_null & ~selected & t["layer"].notna()]
+    assert (per_layer["family"] == "descriptive").all()
+    n_layers = per_layer["layer"].nunique()
+    assert n_layers >= 2
+    chosen = sc["layer"].iloc[0]
+    p_layer = per_layer.loc[per_layer["layer"] == chosen, "p"].iloc[0]
+    if verdict_layer == "best":
+        assert (
+            chosen
+            == per_layer.loc[
+                per_layer["auroc" if "auroc" in per_layer else "statistic"].idxmax(), "layer"
+            ]
+        )
+        assert f"best of {n_layers} layers" in sc["layer_choice"].iloc[0]
+        assert sc["p"].iloc[0] == pytest.approx(min(1.0, n_layers * p_layer))
+    else:
+        assert chosen == 0 and "fixed a priori" in sc["layer_choice"].iloc[0]
+        assert sc["p"].iloc[0] == pytest.approx(p_layer)

@@ -245,7 +245,7 @@ def edge_recovery(
     reference="Recovery of reference networks by edge scores",
 )
 def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
-    from scfm_audit.report import head_heatmap, metric_by_layer_figure, roc_pr_figure
+    from scfm_audit.report import head_heatmap, metric_by_layer_figure, nulls_figure, roc_pr_figure
 
     datasets = p.datasets or ctx.dataset_names()
     references = p.references if p.references is not None else ctx.reference_names()
@@ -254,7 +254,7 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
     for ds in datasets:
         for ref_name in references:
             ref = ctx.reference(ref_name)
-            curves = {}
+            curves, null_panels = {}, {}
             for en in edge_names:
                 score_sets = [s for s in ctx.edge_scores(en, ds) if p.per_head or s.head is None]
                 pairs_cache: dict[int, CandidatePairs] = {}
@@ -297,8 +297,12 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                     if not is_head:
                         pooled.setdefault(es.method, []).append((es, r, rec))
                 for items in pooled.values():
-                    v, es = _verdict(ctx, p, items, ds, ref_name)
+                    v, es, r = _verdict(ctx, p, items, ds, ref_name)
                     verdicts.append(v)
+                    null_panels[es.label] = (
+                        r["auroc"],
+                        {k[5:]: x for k, x in r.items() if k.startswith("null_")},
+                    )
                     pairs = pairs_cache[id(es.genes)]
                     s = pair_scores(es, pairs, transform=p.score_transform)
                     floor = np.nanmin(s) - 1 if np.isfinite(s).any() else 0.0
@@ -306,6 +310,12 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
             if curves:
                 figures[f"roc_pr_{ds}_{ref_name}"] = roc_pr_figure(
                     curves, title=f"{ref_name} recovery on {ds}"
+                )
+            if null_panels:
+                figures[f"nulls_{ds}_{ref_name}"] = nulls_figure(
+                    null_panels,
+                    title=f"{ref_name} on {ds}: observed AUROC against each null "
+                    f"(verdict: {p.verdict_null.replace('_', ' ')})",
                 )
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -396,7 +406,7 @@ def _register(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict, is
 
 def _verdict(
     ctx, p: GRNRecoveryParams, items: list[tuple], ds: str, ref_name: str
-) -> tuple[Verdict, EdgeScores]:
+) -> tuple[Verdict, EdgeScores, dict]:
     """The scorecard line of one pooled source: the unlayered test, or the layer chosen by
     ``verdict_layer`` — fixed a priori, or the best layer with its p multiplied by the
     number of layers (Bonferroni, valid whatever the selection rule)."""
@@ -404,7 +414,7 @@ def _verdict(
     who = es0.method + (f" [{es0.model}]" if es0.model else "")
     claim = f"{who} recovers {ref_name}"
     if es0.layer is None:
-        return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0
+        return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0, r0
     items = sorted(items, key=lambda x: x[0].layer)
     layers = [x[0].layer for x in items]
     k = len(items)
@@ -440,7 +450,7 @@ def _verdict(
         extra={"layer_choice": why, **rec.extra},
         **_common(es, ds, ref_name, r),
     )
-    return Verdict(claim, sel, es.model, ds, direction="greater", layer_choice=why), es
+    return Verdict(claim, sel, es.model, ds, direction="greater", layer_choice=why), es, r
 
 
 def _summary(table: pd.DataFrame) -> str:

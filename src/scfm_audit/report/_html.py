@@ -277,6 +277,20 @@ _TEST_COLS = ("hypothesis", "model", "dataset", "reference", "method", "layer", 
 _HOISTABLE = ("model", "dataset", "reference", "method", "layer", "head", "test", "null", "family")
 
 
+def _at_floor(r: dict[str, Any]) -> bool:
+    p, floor = r.get("p"), r.get("p_floor")
+    return not (_is_missing(p) or _is_missing(floor)) and float(p) <= float(floor) * (1 + 1e-9)
+
+
+def _nulls(t: pd.DataFrame) -> list[dict[str, str]]:
+    """Each null hypothesis the analysis' tests used, named once, with its statement."""
+    if "null" not in t:
+        return []
+    names = t["null_name"] if "null_name" in t else pd.Series("", index=t.index)
+    pairs = dict.fromkeys(zip(names.fillna("").astype(str), t["null"].fillna("").astype(str)))
+    return [{"name": n or "H0", "h0": h} for n, h in pairs if h]
+
+
 def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
     """The analysis' tests; columns that are empty for every test are dropped and those
     with one value for every test are stated once above the table."""
@@ -329,6 +343,7 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         {"text": "q < α", "cls": ""},
     ]
     rows = []
+    n_floor = 0
     for r in t.head(TESTS_MAX).to_dict("records"):
         cells = []
         for c in cols:
@@ -345,11 +360,17 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         if not eff_name and r.get("effect_name") and eff != _MISSING:
             eff = f"{r['effect_name']} = {eff}"
         passed = "n/a" if _is_missing(r.get("q")) else ("yes" if bool(r.get("passed")) else "no")
+        p_cell = {"text": fmt_p(r.get("p")), "cls": "num", "title": ""}
+        if _at_floor(r):
+            p_cell.update(
+                text=p_cell["text"] + " ▾", title="at its Monte-Carlo floor: true p ≤ this"
+            )
+            n_floor += 1
         cells += [
             {"text": stat, "cls": "num", "title": ""},
             {"text": eff, "cls": "num", "title": ""},
             _cell(r.get("n")),
-            {"text": fmt_p(r.get("p")), "cls": "num", "title": ""},
+            p_cell,
             {"text": fmt_p(r.get("q")), "cls": "num", "title": ""},
             *([_cell(r.get("family"))] if show_family else []),
             {"text": passed, "cls": f"passed-{passed.replace('/', '')}", "title": ""},
@@ -363,6 +384,8 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         "rows": rows,
         "collapsed": n > TESTS_OPEN,
         "truncated": n > TESTS_MAX,
+        "n_floor": n_floor,
+        "nulls": _nulls(t),
         "max": TESTS_MAX,
     }
 
