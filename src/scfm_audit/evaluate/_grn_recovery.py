@@ -410,7 +410,7 @@ def _verdict(
     """The scorecard line of one pooled source: the unlayered test, or the layer chosen by
     ``verdict_layer`` — fixed a priori, or the best layer with its p multiplied by the
     number of layers (Bonferroni, valid whatever the selection rule)."""
-    es0, _r0, rec0 = items[0]
+    es0, r0, rec0 = items[0]
     who = es0.method + (f" [{es0.model}]" if es0.model else "")
     claim = f"{who} recovers {ref_name}"
     if es0.layer is None:
