@@ -443,3 +443,44 @@ def test_minimal_run_renders(tmp_path):
     assert "No analysis of this run declared a verdict." in html
     assert "registered no statistical tests" in html
     assert "0 rows × 0 columns" in html
+
+
+def test_training_block_shows_curves_and_chance(tmp_path):
+    """Models with a train_log.json get a training curve and their held-out loss against
+    chance and the baseline; a model that did not learn is flagged; others are skipped."""
+    import json
+
+    def write_log(folder, learned: bool):
+        folder.mkdir()
+        log = {
+            "family": "scgpt", "steps": 40, "loss_per_step": list(np.linspace(200, 60, 40)),
+            "eval_loss_per_epoch": [210.0, 120.0, 80.0, 70.0], "eval_loss_initial": 210.0,
+            "eval_loss_final": 70.0 if learned else 150.0, "chance_loss": 205.0,
+            "baseline_loss": 140.0, "baseline": "per-gene mean bin", "eval_held_out": True,
+            "n_eval_cells": 60, "learned": learned, "params": {"seed": 3},
+        }  # fmt: skip
+        (folder / "train_log.json").write_text(json.dumps(log))
+
+    write_log(tmp_path / "good", True)
+    write_log(tmp_path / "bad", False)
+    (tmp_path / "downloaded").mkdir()
+    models = {
+        n: {"family": "scgpt", "path": str(tmp_path / n)} for n in ("good", "bad", "downloaded")
+    }
+    reg = TestRegistry()
+    run = RunResult(
+        config=AuditConfig(datasets={"k562": {"simulate": {}}}, output=tmp_path, models=models),
+        output=tmp_path,
+        specs={},
+        params={},
+        results={},
+        tests=reg.to_frame(),
+        family_sensitivity=reg.family_sensitivity(),
+        timings={},
+    )
+    html = render_report(run, tmp_path / "report.html").read_text(encoding="utf-8")
+    block = html[html.index('id="model-training"') : html.index('id="footer"')]
+    assert "<h3>good " in block and "<h3>bad " in block and "downloaded" not in block
+    assert block.count("data:image/png;base64,") == 2
+    assert "chance 205" in block and "per-gene mean bin" in block and "seed 3" in block
+    assert block.count("did not beat chance and baseline") == 1

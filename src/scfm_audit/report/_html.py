@@ -486,6 +486,20 @@ def _timings(run: RunResult) -> list[dict[str, str]]:
     return rows
 
 
+def _training(run: RunResult) -> list[dict[str, Any]]:
+    """Training curves of the run's models that scfm-audit trained (``train_log.json``)."""
+    from scfm_audit.report._training import training_summaries
+
+    try:
+        items = training_summaries(getattr(run.config, "models", None) or {})
+    except Exception as e:  # the block is optional: never lose the report over it
+        log.warning("model training block not rendered: %s", e)
+        return []
+    for m in items:
+        m["uri"] = _figure_uri(None, m.pop("figure"))
+    return items
+
+
 # ------------------------------------------------------------------------- render --
 def _template():
     import jinja2
@@ -525,6 +539,7 @@ def render_report(run: RunResult, path: str | Path) -> Path:
         cache=_cache_info(run),
         alpha=fmt_num(run.alpha),
         table_rows=TABLE_ROWS,
+        training=_training(run),
     )
     atomic_write_text(path, html)
     return path
