@@ -297,3 +297,35 @@ def test_layer_behind_a_claim_is_stated_and_selection_is_corrected(
     else:
         assert chosen == 0 and "fixed a priori" in sc["layer_choice"].iloc[0]
         assert sc["p"].iloc[0] == pytest.approx(p_layer)
+
+
+def test_claims_about_a_model_that_did_not_learn_are_not_assessable(tmp_path, tiny_bench):
+    """A demo model whose training log says it did not beat its baseline: its attention
+    claims read n/a with the reason, whatever their p-values."""
+    import json
+
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    build_scgpt_checkpoint(tmp_path / "scgpt", list(tiny_bench.adata.var_names), seed=0)
+    (tmp_path / "scgpt" / "train_log.json").write_text(
+        json.dumps(
+            {"learned": False, "eval_loss_final": 5.6, "chance_loss": 5.7, "baseline_loss": 5.5}
+        )
+    )
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+    cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40}
+    cfg["analyses"] = {
+        "grn_recovery": {
+            "datasets": ["sim"],
+            "references": ["grn"],
+            "n_boot": 20,
+            "n_perm": 49,
+            "per_head": False,
+        }
+    }
+    sc = run_audit(config_from_dict(cfg), quiet=True).verdicts().set_index("model", drop=False)
+    attn = sc[sc["model"] == "tiny"]
+    assert len(attn) == 1 and attn["answer"].iloc[0] == "n/a"
+    assert "did not learn" in attn["reason"].iloc[0]
+    assert (sc[sc["model"].isna()]["answer"] == "yes").all()  # co-expression unaffected

@@ -364,6 +364,8 @@ class RunResult:
     alpha: float = 0.05
     cache_hits: list[str] = field(default_factory=list)
     cache_misses: list[str] = field(default_factory=list)
+    #: models whose training log says they did not learn (name -> why): their claims are n/a
+    unlearned_models: dict[str, str] = field(default_factory=dict)
 
     def verdicts(self) -> pd.DataFrame:
         """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
@@ -383,6 +385,9 @@ class RunResult:
                     val = getattr(rec, col)
                     match = match[match[col].isna()] if val is None else match[match[col] == val]
                 q = float(match["q"].iloc[0]) if len(match) else float("nan")
+                model = v.model or rec.model
+                if model in self.unlearned_models:  # nothing learned: attention says nothing
+                    q = float("nan")
                 answer, reason = four_valued_answer(
                     p=rec.p,
                     q=q,
@@ -391,13 +396,15 @@ class RunResult:
                     null_value=rec.null_value,
                     claimed=v.direction,
                     p_floor=rec.p_floor,
-                    reason=v.reason or str(rec.extra.get("reason") or ""),
+                    reason=self.unlearned_models.get(model)
+                    or v.reason
+                    or str(rec.extra.get("reason") or ""),
                 )
                 rows.append(
                     {
                         "analysis": name,
                         "claim": v.claim,
-                        "model": v.model or rec.model,
+                        "model": model,
                         "dataset": v.dataset or rec.dataset,
                         "reference": rec.reference,
                         "answer": answer,
@@ -416,6 +423,28 @@ class RunResult:
                     }
                 )
         return pd.DataFrame(rows)
+
+
+def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
+    """Models trained by scfm-audit whose ``train_log.json`` says they did not beat their
+    chance or baseline loss on held-out cells; what their internals show is not assessable."""
+    from scfm_audit.models._train import LOG_FILE
+
+    out = {}
+    for name, m in cfg.models.items():
+        p = Path(m.path) / LOG_FILE
+        try:
+            tlog = json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            tlog = None
+        if tlog is not None and tlog.get("learned") is False:
+            out[name] = (
+                f"model {name} did not learn in training (held-out loss "
+                f"{tlog.get('eval_loss_final', float('nan')):.4g}, chance "
+                f"{tlog.get('chance_loss', float('nan')):.4g}, baseline "
+                f"{tlog.get('baseline_loss', float('nan')):.4g}; see {LOG_FILE})"
+            )
+    return out
 
 
 def run_audit(
@@ -481,6 +510,7 @@ def run_audit(
         alpha=cfg.alpha,
         cache_hits=list(cache.hits),
         cache_misses=list(cache.misses),
+        unlearned_models=_unlearned_models(cfg),
     )
     write_outputs(run, report=report)
     return run
