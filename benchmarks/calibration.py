@@ -40,7 +40,7 @@ def main() -> int:
 
     from threadpoolctl import threadpool_info
 
-    from scfm_audit.evaluate._calibration import CALIBRATIONS, EXEMPT
+    from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT
 
     blas = [
         f"{i.get('internal_api')} {i.get('version')} ({i.get('num_threads')} threads)"
@@ -122,7 +122,7 @@ def main() -> int:
 
 
 def _one(name: str, scenario, n: int, seed: int) -> pd.DataFrame:
-    from scfm_audit.evaluate._calibration import calibrate
+    from scfm_audit.analyses._calibration import calibrate
 
     summary, _ = calibrate(name, n_replicates=n, seed=seed, scenarios=[scenario])
     return summary

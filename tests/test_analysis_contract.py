@@ -64,7 +64,7 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path):
 def test_every_analysis_is_calibrated_or_says_why_not(name):
     """Every analysis declares null and planted simulator scenarios for the calibration
     harness (with at least one hub-structured null), unless it is exempt with a reason."""
-    from scfm_audit.evaluate._calibration import CALIBRATIONS, EXEMPT
+    from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT
 
     if name in EXEMPT:
         assert len(EXEMPT[name]) > 10

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from scfm_audit.evaluate._calibration import (
+from scfm_audit.analyses._calibration import (
     ReplicateOutcome,
     Scenario,
     calibrate,

@@ -173,7 +173,7 @@ def test_killed_run_resumes_with_identical_results(first_run, tmp_path, monkeypa
 
 
 def test_failing_analysis_is_reported_not_fatal(tmp_path, monkeypatch):
-    from scfm_audit.pipeline._analysis import ANALYSES
+    from scfm_audit.analyses._contract import ANALYSES
 
     cfg = config_from_dict(tiny_config(tmp_path))
     spec = ANALYSES.get("grn_recovery")

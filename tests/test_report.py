@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from scfm_audit.pipeline._analysis import AnalysisParams, AnalysisResult, AnalysisSpec, Verdict
+from scfm_audit.analyses._contract import AnalysisParams, AnalysisResult, AnalysisSpec, Verdict
 from scfm_audit.pipeline._config import AuditConfig
 from scfm_audit.pipeline._runner import RunResult, write_outputs
 from scfm_audit.report import (

@@ -128,7 +128,7 @@ def validate(config: Path = typer.Argument(..., help="Audit YAML.")) -> None:
 @app.command()
 def analyses() -> None:
     """List the analysis catalogue."""
-    from scfm_audit.pipeline._analysis import ANALYSES
+    from scfm_audit.analyses._contract import ANALYSES
 
     t = Table(title="Analyses")
     for c in ("name", "version", "category", "description"):

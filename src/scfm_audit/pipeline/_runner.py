@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from scfm_audit import __version__
-from scfm_audit.pipeline._analysis import ANALYSES, AnalysisResult, AnalysisSpec
+from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
     AuditConfig,
@@ -285,7 +285,7 @@ class Progress:
 
 @dataclass
 class RunContext:
-    """The :class:`~scfm_audit.pipeline._analysis.AnalysisContext` the runner gives one
+    """The :class:`~scfm_audit.analyses._contract.AnalysisContext` the runner gives one
     analysis."""
 
     analysis: str

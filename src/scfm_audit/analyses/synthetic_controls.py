@@ -19,8 +19,8 @@ from __future__ import annotations
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.evaluate._calibration import CALIBRATIONS, EXEMPT, calibrate
-from scfm_audit.pipeline._analysis import (
+from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT, calibrate
+from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,

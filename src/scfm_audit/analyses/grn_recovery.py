@@ -36,38 +36,22 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.edges._scores import EdgeScores
-from scfm_audit.evaluate._metrics import auprc, early_precision_ratio
-from scfm_audit.evaluate._recovery import (
-    CandidatePairs,
-    auroc_from_ranks,
-    candidate_pairs,
-    gene_roles,
-    nan_lowest_ranks,
-    pair_scores,
-    rank_matrix,
-    relabelled_auroc_null,
-    vertex_bootstrap_auroc,
-)
-from scfm_audit.pipeline._analysis import (
+from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
     register_analysis,
 )
-
-NullName = Literal["degree_permutation", "node_permutation", "rewiring"]
-
-NULL_H0 = {
-    "degree_permutation": "reference genes exchangeable with data genes of the same role and "
-    "degree (whole graph relabelled; hubs and every gene's degree kept)",
-    "node_permutation": "reference genes exchangeable with data genes of the same role (whole "
-    "graph relabelled; hub structure kept)",
-    "rewiring": "reference is a uniform draw among networks with its degree sequence "
-    "(Curveball rewiring)",
-    "label_shuffle": "reference labels exchangeable across candidate pairs (ignores the "
-    "dependence among edges sharing a gene)",
-}
+from scfm_audit.edges._scores import EdgeScores
+from scfm_audit.evaluate._recovery import (
+    NULL_H0,
+    CandidatePairs,
+    NullName,
+    candidate_pairs,
+    edge_recovery,
+    nan_lowest_ranks,
+    pair_scores,
+)
 
 
 class GRNRecoveryParams(AnalysisParams):
@@ -97,141 +81,6 @@ class GRNRecoveryParams(AnalysisParams):
         "priori (negative counts from the last), or 'best' (highest AUROC, p × number of "
         "layers: Bonferroni for the selection)",
     )
-
-
-def _rewired_auroc_sampler(R: np.ndarray, pairs: CandidatePairs, seed: int):
-    """``draw(k, rng)`` giving the AUROCs of ``k`` more degree-preserving rewirings of the
-    positives. All draws come from one Besag–Clifford hub (parallel Curveball chains), so
-    that every draw, however many stages ask for them, is exchangeable with the reference
-    under H0."""
-    from itertools import islice
-
-    from scfm_audit.stats._rewire import rewire_labels, rewire_undirected
-
-    n = len(pairs.genes)
-    n1 = pairs.n_pos
-    n0 = len(pairs) - n1
-    src, tgt = pairs.source[pairs.label], pairs.target[pairs.label]
-    big = 1 << 40  # the chain is lazy: draws are made only when asked for
-    if pairs.directed:
-        labs = rewire_labels(src, tgt, n, n, n_draws=big, seed=seed, forbid_self_loops=True)
-        stream = (R[lab].sum() for lab in labs)
-    else:
-        stream = (R[a, b].sum() for a, b in rewire_undirected(src, tgt, n, n_draws=big, seed=seed))
-
-    def draw(k: int, rng: np.random.Generator) -> np.ndarray:
-        sums = np.fromiter(islice(stream, k), float, count=k)
-        return (sums - n1 * (n1 + 1) / 2) / (n1 * n0)
-
-    return draw
-
-
-def _not_assessable(s: np.ndarray, y: np.ndarray) -> str | None:
-    finite = np.isfinite(s)
-    if not finite[y].any():
-        return "no reference edge has a score (e.g. its regulators have zero variance)"
-    if np.unique(s[finite]).size < 2:
-        return "every scored pair has the same score"
-    return None
-
-
-def edge_recovery(
-    scores: EdgeScores,
-    pairs: CandidatePairs,
-    *,
-    n_boot: int = 1000,
-    n_perm: int = 999,
-    n_perm_max: int = 19_999,
-    n_rewire: int = 0,
-    null: NullName = "degree_permutation",
-    transform: str = "abs",
-    seed: int = 0,
-) -> dict:
-    """Recovery metrics and null tests of one score set on one candidate universe.
-
-    Returns a dict: ``auroc`` with ``auroc_ci_low/high`` (two-way vertex bootstrap),
-    ``auprc``, ``positive_rate``, ``epr``, ``n_candidates``, ``n_positives``,
-    ``n_scored`` (non-NaN); the verdict test: ``p`` (two-sided, under ``null``), ``null``
-    (its name), ``p_floor`` (smallest p its draws allow), ``n_null_draws``, ``auroc_null_mean``;
-    and every null's two-sided p: ``p_degree_permutation``, ``p_node_permutation``,
-    ``p_rewire`` (NaN when ``n_rewire`` = 0 and it is not the verdict null),
-    ``p_shuffle``; the draws as ``null_<name>``. ``not_assessable`` gives the reason when
-    nothing can be tested (then every p is NaN).
-    """
-    from scfm_audit.stats._montecarlo import adaptive_mc_pvalue, permute_within_classes
-    from scfm_audit.stats._resampling import label_permutation_auroc
-
-    s = pair_scores(scores, pairs, transform=transform)
-    y = pairs.label
-    ranks = nan_lowest_ranks(s)
-    auc = auroc_from_ranks(ranks, y)
-    s_fill = np.where(np.isnan(s), -np.inf, s)
-    nan = float("nan")
-    out = {
-        "auroc": auc,
-        "auroc_ci_low": nan,
-        "auroc_ci_high": nan,
-        "auprc": float(auprc(y, np.where(np.isnan(s), np.nanmin(s) - 1, s)))
-        if np.isfinite(s).any()
-        else nan,
-        "positive_rate": float(y.mean()),
-        "epr": float(early_precision_ratio(y, s_fill)),
-        "n_candidates": len(y),
-        "n_positives": int(y.sum()),
-        "n_scored": int((~np.isnan(s)).sum()),
-        "p": nan,
-        "null": null,
-        "p_floor": nan,
-        "n_null_draws": 0,
-        "auroc_null_mean": nan,
-        "p_degree_permutation": nan,
-        "p_node_permutation": nan,
-        "p_rewire": nan,
-        "p_shuffle": nan,
-        "not_assessable": _not_assessable(s, y),
-    }
-    if out["not_assessable"]:
-        return out
-    lo, hi, _ = vertex_bootstrap_auroc(s, pairs, n_boot=n_boot, seed=seed)
-    out.update(auroc_ci_low=lo, auroc_ci_high=hi)
-    R = rank_matrix(ranks, pairs)
-    perm = label_permutation_auroc(y, s_fill, n_perm=n_perm, seed=seed + 1, alternative="two-sided")
-    out["p_shuffle"] = float(perm.p)
-    out["null_label_shuffle"] = perm.null
-
-    def relabel(match: str):
-        classes = gene_roles(pairs, match=match)
-        return lambda k, rng: relabelled_auroc_null(
-            R, pairs, permute_within_classes(classes, k, rng)
-        )
-
-    samplers = {
-        "degree_permutation": relabel("degree"),
-        "node_permutation": relabel("role"),
-        "rewiring": _rewired_auroc_sampler(R, pairs, seed + 5),
-    }
-    p_keys = {
-        "degree_permutation": "p_degree_permutation",
-        "node_permutation": "p_node_permutation",
-        "rewiring": "p_rewire",
-    }
-    for i, (name, sampler) in enumerate(samplers.items()):
-        verdict = name == null
-        if name == "rewiring" and not verdict and n_rewire == 0:
-            continue
-        first = n_rewire if name == "rewiring" and n_rewire else n_perm
-        stages = (first, max(n_perm_max, first + 1)) if verdict and n_perm_max > first else (first,)
-        mc = adaptive_mc_pvalue(sampler, auc, stages=stages, seed=seed + 2 + i)
-        out[p_keys[name]] = mc.p
-        out[f"null_{name}"] = mc.null
-        if verdict:
-            out.update(
-                p=mc.p,
-                p_floor=mc.p_floor,
-                n_null_draws=mc.n_draws,
-                auroc_null_mean=float(mc.null.mean()),
-            )
-    return out
 
 
 @register_analysis(
@@ -500,7 +349,7 @@ def _planted_scores(es: EdgeScores, pairs: CandidatePairs, auroc: float) -> Edge
 
 
 def _hub_scenarios():
-    from scfm_audit.evaluate._calibration import Scenario
+    from scfm_audit.analyses._calibration import Scenario
 
     out = []
     for n in (150, 300):
@@ -557,8 +406,8 @@ def _template(path: str, fmt: str, k: int):
 
 
 def _calibration_replicate(sc, seed: int):
+    from scfm_audit.analyses._calibration import ReplicateOutcome
     from scfm_audit.data._hub_reference import hub_reference, place_reference
-    from scfm_audit.evaluate._calibration import ReplicateOutcome
 
     prm = sc.params
     n = prm["n_genes"]
@@ -596,7 +445,7 @@ def _calibration_replicate(sc, seed: int):
 
 
 def _register_calibration() -> None:
-    from scfm_audit.evaluate._calibration import register_calibration
+    from scfm_audit.analyses._calibration import register_calibration
 
     register_calibration("grn_recovery", _hub_scenarios())(_calibration_replicate)
 

@@ -86,7 +86,7 @@ class Calibration:
         raise KeyError(f"{self.analysis} has no calibration scenario {name!r}")
 
 
-CALIBRATIONS: Registry[Calibration] = Registry("calibration", modules=("scfm_audit.evaluate",))
+CALIBRATIONS: Registry[Calibration] = Registry("calibration", modules=("scfm_audit.analyses",))
 
 # Analyses that need no calibration of their own, and why (the contract test reads this).
 EXEMPT = {"synthetic_controls": "it is the calibration harness; it makes no claim about a model"}

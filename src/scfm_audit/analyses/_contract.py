@@ -46,7 +46,7 @@ class AnalysisSpec:
     reference: str = ""  # where the design comes from (paper section / catalogue number)
 
 
-ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.evaluate",))
+ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.analyses",))
 
 
 def register_analysis(
