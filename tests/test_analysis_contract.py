@@ -32,9 +32,26 @@ def test_spec_is_complete(name):
     spec.params()  # defaults alone are a valid parameter set
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_bench):
+    """A 3-layer scGPT checkpoint in the real layout: analyses of layered and per-head
+    attention have something to read."""
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "scgpt"
+    build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=3, seed=0)
+    return path
+
+
+def with_attention(cfg: dict, model_path) -> dict:
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(model_path)}}
+    cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40}
+    return cfg
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_on_the_simulator_and_registers_tests(name, tmp_path):
-    cfg = tiny_config(tmp_path)
+def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
+    cfg = with_attention(tiny_config(tmp_path), tiny_model)
     cfg["analyses"] = {name: QUICK.get(name, {})}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
