@@ -45,7 +45,12 @@ def tiny_model(tmp_path_factory, tiny_bench):
 
 def with_attention(cfg: dict, model_path) -> dict:
     cfg["models"] = {"tiny": {"family": "scgpt", "path": str(model_path)}}
-    cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40}
+    cfg["edges"]["attn"] = {
+        "scorer": "attention",
+        "model": "tiny",
+        "max_cells": 40,
+        "per_head": True,
+    }
     return cfg
 
 
@@ -66,10 +71,10 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_reference_without_shared_genes_is_handled(name, tmp_path):
+def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     ref = tmp_path / "alien.tsv"
     ref.write_text("source\ttarget\nALIEN1\tALIEN2\nALIEN1\tALIEN3\n")
-    cfg = tiny_config(tmp_path)
+    cfg = with_attention(tiny_config(tmp_path), tiny_model)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
     cfg["analyses"] = {name: QUICK.get(name, {})}
     run = run_audit(config_from_dict(cfg), quiet=True)

@@ -2,7 +2,8 @@
 
 Families (see each module's docstring):
 
-* A. Does attention encode biology? — :mod:`~scfm_audit.analyses.grn_recovery`
+* A. Does attention encode biology? — :mod:`~scfm_audit.analyses.grn_recovery`,
+  :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
 
@@ -14,6 +15,7 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 
 from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     grn_recovery,
+    head_specialisation,
     layer_organisation,
     synthetic_controls,
 )
