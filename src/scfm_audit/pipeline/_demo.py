@@ -64,6 +64,12 @@ def demo_config_dict(
                 "n_perm": n_perm,
                 "n_rewire": n_rewire,
             },
+            "layer_organisation": {"datasets": ["sim"], "n_boot": 200 if quick else 500},
+            "head_specialisation": {
+                "datasets": ["sim"],
+                "references": ["sim_grn", "sim_ppi"],
+                "n_boot": 50 if quick else 200,
+            },
             # the inference itself, checked on simulated nulls and planted effects
             "synthetic_controls": {"n_replicates": 10 if quick else 40},
         },
