@@ -274,10 +274,10 @@ def _verdict(
         else:
             i = int(np.nanargmax(aucs))
         es, r, rec = items[i]
-        why = f"best of {k} layers ({layers[0]}–{layers[-1]}) by AUROC; p × {k} (Bonferroni)"
+        why = f"best of {k} layers ({layers[0]}–{layers[-1]}) by AUROC, Bonferroni"
         p_sel = min(1.0, r["p"] * k) if not np.isnan(r["p"]) else float("nan")
         floor = min(1.0, r["p_floor"] * k) if not np.isnan(r["p_floor"]) else float("nan")
-        test = f"{rec.test}, best of {k} layers, Bonferroni"
+        test = f"{rec.test}; p × {k} layers"
     else:
         try:
             es, r, rec = items[layers.index(layers[p.verdict_layer])]
