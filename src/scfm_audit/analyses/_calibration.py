@@ -21,6 +21,7 @@ harness inside an audit, and ``benchmarks/calibration.py`` runs it at full size.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,7 +128,7 @@ def calibrate(
     analysis: str,
     *,
     n_replicates: int,
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
     alpha: float = 0.05,
     scenarios: list[str | Scenario] | None = None,
     progress: Callable | None = None,
@@ -143,8 +144,8 @@ def calibrate(
     the truth is known), ``truth``, ``mean_estimate``, ``description``, and
     ``rate[<test>]`` for other tests a replicate reports; second, the replicates themselves
     (one row each). Replicate ``i`` of a scenario uses
-    seed ``(seed, scenario index, i)``, so results do not depend on the order or the
-    machine.
+    seed ``(seed, scenario name, i)``, so results do not depend on which other scenarios
+    run, their order, or the machine; ``seed`` may be a tuple (e.g. ``(seed, chunk)``).
     """
     cal = CALIBRATIONS.get(analysis)
     chosen = (
@@ -153,8 +154,9 @@ def calibrate(
         else list(cal.scenarios)
     )
     rows, reps = [], []
-    for si, sc in enumerate(chosen):
-        seeds = np.random.SeedSequence([seed, si]).generate_state(n_replicates)
+    for sc in chosen:
+        key = [*(seed if isinstance(seed, tuple) else (seed,)), zlib.crc32(sc.name.encode())]
+        seeds = np.random.SeedSequence(key).generate_state(n_replicates)
         it = range(n_replicates)
         if progress is not None:
             it = progress(it, description=f"calibrating {analysis}: {sc.name}")
