@@ -833,12 +833,14 @@ def train_geneformer_demo(
 #: step counts, no time budget (results must not depend on machine load).
 DEMO_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "scgpt": {"epochs": 6, "batch_size": 16, "lr": 2e-3, "train_seq_len": 128},
-        "geneformer": {"epochs": 1, "batch_size": 16, "lr": 2e-3},
+        "scgpt": {"n_layers": 4, "epochs": 20, "batch_size": 16, "lr": 2e-3,
+                  "mask_ratio": 0.6, "train_seq_len": 128},
+        "geneformer": {"n_layers": 2, "epochs": 20, "batch_size": 16, "lr": 2e-3},
     },
     "quick": {
-        "scgpt": {"epochs": 12, "batch_size": 16, "lr": 2e-3, "train_seq_len": 128},
-        "geneformer": {"epochs": 4, "batch_size": 16, "lr": 2e-3},
+        "scgpt": {"n_layers": 4, "epochs": 12, "batch_size": 16, "lr": 2e-3,
+                  "mask_ratio": 0.6, "train_seq_len": 128},
+        "geneformer": {"n_layers": 2, "epochs": 8, "batch_size": 16, "lr": 2e-3},
     },
 }  # fmt: skip
 
