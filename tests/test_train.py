@@ -8,34 +8,44 @@ Benchmark: 600 cells × 40 genes with 4 strong co-expression modules of 8 genes
 seed on two CPU cores); Geneformer 2 layers, mask ratio 0.15, 120 epochs (~40 s per seed).
 
 Attention versus co-expression: Spearman correlation between |co-expression|
-(``coexpression(method="spearman")``) and head-pooled softmax attention over the
-off-diagonal covered gene pairs, per layer; "best layer" = the largest *signed*
-correlation (attention towards co-expressed partners), trained minus the same
-architecture at its random initialisation (same seed). Acceptance (issue 10): ≥ 0.2 for
-every seed 0 / 1 / 2 (data seed = training seed), and the held-out masked loss below the
-baseline. The numbers are printed (``pytest -s``). Measured with these settings (margin =
-best trained layer − best random-init layer; held-out loss vs baseline):
+(``coexpression(method="spearman")``) and head-pooled attention over the off-diagonal
+covered gene pairs, per layer, with attention read as the demo reads it
+(``ATTENTION_READING``: softmax relative to uniform attention over the cell, then the
+average product correction); "best layer" = the largest *signed* correlation, trained
+minus the same architecture at its random initialisation (same seed). Acceptance
+(issue 10): ≥ 0.2 for every seed 0 / 1 / 2 (data seed = training seed), and the held-out
+masked loss below the baseline. The numbers are printed (``pytest -s``).
 
-* scGPT seeds 0 / 1 / 2: margins +0.113 / +0.324 / +0.269 (best trained layer
-  +0.21 / +0.40 / +0.34; the sign of a layer's relation varies, e.g. seed 0 layer 0 is
-  −0.19); held-out MSE 69.9 / 90.4 / 80.8 against per-gene means 172 / 175 / 172
-  (chance ≈ 210). Seed 0 misses 0.2 (+0.178 with 60 epochs).
-* Geneformer seeds 0 / 1 / 2: margins +0.169 / +0.150 / +0.035 (best trained
-  layer +0.38 / +0.42 / +0.22 against +0.21 / +0.27 / +0.18 at random init, where nearly uniform ≈ 1/T
-  attention already correlates with |co-expression| through detection rates); held-out
-  cross-entropy 2.69 / 2.55 / 2.58 against 3.64 / 3.65 / 3.65 for per-rank gene frequencies (chance
-  ln 40 = 3.69). Tried and worse: 4 layers (≤ 0.13 over random), mask ratio 0.3, 0.4.
+Why the reading: plain softmax probabilities are ≈ 1/T in a cell of T tokens at random
+initialisation, and their mean over the cells where two genes are co-present has
+Spearman +0.22 with |co-expression| by itself (co-detection), so a random-initialised
+Geneformer scored +0.21 / +0.27 / +0.18 and the margins were small
+(+0.17 / +0.15 / +0.04). Relative to uniform, random init scores ≈ 0 (+0.03 / +0.04 /
+−0.00); the average product correction removes per-gene background (Geneformer's
+top-ranked genes sit at the positions attention favours). Measured (margin; held-out
+loss vs baseline):
 
-Both families beat the baseline on held-out cells, but neither meets the 0.2 margin on
-all three seeds, so the acceptance test is an expected failure (strict=False) for both:
-it still asserts the full criterion, prints the numbers and reports XPASS should that
-change.
+* Geneformer seeds 0 / 1 / 2: +0.409 / +0.390 / +0.416; cross-entropy 2.69 / 2.55 / 2.58
+  against 3.64 / 3.65 / 3.65 for per-rank gene frequencies (chance ln 40 = 3.69). Met.
+* scGPT seeds 0 / 1 / 2: +0.078 / +0.411 / +0.300; MSE 69.9 / 90.4 / 80.8 against
+  per-gene means 172 / 175 / 172. Seed 0 is not met: its layers 0 and 2 attend *away*
+  from co-expressed partners (Spearman −0.19 / −0.11; PPI-module AUROC 0.30 / 0.33),
+  for masked and unmasked queries alike, and its best layer reaches only +0.11. Tried on
+  seed 0, none reaching 0.2: plain softmax (+0.11), q·kᵀ (+0.05), scGPT's rank-normalised
+  GRN reading (+0.06), 2 layers (+0.01 relative), module strength 3 (+0.07 relative,
+  +0.14 relative + double centring). Hence an expected failure (strict: an XPASS fails
+  the suite).
+
+Cost: the acceptance models are shipped test data (``tests/data/issue10_models``, see
+``make.py`` there) instead of ~5 minutes of training per run.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,6 +63,7 @@ from scfm_audit.models._train import (
     train_geneformer_demo,
     train_scgpt_demo,
 )
+from scfm_audit.pipeline._demo import ATTENTION_READING
 
 SIM = dict(
     n_cells=600, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
@@ -346,62 +357,126 @@ def _random_init(family, rep, adata, folder):
     return GeneformerAdapter.load(ck)
 
 
-def _layer_correlations(adapter, adata, abs_coexpr: np.ndarray) -> list[float]:
+def _layer_correlations(
+    adapter, adata, abs_coexpr: np.ndarray, reading: dict | None = None
+) -> list[float]:
     """Spearman(|co-expression|, head-pooled attention) per layer, over the off-diagonal
-    gene pairs both matrices cover."""
+    gene pairs both matrices cover; attention read as the demo reads it
+    (``ATTENTION_READING``) unless ``reading`` says otherwise."""
     out = []
-    for e in extract_attention_edges(adapter, adata, per_head=False, progress=False):
+    kw = ATTENTION_READING if reading is None else reading
+    for e in extract_attention_edges(adapter, adata, per_head=False, progress=False, **kw):
         ok = np.isfinite(e.scores) & np.isfinite(abs_coexpr)
         np.fill_diagonal(ok, False)
         out.append(float(spearmanr(e.scores[ok], abs_coexpr[ok])[0]))
     return out
 
 
-def _best_layer_margin(family, rep, adata, folder) -> tuple[float, list, list]:
+def test_relative_reading_removes_the_cell_length_confound(adata, tmp_path):
+    """At random initialisation Geneformer's attention is nearly uniform, ≈ 1/T for a cell
+    of T tokens; averaged over the cells where two genes are co-present, plain softmax
+    attention then tracks which cells those are, which is related to co-expression. The
+    demo's reading (attention relative to uniform, then the average product correction)
+    leaves a random-initialised model with no relation to |co-expression|."""
+    ids = list(adata.var["ensembl_id"])
+    ck = build_geneformer_checkpoint(
+        tmp_path / "gf", ids, dict(zip(ids, gene_medians_from_counts(adata))),
+        hidden_size=64, n_layers=2, n_heads=4, intermediate_size=128, seed=0,
+    )  # fmt: skip
+    model = GeneformerAdapter.load(ck)
     abs_co = np.abs(coexpression(adata, method="spearman").scores)
-    trained = _layer_correlations(rep.adapter, adata, abs_co)
-    random = _layer_correlations(_random_init(family, rep, adata, folder), adata, abs_co)
+    plain = _layer_correlations(model, adata, abs_co, reading={"score": "softmax"})
+    demo = _layer_correlations(model, adata, abs_co)
+    print(f"random-init Geneformer: plain softmax {np.round(plain, 3).tolist()}, "
+          f"demo reading {np.round(demo, 3).tolist()}")  # fmt: skip
+    assert min(plain) > 0.15  # the confound: no training, yet a relation
+    assert max(abs(r) for r in demo) < 0.1
+
+
+def _best_layer_margin(family, model, params, adata, folder) -> tuple[float, list, list]:
+    abs_co = np.abs(coexpression(adata, method="spearman").scores)
+    trained = _layer_correlations(model, adata, abs_co)
+    random = _layer_correlations(
+        _random_init(family, SimpleNamespace(params=params), adata, folder), adata, abs_co
+    )
     return max(trained) - max(random), trained, random
 
 
-@pytest.mark.slow
+# The acceptance models (both families × seeds 0 / 1 / 2) take ~5 minutes to train on two
+# cores, so they are kept as test data, made by ``tests/data/issue10_models/make.py`` with
+# this module's benchmark and settings. They are tied to the training code by (a) the
+# suite's own seed-0 training, which must give bitwise the shipped seed-0 weights, and
+# (b) re-training the first steps of every seed, which must give the logged losses.
+ISSUE10 = Path(__file__).parent / "data" / "issue10_models"
+_ADAPTERS = {"scgpt": ScGPTAdapter, "geneformer": GeneformerAdapter}
+
+
+def _shipped(family: str, seed: int):
+    folder = ISSUE10 / f"{family}_{seed}"
+    return _ADAPTERS[family].load(folder), json.loads((folder / LOG_FILE).read_text())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seed0_training_gives_the_shipped_acceptance_weights(runs, family):
+    """The suite trains seed 0 anyway (above): on the torch build that made the shipped
+    checkpoints its weights are bitwise theirs."""
+    shipped, log = _shipped(family, 0)
+    if log["torch_version"] != torch.__version__:
+        pytest.skip(f"shipped on torch {log['torch_version']}, running {torch.__version__}")
+    a = runs[family].adapter.module.state_dict()
+    b = shipped.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
+    assert runs[family].loss_per_step == log["loss_per_step"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shipped_acceptance_models_are_this_training(benchmarks, tmp_path, family, seed):
+    """Each shipped acceptance model was trained with this module's settings and seed:
+    re-training its first steps gives its logged losses."""
+    _, log = _shipped(family, seed)
+    fn, kw = (train_scgpt_demo, SCGPT_TRAIN) if family == "scgpt" else (
+        train_geneformer_demo, GF_TRAIN)  # fmt: skip
+    assert {k: log["params"][k] for k in kw} == kw and log["params"]["seed"] == seed
+    assert log["complete"] and log["n_cells"] == SIM["n_cells"]
+    rep = fn(benchmarks(seed), tmp_path / "m", **kw, seed=seed, max_steps=3, progress=False)
+    assert rep.loss_per_step == pytest.approx(log["loss_per_step"][:3], rel=1e-5)
+    assert rep.baseline_loss == pytest.approx(log["baseline_loss"], rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "family",
     [
         pytest.param(
             "scgpt",
             marks=pytest.mark.xfail(
-                strict=False,
-                reason="measured: best-layer margin over random init +0.11 / +0.32 / +0.27 "
-                "for seeds 0 / 1 / 2 (criterion 0.2 on every seed); see the module docstring",
+                strict=True,
+                reason="measured (demo reading): best-layer margin over random init +0.08 / "
+                "+0.41 / +0.30 for seeds 0 / 1 / 2 (criterion 0.2 on every seed); see the "
+                "module docstring",
             ),
         ),
-        pytest.param(
-            "geneformer",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="measured: best-layer margin over random init +0.17 / +0.15 / +0.04 for "
-                "seeds 0 / 1 / 2 (criterion 0.2); see the module docstring",
-            ),
-        ),
+        "geneformer",
     ],
 )
-def test_trained_attention_relates_to_coexpression(benchmarks, trained, family, tmp_path):
+def test_trained_attention_relates_to_coexpression(benchmarks, tmp_path, family):
     """Issue 10 acceptance, over three seeds: best layer's Spearman(|co-expression|,
-    attention) exceeds random init's by ≥ 0.2, and the held-out masked loss beats the
-    context-free baseline."""
+    attention read as the demo reads it) exceeds random init's by ≥ 0.2, and the
+    held-out masked loss beats the context-free baseline."""
     rows = []
     for seed in SEEDS:
         adata = benchmarks(seed)
-        rep = trained(family, seed)
-        margin, tr, rn = _best_layer_margin(family, rep, adata, tmp_path / str(seed))
-        rows.append((seed, margin, rep.eval_loss_final, rep.baseline_loss))
+        model, log = _shipped(family, seed)
+        margin, tr, rn = _best_layer_margin(family, model, log["params"], adata,
+                                            tmp_path / str(seed))  # fmt: skip
+        loss, baseline = log["eval_loss_final"], log["baseline_loss"]
+        rows.append((seed, margin, loss, baseline))
         print(
             f"\n{family} seed {seed}: Spearman(|co-expression|, attention) per layer\n"
             f"  trained: {np.round(tr, 3).tolist()} (best {max(tr):+.3f})\n"
             f"  random : {np.round(rn, 3).tolist()} (best {max(rn):+.3f})  margin "
-            f"{margin:+.3f}\n  held-out loss {rep.eval_loss_final:.4g} vs {rep.baseline} "
-            f"{rep.baseline_loss:.4g} (chance {rep.chance_loss:.4g}); {rep.seconds:.0f}s"
+            f"{margin:+.3f}\n  held-out loss {loss:.4g} vs {log['baseline']} "
+            f"{baseline:.4g} (chance {log['chance_loss']:.4g})"
         )
     for seed, margin, loss, baseline in rows:
         assert loss < baseline, f"seed {seed}: held-out loss {loss:.4g} ≥ baseline {baseline:.4g}"

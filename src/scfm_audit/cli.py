@@ -68,19 +68,23 @@ def demo(
         False, "--no-models", help="Skip the trained demo models (co-expression only)."
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+    retrain: bool = typer.Option(
+        False, "--retrain", help="Train the demo models instead of using the shipped ones."
+    ),
 ) -> None:
     """Run the whole framework on the built-in synthetic benchmark.
 
-    Trains small scGPT- and Geneformer-architecture models on the benchmark first (once;
-    they are kept in OUT/models in their real checkpoint layouts and reused)."""
+    Audits small scGPT- and Geneformer-architecture models of the benchmark: the shipped
+    checkpoints (trained once by `scfm-audit train-demo-models`), or with --retrain / --quick
+    models trained here (once; kept in OUT/models in their real layouts and reused)."""
     from scfm_audit.pipeline._demo import demo_config, ensure_demo_models
     from scfm_audit.pipeline._runner import run_audit
 
     started = time.perf_counter()
     models = None
     if not no_models:
-        with console.status("training the demo models (first run only)"):
-            models = ensure_demo_models(out, quick=quick)
+        with console.status("preparing the demo models"):
+            models = ensure_demo_models(out, quick=quick, retrain=retrain)
     cfg = demo_config(out, quick=quick, models=models)
     run = run_audit(cfg, use_cache=not no_cache)
     _finish(run, started)
@@ -179,13 +183,15 @@ def train_demo_models_command(
 
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.models._train import LOG_FILE, train_demo_models
-    from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION
+    from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION, write_provenance
 
     started = time.perf_counter()
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
     with console.status(f"simulating {sim['n_cells']} cells × {sim['n_genes']} genes"):
         bench = simulate_perturbseq(**sim)
     paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
+    command = f"scfm-audit train-demo-models --out {out.name} --seed {seed}"
+    write_provenance(out, quick=quick, seed=seed, command=command + (" --quick" if quick else ""))
     t = Table(title="Demo models")
     columns = ("model", "epochs", "steps", "loss: first → last epoch",
                "held-out masked loss: untrained → trained", "chance", "baseline",

@@ -34,6 +34,15 @@ Score kinds (``score=``):
 
 ``"softmax"`` (default)
     attention probabilities, hook site ``layers.L.attn.pattern``.
+``"softmax_relative"``
+    attention probabilities times the number of real tokens of the cell (the keys the
+    query's softmax ran over), i.e. attention relative to uniform attention (1 =
+    uniform). Softmax probabilities scale as 1/T with the cell's length T, so their mean
+    over the cells where two genes are co-present partly measures which cells those are:
+    on the 40-gene test benchmark the mean 1/T over co-present cells alone has Spearman
+    +0.22 with |co-expression|, and a random-initialised Geneformer (nearly uniform
+    attention) scores +0.21. The factor T removes that length effect and nothing else
+    (per cell it is a constant of each row).
 ``"qk"`` (alias ``"raw"``)
     pre-softmax, unscaled q·kᵀ: the ``layers.L.attn.scores`` site (q·kᵀ/√d_head) times
     √d_head (applied once, when the edges are read out).
@@ -44,6 +53,16 @@ Score kinds (``score=``):
     per cell and head, the q·kᵀ matrix is rank-normalised along each row (rank / M), the
     result along each column (rank / M), and the heads are averaged; the cells are then
     averaged. See :func:`scgpt_rank_normalise` for the deviations.
+
+Average product correction (``correction="apc"``)
+-------------------------------------------------
+Applied to each gene × gene matrix after normalisation (and symmetrisation):
+``F_ij − F_i· F_·j / F_··`` with row, column and grand means over the off-diagonal
+finite entries (Dunn et al. 2008, *Bioinformatics* 24:333; used on symmetrised attention
+maps by Rao et al. 2021, "Transformer protein language models are unsupervised structure
+learners"). It removes each gene's background — genes that attend broadly, or that every
+query attends to (e.g. Geneformer's top-ranked genes, which sit at the positions
+attention favours) — and keeps the pair-specific part.
 
 Duplicated genes
 ----------------
@@ -58,7 +77,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -71,14 +90,17 @@ __all__ = [
     "SCORE_KINDS",
     "AttentionAccumulator",
     "PairIndex",
+    "average_product_correction",
     "extract_attention_accumulator",
     "extract_attention_edges",
+    "relative_to_uniform",
     "scgpt_rank_normalise",
 ]
 
 #: score kind → hook site kind it reads
 SCORE_KINDS: dict[str, str] = {
     "softmax": "attn.pattern",
+    "softmax_relative": "attn.pattern",
     "qk": "attn.scores",
     "qk_scaled": "attn.scores",
     "scgpt_grn": "attn.scores",
@@ -88,6 +110,23 @@ _STATE_FORMAT = "scfm_audit.AttentionAccumulator"
 _STATE_VERSION = 1
 
 Normalisation = Literal["present", "all"]
+Correction = Literal["apc"] | None
+
+
+def average_product_correction(scores: np.ndarray) -> np.ndarray:
+    """``F − F_i· F_·j / F_··`` (row, column and grand means over the off-diagonal finite
+    entries; NaN stays NaN). A copy; see the module docstring."""
+    F = np.asarray(scores, dtype=np.float64)
+    off = F.copy()
+    np.fill_diagonal(off, np.nan)
+    with warnings.catch_warnings():  # a gene never co-present with another: NaN means
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        row = np.nanmean(off, axis=1, keepdims=True)
+        col = np.nanmean(off, axis=0, keepdims=True)
+        grand = np.nanmean(off)
+    if not np.isfinite(grand) or grand == 0:
+        raise ValueError("average product correction needs a finite, non-zero mean score")
+    return (F - row * col / grand).astype(scores.dtype, copy=False)
 
 
 def _resolve_score(score: str) -> str:
@@ -363,6 +402,7 @@ class AttentionAccumulator:
         dataset: str | None = None,
         params: Mapping[str, Any] | None = None,
         symmetrise: bool = False,
+        correction: Correction = None,
     ) -> list[EdgeScores]:
         """Edge scores per layer: the head-pooled mean first (``head=None``), then, when
         :attr:`per_head`, one per head.
@@ -371,9 +411,12 @@ class AttentionAccumulator:
         in which both genes were tokenised; NaN where they never were); ``"all"`` divides
         by :attr:`n_cells` (an absent pair contributes 0). The pooled score is the mean
         over heads of the per-head scores. ``symmetrise`` returns (S + Sᵀ)/2.
+        ``correction="apc"`` then applies :func:`average_product_correction`.
         """
         if normalisation not in ("present", "all"):
             raise ValueError(f"normalisation must be 'present' or 'all', got {normalisation!r}.")
+        if correction not in (None, "apc"):
+            raise ValueError(f"correction must be None or 'apc', got {correction!r}.")
         count = self.count.to(self.sum.dtype)
         if normalisation == "present":
             denom = count
@@ -393,6 +436,7 @@ class AttentionAccumulator:
             "orientation": "scores[i, j]: query token of genes[i] attends to key token of genes[j]",
             **self.params,
             **(dict(params) if params else {}),
+            "correction": correction,
         }
 
         def make(mat: torch.Tensor, layer: int, head: int | None) -> EdgeScores:
@@ -411,11 +455,13 @@ class AttentionAccumulator:
                 dataset=dataset,
                 params={**base, "pooling": "mean over heads" if head is None else "head"},
             )
-            if not symmetrise:
-                return es
-            with warnings.catch_warnings():  # pairs never seen stay NaN
-                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-                return es.symmetrised()
+            if symmetrise:
+                with warnings.catch_warnings():  # pairs never seen stay NaN
+                    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                    es = es.symmetrised()
+            if correction == "apc":
+                es = replace(es, scores=average_product_correction(es.dense()))
+            return es
 
         out: list[EdgeScores] = []
         for i, layer in enumerate(self.layers):
@@ -470,6 +516,19 @@ def scgpt_rank_normalise(
         col = _rank(row, -2)
         out[:, h] = col.to(torch.float32) / M
     return out
+
+
+def relative_to_uniform(
+    pattern: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention probabilities (B, H, T, T) times each cell's number of real tokens
+    (``attention_mask`` True; all T when None): 1 = uniform attention over the cell."""
+    B, _, T, _ = pattern.shape
+    if attention_mask is None:
+        n = torch.full((B,), float(T), device=pattern.device)
+    else:
+        n = attention_mask.to(pattern.device, torch.bool).sum(1).to(torch.float32)
+    return pattern * n.to(pattern.dtype)[:, None, None, None]
 
 
 # -- the streaming engine --------------------------------------------------------------------
@@ -622,6 +681,8 @@ def extract_attention_accumulator(
         layer = int(site.split(".")[1])
         if kind == "scgpt_grn":
             x = scgpt_rank_normalise(x, ctx.attention_mask)
+        elif kind == "softmax_relative":
+            x = relative_to_uniform(x, ctx.attention_mask)
         acc.fold(layer, x, current["index"])
         if layer == last:
             raise _StopForward
@@ -658,6 +719,7 @@ def extract_attention_edges(
     batch_size: int = 16,
     counts: str = "X",
     symmetrise: bool = False,
+    correction: Correction = None,
     dtype: torch.dtype = torch.float32,
     dataset: str | None = None,
     progress: bool = True,
@@ -682,7 +744,8 @@ def extract_attention_edges(
     per_head
         Also return one EdgeScores per head (memory × n_heads).
     score
-        ``"softmax"``, ``"qk"`` (alias ``"raw"``), ``"qk_scaled"`` or ``"scgpt_grn"``
+        ``"softmax"``, ``"softmax_relative"``, ``"qk"`` (alias ``"raw"``),
+        ``"qk_scaled"`` or ``"scgpt_grn"``
         (see the module docstring).
     normalisation
         ``"present"``: mean over the cells where both genes were tokenised (NaN if
@@ -691,6 +754,9 @@ def extract_attention_edges(
         Cells per forward pass; the count matrix used by the tokenizer.
     symmetrise
         Return (S + Sᵀ)/2 (undirected).
+    correction
+        ``"apc"``: average product correction of each matrix (after ``symmetrise``;
+        see the module docstring); None: none.
     dtype
         Floating type of the accumulator (float32 by default; float64 for very many cells).
     dataset
@@ -720,7 +786,8 @@ def extract_attention_edges(
         progress=progress,
     )
     return acc.to_edge_scores(
-        normalisation=normalisation, model=adapter.name, dataset=dataset, symmetrise=symmetrise
+        normalisation=normalisation, model=adapter.name, dataset=dataset,
+        symmetrise=symmetrise, correction=correction,
     )
 
 
