@@ -14,10 +14,19 @@ from scfm_audit.pipeline import ANALYSES, AnalysisResult, config_from_dict, run_
 NAMES = ANALYSES.names()
 # Parameters that keep an analysis' contract run short (its defaults are checked for validity).
 QUICK = {
+    "attention_vs_coexpression": {
+        "n_boot": 50,
+        "n_perm": 99,
+        "n_perm_max": 0,
+        "n_mantel": 19,
+        "gbm_max_iter": 30,
+        "cv_folds": 3,
+    },
+    "gene_level_null": {"n_boot": 100},
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
-    }
+    },
 }
 
 

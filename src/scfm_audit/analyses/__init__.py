@@ -14,6 +14,8 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 """
 
 from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
+    attention_vs_coexpression,
+    gene_level_null,
     grn_recovery,
     head_specialisation,
     layer_organisation,

@@ -610,3 +610,44 @@ def nulls_figure(
         ax.set_xlabel(xlabel)
     fig.suptitle(title or "null distributions", fontsize=10)
     return fig
+
+
+# ------------------------------------------------------------ attention vs co-expression
+def hexbin_figure(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    gridsize: int = 40,
+    max_cols: int = 4,
+) -> Figure:
+    """One hexbin panel per entry of ``panels`` (``name -> (x, y)``, e.g. per layer:
+    |co-expression| against attention over every gene pair), log-scaled counts, with each
+    panel's Spearman ρ in its title. Returns a matplotlib Figure."""
+    from scipy.stats import spearmanr
+
+    names = list(panels)
+    n = max(1, len(names))
+    cols = min(max_cols, n)
+    rows = -(-n // cols)
+    fig = _new_figure(2.6 * cols + 0.6, 2.4 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        x, y = (np.asarray(v, float) for v in panels[name])
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if len(x) < 2:
+            ax.set_title(f"{name}: no data", fontsize=9)
+            continue
+        ax.hexbin(x, y, gridsize=gridsize, bins="log", cmap="viridis", mincnt=1)
+        rho = spearmanr(x, y).statistic
+        ax.set_title(f"{name}  (ρ = {rho:.2f}, {len(x):,} pairs)", fontsize=9)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[::cols]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title or f"{ylabel} vs {xlabel}", fontsize=10)
+    return fig
