@@ -14,6 +14,15 @@ from scfm_audit.pipeline import ANALYSES, AnalysisResult, config_from_dict, run_
 NAMES = ANALYSES.names()
 # Parameters that keep an analysis' contract run short (its defaults are checked for validity).
 QUICK = {
+    "cssi": {
+        "datasets": ["sim"],
+        "strata": "kmeans",
+        "n_clusters": 3,
+        "k_scan": [2, 4],
+        "n_null_strata": 2,
+        "n_perm": 49,
+        "n_boot": 20,
+    },
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],

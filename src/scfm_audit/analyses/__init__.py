@@ -12,7 +12,7 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 (``evaluate``, ``stats``, ``edges``, ``data``) and never the pipeline, report or CLI.
 """
 
-from scfm_audit.analyses import grn_recovery, synthetic_controls  # noqa: F401  (registers)
+from scfm_audit.analyses import cssi, grn_recovery, synthetic_controls  # noqa: F401  (registers)
 from scfm_audit.analyses._calibration import (
     CALIBRATIONS,
     Calibration,
