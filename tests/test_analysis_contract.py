@@ -26,7 +26,7 @@ QUICK = {
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
-    }
+    },
 }
 
 

@@ -599,7 +599,7 @@ def _cal_scenarios():
     from scfm_audit.analyses._calibration import Scenario
 
     het = dict(n_states=6, state_program_strength=2.0, state_specificity=0.8)
-    hom = dict(n_states=1, n_donors=1, state_specificity=0.0)
+    hom = dict(n_states=1, n_donors=1, state_specificity=0.0, control_fraction=0.95)
     out = [
         Scenario(
             "hub_null_heterogeneous",
@@ -611,7 +611,7 @@ def _cal_scenarios():
         Scenario(
             "hub_null_homogeneous",
             "null",
-            "hub reference placed at random on homogeneous cells (1 state, 1 donor)",
+            "hub reference placed at random on homogeneous control cells (1 state, 1 donor)",
             truth=0.0,
             params={"sim": hom, "hub": True},
         ),
@@ -637,6 +637,8 @@ def _cal_replicate(sc, seed: int):
 
     bench = simulate_perturbseq(**_CAL_SIM, **sc.params["sim"], seed=seed)
     ad, genes = bench.adata, bench.adata.var_names
+    if sc.params["sim"].get("n_states") == 1:  # control cells only: no perturbation arms
+        ad = ad[ad.obs["perturbation"].eq("non-targeting").to_numpy()].copy()
     if sc.params["hub"]:
         ref = place_reference(
             hub_reference(len(genes), seed=seed + 1, directed=True), genes, seed=seed + 2

@@ -95,8 +95,12 @@ def stratify(
 
         if not n_clusters or n_clusters < 1:
             raise ValueError("k-means strata need n_clusters ≥ 1.")
+        from threadpoolctl import threadpool_limits
+
         k = min(int(n_clusters), len(X))
-        return KMeans(k, n_init=10, random_state=seed).fit_predict(X).astype(np.int64)
+        # one thread: small inputs, and sklearn's OpenMP pool spins badly on busy machines
+        with threadpool_limits(1):
+            return KMeans(k, n_init=10, random_state=seed).fit_predict(X).astype(np.int64)
     if method != "leiden":
         raise ValueError(f"method must be 'leiden' or 'kmeans', got {method!r}.")
     import scanpy as sc
