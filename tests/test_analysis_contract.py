@@ -23,6 +23,15 @@ QUICK = {
         "cv_folds": 3,
     },
     "gene_level_null": {"n_boot": 100},
+    "cssi": {
+        "datasets": ["sim"],
+        "strata": "kmeans",
+        "n_clusters": 3,
+        "k_scan": [2, 4],
+        "n_null_strata": 2,
+        "n_perm": 49,
+        "n_boot": 20,
+    },
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],

@@ -4,6 +4,9 @@ Families (see each module's docstring):
 
 * A. Does attention encode biology? — :mod:`~scfm_audit.analyses.grn_recovery`,
   :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
+* A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
+  :mod:`~scfm_audit.analyses.gene_level_null`
+* D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
 
@@ -15,6 +18,7 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 
 from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     attention_vs_coexpression,
+    cssi,
     gene_level_null,
     grn_recovery,
     head_specialisation,

@@ -89,6 +89,7 @@ from scfm_audit.edges._scores import EdgeScores
 __all__ = [
     "SCORE_KINDS",
     "AttentionAccumulator",
+    "GroupedAttentionAccumulator",
     "PairIndex",
     "average_product_correction",
     "extract_attention_accumulator",
@@ -215,12 +216,17 @@ class AttentionAccumulator:
         self.scale = float(scale)
         self.params = dict(params or {})
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        G = len(self.genes)
         hs = self.n_heads if self.per_head else 1
         self._pos = {L: i for i, L in enumerate(self.layers)}
-        self.sum = torch.zeros((len(self.layers), hs, G, G), dtype=dtype, device=self.device)
-        self.count = torch.zeros((G, G), dtype=torch.int32, device=self.device)
+        self.sum = torch.zeros(
+            (len(self.layers), hs, *self._cell_shape()), dtype=dtype, device=self.device
+        )
+        self.count = torch.zeros(self._cell_shape(), dtype=torch.int32, device=self.device)
         self.n_cells = 0
+
+    def _cell_shape(self) -> tuple[int, ...]:
+        """Shape of one head's sums (and of the coverage count): (G, G)."""
+        return (self.n_genes, self.n_genes)
 
     # -- introspection ------------------------------------------------------------------
     @property
@@ -472,6 +478,144 @@ class AttentionAccumulator:
         return out
 
 
+class GroupedAttentionAccumulator(AttentionAccumulator):
+    """Per-group attention accumulators filled in one pass over the cells.
+
+    Every cell carries an integer group (a stratum of CSSI, or the smallest grid bucket of
+    a nested subsample for ``scaling``) and its token pairs are folded into that group's
+    gene × gene sums: the batch's linear pair index is offset by ``group · G²`` into a
+    ``(n_groups, G, G)`` buffer per layer and head, so a batch costs the same
+    ``index_add_`` calls as a pooled pass (one per layer and head) — only the memory grows,
+    × ``n_groups``. Groups are sums and counts: :meth:`group` reads one out,
+    :meth:`pooled` adds them all (= the pooled accumulator of the same cells) and
+    :meth:`cumulative` gives every nested union ``groups 0 … k`` by a cumulative sum.
+
+    Attributes (besides :class:`AttentionAccumulator`'s)
+    ----------------------------------------------------
+    sum
+        ``(n_layers, n_heads or 1, n_groups, G, G)``.
+    count
+        ``(n_groups, G, G)`` int32.
+    group_cells
+        ``(n_groups,)`` int64: cells folded into each group.
+    """
+
+    def __init__(self, genes, *, n_groups: int, **kwargs: Any) -> None:
+        if int(n_groups) < 1:
+            raise ValueError(f"n_groups must be ≥ 1, got {n_groups}.")
+        self.n_groups = int(n_groups)
+        super().__init__(genes, **kwargs)
+        self.group_cells = np.zeros(self.n_groups, dtype=np.int64)
+
+    def _cell_shape(self) -> tuple[int, ...]:
+        return (self.n_groups, self.n_genes, self.n_genes)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("(", f"({self.n_groups} groups, ", 1)
+
+    def prepare(self, gene_slot: torch.Tensor, groups: torch.Tensor | None = None) -> PairIndex:
+        """As :meth:`AttentionAccumulator.prepare`, with ``groups`` (B,) the group of each
+        cell (0 … n_groups − 1): pair indices are offset by ``group · G²``."""
+        if groups is None:
+            raise ValueError("GroupedAttentionAccumulator needs the group of every cell.")
+        g = torch.as_tensor(groups, device=self.device).to(torch.int64).reshape(-1)
+        if g.shape[0] != gene_slot.shape[0]:
+            raise ValueError(f"{g.shape[0]} groups for a batch of {gene_slot.shape[0]} cells.")
+        if g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.n_groups):
+            raise ValueError(f"groups must lie in 0 … {self.n_groups - 1}.")
+        slot = gene_slot.to(self.device, torch.int64)
+        G = self.n_genes
+        if slot.numel() and int(slot.max()) >= G:
+            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
+        B, T = slot.shape
+        small = self.n_groups * G * G < 2**31 and B * T * T < 2**31
+        valid = slot >= 0
+        lin = (slot[:, :, None] * G + slot[:, None, :]) + (g * (G * G))[:, None, None]
+        lin = lin.reshape(-1)
+        if small:
+            lin = lin.to(torch.int32)
+        if bool(valid.all()):
+            return PairIndex(lin=lin, sel=None, shape=(B, T))
+        sel = (valid[:, :, None] & valid[:, None, :]).reshape(-1).nonzero().squeeze(1)
+        if small:
+            sel = sel.to(torch.int32)
+        return PairIndex(lin=lin[sel], sel=sel, shape=(B, T))
+
+    def add_cells(
+        self, gene_slot: torch.Tensor | PairIndex, groups: torch.Tensor | None = None
+    ) -> PairIndex:
+        """Count a batch of cells of groups ``groups`` (B,); returns its PairIndex."""
+        if isinstance(gene_slot, PairIndex):
+            raise ValueError("pass gene_slot and groups: the groups are counted here.")
+        index = self.prepare(gene_slot, groups)
+        ones = torch.ones(index.lin.shape[0], dtype=self.count.dtype, device=self.device)
+        self.count.view(-1).index_add_(0, index.lin, ones)
+        self.n_cells += index.shape[0]
+        g = np.asarray(torch.as_tensor(groups).cpu()).reshape(-1).astype(np.int64)
+        self.group_cells += np.bincount(g, minlength=self.n_groups)
+        return index
+
+    def update(self, pattern, gene_slot, groups=None) -> None:  # type: ignore[override]
+        """Fold one batch (``pattern`` as in the base class) of cells in ``groups``."""
+        if not isinstance(pattern, Mapping):
+            if len(self.layers) != 1:
+                raise ValueError("pass {layer: pattern} for every accumulated layer.")
+            pattern = {self.layers[0]: pattern}
+        if {int(k) for k in pattern} != set(self.layers):
+            raise ValueError(f"update needs a pattern for every layer {list(self.layers)}.")
+        index = self.add_cells(gene_slot, groups)
+        for layer, p in pattern.items():
+            self.fold(int(layer), p, index)
+
+    def merge(self, other: AttentionAccumulator) -> GroupedAttentionAccumulator:
+        if not isinstance(other, GroupedAttentionAccumulator) or other.n_groups != self.n_groups:
+            raise ValueError("cannot merge accumulators with different groups.")
+        super().merge(other)
+        self.group_cells += other.group_cells
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError("save the groups one by one: acc.group(k).state_dict().")
+
+    def _from_parts(
+        self, s: torch.Tensor, c: torch.Tensor, n: int, **extra
+    ) -> AttentionAccumulator:
+        acc = AttentionAccumulator(
+            self.genes,
+            layers=self.layers,
+            n_heads=self.n_heads,
+            per_head=self.per_head,
+            dtype=self.sum.dtype,
+            device=self.device,
+            scale=self.scale,
+            params={**self.params, **extra},
+        )
+        acc.sum.copy_(s)
+        acc.count.copy_(c)
+        acc.n_cells = int(n)
+        return acc
+
+    def group(self, k: int) -> AttentionAccumulator:
+        """Group ``k`` as a plain :class:`AttentionAccumulator` (a copy)."""
+        if not 0 <= k < self.n_groups:
+            raise IndexError(f"group {k} out of 0 … {self.n_groups - 1}.")
+        return self._from_parts(self.sum[:, :, k], self.count[k], self.group_cells[k], group=int(k))
+
+    def pooled(self) -> AttentionAccumulator:
+        """All groups together (equal to a pooled pass over the same cells)."""
+        return self._from_parts(self.sum.sum(2), self.count.sum(0), self.n_cells)
+
+    def cumulative(self) -> list[AttentionAccumulator]:
+        """Nested unions: element ``k`` holds groups 0 … k (cumulative sums over groups)."""
+        s = torch.cumsum(self.sum, dim=2)
+        c = torch.cumsum(self.count, dim=0, dtype=self.count.dtype)
+        n = np.cumsum(self.group_cells)
+        return [
+            self._from_parts(s[:, :, k], c[k], n[k], nested_groups=int(k) + 1)
+            for k in range(self.n_groups)
+        ]
+
+
 # -- scGPT's rank normalisation ---------------------------------------------------------------
 def _rank(x: torch.Tensor, dim: int) -> torch.Tensor:
     """0-based ranks along ``dim`` (ties by position: stable sort)."""
@@ -638,12 +782,19 @@ def extract_attention_accumulator(
     counts: str = "X",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    groups: np.ndarray | Sequence[int] | None = None,
+    n_groups: int | None = None,
 ) -> AttentionAccumulator:
     """Stream ``cells`` of ``adata`` through ``adapter`` and accumulate attention scores.
 
     Same parameters as :func:`extract_attention_edges`; returns the raw
     :class:`AttentionAccumulator` (on the adapter's device), e.g. to process shards of
     cells separately and :meth:`~AttentionAccumulator.merge` them.
+
+    ``groups``: one integer in 0 … ``n_groups`` − 1 per cell of ``cells`` (same order;
+    ``n_groups`` defaults to max + 1). Then every cell is folded into its group's
+    accumulator in the same single pass and a :class:`GroupedAttentionAccumulator` is
+    returned (strata for CSSI; smallest grid bucket for nested subsamples).
     """
     from scfm_audit.models._hooks import site_name
 
@@ -655,8 +806,24 @@ def extract_attention_accumulator(
     cell_idx = _resolve_cells(adata, cells)
     device = torch.device(adapter.device)
     d_head = adapter.d_model // adapter.n_heads
-    acc = AttentionAccumulator(
+    group_of: np.ndarray | None = None
+    extra: dict[str, Any] = {}
+    cls: type[AttentionAccumulator] = AttentionAccumulator
+    if groups is not None:
+        g = np.asarray(groups, dtype=np.int64).reshape(-1)
+        if g.shape[0] != len(cell_idx):
+            raise ValueError(f"groups has {g.shape[0]} entries for {len(cell_idx)} cells.")
+        n_groups = int(n_groups) if n_groups is not None else int(g.max(initial=-1)) + 1
+        if g.size and (g.min() < 0 or g.max() >= n_groups):
+            raise ValueError(f"groups must lie in 0 … {n_groups - 1}.")
+        if len(np.unique(cell_idx)) != len(cell_idx):
+            raise ValueError("with groups, every cell may appear only once in cells.")
+        group_of = np.full(adata.n_obs, -1, dtype=np.int64)
+        group_of[cell_idx] = g
+        cls, extra = GroupedAttentionAccumulator, {"n_groups": n_groups}
+    acc = cls(
         names,
+        **extra,
         layers=layer_list,
         n_heads=adapter.n_heads,
         per_head=per_head,
@@ -697,7 +864,11 @@ def extract_attention_accumulator(
         ):
             gidx = batch.gene_index.to(device)
             slot = torch.where(gidx >= 0, slot_map_t[gidx.clamp(min=0)], -1)
-            current["index"] = acc.add_cells(slot)
+            if group_of is None:
+                current["index"] = acc.add_cells(slot)
+            else:
+                bg = torch.as_tensor(group_of[np.asarray(batch.cell_index)], device=device)
+                current["index"] = acc.add_cells(slot, bg)
             try:
                 adapter.forward(batch)
             except _StopForward:
