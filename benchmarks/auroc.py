@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from scfm_audit.evaluate._metrics import auroc
+from scfm_audit.stats._metrics import auroc
 from scfm_audit.stats._resampling import label_permutation_auroc
 
 TOL = 1e-12

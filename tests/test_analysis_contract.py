@@ -15,6 +15,31 @@ from scfm_audit.pipeline._runner import Progress, Resources, _run_analyses
 from scfm_audit.pipeline._validate import InputError
 
 NAMES = ANALYSES.names()
+# Parameters that keep an analysis' contract run short (its defaults are checked for validity).
+QUICK = {
+    "attention_vs_coexpression": {
+        "n_boot": 50,
+        "n_perm": 99,
+        "n_perm_max": 0,
+        "n_mantel": 19,
+        "gbm_max_iter": 30,
+        "cv_folds": 3,
+    },
+    "gene_level_null": {"n_boot": 100},
+    "cssi": {
+        "datasets": ["sim"],
+        "strata": "kmeans",
+        "n_clusters": 3,
+        "k_scan": [2, 4],
+        "n_null_strata": 2,
+        "n_perm": 49,
+        "n_boot": 20,
+    },
+    "synthetic_controls": {
+        "n_replicates": 5,
+        "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
+    },
+}
 
 
 def test_registry_is_not_empty():
@@ -28,10 +53,32 @@ def test_spec_is_complete(name):
     spec.params()  # defaults alone are a valid parameter set
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_bench):
+    """A 3-layer scGPT checkpoint in the real layout: analyses of layered and per-head
+    attention have something to read."""
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "scgpt"
+    build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=3, seed=0)
+    return path
+
+
+def with_attention(cfg: dict, model_path) -> dict:
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(model_path)}}
+    cfg["edges"]["attn"] = {
+        "scorer": "attention",
+        "model": "tiny",
+        "max_cells": 40,
+        "per_head": True,
+    }
+    return cfg
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_on_the_simulator_and_registers_tests(name, tmp_path):
-    cfg = tiny_config(tmp_path)
-    cfg["analyses"] = {name: {}}
+def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
+    cfg = with_attention(tiny_config(tmp_path), tiny_model)
+    cfg["analyses"] = {name: QUICK.get(name, {})}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     res = run.results[name]
@@ -45,12 +92,12 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_reference_without_shared_genes_is_handled(name, tmp_path):
+def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     ref = tmp_path / "alien.tsv"
     ref.write_text("source\ttarget\nALIEN1\tALIEN2\nALIEN1\tALIEN3\n")
-    cfg = tiny_config(tmp_path / "out")
+    cfg = with_attention(tiny_config(tmp_path / "out"), tiny_model)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
-    cfg["analyses"] = {name: {}}
+    cfg["analyses"] = {name: QUICK.get(name, {})}
     # a run refuses it before computing (issue 7: a reference matching none of the
     # data's genes is an input error with a one-line reason) ...
     with pytest.raises(InputError, match="shares no gene"):
@@ -62,3 +109,20 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path):
                         progress)  # fmt: skip
     assert not run.errors, run.errors
     assert run.results[name].notes  # says why nothing could be evaluated
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_analysis_is_calibrated_or_says_why_not(name):
+    """Every analysis declares null and planted simulator scenarios for the calibration
+    harness (with at least one hub-structured null), unless it is exempt with a reason."""
+    from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT
+
+    if name in EXEMPT:
+        assert len(EXEMPT[name]) > 10
+        return
+    assert name in CALIBRATIONS, f"{name} has no registered calibration"
+    cal = CALIBRATIONS.get(name)
+    kinds = [s.kind for s in cal.scenarios]
+    assert "null" in kinds and "planted" in kinds
+    assert any("hub" in s.name for s in cal.scenarios if s.kind == "null")
+    assert len({s.strength for s in cal.scenarios if s.kind == "planted"}) >= 2

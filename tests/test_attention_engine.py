@@ -57,7 +57,7 @@ def naive(model, adata, *, score="softmax", genes=None, layers=None):
     G, H = len(genes), model.n_heads
     sums = {L: np.zeros((H, G, G)) for L in layers}
     count = np.zeros((G, G), np.int64)
-    site = "attn.pattern" if score == "softmax" else "attn.scores"
+    site = "attn.pattern" if score in ("softmax", "softmax_relative") else "attn.scores"
     for c in range(adata.n_obs):
         batch = model.tokenize(adata, [c])  # one cell: no padding
         captured: list[torch.Tensor] = []
@@ -72,6 +72,8 @@ def naive(model, adata, *, score="softmax", genes=None, layers=None):
                 A = A * math.sqrt(model.d_model // H)
             elif score == "scgpt_grn":
                 A = tutorial_rank_normalise(A)
+            elif score == "softmax_relative":  # one cell, no padding: T real tokens
+                A = A * A.shape[-1]
             A = A[0].double().numpy()
             for a in range(T):
                 for b in range(T):
@@ -106,7 +108,7 @@ def check_against_naive(edges, ref, *, per_head=True, atol=1e-5):
 
 
 # -- equality with the reference ---------------------------------------------------------------
-@pytest.mark.parametrize("score", ["softmax", "qk", "qk_scaled", "scgpt_grn"])
+@pytest.mark.parametrize("score", ["softmax", "softmax_relative", "qk", "qk_scaled", "scgpt_grn"])
 def test_matches_naive_reference(model, adata, score):
     edges = extract_attention_edges(
         model,
@@ -119,6 +121,52 @@ def test_matches_naive_reference(model, adata, score):
     )
     assert len(edges) == N_LAYERS * (N_HEADS + 1)
     check_against_naive(edges, naive(model, adata, score=score))
+
+
+def test_relative_to_uniform_counts_real_tokens_only():
+    """Uniform attention over a cell's real tokens reads 1 whatever the padding."""
+    from scfm_audit.edges._attention import relative_to_uniform
+
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    p = mask[:, None, None, :].float().expand(2, 2, 4, 4)
+    p = p / p.sum(-1, keepdim=True)
+    out = relative_to_uniform(p, mask)
+    torch.testing.assert_close(out[0, :, :, :3], torch.ones(2, 4, 3))
+    torch.testing.assert_close(out[1], torch.ones(2, 4, 4))
+
+
+def test_average_product_correction():
+    """F − F_i· F_·j / F_·· over off-diagonal means; on a row × column background a
+    planted pair stands out; NaN stays NaN."""
+    from scfm_audit.edges._attention import average_product_correction
+
+    rng = np.random.default_rng(0)
+    r, c = rng.uniform(1, 2, 6), rng.uniform(1, 2, 6)
+    F = np.outer(r, c)
+    np.fill_diagonal(F, 100.0)  # the diagonal is ignored by the means
+    off = ~np.eye(6, dtype=bool)
+    row = np.array([F[i, off[i]].mean() for i in range(6)])
+    col = np.array([F[off[:, j], j].mean() for j in range(6)])
+    expected = F - np.outer(row, col) / F[off].mean()
+    got = average_product_correction(F)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    F2 = F.copy()
+    F2[1, 4] += 1.0
+    F2[2, 3] = np.nan
+    got2 = average_product_correction(F2)
+    assert np.isnan(got2[2, 3])
+    assert got2[1, 4] == got2[off & np.isfinite(got2)].max()
+
+
+def test_correction_apc_in_extraction(model, adata):
+    plain = extract_attention_edges(model, adata, layers=[0], progress=False)[0]
+    apc = extract_attention_edges(model, adata, layers=[0], progress=False, correction="apc")[0]
+    from scfm_audit.edges._attention import average_product_correction
+
+    np.testing.assert_allclose(apc.dense(), average_product_correction(plain.dense()))
+    assert apc.params["correction"] == "apc" and plain.params["correction"] is None
+    with pytest.raises(ValueError, match="correction"):
+        extract_attention_edges(model, adata, layers=[0], progress=False, correction="x")
 
 
 def test_float32_default_within_tolerance(model, adata):

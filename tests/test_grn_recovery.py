@@ -1,5 +1,5 @@
-"""grn_recovery: the candidate universe, the cluster bootstrap, and the nulls behave as
-stated on planted and on null data."""
+"""grn_recovery: the candidate universe, the two-way bootstrap, the structure-preserving
+nulls and the four-valued answers behave as stated on planted and on null data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from sklearn.metrics import roc_auc_score
 
 from scfm_audit.data import ReferenceNetwork, simulate_perturbseq
 from scfm_audit.edges import EdgeScores, coexpression
-from scfm_audit.evaluate import candidate_pairs, clustered_auroc_bootstrap, edge_recovery
+from scfm_audit.evaluate import candidate_pairs, edge_recovery
+from scfm_audit.evaluate._recovery import (
+    gene_roles,
+    nan_lowest_ranks,
+    pair_scores,
+    rank_matrix,
+    relabelled_auroc_null,
+    weighted_auroc,
+)
+from scfm_audit.stats import four_valued_answer, permute_within_classes
 
 
 def _ref(edges, directed=True):
@@ -37,34 +46,72 @@ def test_undirected_universe_is_unordered_pairs_of_reference_genes():
     assert pairs.n_pos == 2
 
 
-def test_cluster_bootstrap_equals_brute_force_resampling():
+def test_weighted_auroc_equals_auroc_of_replicated_cases():
     rng = np.random.default_rng(3)
-    n = 400
-    cluster = rng.integers(0, 15, n)
+    n = 300
     y = rng.random(n) < 0.2
     s = np.round(rng.normal(size=n) + y, 1)  # ties on purpose
     s[:5] = np.nan
-    lo, hi, dist = clustered_auroc_bootstrap(s, y, cluster, n_boot=20, seed=11)
-    # replay the same multinomial cluster weights and recompute by replication
-    codes = np.unique(cluster)
-    W = np.random.default_rng(11).multinomial(
-        len(codes), np.full(len(codes), 1 / len(codes)), size=20
-    )
-    s_fill = np.where(np.isnan(s), -np.inf, s)
-    brute = []
-    for w in W:
-        idx = np.concatenate(
-            [
-                np.repeat(np.flatnonzero(cluster == c)[None], k, 0).ravel()
-                for c, k in zip(codes, w)
-                if k
-            ]
+    W = rng.integers(0, 4, size=(6, n))
+    got = weighted_auroc(s, y, W)
+    s_fill = np.where(np.isnan(s), -1e9, s)
+    want = [roc_auc_score(np.repeat(y, w), np.repeat(s_fill, w)) for w in W]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def _random_setting(seed=0, n_genes=40, directed=True):
+    rng = np.random.default_rng(seed)
+    genes = pd.Index([f"g{i}" for i in range(n_genes)])
+    src = genes[:8] if directed else genes[:25]
+    edges = {(a, b) for a in src for b in rng.choice(genes, 4) if a != b}
+    ref = _ref(sorted(edges), directed=directed)
+    scores = EdgeScores(rng.normal(size=(n_genes, n_genes)), genes, method="noise")
+    return genes, ref, scores
+
+
+@pytest.mark.parametrize("directed", [True, False])
+def test_relabelled_null_equals_auroc_of_the_relabelled_reference(directed):
+    """Each null draw is the AUROC of the same graph with its genes renamed within their
+    role and degree: the candidate universe is unchanged and so is every gene's degree."""
+    genes, ref, scores = _random_setting(directed=directed)
+    pairs = candidate_pairs(genes, ref)
+    s = pair_scores(scores, pairs)
+    R = rank_matrix(nan_lowest_ranks(s), pairs)
+    classes = gene_roles(pairs, match="degree")
+    perms = permute_within_classes(classes, 5, np.random.default_rng(1))
+    null = relabelled_auroc_null(R, pairs, perms)
+    for b, perm in enumerate(perms):
+        renamed = pd.Series(genes[perm], index=genes)
+        e = ref.edges.assign(
+            source=renamed[ref.edges["source"]].to_numpy(),
+            target=renamed[ref.edges["target"]].to_numpy(),
         )
-        if y[idx].all() or not y[idx].any():
-            continue
-        brute.append(roc_auc_score(y[idx], np.nan_to_num(s_fill[idx], neginf=-1e9)))
-    np.testing.assert_allclose(dist, brute, atol=1e-12)
-    assert lo <= np.median(dist) <= hi
+        new_pairs = candidate_pairs(genes, _ref(e[["source", "target"]].to_numpy(), directed))
+        assert len(new_pairs) == len(pairs) and new_pairs.n_pos == pairs.n_pos
+        np.testing.assert_array_equal(gene_roles(new_pairs, match="degree") >= 0, True)
+        y = new_pairs.label
+        x = pair_scores(scores, new_pairs)
+        assert null[b] == pytest.approx(roc_auc_score(y, x), abs=1e-12)
+
+
+def test_permutations_within_classes_are_bijections_inside_each_class():
+    classes = np.array([0, 1, 1, 2, 2, 2, 0, 5])
+    perms = permute_within_classes(classes, 200, np.random.default_rng(0))
+    for perm in perms:
+        assert sorted(perm) == list(range(len(classes)))
+        np.testing.assert_array_equal(classes[perm], classes)
+    assert len({tuple(p) for p in perms}) > 20  # it does shuffle
+
+
+def test_degree_classes_keep_every_gene_degree():
+    genes, ref, _ = _random_setting(seed=4)
+    pairs = candidate_pairs(genes, ref)
+    classes = gene_roles(pairs, match="degree")
+    out_deg = np.bincount(pairs.source[pairs.label], minlength=len(genes))
+    in_deg = np.bincount(pairs.target[pairs.label], minlength=len(genes))
+    for perm in permute_within_classes(classes, 20, np.random.default_rng(2)):
+        np.testing.assert_array_equal(out_deg[perm], out_deg)
+        np.testing.assert_array_equal(in_deg[perm], in_deg)
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +120,86 @@ def planted():
     return bench, coexpression(bench.adata, method="spearman")
 
 
-def test_planted_network_is_recovered_beyond_chance_and_degree(planted):
+def test_planted_network_is_recovered_under_every_structure_preserving_null(planted):
     bench, rho = planted
-    r = edge_recovery(
-        rho, candidate_pairs(rho.genes, bench.grn), n_boot=200, n_perm=500, n_rewire=50, seed=0
-    )
+    r = edge_recovery(rho, candidate_pairs(rho.genes, bench.grn), n_boot=200, n_rewire=99, seed=0)
     assert r["auroc"] > 0.6
     assert r["auroc_ci_low"] > 0.5
-    assert r["p_shuffle"] < 0.01
-    assert r["p_rewire"] < 0.05
+    assert r["null"] == "degree_permutation"
+    assert r["p"] == r["p_degree_permutation"] < 0.001
+    assert r["p_node_permutation"] < 0.01 and r["p_rewire"] < 0.05
     assert r["epr"] > 1.5
 
 
+def test_strong_effect_is_not_lost_to_the_permutation_floor(planted):
+    """With 19 first-stage draws the floor is 0.1; the verdict null keeps drawing while
+    p < 0.05, so a strong effect reaches p ≈ 1e-4 instead of reading as not significant."""
+    bench, rho = planted
+    pairs = candidate_pairs(rho.genes, bench.grn)
+    r = edge_recovery(rho, pairs, n_boot=20, n_perm=19, n_perm_max=9_999, seed=0)
+    assert r["n_null_draws"] == 9_999
+    assert r["p"] == pytest.approx(2 / 10_000)
+    assert r["p_floor"] == pytest.approx(2 / 10_000)
+    no_refinement = edge_recovery(rho, pairs, n_boot=20, n_perm=19, n_perm_max=0, seed=0)
+    assert no_refinement["p"] == pytest.approx(0.1)
+    # at its floor and not significant after correction: n/a with the reason, never "no"
+    answer, reason = four_valued_answer(
+        p=0.1, q=0.2, alpha=0.05, effect=0.7, null_value=0.5, p_floor=0.1
+    )
+    assert answer == "n/a" and "n_perm" in reason
+
+
+def test_anti_recovery_reads_opposite(planted):
+    bench, rho = planted
+    flipped = EdgeScores(-np.abs(rho.dense()), rho.genes, method="anti")
+    r = edge_recovery(
+        flipped, candidate_pairs(rho.genes, bench.grn), n_boot=100, transform="raw", seed=0
+    )
+    assert r["auroc"] < 0.4 and r["p"] < 0.001
+    answer, _ = four_valued_answer(
+        p=r["p"], q=r["p"], alpha=0.05, effect=r["auroc"], null_value=0.5
+    )
+    assert answer == "opposite"
+
+
+def test_zero_variance_regulators_are_not_assessable(planted):
+    bench, rho = planted
+    pairs = candidate_pairs(rho.genes, bench.grn)
+    d = rho.dense().copy()
+    d[np.unique(pairs.source), :] = np.nan  # what Spearman gives for constant regulators
+    r = edge_recovery(EdgeScores(d, rho.genes, method="flat"), pairs, n_boot=20, seed=0)
+    assert np.isnan(r["p"]) and "zero variance" in r["not_assessable"]
+    answer, reason = four_valued_answer(
+        p=r["p"],
+        q=np.nan,
+        alpha=0.05,
+        effect=r["auroc"],
+        null_value=0.5,
+        reason=r["not_assessable"],
+    )
+    assert answer == "n/a" and "zero variance" in reason
+
+
+@pytest.mark.parametrize(
+    ("p", "q", "effect", "claimed", "expected"),
+    [
+        (0.001, 0.01, 0.7, "greater", "yes"),
+        (0.001, 0.01, 0.3, "greater", "opposite"),
+        (0.001, 0.01, 0.3, "less", "yes"),
+        (0.2, 0.4, 0.7, "greater", "no evidence"),
+        (np.nan, np.nan, 0.7, "greater", "n/a"),
+    ],
+)
+def test_four_valued_answers(p, q, effect, claimed, expected):
+    answer, _ = four_valued_answer(
+        p=p, q=q, alpha=0.05, effect=effect, null_value=0.5, claimed=claimed, p_floor=1e-4
+    )
+    assert answer == expected
+
+
 def test_null_simulation_gives_no_systematic_small_p_values():
-    """With regulation switched off, p over independent null benchmarks must not pile up
-    near zero (type-I error at most nominal, allowing for sampling noise)."""
+    """With regulation switched off, the verdict p over independent null benchmarks must
+    not pile up near zero (type-I error at most nominal, allowing for sampling noise)."""
     ps = []
     for seed in range(12):
         bench = simulate_perturbseq(
@@ -100,23 +212,24 @@ def test_null_simulation_gives_no_systematic_small_p_values():
         )
         rho = coexpression(bench.adata, method="spearman")
         r = edge_recovery(
-            rho, candidate_pairs(rho.genes, bench.grn), n_boot=50, n_perm=200, n_rewire=0, seed=seed
+            rho, candidate_pairs(rho.genes, bench.grn), n_boot=50, n_perm=199, seed=seed
         )
-        ps.append(r["p_shuffle"])
+        ps.append(r["p"])
     ps = np.array(ps)
-    assert (ps < 0.05).sum() <= 3, ps
+    assert (ps < 0.05).sum() <= 2, ps
     assert np.median(ps) > 0.15, ps
 
 
-def test_random_scores_are_not_recovered_under_rewiring_null(planted):
+def test_random_scores_are_not_recovered(planted):
     bench, rho = planted
     rng = np.random.default_rng(0)
     noise = EdgeScores(rng.random(rho.scores.shape), rho.genes, method="noise")
     r = edge_recovery(
-        noise, candidate_pairs(noise.genes, bench.grn), n_boot=50, n_perm=200, n_rewire=50, seed=1
+        noise, candidate_pairs(noise.genes, bench.grn), n_boot=50, n_perm=199, n_rewire=50, seed=1
     )
-    assert r["p_shuffle"] > 0.01 and r["p_rewire"] > 0.01
+    assert r["p"] > 0.01 and r["p_rewire"] > 0.01 and r["p_shuffle"] > 0.01
     assert abs(r["auroc"] - 0.5) < 0.1
+    assert r["auroc_ci_low"] < 0.5 < r["auroc_ci_high"]
 
 
 def test_unscored_pairs_rank_lowest(planted):
@@ -125,5 +238,5 @@ def test_unscored_pairs_rank_lowest(planted):
     pairs = candidate_pairs(rho.genes, bench.grn)
     d[pairs.source[pairs.label], pairs.target[pairs.label]] = np.nan  # hide every true edge
     hidden = EdgeScores(d, rho.genes, method="hidden")
-    r = edge_recovery(hidden, pairs, n_boot=20, n_perm=50, n_rewire=0, seed=0)
+    r = edge_recovery(hidden, pairs, n_boot=20, n_perm=49, seed=0)
     assert r["auroc"] < 0.05

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from scfm_audit.evaluate._metrics import (
+from scfm_audit.stats._metrics import (
     _midranks,
     auprc,
     auroc,
@@ -127,7 +127,7 @@ def test_input_validation() -> None:
 
 
 def test_2d_large_chunks_equal_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scfm_audit.evaluate._metrics as m
+    import scfm_audit.stats._metrics as m
 
     rng = np.random.default_rng(11)
     y, s = _random_case(rng, n=997, k=9, levels=30)

@@ -124,7 +124,10 @@ def test_planted_network_recovered_and_null_not(first_run):
     planted = sc[sc["dataset"] == "sim"]
     null = sc[sc["dataset"] == "null"]
     assert (planted["answer"] == "yes").all(), planted
-    assert (null["answer"] == "no").all(), null
+    assert (null["answer"] == "no evidence").all(), null
+    # the scorecard names the layer-free source, the estimate on its natural scale and the null
+    assert (sc["effect_name"] == "AUROC").all() and (sc["null_value"] == 0.5).all()
+    assert (sc["null_name"] == "degree_permutation").all()
 
 
 def test_same_config_same_numbers_and_cache_reuse(first_run, tmp_path):
@@ -170,7 +173,7 @@ def test_killed_run_resumes_with_identical_results(first_run, tmp_path, monkeypa
 
 
 def test_failing_analysis_is_reported_not_fatal(tmp_path, monkeypatch):
-    from scfm_audit.pipeline._analysis import ANALYSES
+    from scfm_audit.analyses._contract import ANALYSES
 
     cfg = config_from_dict(tiny_config(tmp_path))
     spec = ANALYSES.get("grn_recovery")
@@ -244,3 +247,85 @@ def test_genes_outside_a_models_vocabulary_are_reported(tmp_path, tiny_bench):
     assert f"{len(genes) - 5}/{len(genes)} genes" in note
     assert all(g in note for g in genes[-5:])
     assert "vocabulary tiny sim" in (run.output / "report.html").read_text()
+
+
+@pytest.mark.parametrize("verdict_layer", ["best", 0])
+def test_layer_behind_a_claim_is_stated_and_selection_is_corrected(
+    tmp_path, tiny_bench, verdict_layer
+):
+    """A layered source's scorecard answer rests on one layer: fixed a priori (its own
+    test), or the best by AUROC with p × number of layers (Bonferroni); the per-layer
+    tests are descriptive, and the scorecard says which layer and why."""
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    build_scgpt_checkpoint(tmp_path / "scgpt", list(tiny_bench.adata.var_names), seed=0)
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 40}}
+    cfg["analyses"] = {
+        "grn_recovery": {
+            "datasets": ["sim"],
+            "references": ["grn"],
+            "n_boot": 20,
+            "n_perm": 99,
+            "per_head": False,
+            "verdict_layer": verdict_layer,
+        }
+    }
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    assert not run.errors, run.errors
+    sc = run.verdicts()
+    assert len(sc) == 1 and sc["answer"].iloc[0] in ("yes", "opposite", "no evidence", "n/a")
+    t = run.tests
+    verdict_null = t["null_name"] == "degree_permutation"
+    selected = t["hypothesis"].str.contains("selected layer")
+    per_layer = t[verdict_null & ~selected & t["layer"].notna()]
+    assert (per_layer["family"] == "descriptive").all()
+    n_layers = per_layer["layer"].nunique()
+    assert n_layers >= 2
+    chosen = sc["layer"].iloc[0]
+    p_layer = per_layer.loc[per_layer["layer"] == chosen, "p"].iloc[0]
+    if verdict_layer == "best":
+        assert (
+            chosen
+            == per_layer.loc[
+                per_layer["auroc" if "auroc" in per_layer else "statistic"].idxmax(), "layer"
+            ]
+        )
+        assert f"best of {n_layers} layers" in sc["layer_choice"].iloc[0]
+        assert sc["p"].iloc[0] == pytest.approx(min(1.0, n_layers * p_layer))
+    else:
+        assert chosen == 0 and "fixed a priori" in sc["layer_choice"].iloc[0]
+        assert sc["p"].iloc[0] == pytest.approx(p_layer)
+
+
+def test_claims_about_a_model_that_did_not_learn_are_not_assessable(tmp_path, tiny_bench):
+    """A demo model whose training log says it did not beat its baseline: its attention
+    claims read n/a with the reason, whatever their p-values."""
+    import json
+
+    from scfm_audit.models import build_scgpt_checkpoint
+
+    build_scgpt_checkpoint(tmp_path / "scgpt", list(tiny_bench.adata.var_names), seed=0)
+    (tmp_path / "scgpt" / "train_log.json").write_text(
+        json.dumps(
+            {"learned": False, "eval_loss_final": 5.6, "chance_loss": 5.7, "baseline_loss": 5.5}
+        )
+    )
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+    cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40}
+    cfg["analyses"] = {
+        "grn_recovery": {
+            "datasets": ["sim"],
+            "references": ["grn"],
+            "n_boot": 20,
+            "n_perm": 49,
+            "per_head": False,
+        }
+    }
+    sc = run_audit(config_from_dict(cfg), quiet=True).verdicts().set_index("model", drop=False)
+    attn = sc[sc["model"] == "tiny"]
+    assert len(attn) == 1 and attn["answer"].iloc[0] == "n/a"
+    assert "did not learn" in attn["reason"].iloc[0]
+    assert (sc[sc["model"].isna()]["answer"] == "yes").all()  # co-expression unaffected

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from scfm_audit.pipeline._analysis import AnalysisParams, AnalysisResult, AnalysisSpec, Verdict
+from scfm_audit.analyses._contract import AnalysisParams, AnalysisResult, AnalysisSpec, Verdict
 from scfm_audit.pipeline._config import AuditConfig
 from scfm_audit.pipeline._runner import RunResult, write_outputs
 from scfm_audit.report import (
@@ -265,7 +265,7 @@ def test_scorecard_on_top_with_badges_and_q(report):
     i_first = html.index('id="a-grn_recovery"')
     assert html.index('id="top"') < i_score < html.index('id="contents"') < i_first
     scorecard = html[i_score : html.index('id="contents"')]
-    assert "✓ yes" in scorecard and "✗ no" in scorecard and "– n/a" in scorecard
+    assert "✓ yes" in scorecard and "✗ no evidence" in scorecard and "– n/a" in scorecard
     v = run.verdicts().set_index("claim")
     q_yes = v.loc[f"attention recovers TRRUST {XSS}", "q"]
     assert fmt_p(q_yes) in scorecard
@@ -276,8 +276,10 @@ def test_scorecard_on_top_with_badges_and_q(report):
     assert scorecard.count('class="group"') == 3
     # effect with CI
     assert "0.21 [0.15, 0.27]" in scorecard
-    # significant against the claim: "no", flagged
-    assert scorecard.count("opposite direction</span>") == 1
+    # significant against the claim: its own answer, not a plain "no"
+    assert v["answer"].value_counts().get("opposite", 0) == 1
+    table = scorecard[scorecard.index("<table>") :]
+    assert table.count('<span class="badge opp">⇄ opposite</span>') == 1
     # family-definition sensitivity
     assert "confirmatory only (BH)" in scorecard and "per analysis (BH)" in scorecard
 
@@ -556,3 +558,44 @@ def test_wide_tables_scroll_in_a_browser(report, tmp_path):
     boxes = [b.split(":") for b in re.search(r'<pre id="probe">([^<]*)', dom).group(1).split()]
     assert boxes and all(ov == "auto" for _, _, ov in boxes)
     assert any(int(sw) > int(cw) for sw, cw, _ in boxes)  # some table is wider: it scrolls
+
+
+def test_training_block_shows_curves_and_chance(tmp_path):
+    """Models with a train_log.json get a training curve and their held-out loss against
+    chance and the baseline; a model that did not learn is flagged; others are skipped."""
+    import json
+
+    def write_log(folder, learned: bool):
+        folder.mkdir()
+        log = {
+            "family": "scgpt", "steps": 40, "loss_per_step": list(np.linspace(200, 60, 40)),
+            "eval_loss_per_epoch": [210.0, 120.0, 80.0, 70.0], "eval_loss_initial": 210.0,
+            "eval_loss_final": 70.0 if learned else 150.0, "chance_loss": 205.0,
+            "baseline_loss": 140.0, "baseline": "per-gene mean bin", "eval_held_out": True,
+            "n_eval_cells": 60, "learned": learned, "params": {"seed": 3},
+        }  # fmt: skip
+        (folder / "train_log.json").write_text(json.dumps(log))
+
+    write_log(tmp_path / "good", True)
+    write_log(tmp_path / "bad", False)
+    (tmp_path / "downloaded").mkdir()
+    models = {
+        n: {"family": "scgpt", "path": str(tmp_path / n)} for n in ("good", "bad", "downloaded")
+    }
+    reg = TestRegistry()
+    run = RunResult(
+        config=AuditConfig(datasets={"k562": {"simulate": {}}}, output=tmp_path, models=models),
+        output=tmp_path,
+        specs={},
+        params={},
+        results={},
+        tests=reg.to_frame(),
+        family_sensitivity=reg.family_sensitivity(),
+        timings={},
+    )
+    html = render_report(run, tmp_path / "report.html").read_text(encoding="utf-8")
+    block = html[html.index('id="model-training"') : html.index('id="footer"')]
+    assert "<h3>good " in block and "<h3>bad " in block and "downloaded" not in block
+    assert block.count("data:image/png;base64,") == 2
+    assert "chance 205" in block and "per-gene mean bin" in block and "seed 3" in block
+    assert block.count("did not beat chance and baseline") == 1

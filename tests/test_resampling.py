@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scfm_audit.evaluate._metrics import auroc
+from scfm_audit.stats._metrics import auroc
 from scfm_audit.stats._resampling import (
     bootstrap_ci,
     empirical_p,

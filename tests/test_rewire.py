@@ -173,3 +173,32 @@ def test_validation() -> None:
         curveball([0, 1], [1, 2], n_trades=-1, seed=0)
     with pytest.raises(TypeError, match="seed"):
         curveball([0, 1], [1, 2], n_trades=1, seed=None)  # type: ignore[arg-type]
+
+
+def test_undirected_rewiring_keeps_every_degree_and_stays_simple():
+    from scfm_audit.stats import rewire_undirected
+
+    rng = np.random.default_rng(5)
+    n = 60
+    w = rng.pareto(1.3, n) + 1  # hubs
+    iu, ju = np.triu_indices(n, 1)
+    keep = rng.random(len(iu)) < np.minimum(1, 0.02 * w[iu] * w[ju])
+    a, b = iu[keep], ju[keep]
+    deg = np.bincount(np.r_[a, b], minlength=n)
+    original = set(zip(a.tolist(), b.tolist()))
+    kept = []
+    for lo, hi in rewire_undirected(a, b, n, n_draws=20, seed=0):
+        assert (lo < hi).all()  # no self-loop, one orientation
+        assert len(set(zip(lo.tolist(), hi.tolist()))) == len(lo) == len(a)  # no duplicate
+        np.testing.assert_array_equal(np.bincount(np.r_[lo, hi], minlength=n), deg)
+        kept.append(len(original & set(zip(lo.tolist(), hi.tolist()))) / len(a))
+    assert np.mean(kept) < 0.6  # it mixes
+
+
+def test_undirected_rewiring_refuses_self_loops_and_duplicates():
+    from scfm_audit.stats import rewire_undirected
+
+    with pytest.raises(ValueError, match="self-loop"):
+        next(rewire_undirected([0, 1], [0, 2], 3, n_draws=1, seed=0))
+    with pytest.raises(ValueError, match="duplicate"):
+        next(rewire_undirected([0, 1], [1, 0], 3, n_draws=1, seed=0))

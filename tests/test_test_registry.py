@@ -106,3 +106,25 @@ def test_empty_registry() -> None:
     reg = TestRegistry()
     assert reg.to_frame().empty and list(reg.to_frame().columns) == list(TEST_COLUMNS)
     assert reg.family_sensitivity().empty
+
+
+def test_registry_records_each_tests_null_its_value_and_its_floor():
+    reg = TestRegistry()
+    reg.add(
+        analysis="a",
+        hypothesis="h",
+        test="degree permutation (999 draws, two-sided)",
+        null="reference genes exchangeable within role and degree",
+        null_name="degree_permutation",
+        null_value=0.5,
+        p=0.002,
+        p_floor=0.002,
+        effect=0.7,
+        direction="two-sided",
+    )
+    df = reg.to_frame()
+    for col in ("null_name", "null", "null_value", "p_floor"):
+        assert col in df.columns
+    row = df.iloc[0]
+    assert row["null_name"] == "degree_permutation" and row["null_value"] == 0.5
+    assert row["p_floor"] == 0.002

@@ -1,35 +1,51 @@
-"""Demo-model training: the masked losses really fall, the checkpoints load back in the
-real layouts with identical outputs, training is deterministic, and — the point of the
+"""Demo-model training: the masked losses really fall below chance and a context-free
+baseline on held-out cells, the checkpoints load back in the real layouts with identical
+outputs, training is deterministic (also on a busy machine), and — the point of the
 demo — trained attention is related to co-expression where random-init attention is not.
 
-The models are trained once per module on a small simulated benchmark with strong
-co-expression modules (40 genes, 6 modules of 6 genes): ~15 s for scGPT, ~10 s for
-Geneformer on two CPU cores.
+Benchmark: 600 cells × 40 genes with 4 strong co-expression modules of 8 genes
+(``module_strength=2``). Settings: scGPT 4 layers, mask ratio 0.6, 40 epochs (~20 s per
+seed on two CPU cores); Geneformer 2 layers, mask ratio 0.15, 120 epochs (~40 s per seed).
 
-Attention versus co-expression (measured while writing this test with data seeds and
-training seeds 0 / 1 / 2, all 600 cells): Spearman correlation between |co-expression|
-(``coexpression(method="spearman")``) and head-pooled softmax attention over the
-off-diagonal covered gene pairs, per layer.
+Attention versus co-expression: Spearman correlation between |co-expression|
+(``coexpression(method="spearman")``) and head-pooled attention over the off-diagonal
+covered gene pairs, per layer, with attention read as the demo reads it
+(``ATTENTION_READING``: softmax relative to uniform attention over the cell, then the
+average product correction); "best layer" = the largest *signed* correlation, trained
+minus the same architecture at its random initialisation (same seed). Acceptance
+(issue 10): ≥ 0.2 for every seed 0 / 1 / 2 (data seed = training seed), and the held-out
+masked loss below the baseline. The numbers are printed (``pytest -s``).
 
-* scGPT, trained: [-0.12, -0.20, 0.00, -0.31] / [0.18, -0.24, -0.08, -0.08] /
-  [0.13, -0.22, -0.13, 0.05], max |r| over layers 0.31 / 0.24 / 0.22; random init
-  (same architecture and seed): max |r| 0.05 / 0.06 / 0.03. The relation is strong but
-  its sign depends on the layer (the second layer consistently attends *away* from
-  co-expressed partners), so the mean over layers (-0.16 / +0.02 / +0.01) has no stable
-  sign and cannot carry the assertion; the assertion is on the strongest layer:
-  max |r| trained − max |r| random > 0.1 (observed margins 0.26 / 0.18 / 0.19).
-* Geneformer (masked-LM), trained: max |r| 0.04 / 0.05 / 0.03 against 0.07 / 0.04 / 0.04
-  at random initialisation (a fresh BERT's softmax attention is nearly uniform, ≈ 1/T,
-  which alone correlates with |co-expression| through detection rates). Geneformer's
-  attention does not learn co-expression at this budget (nor with 4× longer training on
-  60 genes), so the same assertion is marked as an expected failure: it still runs and
-  prints the numbers, and reports XPASS should that change.
+Why the reading: plain softmax probabilities are ≈ 1/T in a cell of T tokens at random
+initialisation, and their mean over the cells where two genes are co-present has
+Spearman +0.22 with |co-expression| by itself (co-detection), so a random-initialised
+Geneformer scored +0.21 / +0.27 / +0.18 and the margins were small
+(+0.17 / +0.15 / +0.04). Relative to uniform, random init scores ≈ 0 (+0.03 / +0.04 /
+−0.00); the average product correction removes per-gene background (Geneformer's
+top-ranked genes sit at the positions attention favours). Measured (margin; held-out
+loss vs baseline):
+
+* Geneformer seeds 0 / 1 / 2: +0.409 / +0.390 / +0.416; cross-entropy 2.69 / 2.55 / 2.58
+  against 3.64 / 3.65 / 3.65 for per-rank gene frequencies (chance ln 40 = 3.69). Met.
+* scGPT seeds 0 / 1 / 2: +0.078 / +0.411 / +0.300; MSE 69.9 / 90.4 / 80.8 against
+  per-gene means 172 / 175 / 172. Seed 0 is not met: its layers 0 and 2 attend *away*
+  from co-expressed partners (Spearman −0.19 / −0.11; PPI-module AUROC 0.30 / 0.33),
+  for masked and unmasked queries alike, and its best layer reaches only +0.11. Tried on
+  seed 0, none reaching 0.2: plain softmax (+0.11), q·kᵀ (+0.05), scGPT's rank-normalised
+  GRN reading (+0.06), 2 layers (+0.01 relative), module strength 3 (+0.07 relative,
+  +0.14 relative + double centring). Hence an expected failure (strict: an XPASS fails
+  the suite).
+
+Cost: the acceptance models are shipped test data (``tests/data/issue10_models``, see
+``make.py`` there) instead of ~5 minutes of training per run.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -47,31 +63,64 @@ from scfm_audit.models._train import (
     train_geneformer_demo,
     train_scgpt_demo,
 )
+from scfm_audit.pipeline._demo import ATTENTION_READING
 
 SIM = dict(
-    n_cells=600, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=6, module_size=6,
-    module_strength=1.0, mean_library_size=4000, seed=0,
+    n_cells=600, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
+    module_strength=2.0, mean_library_size=4000, seed=0,
 )  # fmt: skip
-ARCH = dict(n_layers=4, n_heads=4)
-SCGPT_TRAIN = dict(d_model=64, d_hid=128, epochs=25, batch_size=16, lr=2e-3)
-GF_TRAIN = dict(hidden_size=64, intermediate_size=128, epochs=15, batch_size=16, lr=2e-3)
+SCGPT_TRAIN = dict(n_layers=4, n_heads=4, d_model=64, d_hid=128, epochs=40, batch_size=16,
+                   lr=2e-3, mask_ratio=0.6)  # fmt: skip
+GF_TRAIN = dict(n_layers=2, n_heads=4, hidden_size=64, intermediate_size=128, epochs=120,
+                batch_size=16, lr=2e-3, mask_ratio=0.15)  # fmt: skip
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def adata():
-    return simulate_perturbseq(**SIM).adata
+def benchmarks():
+    """data seed → AnnData, built on first use."""
+    cache: dict[int, object] = {}
+
+    def get(seed: int):
+        if seed not in cache:
+            cache[seed] = simulate_perturbseq(**{**SIM, "seed": seed}).adata
+        return cache[seed]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def scgpt_run(adata, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "scgpt_demo"
-    return train_scgpt_demo(adata, out, **ARCH, **SCGPT_TRAIN, seed=0, progress=False)
+def adata(benchmarks):
+    return benchmarks(0)
 
 
 @pytest.fixture(scope="module")
-def geneformer_run(adata, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "geneformer_demo"
-    return train_geneformer_demo(adata, out, **ARCH, **GF_TRAIN, seed=0, progress=False)
+def trained(benchmarks, tmp_path_factory):
+    """(family, seed) → TrainReport, trained on first use on the benchmark of that seed."""
+    cache: dict[tuple[str, int], object] = {}
+
+    def get(family: str, seed: int):
+        if (family, seed) not in cache:
+            out = tmp_path_factory.mktemp(f"train_{family}_{seed}") / f"{family}_demo"
+            fn, kw = (
+                (train_scgpt_demo, SCGPT_TRAIN)
+                if family == "scgpt"
+                else (train_geneformer_demo, GF_TRAIN)
+            )
+            cache[family, seed] = fn(benchmarks(seed), out, **kw, seed=seed, progress=False)
+        return cache[family, seed]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def scgpt_run(trained):
+    return trained("scgpt", 0)
+
+
+@pytest.fixture(scope="module")
+def geneformer_run(trained):
+    return trained("geneformer", 0)
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +137,36 @@ def test_training_reduces_masked_loss(runs, family):
     rep = runs[family]
     first, last = rep.loss_per_epoch[0], rep.loss_per_epoch[-1]
     print(
-        f"{family}: loss per epoch {first:.4g} → {last:.4g}; fixed-mask loss "
-        f"{rep.eval_loss_initial:.4g} → {rep.eval_loss_final:.4g} in {rep.seconds:.1f}s"
+        f"{family}: loss per epoch {first:.4g} → {last:.4g}; held-out masked loss "
+        f"{rep.eval_loss_initial:.4g} → {rep.eval_loss_final:.4g} (chance "
+        f"{rep.chance_loss:.4g}, {rep.baseline} {rep.baseline_loss:.4g}) in {rep.seconds:.1f}s"
     )
-    assert not rep.stopped_by_budget
-    assert rep.epochs == len(rep.loss_per_epoch) == (25 if family == "scgpt" else 15)
-    if family == "scgpt":  # MSE on bins 1..50: the variance is ~200, per-gene means ~130
-        assert last < 0.6 * first
-        assert rep.eval_loss_final < 0.6 * rep.eval_loss_initial
-        assert rep.eval_loss_final < 110  # below the per-gene-mean predictor: context used
-    else:  # cross-entropy over 40 genes: ln 40 = 3.69 at chance
-        assert rep.eval_loss_initial > 3.5
-        assert last < first - 0.3
-        assert rep.eval_loss_final < rep.eval_loss_initial - 0.3
+    n_epochs = (SCGPT_TRAIN if family == "scgpt" else GF_TRAIN)["epochs"]
+    assert rep.complete and rep.epochs == len(rep.loss_per_epoch) == n_epochs
+    assert len(rep.eval_loss_per_epoch) == n_epochs + 1 and len(rep.loss_per_step) == rep.steps
+    assert rep.eval_held_out and rep.n_eval_cells == SIM["n_cells"] // 10
+    assert last < first
+    # the untrained model is at chance; the trained one beats the context-free baseline
+    assert rep.eval_loss_initial > 0.9 * rep.chance_loss
+    assert rep.eval_loss_final < rep.baseline_loss < rep.chance_loss
+    assert rep.learned and rep.beat_chance
     log = json.loads((rep.path / LOG_FILE).read_text())
     assert log["loss_per_epoch"] == pytest.approx(rep.loss_per_epoch)
+    assert log["eval_loss_per_epoch"] == pytest.approx(rep.eval_loss_per_epoch)
+    assert log["learned"] is True and log["chance_loss"] == pytest.approx(rep.chance_loss)
     assert log["family"] == family and log["steps"] == rep.steps > 0
     assert log["seconds"] > 0 and log["n_params"] == rep.n_params > 0
-    assert log["params"]["cells"].startswith("all")
+    assert log["params"]["cells"].startswith("all but the held-out")
     assert log["n_cells"] == SIM["n_cells"]
+
+
+def test_untrained_model_is_reported_as_not_learned(adata, tmp_path):
+    """One step of training cannot beat the per-gene-mean baseline: the log says so."""
+    rep = train_scgpt_demo(adata, tmp_path / "m", n_layers=1, n_heads=2, d_model=16,
+                           d_hid=32, epochs=1, max_steps=1, progress=False)  # fmt: skip
+    log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
+    assert rep.eval_loss_final > rep.baseline_loss
+    assert log["learned"] is False and rep.learned is False
 
 
 # -- (2) the saved checkpoints load back ---------------------------------------------------
@@ -141,6 +201,7 @@ def test_scgpt_checkpoint_round_trip(adata, scgpt_run):
     args = json.loads((path / "args.json").read_text())
     assert args["mask_value"] == -1 and args["pad_value"] == -2
     assert args["embsize"] == 64 and args["nlayers"] == 4 and args["nheads"] == 4
+    assert args["mask_ratio"] == 0.6
     assert args["max_seq_len"] >= 1 + int(np.diff(adata.X.indptr).max())
     loaded = ScGPTAdapter.load(path)
     trained = scgpt_run.adapter
@@ -167,7 +228,7 @@ def test_geneformer_checkpoint_round_trip(adata, geneformer_run):
     ids = list(adata.var["ensembl_id"])
     assert [medians[g] for g in ids] == pytest.approx(expected.tolist())
     loaded = GeneformerAdapter.load(path)
-    assert loaded.version == "V1" and loaded.n_layers == 4
+    assert loaded.version == "V1" and loaded.n_layers == GF_TRAIN["n_layers"]
     trained = geneformer_run.adapter
     batch = trained.tokenize(adata, np.arange(24))
     assert torch.equal(loaded.tokenize(adata, np.arange(24)).input_ids, batch.input_ids)
@@ -184,25 +245,80 @@ def test_gene_medians_are_nonzero_medians_of_normalised_counts():
     assert med.tolist() == pytest.approx([5000.0, 1.0, 7500.0])  # gene 1 never detected
 
 
-# -- determinism and the time budget ---------------------------------------------------------
+# -- determinism: no clock, fixed threads, the same weights on a busy machine ---------------
+def _tiny_kw(family: str) -> dict:
+    kw = dict(n_layers=2, n_heads=2, epochs=2, batch_size=16, seed=3, progress=False)
+    if family == "scgpt":
+        kw.update(d_model=16, d_hid=32)
+    else:
+        kw.update(hidden_size=16, intermediate_size=32)
+    return kw
+
+
+def _hog(n: int) -> list:
+    """``n`` busy-looping processes (the machine made artificially busy)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_training_is_deterministic_and_budgeted(adata, tmp_path, family):
+def test_training_is_deterministic_on_a_busy_machine(adata, tmp_path, family, monkeypatch):
+    """Idle run versus a run with two CPU hogs, a clock that jumps 1,000 s per reading
+    and a different caller thread count: bitwise identical weights and losses."""
+    import scfm_audit.models._train as train
+
     small = adata[:64].copy()
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
-    kw = dict(n_layers=2, n_heads=2, epochs=2, batch_size=16, seed=3, progress=False)
-    kw.update(d_model=16, d_hid=32) if family == "scgpt" else kw.update(
-        hidden_size=16, intermediate_size=32
-    )
+    kw = _tiny_kw(family)
     a = fn(small, tmp_path / "a", **kw)
-    b = fn(small, tmp_path / "b", **kw)
-    assert a.loss_per_epoch == b.loss_per_epoch
+    ticks = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    old = torch.get_num_threads()
+    hogs = _hog(2)
+    try:
+        torch.set_num_threads(2 if old == 1 else 1)
+        b = fn(small, tmp_path / "b", **kw)
+    finally:
+        torch.set_num_threads(old)
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert torch.get_num_threads() == old
+    assert a.loss_per_step == b.loss_per_step and len(a.loss_per_step) == a.steps == 8
+    assert a.eval_loss_per_epoch == b.eval_loss_per_epoch
     sa, sb = a.adapter.module.state_dict(), b.adapter.module.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     c = fn(small, tmp_path / "c", **{**kw, "seed": 4})
-    assert c.loss_per_epoch != a.loss_per_epoch
-    d = fn(small, tmp_path / "d", **{**kw, "max_seconds": 0.0})
-    assert d.stopped_by_budget and d.steps == 1 and d.epochs == 1
-    assert json.loads((tmp_path / "d" / LOG_FILE).read_text())["stopped_by_budget"] is True
+    assert c.loss_per_step != a.loss_per_step
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_time_budget_only_aborts(adata, tmp_path, family, monkeypatch):
+    import scfm_audit.models._train as train
+
+    ticks = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
+    with pytest.raises(train.TrainingBudgetExceeded, match="nothing was saved"):
+        fn(adata[:64].copy(), tmp_path / "d", **_tiny_kw(family), max_seconds=1500.0)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_first_steps_reproduce(adata, tmp_path, family):
+    """Re-training for a few steps from the same seed gives the full run's first losses
+    (how a shipped checkpoint's log can be checked without re-training it)."""
+    small = adata[:64].copy()
+    fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
+    kw = _tiny_kw(family)
+    full = fn(small, tmp_path / "full", **kw)
+    part = fn(small, tmp_path / "part", **kw, max_steps=3)
+    assert part.steps == 3 and not part.complete and full.complete
+    assert part.loss_per_step == full.loss_per_step[:3]
+    log = json.loads((tmp_path / "part" / LOG_FILE).read_text())
+    assert log["complete"] is False and log["params"]["max_steps"] == 3
 
 
 def test_cli_train_demo_models(tmp_path, monkeypatch):
@@ -211,7 +327,7 @@ def test_cli_train_demo_models(tmp_path, monkeypatch):
     import scfm_audit.models._train as train
     from scfm_audit.cli import app
 
-    tiny = {"epochs": 1, "batch_size": 8, "max_seconds": 0.0}
+    tiny = {"epochs": 1, "batch_size": 8}
     monkeypatch.setitem(train.DEMO_TRAINING, "quick", {"scgpt": tiny, "geneformer": tiny})
     res = CliRunner().invoke(app, ["train-demo-models", "--out", str(tmp_path), "--quick"])
     assert res.exit_code == 0, res.output
@@ -241,43 +357,127 @@ def _random_init(family, rep, adata, folder):
     return GeneformerAdapter.load(ck)
 
 
-def _layer_correlations(adapter, adata, abs_coexpr: np.ndarray) -> list[float]:
+def _layer_correlations(
+    adapter, adata, abs_coexpr: np.ndarray, reading: dict | None = None
+) -> list[float]:
     """Spearman(|co-expression|, head-pooled attention) per layer, over the off-diagonal
-    gene pairs both matrices cover."""
+    gene pairs both matrices cover; attention read as the demo reads it
+    (``ATTENTION_READING``) unless ``reading`` says otherwise."""
     out = []
-    for e in extract_attention_edges(adapter, adata, per_head=False, progress=False):
+    kw = ATTENTION_READING if reading is None else reading
+    for e in extract_attention_edges(adapter, adata, per_head=False, progress=False, **kw):
         ok = np.isfinite(e.scores) & np.isfinite(abs_coexpr)
         np.fill_diagonal(ok, False)
         out.append(float(spearmanr(e.scores[ok], abs_coexpr[ok])[0]))
     return out
 
 
+def test_relative_reading_removes_the_cell_length_confound(adata, tmp_path):
+    """At random initialisation Geneformer's attention is nearly uniform, ≈ 1/T for a cell
+    of T tokens; averaged over the cells where two genes are co-present, plain softmax
+    attention then tracks which cells those are, which is related to co-expression. The
+    demo's reading (attention relative to uniform, then the average product correction)
+    leaves a random-initialised model with no relation to |co-expression|."""
+    ids = list(adata.var["ensembl_id"])
+    ck = build_geneformer_checkpoint(
+        tmp_path / "gf", ids, dict(zip(ids, gene_medians_from_counts(adata))),
+        hidden_size=64, n_layers=2, n_heads=4, intermediate_size=128, seed=0,
+    )  # fmt: skip
+    model = GeneformerAdapter.load(ck)
+    abs_co = np.abs(coexpression(adata, method="spearman").scores)
+    plain = _layer_correlations(model, adata, abs_co, reading={"score": "softmax"})
+    demo = _layer_correlations(model, adata, abs_co)
+    print(f"random-init Geneformer: plain softmax {np.round(plain, 3).tolist()}, "
+          f"demo reading {np.round(demo, 3).tolist()}")  # fmt: skip
+    assert min(plain) > 0.15  # the confound: no training, yet a relation
+    assert max(abs(r) for r in demo) < 0.1
+
+
+def _best_layer_margin(family, model, params, adata, folder) -> tuple[float, list, list]:
+    abs_co = np.abs(coexpression(adata, method="spearman").scores)
+    trained = _layer_correlations(model, adata, abs_co)
+    random = _layer_correlations(
+        _random_init(family, SimpleNamespace(params=params), adata, folder), adata, abs_co
+    )
+    return max(trained) - max(random), trained, random
+
+
+# The acceptance models (both families × seeds 0 / 1 / 2) take ~5 minutes to train on two
+# cores, so they are kept as test data, made by ``tests/data/issue10_models/make.py`` with
+# this module's benchmark and settings. They are tied to the training code by (a) the
+# suite's own seed-0 training, which must give bitwise the shipped seed-0 weights, and
+# (b) re-training the first steps of every seed, which must give the logged losses.
+ISSUE10 = Path(__file__).parent / "data" / "issue10_models"
+_ADAPTERS = {"scgpt": ScGPTAdapter, "geneformer": GeneformerAdapter}
+
+
+def _shipped(family: str, seed: int):
+    folder = ISSUE10 / f"{family}_{seed}"
+    return _ADAPTERS[family].load(folder), json.loads((folder / LOG_FILE).read_text())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seed0_training_gives_the_shipped_acceptance_weights(runs, family):
+    """The suite trains seed 0 anyway (above): on the torch build that made the shipped
+    checkpoints its weights are bitwise theirs."""
+    shipped, log = _shipped(family, 0)
+    if log["torch_version"] != torch.__version__:
+        pytest.skip(f"shipped on torch {log['torch_version']}, running {torch.__version__}")
+    a = runs[family].adapter.module.state_dict()
+    b = shipped.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
+    assert runs[family].loss_per_step == log["loss_per_step"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shipped_acceptance_models_are_this_training(benchmarks, tmp_path, family, seed):
+    """Each shipped acceptance model was trained with this module's settings and seed:
+    re-training its first steps gives its logged losses."""
+    _, log = _shipped(family, seed)
+    fn, kw = (train_scgpt_demo, SCGPT_TRAIN) if family == "scgpt" else (
+        train_geneformer_demo, GF_TRAIN)  # fmt: skip
+    assert {k: log["params"][k] for k in kw} == kw and log["params"]["seed"] == seed
+    assert log["complete"] and log["n_cells"] == SIM["n_cells"]
+    rep = fn(benchmarks(seed), tmp_path / "m", **kw, seed=seed, max_steps=3, progress=False)
+    assert rep.loss_per_step == pytest.approx(log["loss_per_step"][:3], rel=1e-5)
+    assert rep.baseline_loss == pytest.approx(log["baseline_loss"], rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "family",
     [
-        "scgpt",
         pytest.param(
-            "geneformer",
+            "scgpt",
             marks=pytest.mark.xfail(
-                strict=False,
-                reason="measured: masked-gene-modelling attention does not learn "
-                "co-expression at demo budgets (max |r| trained ≈ 0.03–0.05 vs random "
-                "0.04–0.07); see the module docstring",
+                strict=True,
+                reason="measured (demo reading): best-layer margin over random init +0.08 / "
+                "+0.41 / +0.30 for seeds 0 / 1 / 2 (criterion 0.2 on every seed); see the "
+                "module docstring",
             ),
         ),
+        "geneformer",
     ],
 )
-def test_trained_attention_relates_to_coexpression(adata, runs, family, tmp_path):
-    rep = runs[family]
-    abs_co = np.abs(coexpression(adata, method="spearman").scores)
-    trained = _layer_correlations(rep.adapter, adata, abs_co)
-    random = _layer_correlations(_random_init(family, rep, adata, tmp_path), adata, abs_co)
-    best_t, best_r = max(map(abs, trained)), max(map(abs, random))
-    print(
-        f"\n{family}: Spearman(|co-expression|, attention) per layer\n"
-        f"  trained: {np.round(trained, 3).tolist()} (max |r| {best_t:.3f}, "
-        f"mean over layers {np.mean(trained):+.3f})\n"
-        f"  random : {np.round(random, 3).tolist()} (max |r| {best_r:.3f}, "
-        f"mean over layers {np.mean(random):+.3f})"
-    )
-    assert best_t - best_r > 0.1
+def test_trained_attention_relates_to_coexpression(benchmarks, tmp_path, family):
+    """Issue 10 acceptance, over three seeds: best layer's Spearman(|co-expression|,
+    attention read as the demo reads it) exceeds random init's by ≥ 0.2, and the
+    held-out masked loss beats the context-free baseline."""
+    rows = []
+    for seed in SEEDS:
+        adata = benchmarks(seed)
+        model, log = _shipped(family, seed)
+        margin, tr, rn = _best_layer_margin(family, model, log["params"], adata,
+                                            tmp_path / str(seed))  # fmt: skip
+        loss, baseline = log["eval_loss_final"], log["baseline_loss"]
+        rows.append((seed, margin, loss, baseline))
+        print(
+            f"\n{family} seed {seed}: Spearman(|co-expression|, attention) per layer\n"
+            f"  trained: {np.round(tr, 3).tolist()} (best {max(tr):+.3f})\n"
+            f"  random : {np.round(rn, 3).tolist()} (best {max(rn):+.3f})  margin "
+            f"{margin:+.3f}\n  held-out loss {loss:.4g} vs {log['baseline']} "
+            f"{baseline:.4g} (chance {log['chance_loss']:.4g})"
+        )
+    for seed, margin, loss, baseline in rows:
+        assert loss < baseline, f"seed {seed}: held-out loss {loss:.4g} ≥ baseline {baseline:.4g}"
+        assert margin >= 0.2, f"seed {seed}: best-layer margin {margin:+.3f} < 0.2"

@@ -1,7 +1,8 @@
 """scfm-audit: audit the mechanistic interpretability of single-cell foundation models.
 
 ``import scfm_audit as sa`` gives the layers as sub-modules (``sa.data``, ``sa.edges``,
-``sa.models``, ``sa.evaluate``, ``sa.stats``, ``sa.pipeline``, ``sa.report``), imported on
+``sa.models``, ``sa.stats``, ``sa.evaluate``, ``sa.analyses``, ``sa.pipeline``,
+``sa.report``), imported on
 first use, and the runner as ``sa.run_audit``.
 """
 
@@ -11,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "edges", "models", "evaluate", "stats", "pipeline", "report")
+_SUBMODULES = ("data", "edges", "models", "stats", "evaluate", "analyses", "pipeline", "report")
 
 __all__ = [*_SUBMODULES, "__version__", "run_audit"]
 

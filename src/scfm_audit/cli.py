@@ -76,6 +76,8 @@ def _clean_errors() -> Iterator[None]:
 
 
 def _finish(run, started: float) -> None:
+    import pandas as pd
+
     tests = run.tests
     n_sig = int((tests["q"] < run.alpha).sum()) if len(tests) else 0
     console.print(
@@ -85,16 +87,21 @@ def _finish(run, started: float) -> None:
     sc = run.verdicts()
     if len(sc):
         t = Table(title="Scorecard", show_lines=False)
-        for c in ("claim", "dataset", "answer", "q", "effect"):
+        for c in ("claim", "dataset", "answer", "q", "estimate [95% CI]", "layer"):
             t.add_column(c)
+        colours = {"yes": "green", "opposite": "magenta", "no evidence": "red"}
         for r in sc.itertuples():
-            colour = {"yes": "green", "no": "red"}.get(r.answer, "yellow")
+            colour = colours.get(r.answer, "yellow")
+            est = "" if pd.isna(r.effect) else f"{r.effect_name} {r.effect:.3f}"
+            if not (pd.isna(r.ci_low) or pd.isna(r.ci_high)):
+                est += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             t.add_row(
                 escape(r.claim),
                 escape(str(r.dataset)),
-                f"[{colour}]{r.answer}[/]",
+                f"[{colour}]{r.answer}[/]" + (f"\n[dim]{escape(r.reason)}[/]" if r.reason else ""),
                 f"{r.q:.3g}",
-                f"{r.effect:.3f}",
+                escape(est),
+                "" if pd.isna(r.layer) else str(int(r.layer)),
             )
         console.print(t)
     console.print(f"report: [bold]{escape(str(run.output / 'report.html'))}[/]")
@@ -118,11 +125,15 @@ def demo(
         False, "--no-models", help="Skip the trained demo models (co-expression only)."
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+    retrain: bool = typer.Option(
+        False, "--retrain", help="Train the demo models instead of using the shipped ones."
+    ),
 ) -> None:
     """Run the whole framework on the built-in synthetic benchmark.
 
-    Trains small scGPT- and Geneformer-architecture models on the benchmark first (once;
-    they are kept in OUT/models in their real checkpoint layouts and reused)."""
+    Audits small scGPT- and Geneformer-architecture models of the benchmark: the shipped
+    checkpoints (trained once by `scfm-audit train-demo-models`), or with --retrain / --quick
+    models trained here (once; kept in OUT/models in their real layouts and reused)."""
     from scfm_audit.pipeline._demo import demo_config, ensure_demo_models
     from scfm_audit.pipeline._output import check_output_path
     from scfm_audit.pipeline._runner import run_audit
@@ -132,8 +143,8 @@ def demo(
         out = check_output_path(out)
         models = None
         if not no_models:
-            with console.status("training the demo models (first run only)"):
-                models = ensure_demo_models(out, quick=quick)
+            with console.status("preparing the demo models"):
+                models = ensure_demo_models(out, quick=quick, retrain=retrain)
         cfg = demo_config(out, quick=quick, models=models)
         run = run_audit(cfg, use_cache=not no_cache)
     _finish(run, started)
@@ -186,7 +197,7 @@ def analyses(
     name: str | None = typer.Argument(None, help="Show this analysis' parameters."),
 ) -> None:
     """List the analysis catalogue, or every parameter of one analysis."""
-    from scfm_audit.pipeline._analysis import ANALYSES, parameter_table
+    from scfm_audit.analyses._contract import ANALYSES, parameter_table
 
     if name is None:
         t = Table(title="Analyses (scfm-audit analyses NAME: its parameters)")
@@ -254,7 +265,7 @@ def train_demo_models_command(
 
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.models._train import LOG_FILE, train_demo_models
-    from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION
+    from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION, write_provenance
     from scfm_audit.pipeline._output import check_output_path
 
     started = time.perf_counter()
@@ -264,20 +275,23 @@ def train_demo_models_command(
         with console.status(f"simulating {sim['n_cells']} cells × {sim['n_genes']} genes"):
             bench = simulate_perturbseq(**sim)
         paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
+    command = f"scfm-audit train-demo-models --out {out.name} --seed {seed}"
+    write_provenance(out, quick=quick, seed=seed, command=command + (" --quick" if quick else ""))
     t = Table(title="Demo models")
     columns = ("model", "epochs", "steps", "loss: first → last epoch",
-               "masked loss: untrained → trained", "seconds")  # fmt: skip
+               "held-out masked loss: untrained → trained", "chance", "baseline",
+               "learned", "seconds")  # fmt: skip
     for c in columns:
         t.add_column(c)
     for family, path in paths.items():
         log = json.loads((Path(path) / LOG_FILE).read_text())
         losses = log["loss_per_epoch"]
-        budget = " (time budget hit)" if log["stopped_by_budget"] else ""
         t.add_row(
-            family, f"{log['epochs']}{budget}", str(log["steps"]),
+            family, str(log["epochs"]), str(log["steps"]),
             f"{losses[0]:.4g} → {losses[-1]:.4g}",
             f"{log['eval_loss_initial']:.4g} → {log['eval_loss_final']:.4g}",
-            f"{log['seconds']:.1f}",
+            f"{log['chance_loss']:.4g}", f"{log['baseline_loss']:.4g} ({log['baseline']})",
+            "yes" if log["learned"] else "NO", f"{log['seconds']:.1f}",
         )  # fmt: skip
     console.print(t)
     for family, path in paths.items():

@@ -21,7 +21,12 @@ __all__ = [
 
 def __getattr__(name: str):
     # attention extraction imports torch; keep `import scfm_audit.edges` light
-    if name in ("extract_attention_edges", "extract_attention_accumulator", "AttentionAccumulator"):
+    if name in (
+        "extract_attention_edges",
+        "extract_attention_accumulator",
+        "AttentionAccumulator",
+        "GroupedAttentionAccumulator",
+    ):
         from scfm_audit.edges import _attention
 
         return getattr(_attention, name)

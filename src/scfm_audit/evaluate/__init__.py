@@ -1,15 +1,12 @@
-"""Metrics and analyses. Importing this package registers every built-in analysis."""
+"""Pure kernels built on ``stats``: recovery of reference networks (candidate universe,
+two-way bootstrap, structure-preserving nulls). DE and regression kernels will live here
+too; the analyses that use them live in :mod:`scfm_audit.analyses`."""
 
-from scfm_audit.evaluate import _grn_recovery  # noqa: F401  (registers grn_recovery)
-from scfm_audit.evaluate._grn_recovery import edge_recovery
-from scfm_audit.evaluate._metrics import auprc, auroc, early_precision_ratio
-from scfm_audit.evaluate._recovery import candidate_pairs, clustered_auroc_bootstrap
+from scfm_audit.evaluate._recovery import (
+    candidate_pairs,
+    edge_recovery,
+    vertex_bootstrap_auroc,
+    weighted_auroc,
+)
 
-__all__ = [
-    "auprc",
-    "auroc",
-    "candidate_pairs",
-    "clustered_auroc_bootstrap",
-    "early_precision_ratio",
-    "edge_recovery",
-]
+__all__ = ["candidate_pairs", "edge_recovery", "vertex_bootstrap_auroc", "weighted_auroc"]

@@ -14,6 +14,7 @@ NaN scores (a pair never co-observed) rank below every real score: no evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from scipy.stats import rankdata
 
 from scfm_audit.data._network import ReferenceNetwork
 from scfm_audit.edges._scores import EdgeScores
+from scfm_audit.stats._metrics import auprc, early_precision_ratio
 
 
 @dataclass
@@ -104,48 +106,280 @@ def auroc_from_ranks(ranks: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def clustered_auroc_bootstrap(
+def rank_matrix(ranks: np.ndarray, pairs: CandidatePairs) -> np.ndarray:
+    """The candidate pairs' ranks as a ``genes × genes`` matrix (0 outside the universe;
+    undirected pairs are written both ways), so that a relabelled reference's rank sum is a
+    gather: ``R[π(s), π(t)]``."""
+    n = len(pairs.genes)
+    R = np.zeros((n, n))
+    R[pairs.source, pairs.target] = ranks
+    if not pairs.directed:
+        R[pairs.target, pairs.source] = ranks
+    return R
+
+
+def gene_roles(pairs: CandidatePairs, *, match: str = "degree") -> np.ndarray:
+    """Exchangeability classes of the genes for a node-label permutation null.
+
+    ``match="role"``: genes are exchangeable within their role: directed references —
+    candidate sources (rows of the universe) among themselves, every other gene among
+    the others; undirected — reference genes among themselves. Relabelling within roles
+    keeps the candidate universe and the whole graph (an isomorphic copy).
+    ``match="degree"``: additionally within equal degree (directed: equal out- and
+    in-degree among the candidate pairs; undirected: equal degree), so every gene keeps
+    its own degree too. Output: an integer class per gene of ``pairs.genes``.
+    """
+    n = len(pairs.genes)
+    role = np.zeros(n, dtype=np.int64)
+    role[np.unique(pairs.source)] = 1
+    if not pairs.directed:
+        role[np.unique(pairs.target)] = 1
+    if match == "role":
+        return role
+    if match != "degree":
+        raise ValueError(f"match must be 'role' or 'degree', got {match!r}")
+    s, t = pairs.source[pairs.label], pairs.target[pairs.label]
+    if pairs.directed:
+        out_deg = np.bincount(s, minlength=n)
+        in_deg = np.bincount(t, minlength=n)
+    else:
+        out_deg = np.bincount(np.concatenate([s, t]), minlength=n)
+        in_deg = np.zeros(n, dtype=np.int64)
+    key = np.stack([role, out_deg, in_deg], axis=1)
+    return np.unique(key, axis=0, return_inverse=True)[1].ravel()
+
+
+def relabelled_auroc_null(R: np.ndarray, pairs: CandidatePairs, perms: np.ndarray) -> np.ndarray:
+    """AUROC of the reference relabelled by each permutation: ``perms`` ``(B, n)`` from
+    :func:`~scfm_audit.stats._montecarlo.permute_within_classes` over :func:`gene_roles`
+    (which keeps the candidate universe, so positives and negatives keep their numbers).
+    Output ``(B,)``."""
+    s, t = pairs.source[pairs.label], pairs.target[pairs.label]
+    n1 = pairs.n_pos
+    n0 = len(pairs) - n1
+    out = np.empty(len(perms))
+    step = max(1, (1 << 22) // max(n1, 1))
+    for a in range(0, len(perms), step):
+        P = perms[a : a + step]
+        out[a : a + step] = R[P[:, s], P[:, t]].sum(axis=1)
+    return (out - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def vertex_bootstrap_auroc(
     scores: np.ndarray,
-    label: np.ndarray,
-    cluster: np.ndarray,
+    pairs: CandidatePairs,
     *,
     n_boot: int,
     seed: int,
     ci: float = 0.95,
 ) -> tuple[float, float, np.ndarray]:
-    """Percentile CI of AUROC under a cluster bootstrap (resample whole clusters — e.g.
-    all candidate pairs of one TF — with replacement).
+    """Percentile CI of AUROC under a two-way (vertex) bootstrap that resamples genes on
+    both sides of every pair.
 
-    Exact and fast: with cluster multiplicities w, the resampled AUROC is
-    ``w_posᵀ M w / (Σ w·n1_c · Σ w·n0_c)`` where ``M[c, d]`` = Σ over positives i in cluster
-    c and negatives j in cluster d of H(x_i − x_j) (H = 1, ½ on ties, 0). ``M`` is built
-    once by sorting, so each draw is one small matrix–vector product.
+    Each draw gives every gene a multiplicity ``w_g`` (multinomial within its role:
+    candidate sources, other genes; undirected: reference genes), and pair ``(s, t)``
+    the weight ``w_s · w_t``. A gene keeps one multiplicity in both roles, so the
+    dependence among pairs sharing a hub TF *or* a hub target is resampled, not only the
+    sources' (the source-cluster bootstrap under-covered on hub-structured references).
+    The weighted AUROC counts tied scores ½; NaN scores rank lowest.
+    Output: ``(low, high, draws)``.
     """
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    codes, cl = np.unique(cluster, return_inverse=True)
-    C = len(codes)
-    pos_mask = label.astype(bool)
-    neg_s, neg_c = s[~pos_mask], cl[~pos_mask]
-    pos_s, pos_c = s[pos_mask], cl[pos_mask]
-    M = np.zeros((C, C))
-    for d in range(C):
-        nd = np.sort(neg_s[neg_c == d])
-        if len(nd) == 0:
-            continue
-        below = np.searchsorted(nd, pos_s, side="left")
-        tied = np.searchsorted(nd, pos_s, side="right") - below
-        np.add.at(M[:, d], pos_c, below + 0.5 * tied)
-    n1c = np.bincount(pos_c, minlength=C).astype(float)
-    n0c = np.bincount(neg_c, minlength=C).astype(float)
+    role = gene_roles(pairs, match="role")
+    n = len(pairs.genes)
+    strata = [np.flatnonzero(role == r) for r in np.unique(role)]
     rng = np.random.default_rng(seed)
-    W = rng.multinomial(C, np.full(C, 1.0 / C), size=n_boot).astype(float)  # (B, C)
-    num = np.einsum("bc,cd,bd->b", W, M, W)
-    den = (W @ n1c) * (W @ n0c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dist = num / den
+    sorted_ = _SortedScores(scores, pairs.label)
+    src, tgt = pairs.source[sorted_.order], pairs.target[sorted_.order]
+    dist = np.empty(n_boot)
+    batch = max(1, (1 << 22) // max(len(scores), 1))
+    for a in range(0, n_boot, batch):
+        b = min(batch, n_boot - a)
+        w = np.zeros((b, n))
+        for idx in strata:
+            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
+        dist[a : a + b] = sorted_.weighted_auroc(w[:, src] * w[:, tgt])
     dist = dist[np.isfinite(dist)]
     if len(dist) == 0:
         return float("nan"), float("nan"), dist
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(dist, [a, 1 - a])
+    lo, hi = np.quantile(dist, [(1 - ci) / 2, (1 + ci) / 2])
     return float(lo), float(hi), dist
+
+
+class _SortedScores:
+    """Scores sorted once (NaN lowest) with their tie groups, for many weighted AUROCs."""
+
+    def __init__(self, scores: np.ndarray, label: np.ndarray) -> None:
+        s = np.where(np.isnan(scores), -np.inf, scores)
+        self.order = np.argsort(s, kind="stable")
+        s_sorted = s[self.order]
+        self.starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        self.pos = label[self.order].astype(float)
+
+    def weighted_auroc(self, W: np.ndarray) -> np.ndarray:
+        """AUROC with case weights ``W`` ``(b, n)`` given in sorted order: Σ over
+        positive–negative pairs of ``W_i W_j`` (½ on tied scores) over ``ΣW_pos · ΣW_neg``."""
+        gp = np.add.reduceat(W * self.pos, self.starts, axis=1)
+        gn = np.add.reduceat(W * (1 - self.pos), self.starts, axis=1)
+        below = np.cumsum(gn, axis=1) - gn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (gp * (below + 0.5 * gn)).sum(1) / (gp.sum(1) * gn.sum(1))
+
+
+def weighted_auroc(scores: np.ndarray, label: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of ``scores`` with case weights, for each row of ``weights`` ``(b, n)`` (or
+    ``(n,)``): equal to the AUROC of the data with case ``i`` repeated ``weights[i]`` times.
+    NaN scores rank lowest; ties count ½."""
+    srt = _SortedScores(np.asarray(scores, float), np.asarray(label, bool))
+    W = np.atleast_2d(np.asarray(weights, float))[:, srt.order]
+    out = srt.weighted_auroc(W)
+    return out if np.ndim(weights) == 2 else out[0]
+
+
+# ------------------------------------------------------------------ recovery tests
+NullName = Literal["degree_permutation", "node_permutation", "rewiring"]
+
+NULL_H0 = {
+    "degree_permutation": "reference genes exchangeable with data genes of the same role and "
+    "degree (whole graph relabelled; hubs and every gene's degree kept)",
+    "node_permutation": "reference genes exchangeable with data genes of the same role (whole "
+    "graph relabelled; hub structure kept)",
+    "rewiring": "reference is a uniform draw among networks with its degree sequence "
+    "(Curveball rewiring)",
+    "label_shuffle": "reference labels exchangeable across candidate pairs (ignores the "
+    "dependence among edges sharing a gene)",
+}
+
+
+def _rewired_auroc_sampler(R: np.ndarray, pairs: CandidatePairs, seed: int):
+    """``draw(k, rng)`` giving the AUROCs of ``k`` more degree-preserving rewirings of the
+    positives. All draws come from one Besag–Clifford hub (parallel Curveball chains), so
+    that every draw, however many stages ask for them, is exchangeable with the reference
+    under H0."""
+    from itertools import islice
+
+    from scfm_audit.stats._rewire import rewire_labels, rewire_undirected
+
+    n = len(pairs.genes)
+    n1 = pairs.n_pos
+    n0 = len(pairs) - n1
+    src, tgt = pairs.source[pairs.label], pairs.target[pairs.label]
+    big = 1 << 40  # the chain is lazy: draws are made only when asked for
+    if pairs.directed:
+        labs = rewire_labels(src, tgt, n, n, n_draws=big, seed=seed, forbid_self_loops=True)
+        stream = (R[lab].sum() for lab in labs)
+    else:
+        stream = (R[a, b].sum() for a, b in rewire_undirected(src, tgt, n, n_draws=big, seed=seed))
+
+    def draw(k: int, rng: np.random.Generator) -> np.ndarray:
+        sums = np.fromiter(islice(stream, k), float, count=k)
+        return (sums - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+    return draw
+
+
+def _not_assessable(s: np.ndarray, y: np.ndarray) -> str | None:
+    finite = np.isfinite(s)
+    if not finite[y].any():
+        return "no reference edge has a score (e.g. its regulators have zero variance)"
+    if np.unique(s[finite]).size < 2:
+        return "every scored pair has the same score"
+    return None
+
+
+def edge_recovery(
+    scores: EdgeScores,
+    pairs: CandidatePairs,
+    *,
+    n_boot: int = 1000,
+    n_perm: int = 999,
+    n_perm_max: int = 19_999,
+    n_rewire: int = 0,
+    null: NullName = "degree_permutation",
+    transform: str = "abs",
+    seed: int = 0,
+) -> dict:
+    """Recovery metrics and null tests of one score set on one candidate universe.
+
+    Returns a dict: ``auroc`` with ``auroc_ci_low/high`` (two-way vertex bootstrap),
+    ``auprc``, ``positive_rate``, ``epr``, ``n_candidates``, ``n_positives``,
+    ``n_scored`` (non-NaN); the verdict test: ``p`` (two-sided, under ``null``), ``null``
+    (its name), ``p_floor`` (smallest p its draws allow), ``n_null_draws``, ``auroc_null_mean``;
+    and every null's two-sided p: ``p_degree_permutation``, ``p_node_permutation``,
+    ``p_rewire`` (NaN when ``n_rewire`` = 0 and it is not the verdict null),
+    ``p_shuffle``; the draws as ``null_<name>``. ``not_assessable`` gives the reason when
+    nothing can be tested (then every p is NaN).
+    """
+    from scfm_audit.stats._montecarlo import adaptive_mc_pvalue, permute_within_classes
+    from scfm_audit.stats._resampling import label_permutation_auroc
+
+    s = pair_scores(scores, pairs, transform=transform)
+    y = pairs.label
+    ranks = nan_lowest_ranks(s)
+    auc = auroc_from_ranks(ranks, y)
+    s_fill = np.where(np.isnan(s), -np.inf, s)
+    nan = float("nan")
+    out = {
+        "auroc": auc,
+        "auroc_ci_low": nan,
+        "auroc_ci_high": nan,
+        "auprc": float(auprc(y, np.where(np.isnan(s), np.nanmin(s) - 1, s)))
+        if np.isfinite(s).any()
+        else nan,
+        "positive_rate": float(y.mean()),
+        "epr": float(early_precision_ratio(y, s_fill)),
+        "n_candidates": len(y),
+        "n_positives": int(y.sum()),
+        "n_scored": int((~np.isnan(s)).sum()),
+        "p": nan,
+        "null": null,
+        "p_floor": nan,
+        "n_null_draws": 0,
+        "auroc_null_mean": nan,
+        "p_degree_permutation": nan,
+        "p_node_permutation": nan,
+        "p_rewire": nan,
+        "p_shuffle": nan,
+        "not_assessable": _not_assessable(s, y),
+    }
+    if out["not_assessable"]:
+        return out
+    lo, hi, _ = vertex_bootstrap_auroc(s, pairs, n_boot=n_boot, seed=seed)
+    out.update(auroc_ci_low=lo, auroc_ci_high=hi)
+    R = rank_matrix(ranks, pairs)
+    perm = label_permutation_auroc(y, s_fill, n_perm=n_perm, seed=seed + 1, alternative="two-sided")
+    out["p_shuffle"] = float(perm.p)
+    out["null_label_shuffle"] = perm.null
+
+    def relabel(match: str):
+        classes = gene_roles(pairs, match=match)
+        return lambda k, rng: relabelled_auroc_null(
+            R, pairs, permute_within_classes(classes, k, rng)
+        )
+
+    samplers = {
+        "degree_permutation": relabel("degree"),
+        "node_permutation": relabel("role"),
+        "rewiring": _rewired_auroc_sampler(R, pairs, seed + 5),
+    }
+    p_keys = {
+        "degree_permutation": "p_degree_permutation",
+        "node_permutation": "p_node_permutation",
+        "rewiring": "p_rewire",
+    }
+    for i, (name, sampler) in enumerate(samplers.items()):
+        verdict = name == null
+        if name == "rewiring" and not verdict and n_rewire == 0:
+            continue
+        first = n_rewire if name == "rewiring" and n_rewire else n_perm
+        stages = (first, max(n_perm_max, first + 1)) if verdict and n_perm_max > first else (first,)
+        mc = adaptive_mc_pvalue(sampler, auc, stages=stages, seed=seed + 2 + i)
+        out[p_keys[name]] = mc.p
+        out[f"null_{name}"] = mc.null
+        if verdict:
+            out.update(
+                p=mc.p,
+                p_floor=mc.p_floor,
+                n_null_draws=mc.n_draws,
+                auroc_null_mean=float(mc.null.mean()),
+            )
+    return out

@@ -1,6 +1,6 @@
 """Config, artifact cache and runner."""
 
-from scfm_audit.pipeline._analysis import (
+from scfm_audit.analyses._contract import (
     ANALYSES,
     AnalysisParams,
     AnalysisResult,

@@ -169,7 +169,7 @@ class AuditConfig(_Strict):
 
     def analysis_params(self) -> dict[str, Any]:
         """Validated parameter objects per analysis (raises ConfigError)."""
-        from scfm_audit.pipeline._analysis import ANALYSES
+        from scfm_audit.analyses._contract import ANALYSES
 
         out, errors = {}, []
         for name, raw in self.analyses.items():

@@ -37,7 +37,7 @@ import pandas as pd
 from rich.markup import escape
 
 from scfm_audit import __version__
-from scfm_audit.pipeline._analysis import ANALYSES, AnalysisResult, AnalysisSpec
+from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
     AuditConfig,
@@ -315,7 +315,7 @@ class Progress:
 
 @dataclass
 class RunContext:
-    """The :class:`~scfm_audit.pipeline._analysis.AnalysisContext` the runner gives one
+    """The :class:`~scfm_audit.analyses._contract.AnalysisContext` the runner gives one
     analysis."""
 
     analysis: str
@@ -395,47 +395,87 @@ class RunResult:
     cache_hits: list[str] = field(default_factory=list)
     cache_misses: list[str] = field(default_factory=list)
     total_seconds: float | None = None
+    #: models whose training log says they did not learn (name -> why): their claims are n/a
+    unlearned_models: dict[str, str] = field(default_factory=dict)
 
     def verdicts(self) -> pd.DataFrame:
-        """Scorecard rows: claim, model, dataset, answer, q, effect (after BH)."""
+        """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
+        no evidence / n/a) from its test's run-wide BH q, the estimate with its CI on its
+        natural scale, the layer it rests on and why, and the reason for an n/a."""
+        from scfm_audit.stats._verdict import four_valued_answer
+
         tests = self.tests
         rows = []
         for name, res in self.results.items():
             for v in res.verdicts:
+                rec = v.record
                 match = tests[
-                    (tests["analysis"] == v.record.analysis)
-                    & (tests["hypothesis"] == v.record.hypothesis)
+                    (tests["analysis"] == rec.analysis) & (tests["hypothesis"] == rec.hypothesis)
                 ]
                 for col in ("model", "dataset", "reference", "method", "layer", "head"):
-                    val = getattr(v.record, col)
+                    val = getattr(rec, col)
                     match = match[match[col].isna()] if val is None else match[match[col] == val]
                 q = float(match["q"].iloc[0]) if len(match) else float("nan")
-                rec = v.record
-                ok = (not np.isnan(q)) and q < self.alpha and _effect_in_direction(rec)
+                model = v.model or rec.model
+                if model in self.unlearned_models:  # nothing learned: attention says nothing
+                    q = float("nan")
+                answer, reason = four_valued_answer(
+                    p=rec.p,
+                    q=q,
+                    alpha=self.alpha,
+                    effect=rec.effect,
+                    null_value=rec.null_value,
+                    claimed=v.direction,
+                    p_floor=rec.p_floor,
+                    reason=self.unlearned_models.get(model)
+                    or v.reason
+                    or str(rec.extra.get("reason") or ""),
+                )
                 rows.append(
                     {
                         "analysis": name,
                         "claim": v.claim,
-                        "model": v.model or rec.model,
+                        "model": model,
                         "dataset": v.dataset or rec.dataset,
                         "reference": rec.reference,
-                        "answer": "n/a" if np.isnan(q) else ("yes" if ok else "no"),
+                        "answer": answer,
+                        "reason": reason,
                         "q": q,
                         "p": rec.p,
                         "effect_name": rec.effect_name,
                         "effect": rec.effect,
                         "ci_low": rec.ci_low,
                         "ci_high": rec.ci_high,
+                        "null_value": rec.null_value,
+                        "layer": rec.layer,
+                        "layer_choice": v.layer_choice,
                         "test": rec.test,
+                        "null_name": rec.null_name,
                     }
                 )
         return pd.DataFrame(rows)
 
 
-def _effect_in_direction(rec: TestRecord) -> bool:
-    if rec.direction == "two-sided" or np.isnan(rec.effect):
-        return True
-    return rec.effect > 0 if rec.direction == "greater" else rec.effect < 0
+def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
+    """Models trained by scfm-audit whose ``train_log.json`` says they did not beat their
+    chance or baseline loss on held-out cells; what their internals show is not assessable."""
+    from scfm_audit.models._train import LOG_FILE
+
+    out = {}
+    for name, m in cfg.models.items():
+        p = Path(m.path) / LOG_FILE
+        try:
+            tlog = json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            tlog = None
+        if tlog is not None and tlog.get("learned") is False:
+            out[name] = (
+                f"model {name} did not learn in training (held-out loss "
+                f"{tlog.get('eval_loss_final', float('nan')):.4g}, chance "
+                f"{tlog.get('chance_loss', float('nan')):.4g}, baseline "
+                f"{tlog.get('baseline_loss', float('nan')):.4g}; see {LOG_FILE})"
+            )
+    return out
 
 
 class RunFailedError(RuntimeError):
@@ -541,6 +581,7 @@ def _run_analyses(
         alpha=cfg.alpha,
         cache_hits=list(resources.cache.hits),
         cache_misses=list(resources.cache.misses),
+        unlearned_models=_unlearned_models(cfg),
     )
 
 

@@ -6,6 +6,7 @@ from scfm_audit.report._figures import (
     head_heatmap,
     metric_by_layer_figure,
     null_distribution_figure,
+    nulls_figure,
     roc_pr_figure,
 )
 from scfm_audit.report._html import render_report
@@ -16,6 +17,7 @@ __all__ = [
     "head_heatmap",
     "metric_by_layer_figure",
     "null_distribution_figure",
+    "nulls_figure",
     "render_report",
     "roc_pr_figure",
 ]

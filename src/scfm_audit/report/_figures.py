@@ -594,3 +594,94 @@ def forest_figure(
         )
     ax.set_title(title or f"{_pretty(effect)} with CI")
     return fig
+
+
+def nulls_figure(
+    panels: dict[str, tuple[float, dict[str, np.ndarray]]],
+    *,
+    title: str | None = None,
+    xlabel: str = "AUROC",
+    chance: float | None = 0.5,
+) -> Figure:
+    """Several null distributions of one statistic against its observed value, one panel
+    per score set: ``panels[label] = (observed, {null name: draws})``. Nulls are drawn as
+    density outlines on a shared x-axis, so a null that is too narrow (e.g. a label
+    shuffle that ignores dependent edges) is visible at a glance."""
+    k = max(1, len(panels))
+    cols = min(k, 3)
+    rows = -(-k // cols)
+    fig = _new_figure(3.6 * cols, 2.9 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True)).ravel()
+    allv = [obs for obs, _ in panels.values()] + [
+        v for _, d in panels.values() for z in d.values() for v in np.asarray(z)[np.isfinite(z)]
+    ]
+    lo, hi = (min(allv), max(allv)) if allv else (0.0, 1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    bins = np.linspace(lo - pad, hi + pad, 60)
+    for ax, (label, (observed, nulls)) in zip(axes, panels.items()):
+        for i, (name, draws) in enumerate(nulls.items()):
+            z = np.asarray(draws, dtype=float)
+            z = z[np.isfinite(z)]
+            if z.size:
+                ax.hist(
+                    z,
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.4,
+                    color=PALETTE[i % len(PALETTE)],
+                    label=f"{_pretty(name)} ({z.size:,})",
+                )
+        if chance is not None:
+            ax.axvline(chance, color="0.6", linestyle=":", linewidth=1)
+        ax.axvline(observed, color="black", linewidth=2, label=f"observed {observed:.3f}")
+        ax.set_title(label, fontsize=9)
+        ax.set_yticks([])
+        ax.legend(fontsize=6.5, frameon=True, framealpha=0.9, loc="upper left")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel(xlabel)
+    fig.suptitle(title or "null distributions", fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------ attention vs co-expression
+def hexbin_figure(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    gridsize: int = 40,
+    max_cols: int = 4,
+) -> Figure:
+    """One hexbin panel per entry of ``panels`` (``name -> (x, y)``, e.g. per layer:
+    |co-expression| against attention over every gene pair), log-scaled counts, with each
+    panel's Spearman ρ in its title. Returns a matplotlib Figure."""
+    from scipy.stats import spearmanr
+
+    names = list(panels)
+    n = max(1, len(names))
+    cols = min(max_cols, n)
+    rows = -(-n // cols)
+    fig = _new_figure(2.6 * cols + 0.6, 2.4 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        x, y = (np.asarray(v, float) for v in panels[name])
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if len(x) < 2:
+            ax.set_title(f"{name}: no data", fontsize=9)
+            continue
+        ax.hexbin(x, y, gridsize=gridsize, bins="log", cmap="viridis", mincnt=1)
+        rho = spearmanr(x, y).statistic
+        ax.set_title(f"{name}  (ρ = {rho:.2f}, {len(x):,} pairs)", fontsize=9)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[::cols]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title or f"{ylabel} vs {xlabel}", fontsize=10)
+    return fig

@@ -193,7 +193,8 @@ def _analysis_order(run: RunResult) -> list[str]:
 
 _BADGE = {
     "yes": ("yes", "✓ yes"),
-    "no": ("no", "✗ no"),
+    "opposite": ("opp", "⇄ opposite"),
+    "no evidence": ("no", "✗ no evidence"),
 }
 
 
@@ -210,23 +211,26 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
         answer = str(r.get("answer", "n/a"))
         cls, label = _BADGE.get(answer, ("na", "– n/a"))
         q = r.get("q")
-        opposite = answer == "no" and not _is_missing(q) and float(q) < run.alpha
         effect_name = "" if _is_missing(r.get("effect")) else (r.get("effect_name") or "effect")
+        layer = r.get("layer")
         groups.setdefault(key, []).append(
             {
                 "claim": str(r.get("claim", "")),
                 "answer": answer,
                 "badge_cls": cls,
                 "badge": label,
+                "reason": "" if _is_missing(r.get("reason")) else str(r.get("reason")),
                 "q": fmt_p(q),
                 "p": fmt_p(r.get("p")),
                 "effect_name": effect_name,
                 "effect": fmt_effect(r.get("effect"), r.get("ci_low"), r.get("ci_high")),
+                "null_value": "" if _is_missing(r.get("null_value")) else f"{r['null_value']:g}",
+                "layer": "" if _is_missing(layer) else str(int(layer)),
+                "layer_choice": str(r.get("layer_choice") or ""),
                 "test": str(r.get("test") or _MISSING),
                 "reference": _MISSING if _is_missing(r.get("reference")) else str(r["reference"]),
                 "analysis": str(r.get("analysis", "")),
                 "anchor": _slug(r.get("analysis", "")),
-                "opposite": opposite,
             }
         )
     out = [{"model": m, "dataset": d, "rows": rows} for (m, d), rows in groups.items()]
@@ -236,7 +240,8 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
         "error": None,
         "n": len(verdicts),
         "n_yes": counts.get("yes", 0),
-        "n_no": counts.get("no", 0),
+        "n_opposite": counts.get("opposite", 0),
+        "n_no": counts.get("no evidence", 0),
         "n_na": counts.get("n/a", 0),
     }
 
@@ -360,6 +365,20 @@ _TEST_COLS = ("hypothesis", "model", "dataset", "reference", "method", "layer", 
 _HOISTABLE = ("model", "dataset", "reference", "method", "layer", "head", "test", "null", "family")
 
 
+def _at_floor(r: dict[str, Any]) -> bool:
+    p, floor = r.get("p"), r.get("p_floor")
+    return not (_is_missing(p) or _is_missing(floor)) and float(p) <= float(floor) * (1 + 1e-9)
+
+
+def _nulls(t: pd.DataFrame) -> list[dict[str, str]]:
+    """Each null hypothesis the analysis' tests used, named once, with its statement."""
+    if "null" not in t:
+        return []
+    names = t["null_name"] if "null_name" in t else pd.Series("", index=t.index)
+    pairs = dict.fromkeys(zip(names.fillna("").astype(str), t["null"].fillna("").astype(str)))
+    return [{"name": n or "H0", "h0": h} for n, h in pairs if h]
+
+
 def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
     """The analysis' tests; columns that are empty for every test are dropped and those
     with one value for every test are stated once above the table."""
@@ -424,6 +443,7 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         {"text": "q < α", "cls": ""},
     ]
     rows = []
+    n_floor = 0
     for r in t.head(TESTS_MAX).to_dict("records"):
         cells = []
         for c in cols:
@@ -450,11 +470,17 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         if not eff_name and r.get("effect_name") and eff != _MISSING:
             eff = f"{r['effect_name']} = {eff}"
         passed = "n/a" if _is_missing(r.get("q")) else ("yes" if bool(r.get("passed")) else "no")
+        p_cell = {"text": fmt_p(r.get("p")), "cls": "num", "title": ""}
+        if _at_floor(r):
+            p_cell.update(
+                text=p_cell["text"] + " ▾", title="at its Monte-Carlo floor: true p ≤ this"
+            )
+            n_floor += 1
         cells += [
             {"text": stat, "cls": "num", "title": ""},
             *([] if natural else [{"text": eff, "cls": "num", "title": ""}]),
             _cell(r.get("n")),
-            {"text": fmt_p(r.get("p")), "cls": "num", "title": ""},
+            p_cell,
             {"text": fmt_p(r.get("q")), "cls": "num", "title": ""},
             *([_cell(r.get("family"))] if show_family else []),
             {"text": passed, "cls": f"passed-{passed.replace('/', '')}", "title": ""},
@@ -468,6 +494,8 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
         "rows": rows,
         "collapsed": n > TESTS_OPEN,
         "truncated": n > TESTS_MAX,
+        "n_floor": n_floor,
+        "nulls": _nulls(t),
         "max": TESTS_MAX,
     }
 
@@ -583,6 +611,20 @@ def _timings(run: RunResult) -> list[dict[str, str]]:
     return rows
 
 
+def _training(run: RunResult) -> list[dict[str, Any]]:
+    """Training curves of the run's models that scfm-audit trained (``train_log.json``)."""
+    from scfm_audit.report._training import training_summaries
+
+    try:
+        items = training_summaries(getattr(run.config, "models", None) or {})
+    except Exception as e:  # the block is optional: never lose the report over it
+        log.warning("model training block not rendered: %s", e)
+        return []
+    for m in items:
+        m["uri"] = _figure_uri(None, m.pop("figure"))
+    return items
+
+
 # ------------------------------------------------------------------------- render --
 def _template():
     import jinja2
@@ -631,6 +673,7 @@ def render_report(run: RunResult, path: str | Path) -> Path:
         cache=_cache_info(run),
         alpha=fmt_num(run.alpha),
         table_rows=TABLE_ROWS,
+        training=_training(run),
     )
     atomic_write_text(path, html)
     return path

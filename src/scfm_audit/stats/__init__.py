@@ -2,6 +2,7 @@
 
 from scfm_audit.stats._delong import DeLongResult, delong_auroc_var, delong_test
 from scfm_audit.stats._fdr import bh_fdr
+from scfm_audit.stats._montecarlo import MonteCarloP, adaptive_mc_pvalue, permute_within_classes
 from scfm_audit.stats._registry import TestRecord, TestRegistry
 from scfm_audit.stats._resampling import (
     BootstrapResult,
@@ -11,7 +12,7 @@ from scfm_audit.stats._resampling import (
     label_permutation_auroc,
     permutation_test,
 )
-from scfm_audit.stats._rewire import curveball, rewire_labels
+from scfm_audit.stats._rewire import curveball, rewire_labels, rewire_undirected
 from scfm_audit.stats._tests import (
     StatTestResult,
     cohens_d,
@@ -23,14 +24,18 @@ from scfm_audit.stats._tests import (
     spearman_trend,
     welch_t,
 )
+from scfm_audit.stats._verdict import ANSWERS, four_valued_answer
 
 __all__ = [
+    "ANSWERS",
     "BootstrapResult",
     "DeLongResult",
+    "MonteCarloP",
     "PermutationResult",
     "StatTestResult",
     "TestRecord",
     "TestRegistry",
+    "adaptive_mc_pvalue",
     "bh_fdr",
     "bootstrap_ci",
     "cohens_d",
@@ -39,12 +44,15 @@ __all__ = [
     "delong_test",
     "empirical_p",
     "fisher_exact",
+    "four_valued_answer",
     "label_permutation_auroc",
     "mann_whitney",
     "paired_wilcoxon",
     "partial_spearman",
     "permutation_test",
+    "permute_within_classes",
     "rewire_labels",
+    "rewire_undirected",
     "sign_test",
     "spearman_trend",
     "welch_t",

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
-from scfm_audit.evaluate._metrics import NanPolicy, _midranks, _prepare
+from scfm_audit.stats._metrics import NanPolicy, _midranks, _prepare
 
 __all__ = ["DeLongResult", "delong_auroc_var", "delong_test"]
 
@@ -47,7 +47,7 @@ def delong_auroc_var(
     """DeLong estimate of the sampling (co)variance of AUROC(s).
 
     Inputs: ``y`` binary labels ``(n,)``; ``scores`` ``(n,)`` or ``(n, k)``;
-    ``nan_policy`` as in :func:`scfm_audit.evaluate._metrics.auroc` (``"omit"`` drops rows
+    ``nan_policy`` as in :func:`scfm_audit.stats._metrics.auroc` (``"omit"`` drops rows
     with a NaN in any column).
 
     Output: the variance of the AUROC (float) for 1-D scores, or the ``(k, k)`` covariance
@@ -112,7 +112,7 @@ def delong_test(
 
     Inputs: ``y`` binary labels ``(n,)``; ``score_a``, ``score_b`` ``(n,)`` each; ``ci``
     level of the interval for the difference; ``nan_policy`` as in
-    :func:`scfm_audit.evaluate._metrics.auroc` (``"omit"`` drops the rows where either
+    :func:`scfm_audit.stats._metrics.auroc` (``"omit"`` drops the rows where either
     score is NaN, keeping the pairing).
 
     Output: :class:`DeLongResult`. NaN statistics when there are fewer than two positives

@@ -19,6 +19,7 @@ TEST_COLUMNS = (
     "analysis",
     "hypothesis",
     "test",
+    "null_name",
     "null",
     "model",
     "dataset",
@@ -32,7 +33,9 @@ TEST_COLUMNS = (
     "effect",
     "ci_low",
     "ci_high",
+    "null_value",
     "p",
+    "p_floor",
     "n",
     "direction",
     "family",
@@ -48,10 +51,14 @@ TEST_COLUMNS = (
 class TestRecord:
     """One statistical test.
 
-    ``p`` is the raw p-value of ``test`` under ``null``; ``direction`` is the alternative
-    ("greater": effect above null). ``effect`` is the effect size on its natural scale
-    (e.g. AUROC − 0.5, ΔAUROC, Cohen's d) with a CI (``ci_low``, ``ci_high``) when one was
-    computed. ``family`` is "confirmatory" (a pre-declared hypothesis that feeds a verdict)
+    ``p`` is the raw p-value of ``test`` under ``null`` (the H0 in words; ``null_name`` a
+    short name of the null model, e.g. "degree_permutation"); ``direction`` is the
+    alternative ("greater": effect above ``null_value``; "two-sided"). ``effect`` is the
+    effect on its natural scale (e.g. AUROC, ΔAUROC, Cohen's d) with a CI (``ci_low``,
+    ``ci_high``) when one was computed, and ``null_value`` its value under H0 (e.g. 0.5
+    for an AUROC, 0 for a difference). ``p_floor`` is the smallest p the test could give
+    (Monte-Carlo tests: ``1/(B+1)``, doubled when two-sided; NaN for analytic tests): a p
+    at its floor that is not significant after BH means "too few draws", not "no effect". ``family`` is "confirmatory" (a pre-declared hypothesis that feeds a verdict)
     or "descriptive". q-values are filled in by :meth:`TestRegistry.finalise`.
     """
 
@@ -68,6 +75,9 @@ class TestRecord:
     effect: float = math.nan
     ci_low: float = math.nan
     ci_high: float = math.nan
+    null_value: float = 0.0
+    null_name: str = ""
+    p_floor: float = math.nan
     n: int = 0
     direction: Direction = "greater"
     family: Family = "confirmatory"

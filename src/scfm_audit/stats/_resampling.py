@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.special import ndtr, ndtri
 
-from scfm_audit.evaluate._metrics import NanPolicy, _midranks, _prepare
+from scfm_audit.stats._metrics import NanPolicy, _midranks, _prepare
 
 Alternative = Literal["greater", "less", "two-sided"]
 Seed = int | np.random.SeedSequence | np.random.Generator
@@ -163,7 +163,7 @@ def label_permutation_auroc(
 
     Inputs: ``y`` binary labels ``(n,)``; ``scores`` ``(n,)`` or ``(n, k)``; ``n_perm``
     permutations; ``seed``; ``alternative``; ``nan_policy`` as in
-    :func:`scfm_audit.evaluate._metrics.auroc`.
+    :func:`scfm_audit.stats._metrics.auroc`.
 
     Algorithm: the scores are ranked once (average ranks); a permutation is a uniformly
     random choice of which ``n1`` positions carry the positive labels (sampled on the

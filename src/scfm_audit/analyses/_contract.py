@@ -67,7 +67,7 @@ def parameter_table(params: type[BaseModel]) -> list[dict[str, str]]:
     return rows
 
 
-ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.evaluate",))
+ANALYSES: Registry[AnalysisSpec] = Registry("analysis", modules=("scfm_audit.analyses",))
 
 
 def register_analysis(
@@ -101,12 +101,22 @@ def register_analysis(
 
 @dataclass
 class Verdict:
-    """One scorecard line: a claim answered by one registered test (after BH)."""
+    """One scorecard line: a claim answered by one registered test (after BH).
+
+    ``direction``: the direction the claim asserts ("greater": the effect lies above the
+    test's ``null_value``; "less"). The answer is four-valued (see
+    :func:`scfm_audit.stats.four_valued_answer`): a significant effect in the other
+    direction reads ``opposite``. ``layer_choice`` says which layer the claim rests on and
+    why; ``reason`` explains an ``n/a`` that the analysis knows of in advance.
+    """
 
     claim: str
     record: TestRecord
     model: str | None = None
     dataset: str | None = None
+    direction: str = "greater"
+    layer_choice: str = ""
+    reason: str = ""
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Shared plumbing of ``attention_vs_coexpression`` and ``gene_level_null``: the cells an
+edge source was computed on, gene statistics on those cells, score matrices built from
+candidate-pair vectors, and the stated layer choice behind a scorecard answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scfm_audit.evaluate._recovery import CandidatePairs
+
+
+def edge_cells(ctx: Any, edges: str, dataset: str) -> np.ndarray | None:
+    """Obs positions an edge source uses, when the context can tell (the runner's
+    ``Resources.edge_cells``: controls or all cells, subsampled with the run seed); None
+    otherwise."""
+    fn = getattr(ctx, "edge_cells", None)
+    if fn is None:
+        fn = getattr(getattr(ctx, "resources", None), "edge_cells", None)
+    return None if fn is None else np.asarray(fn(edges, dataset))
+
+
+def same_cells(ctx: Any, a: str, b: str, dataset: str, n_a: int, n_b: int) -> str | None:
+    """None when edge sources ``a`` and ``b`` were computed on the same cells of
+    ``dataset``, else the reason they were not (cell sets compared when the context exposes
+    them, otherwise the sources' ``n_cells``)."""
+    ca, cb = edge_cells(ctx, a, dataset), edge_cells(ctx, b, dataset)
+    if ca is not None and cb is not None:
+        if len(ca) == len(cb) and np.array_equal(ca, cb):
+            return None
+        shared = len(np.intersect1d(ca, cb))
+        return (
+            f"{a} uses {len(ca)} cells and {b} {len(cb)} ({shared} shared): give both edge "
+            "sources the same 'cells' and 'max_cells' so they use the same cells"
+        )
+    if n_a != n_b:
+        return f"{a} was computed on {n_a} cells and {b} on {n_b}"
+    return None
+
+
+def gene_stats(ctx: Any, edges: str, dataset: str) -> pd.DataFrame:
+    """Gene statistics (mean and variance of log1p-normalised expression, detection) on
+    the cells edge source ``edges`` used (all cells of the dataset if unknown)."""
+    from scfm_audit.edges._gene_level import gene_statistics
+
+    adata = ctx.dataset(dataset)
+    cells = edge_cells(ctx, edges, dataset)
+    spec_fn = getattr(ctx, "dataset_spec", None)
+    counts = spec_fn(dataset).counts if spec_fn is not None else "X"
+    sub = adata if cells is None else adata[cells]
+    return gene_statistics(sub, counts=counts)
+
+
+def scores_from_pairs(values: np.ndarray, pairs: CandidatePairs, method: str):
+    """An :class:`EdgeScores` holding ``values`` on the candidate pairs (NaN elsewhere;
+    undirected pairs written both ways), so recovery kernels can evaluate a pair vector."""
+    from scfm_audit.edges._scores import EdgeScores
+
+    n = len(pairs.genes)
+    m = np.full((n, n), np.nan)
+    m[pairs.source, pairs.target] = values
+    if not pairs.directed:
+        m[pairs.target, pairs.source] = values
+    return EdgeScores(m, pairs.genes, method=method, directed=pairs.directed)
+
+
+def choose_layer(
+    items: list[dict[str, Any]],
+    *,
+    verdict_layer: int | str,
+    key: Callable[[dict[str, Any]], float],
+    what: str,
+) -> tuple[dict[str, Any], float, float, str]:
+    """The layer behind a scorecard answer, from per-layer ``items`` (dicts with ``layer``,
+    ``p``, ``p_floor``): a layer fixed a priori (index; negative counts from the last), or
+    ``"best"`` by ``key`` with p and floor multiplied by the number of layers (Bonferroni,
+    valid whatever the selection rule). Unlayered: the single item. Returns
+    ``(item, p, p_floor, why)``."""
+    if len(items) == 1 and items[0]["layer"] is None:
+        it = items[0]
+        return it, it["p"], it["p_floor"], "unlayered source"
+    items = sorted(items, key=lambda x: x["layer"])
+    layers = [x["layer"] for x in items]
+    k = len(items)
+    if verdict_layer == "best":
+        vals = np.array([key(x) for x in items], dtype=float)
+        i = k - 1 if np.isnan(vals).all() else int(np.nanargmax(vals))
+        it = items[i]
+        why = f"best of {k} layers ({layers[0]}–{layers[-1]}) by {what}; p × {k} (Bonferroni)"
+        return it, min(1.0, it["p"] * k), min(1.0, it["p_floor"] * k), why
+    try:
+        it = items[layers.index(layers[int(verdict_layer)])]
+    except IndexError:
+        raise ValueError(
+            f"verdict_layer={verdict_layer} but the source has layers {layers[0]}–{layers[-1]}"
+        ) from None
+    return it, it["p"], it["p_floor"], f"layer {it['layer']} fixed a priori ({verdict_layer})"
+
+
+def pooled_sets(score_sets: list) -> list:
+    """Head-pooled score sets (per layer, or the single unlayered one)."""
+    return [s for s in score_sets if s.head is None]
+
+
+# ---------------------------------------------------------------- shared calibration data
+def calibration_setting(sc_params: dict, seed: int) -> dict:
+    """One simulated data set for the calibrations of ``attention_vs_coexpression`` and
+    ``gene_level_null``: a simulation (500 cells) with its own co-expression, its gene
+    statistics, a reference (``reference``: "hub" = heavy-tailed network placed at random,
+    independently of the data; "grn" = the simulator's planted GRN, which co-expression
+    recovers) and a synthetic "attention" score vector on the candidate pairs
+    (``attention``):
+
+    * ``"coexpression"`` — |Spearman| itself (+ optional ``noise``);
+    * ``"monotone"`` — a monotone transform of |Spearman| plus noise (``noise`` SD in
+      rank-normal units): nothing beyond co-expression;
+    * ``"gene_level"`` — a function of the genes' mean and detection only, plus noise;
+    * ``"planted"`` — rank-normal |Spearman| plus a shift ``strength`` on reference edges
+      (signal beyond co-expression and gene-level statistics).
+
+    Returns dict with ``pairs``, ``stats``, ``coexp`` (|Spearman| per pair) and ``attn``.
+    """
+    from scfm_audit.data._hub_reference import hub_reference, place_reference
+    from scfm_audit.data._simulate import simulate_perturbseq
+    from scfm_audit.edges._coexpression import coexpression
+    from scfm_audit.edges._gene_level import gene_statistics
+    from scfm_audit.evaluate._pairwise import rank_normal
+    from scfm_audit.evaluate._recovery import candidate_pairs, pair_scores
+
+    n = sc_params.get("n_genes", 150)
+    ref_kind = sc_params.get("reference", "hub")
+    sim = dict(
+        n_cells=500,
+        n_genes=n,
+        n_tfs=max(2, n // 10),
+        n_perturbations=2,
+        regulation_strength=1.0 if ref_kind == "grn" else 0.0,
+        gene_level_predictability=sc_params.get("gene_level_predictability", 0.0),
+    )
+    bench = simulate_perturbseq(**sim, seed=seed)
+    coexp = coexpression(bench.adata, method="spearman")
+    stats = gene_statistics(bench.adata)
+    if ref_kind == "grn":
+        ref = bench.grn
+    else:
+        template = hub_reference(n, seed=seed + 1, directed=sc_params.get("directed", True))
+        ref = place_reference(template, coexp.genes, seed=seed + 2)
+    pairs = candidate_pairs(coexp.genes, ref)
+    c = pair_scores(coexp, pairs, transform="abs")
+    rng = np.random.default_rng(seed + 3)
+    noise = sc_params.get("noise", 1.0) * rng.normal(size=len(pairs))
+    kind = sc_params["attention"]
+    if kind == "coexpression":
+        attn = rank_normal(c) + noise
+    elif kind == "monotone":
+        attn = np.exp(2 * rank_normal(c)) + np.exp(2) * noise / 4  # convex, heteroscedastic
+    elif kind == "gene_level":
+        v = stats.reindex(pairs.genes)
+        m, d = v["mean"].to_numpy(), v["detection"].to_numpy()
+        attn = m[pairs.source] * m[pairs.target] + d[pairs.target] + 0.3 * noise
+    elif kind == "planted":
+        attn = rank_normal(c) + noise + sc_params["strength"] * pairs.label
+    else:
+        raise ValueError(f"unknown synthetic attention {kind!r}")
+    return {"pairs": pairs, "stats": stats, "coexp": c, "attn": attn, "ref": ref}

@@ -1,0 +1,51 @@
+"""Re-make the issue-10 acceptance checkpoints of ``tests/test_train.py`` (both families,
+seeds 0 / 1 / 2, the test's own benchmark and settings; about 5 minutes on two cores):
+
+    PYTHONPATH=src python tests/data/issue10_models/make.py
+
+Training is deterministic (fixed steps, seeded, one thread), so this gives bitwise the
+same files on the torch build recorded in each ``train_log.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from tests.test_train import GF_TRAIN, SCGPT_TRAIN, SEEDS, SIM  # noqa: E402
+
+from scfm_audit.data._simulate import simulate_perturbseq  # noqa: E402
+from scfm_audit.models._train import train_geneformer_demo, train_scgpt_demo  # noqa: E402
+
+
+def main() -> None:
+    for seed in SEEDS:
+        adata = simulate_perturbseq(**{**SIM, "seed": seed}).adata
+        for family, fn, kw in (
+            ("scgpt", train_scgpt_demo, SCGPT_TRAIN),
+            ("geneformer", train_geneformer_demo, GF_TRAIN),
+        ):
+            fn(adata, HERE / f"{family}_{seed}", **kw, seed=seed, progress=False)
+    (HERE / "PROVENANCE.json").write_text(
+        json.dumps(
+            {
+                "command": "PYTHONPATH=src python tests/data/issue10_models/make.py",
+                "seeds": list(SEEDS),
+                "simulation": SIM,
+                "scgpt": SCGPT_TRAIN,
+                "geneformer": GF_TRAIN,
+                "torch_version": torch.__version__,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
