@@ -132,7 +132,6 @@ class Case:
     code: int = 2
     raw: str | None = None  # config text instead of a config (YAML problems)
     out: str | None = None  # output override (relative to bench, or absolute)
-    validate_gap: bool = False  # validate cannot see it yet (see the xfail reason)
 
 
 # fmt: off
@@ -178,13 +177,11 @@ CASES = [
     Case("simulated-reference-on-file-dataset",
          _set("references.grn", {"format": "simulated", "dataset": "bench"}),
          ("not a simulated dataset",)),
-    # -- parameters the lead's GRNRecoveryParams does not constrain yet: the run fails cleanly
-    Case("n-perm-negative", _set("analyses.grn_recovery.n_perm", -5), ("n_perm",), code=1,
-         validate_gap=True),
-    Case("n-perm-zero", _set("analyses.grn_recovery.n_perm", 0), ("n_perm",), code=1,
-         validate_gap=True),
+    # -- analysis parameters out of range or not in their enum
+    Case("n-perm-negative", _set("analyses.grn_recovery.n_perm", -5), ("n_perm",)),
+    Case("n-perm-zero", _set("analyses.grn_recovery.n_perm", 0), ("n_perm",)),
     Case("score-transform-bogus", _set("analyses.grn_recovery.score_transform", "bogus"),
-         ("bogus",), code=1, validate_gap=True),
+         ("score_transform",)),
     # -- the data
     Case("h5ad-missing", _ds(path="nope.h5ad"), ("nope.h5ad", "does not exist")),
     Case("h5ad-corrupt", _ds(path="corrupt.h5ad"), ("corrupt.h5ad",)),
@@ -269,11 +266,7 @@ def test_run_refuses_with_one_clean_message(case, bench, snapshot, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_validate_reports_it(case, bench, snapshot, tmp_path, request):
-    if case.validate_gap:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "GRNRecoveryParams (lead's file) does not constrain n_perm / score_transform "
-            "yet; validate passes, the run fails cleanly with exit 1")))  # fmt: skip
+def test_validate_reports_it(case, bench, snapshot, tmp_path):
     cfg_path, extra = _prepare(case, bench, tmp_path)
     r = runner.invoke(app, ["validate", str(cfg_path), *extra], terminal_width=300)
     _clean(r.output)

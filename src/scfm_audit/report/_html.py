@@ -207,7 +207,12 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in verdicts.to_dict("records"):
         key = (r.get("model"), r.get("dataset"))
-        key = tuple(_MISSING if _is_missing(k) else str(k) for k in key)
+        # claims without a model are about co-expression / gene-level scores or (without
+        # a dataset) the calibration on simulated controls: say so, not "—"
+        key = (
+            "none (co-expression, baselines)" if _is_missing(key[0]) else str(key[0]),
+            "simulated controls" if _is_missing(key[1]) else str(key[1]),
+        )
         answer = str(r.get("answer", "n/a"))
         cls, label = _BADGE.get(answer, ("na", "– n/a"))
         q = r.get("q")
