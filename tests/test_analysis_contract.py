@@ -71,6 +71,8 @@ def with_attention(cfg: dict, model_path) -> dict:
         "model": "tiny",
         "max_cells": 40,
         "per_head": True,
+        "score": "softmax_relative",  # the demo's reading: every option reaches every path
+        "correction": "apc",
     }
     return cfg
 

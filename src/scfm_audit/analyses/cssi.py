@@ -177,6 +177,7 @@ class _Source:
             o = dict(self.opts)
             norm = o.pop("normalisation", "present")
             sym = o.pop("symmetrise", False)
+            corr = o.pop("correction", None)  # a read-out option, applied per stratum
             o.pop("per_head", None)
             o.pop("layers", None)
             keep = np.flatnonzero(labels >= 0)
@@ -192,7 +193,10 @@ class _Source:
                 **o,
             )
             for k in range(K):
-                for es in acc.group(k).to_edge_scores(normalisation=norm, symmetrise=sym):
+                group = acc.group(k).to_edge_scores(
+                    normalisation=norm, symmetrise=sym, correction=corr
+                )
+                for es in group:
                     if es.head is None:
                         out[es.layer].append(es.dense())
             return out, sizes

@@ -260,7 +260,8 @@ def _verdict(
     ``verdict_layer`` — fixed a priori, or the best layer with its p multiplied by the
     number of layers (Bonferroni, valid whatever the selection rule)."""
     es0, r0, rec0 = items[0]
-    who = es0.method + (f" [{es0.model}]" if es0.model else "")
+    # a model's source by its method and model; a co-expression source by its config name
+    who = f"{es0.method} [{es0.model}]" if es0.model else es0.params.get("edges", es0.method)
     claim = f"{who} recovers {ref_name}"
     if es0.layer is None:
         return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0, r0

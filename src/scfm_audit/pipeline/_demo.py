@@ -120,12 +120,19 @@ def demo_config_dict(
         "spearman": {"scorer": "coexpression", "method": "spearman", "max_cells": 1000},
         "pearson": {"scorer": "coexpression", "method": "pearson", "max_cells": 1000},
     }
+    attention_cells = 300 if quick else 600
+    if models:  # co-expression on exactly the attention's cells (same seeded subsample)
+        edges["spearman_attention_cells"] = {
+            "scorer": "coexpression",
+            "method": "spearman",
+            "max_cells": attention_cells,
+        }
     for name in models or {}:
         edges[f"{name}_attention"] = {
             "scorer": "attention",
             "model": name,
             **ATTENTION_READING,
-            "max_cells": 300 if quick else 600,
+            "max_cells": attention_cells,
             "per_head": True,
         }
     return {
@@ -159,16 +166,60 @@ def demo_config_dict(
                 "n_perm": n_perm,
                 "n_rewire": n_rewire,
             },
-            "layer_organisation": {"datasets": ["sim"], "n_boot": 200 if quick else 500},
+            "layer_organisation": {
+                "datasets": ["sim"],
+                "ppi_references": ["sim_ppi"],
+                "tf_references": ["sim_grn"],
+                "n_boot": 200 if quick else 500,
+            },
             "head_specialisation": {
                 "datasets": ["sim"],
                 "references": ["sim_grn", "sim_ppi"],
                 "n_boot": 50 if quick else 200,
             },
+            "attention_vs_coexpression": {
+                "datasets": ["sim"],
+                "references": ["sim_grn", "sim_ppi"],
+                "coexpression": "spearman_attention_cells",
+                "n_boot": 200 if quick else 500,
+            },
+            "gene_level_null": {
+                "datasets": ["sim"],
+                "references": ["sim_grn", "sim_ppi"],
+                "n_boot": 200 if quick else 1000,
+            },
+            "cssi": {
+                "datasets": ["sim"],
+                "references": ["sim_grn"],
+                "k_scan": [2, 4, 8],
+                "n_null_strata": 3,
+                "n_boot": 200 if quick else 500,
+            },
             # the inference itself, checked on simulated nulls and planted effects
-            "synthetic_controls": {"n_replicates": 10 if quick else 40},
+            # (a smoke check: one hub-structured null and the strongest planted effect per
+            # analysis; benchmarks/calibration.py runs the full table)
+            "synthetic_controls": {
+                "n_replicates": 6 if quick else 10,
+                "scenarios": _smoke_scenarios(),
+            },
         },
     }
+
+
+def _smoke_scenarios() -> list[str]:
+    """Per calibrated analysis: its first hub-structured null and its strongest planted
+    scenario."""
+    from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT
+
+    names = []
+    for a in CALIBRATIONS.names():
+        if a in EXEMPT:
+            continue
+        sc = CALIBRATIONS.get(a).scenarios
+        names.append(next(s.name for s in sc if s.kind == "null" and "hub" in s.name))
+        planted = [s for s in sc if s.kind == "planted" and s.strength is not None]
+        names.append(max(planted, key=lambda s: s.strength).name)
+    return names
 
 
 def ensure_demo_models(
