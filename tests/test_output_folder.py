@@ -145,7 +145,12 @@ def test_kill_during_writing_leaves_the_old_or_the_new_run(bench, tmp_path):
         p = run_killed(new_cfg, kind, n)
         assert p.returncode == -9, (kind, n, p.stderr)  # killed, not finished
         now = listing(out)
-        assert not [f for f in now if f.endswith(".tmp") or "/." in f], now
+        assert not [f for f in now if f.endswith(".tmp") or "/." in f], (
+            kind,
+            n,
+            n_writes,
+            p.stderr[-3000:],
+        )
         if set(now) == set(old_files):
             assert now == old_files  # the previous run, byte for byte
             outcomes.append("old")
@@ -225,13 +230,19 @@ def test_run_json_records_versions_and_times(bench, tmp_path):
     assert meta["analyses"]["grn_recovery"]["seconds"] > 0
 
 
-def test_incomplete_runs_exit_1_with_the_reason(bench, tmp_path):
+def test_incomplete_runs_exit_1_with_the_reason(bench, tmp_path, monkeypatch):
     """No test registered (reference too small for min_positives), or a failed analysis
     (its error), ends with exit code 1 and a one-line reason; the outputs are written."""
+
+    def boom(*a, **k):
+        raise ValueError("n_perm: injected failure")
+
+    # only grn_recovery@bad reaches the kernel (the other alias stops at min_positives)
+    monkeypatch.setattr("scfm_audit.analyses.grn_recovery.edge_recovery", boom)
     out = tmp_path / "r"
     c = config(bench, out, refs=("grn",))
     c["analyses"]["grn_recovery"]["min_positives"] = 10**6
-    c["analyses"]["grn_recovery@bad"] = {"references": ["ppi"], "n_perm": -5}
+    c["analyses"]["grn_recovery@bad"] = {"references": ["ppi"]}
     p = bench / "incomplete.yaml"
     p.write_text(yaml.safe_dump(c))
     r = runner.invoke(app, ["run", str(p), "-q"], terminal_width=300)
@@ -255,7 +266,7 @@ def test_progress_on_a_pipe_is_plain_lines_without_source_links(bench, tmp_path)
 
 
 def test_analyses_name_lists_every_parameter():
-    from scfm_audit.pipeline._analysis import ANALYSES
+    from scfm_audit.analyses import ANALYSES
 
     r = runner.invoke(app, ["analyses", "grn_recovery"], terminal_width=250)
     assert r.exit_code == 0, r.output

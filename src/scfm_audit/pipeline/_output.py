@@ -195,7 +195,7 @@ class OutputTransaction:
     @staticmethod
     def _carry(old: Path, new: Path) -> None:
         for entry in old.iterdir():
-            if entry.name in RUN_ENTRIES or entry.name == LOCK_FILE:
+            if entry.name in RUN_ENTRIES or entry.name == LOCK_FILE or _is_write_tmp(entry.name):
                 continue
             target = new / entry.name
             if not target.exists():
@@ -218,6 +218,15 @@ class OutputTransaction:
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+def _is_write_tmp(name: str) -> bool:
+    """A half-written output of a killed run (``.<entry>.<random>.tmp``, see
+    ``_io.atomic_path``): never the user's, never carried."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    stem = name[1:].rsplit(".", 2)[0]
+    return stem in RUN_ENTRIES or any(stem.startswith(e + ".") for e in RUN_ENTRIES)
 
 
 def _exchange(new: Path, current: Path, old: Path) -> None:
