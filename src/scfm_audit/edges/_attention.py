@@ -957,8 +957,11 @@ def extract_attention_edges(
         progress=progress,
     )
     return acc.to_edge_scores(
-        normalisation=normalisation, model=adapter.name, dataset=dataset,
-        symmetrise=symmetrise, correction=correction,
+        normalisation=normalisation,
+        model=adapter.name,
+        dataset=dataset,
+        symmetrise=symmetrise,
+        correction=correction,
     )
 
 
