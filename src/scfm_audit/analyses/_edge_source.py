@@ -19,3 +19,16 @@ def edge_setup(ctx, en: str, ds: str) -> tuple[str, str | None, dict[str, Any], 
         return e.scorer, e.model, dict(e.options()), res.edge_cells(en, ds)
     pooled = ctx.edge_scores(en, ds)[0]  # contexts without the runner: all cells
     return "coexpression", None, {"method": pooled.method}, np.arange(ctx.dataset(ds).n_obs)
+
+
+_READOUT = ("normalisation", "symmetrise", "correction")
+
+
+def attention_options(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An attention source's options split into those of the extraction pass
+    (``extract_attention_accumulator``) and those of the read-out
+    (``AttentionAccumulator.to_edge_scores``: normalisation, symmetrise, correction);
+    ``per_head`` and ``layers`` are dropped (the caller chooses them)."""
+    o = {k: v for k, v in opts.items() if k not in ("per_head", "layers")}
+    readout = {k: o.pop(k) for k in _READOUT if k in o}
+    return o, readout

@@ -42,6 +42,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
 )
+from scfm_audit.analyses._edge_source import attention_options
 from scfm_audit.analyses._edge_source import edge_setup as _edge_setup
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import (
@@ -165,11 +166,7 @@ class _Source:
         if self.scorer == "attention":
             from scfm_audit.edges._attention import extract_attention_accumulator
 
-            o = dict(self.opts)
-            norm = o.pop("normalisation", "present")
-            sym = o.pop("symmetrise", False)
-            o.pop("per_head", None)
-            o.pop("layers", None)
+            o, readout = attention_options(self.opts)
             keep = np.flatnonzero(labels >= 0)
             acc = extract_attention_accumulator(
                 self.model,
@@ -183,7 +180,7 @@ class _Source:
                 **o,
             )
             for k in range(K):
-                for es in acc.group(k).to_edge_scores(normalisation=norm, symmetrise=sym):
+                for es in acc.group(k).to_edge_scores(**readout):
                     if es.head is None:
                         out[es.layer].append(es.dense())
             return out, sizes

@@ -46,7 +46,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
 )
-from scfm_audit.analyses._edge_source import edge_setup
+from scfm_audit.analyses._edge_source import attention_options, edge_setup
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import hvg_pca, recovery_metrics, stratify
 from scfm_audit.evaluate._recovery import CandidatePairs, candidate_pairs, pair_scores
@@ -116,11 +116,7 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     if scorer == "attention":
         from scfm_audit.edges._attention import extract_attention_accumulator
 
-        o = dict(opts)
-        norm = o.pop("normalisation", "present")
-        sym = o.pop("symmetrise", False)
-        o.pop("per_head", None)
-        o.pop("layers", None)
+        o, readout = attention_options(opts)
         acc = extract_attention_accumulator(
             model,
             adata,
@@ -133,7 +129,7 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
             **o,
         )
         for cum in acc.cumulative():
-            for es in cum.to_edge_scores(normalisation=norm, symmetrise=sym):
+            for es in cum.to_edge_scores(**readout):
                 if es.head is None and es.layer in out:
                     out[es.layer].append(es)
         return out
