@@ -35,6 +35,12 @@ QUICK = {
         "n_perm": 49,
         "n_boot": 20,
     },
+    "scaling": {
+        "datasets": ["sim"],
+        "grid": [20, 40, 80],
+        "n_repeats": 2,
+        "n_boot": 50,
+    },
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],

@@ -30,7 +30,7 @@ Tests
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,8 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
 )
+from scfm_audit.analyses._edge_source import attention_options
+from scfm_audit.analyses._edge_source import edge_setup as _edge_setup
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import (
     cssi_aggregate,
@@ -97,16 +99,6 @@ class CSSIParams(AnalysisParams):
     n_hvg: int = Field(2000, ge=10, description="HVGs of the PCA representation")
     min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
     batch_size: int = Field(32, ge=1, description="cells per forward pass (embeddings)")
-
-
-def _edge_setup(ctx, en: str, ds: str) -> tuple[str, str | None, dict[str, Any], np.ndarray]:
-    """The edge source's scorer, model, options and cells (those the pooled scores used)."""
-    res = getattr(ctx, "resources", None)
-    if res is not None and hasattr(res, "edge_cells"):
-        e = res.cfg.edges[en]
-        return e.scorer, e.model, dict(e.options()), res.edge_cells(en, ds)
-    pooled = ctx.edge_scores(en, ds)[0]  # contexts without the runner: all cells
-    return "coexpression", None, {"method": pooled.method}, np.arange(ctx.dataset(ds).n_obs)
 
 
 class _Source:
@@ -174,12 +166,7 @@ class _Source:
         if self.scorer == "attention":
             from scfm_audit.edges._attention import extract_attention_accumulator
 
-            o = dict(self.opts)
-            norm = o.pop("normalisation", "present")
-            sym = o.pop("symmetrise", False)
-            corr = o.pop("correction", None)  # a read-out option, applied per stratum
-            o.pop("per_head", None)
-            o.pop("layers", None)
+            o, readout = attention_options(self.opts)
             keep = np.flatnonzero(labels >= 0)
             acc = extract_attention_accumulator(
                 self.model,
@@ -193,10 +180,7 @@ class _Source:
                 **o,
             )
             for k in range(K):
-                group = acc.group(k).to_edge_scores(
-                    normalisation=norm, symmetrise=sym, correction=corr
-                )
-                for es in group:
+                for es in acc.group(k).to_edge_scores(**readout):
                     if es.head is None:
                         out[es.layer].append(es.dense())
             return out, sizes

@@ -685,3 +685,58 @@ def hexbin_figure(
         ax.set_ylabel(ylabel)
     fig.suptitle(title or f"{ylabel} vs {xlabel}", fontsize=10)
     return fig
+
+
+# ------------------------------------------------------------------------------ scaling
+def scaling_figure(curve, fits, *, title: str | None = None) -> Figure:
+    """Recovery versus number of cells: one panel per metric (AUROC, top-K F1), one series
+    per source (and layer), the mean over repeats ± sd as points with error bars and the
+    lowest-AIC curve fit as a line. ``curve``: rows ``source, layer, n_cells, auroc,
+    auroc_sd, f1, f1_sd``; ``fits``: rows of :func:`scfm_audit.evaluate._scaling.fit_curves`
+    with ``layer, metric`` (empty: no lines). x on a log scale. Returns a Figure."""
+    import pandas as pd
+
+    from scfm_audit.evaluate._scaling import CURVES, predict
+
+    fig = _new_figure(9.0, 3.6)
+    axes = fig.subplots(1, 2)
+    series = curve[["source", "layer"]].drop_duplicates().itertuples(index=False)
+    series = list(series)
+    for ax, metric, name in zip(axes, ("auroc", "f1"), ("AUROC", "top-K F1"), strict=True):
+        for i, (src, layer) in enumerate(series):
+            lay = pd.isna(layer)
+            sub = curve[
+                (curve["source"] == src)
+                & (curve["layer"].isna() if lay else curve["layer"] == layer)
+            ]
+            sub = sub.sort_values("n_cells")
+            st = _style(i)
+            label = src + ("" if lay else f" L{int(layer)}")
+            f = fits[(fits["metric"] == metric) & fits["best"]] if len(fits) else fits
+            if len(f):
+                f = f[f["layer"].isna()] if lay else f[f["layer"] == layer]
+                if "source" in f:
+                    f = f[f["source"] == src]
+            if len(f):
+                r = f.iloc[0]
+                pnames = CURVES[r["model"]][1]
+                xs = np.geomspace(sub["n_cells"].min(), sub["n_cells"].max(), 100)
+                ys = predict(r["model"], {k: r[k] for k in pnames}, xs)
+                ax.plot(xs, ys, color=st.get("color"), linewidth=1)
+                label += f" ({r['model'].replace('_', ' ')}, R² {r['r2']:.2f})"
+            ax.errorbar(
+                sub["n_cells"],
+                sub[metric],
+                yerr=sub[f"{metric}_sd"],
+                fmt=st["marker"],
+                markersize=3.5,
+                capsize=2,
+                color=st.get("color"),
+                label=label,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("cells")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(title or "recovery vs number of cells", fontsize=10)
+    return fig

@@ -1,0 +1,34 @@
+"""Shared plumbing of the analyses that re-score an edge source on subsets of its cells
+(``cssi``: strata; ``scaling``: nested subsamples): the source's scorer, model, options
+and cells, as the runner computed its pooled scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def edge_setup(ctx, en: str, ds: str) -> tuple[str, str | None, dict[str, Any], np.ndarray]:
+    """The edge source's scorer, model, options and cells (those the pooled scores used).
+    Contexts without the runner's resources: co-expression with the pooled method, all
+    cells."""
+    res = getattr(ctx, "resources", None)
+    if res is not None and hasattr(res, "edge_cells"):
+        e = res.cfg.edges[en]
+        return e.scorer, e.model, dict(e.options()), res.edge_cells(en, ds)
+    pooled = ctx.edge_scores(en, ds)[0]  # contexts without the runner: all cells
+    return "coexpression", None, {"method": pooled.method}, np.arange(ctx.dataset(ds).n_obs)
+
+
+_READOUT = ("normalisation", "symmetrise", "correction")
+
+
+def attention_options(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An attention source's options split into those of the extraction pass
+    (``extract_attention_accumulator``) and those of the read-out
+    (``AttentionAccumulator.to_edge_scores``: normalisation, symmetrise, correction);
+    ``per_head`` and ``layers`` are dropped (the caller chooses them)."""
+    o = {k: v for k, v in opts.items() if k not in ("per_head", "layers")}
+    readout = {k: o.pop(k) for k in _READOUT if k in o}
+    return o, readout
