@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
 
@@ -152,7 +153,7 @@ def _pool(parts: pd.DataFrame) -> pd.DataFrame:
         row.update(n=n, rejections=k, rate=k / n)
         row["rate_low"], row["rate_high"] = clopper_pearson(k, n)
         if g["coverage"].notna().all():
-            c = int(round((g["coverage"] * g["n"]).sum()))
+            c = int(np.rint((g["coverage"] * g["n"]).sum()))
             row["coverage"] = c / n
             row["coverage_low"], row["coverage_high"] = clopper_pearson(c, n)
         row["mean_estimate"] = float((g["mean_estimate"] * g["n"]).sum() / n)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import tiny_config
+from scfm_audit._io import atomic_path, atomic_write_text
 from scfm_audit.pipeline import ConfigError, config_from_dict, load_config, run_audit
 from scfm_audit.pipeline._cache import ArtifactCache
-from scfm_audit.pipeline._io import atomic_path, atomic_write_text
 
 # -- config validation ------------------------------------------------------------------
 

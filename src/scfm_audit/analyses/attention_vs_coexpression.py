@@ -162,8 +162,7 @@ def mantel_spearman(
     reference="Catalogue 4; preprint: residualisation attention 0.66 → 0.54 (K562)",
 )
 def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> AnalysisResult:
-    from scfm_audit.report import metric_by_layer_figure
-    from scfm_audit.report._figures import hexbin_figure
+    from scfm_audit.plotting import hexbin_figure, metric_by_layer_figure
 
     datasets = p.datasets or ctx.dataset_names()
     references = p.references if p.references is not None else ctx.reference_names()

@@ -497,7 +497,7 @@ def _verdict(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> Verdict
 
 
 def _figures(table: pd.DataFrame, scan: pd.DataFrame, p: CSSIParams) -> dict:
-    from scfm_audit.report import forest_figure, metric_by_layer_figure
+    from scfm_audit.plotting import forest_figure, metric_by_layer_figure
 
     figs = {}
     if table.empty:

@@ -207,7 +207,7 @@ def compare_to_baselines(
     reference="Catalogue 5; preprint: gene-level baselines beat attention and correlation",
 )
 def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
-    from scfm_audit.report import forest_figure
+    from scfm_audit.plotting import forest_figure
 
     datasets = p.datasets or ctx.dataset_names()
     references = p.references if p.references is not None else ctx.reference_names()

@@ -94,7 +94,12 @@ class GRNRecoveryParams(AnalysisParams):
     reference="Recovery of reference networks by edge scores",
 )
 def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
-    from scfm_audit.report import head_heatmap, metric_by_layer_figure, nulls_figure, roc_pr_figure
+    from scfm_audit.plotting import (
+        head_heatmap,
+        metric_by_layer_figure,
+        nulls_figure,
+        roc_pr_figure,
+    )
 
     datasets = p.datasets or ctx.dataset_names()
     references = p.references if p.references is not None else ctx.reference_names()

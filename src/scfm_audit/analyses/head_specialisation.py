@@ -74,7 +74,7 @@ def select_heads(table: pd.DataFrame, *, fdr: float, fallback_k: int) -> pd.Data
     reference="Candidate regulatory heads",
 )
 def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
-    from scfm_audit.report import head_heatmap
+    from scfm_audit.plotting import head_heatmap
 
     rows, selections, verdicts, notes, figures = [], [], [], [], {}
     references = p.references if p.references is not None else ctx.reference_names()

@@ -156,7 +156,7 @@ def depth_trend(
     reference="Layer-specific structure: PPI early, regulation late",
 )
 def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
-    from scfm_audit.report import metric_by_layer_figure
+    from scfm_audit.plotting import metric_by_layer_figure
 
     datasets = p.datasets or ctx.dataset_names()
     refs = {name: ctx.reference(name) for name in ctx.reference_names()}

@@ -410,7 +410,7 @@ def _verdict(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> Verd
 
 
 def _figures(curve: pd.DataFrame, fits: pd.DataFrame) -> dict:
-    from scfm_audit.report._figures import scaling_figure
+    from scfm_audit.plotting import scaling_figure
 
     figs = {}
     for (ds, ref, en), sub in curve.groupby(["dataset", "reference", "edges"]):

@@ -49,7 +49,7 @@ class SyntheticControlsParams(AnalysisParams):
 def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
     from scipy.stats import binomtest
 
-    from scfm_audit.report import forest_figure
+    from scfm_audit.plotting import forest_figure
 
     names = p.analyses or [n for n in CALIBRATIONS.names() if n not in EXEMPT]
     tables, replicates, verdicts, figures = [], [], [], {}

@@ -78,7 +78,7 @@ class ReferenceNetwork:
 
     def to_tsv(self, path: str | Path) -> None:
         """Write the long table (with a ``directed`` column) as TSV, atomically."""
-        from scfm_audit.pipeline._io import atomic_write_text
+        from scfm_audit._io import atomic_write_text
 
         df = self.edges.assign(directed=self.directed)
         atomic_write_text(path, df.to_csv(sep="\t", index=False))

@@ -68,8 +68,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import sparse
 
+from scfm_audit._io import atomic_path, atomic_write_text
 from scfm_audit.data._network import ReferenceNetwork
-from scfm_audit.pipeline._io import atomic_path, atomic_write_text
 
 __all__ = ["SimulatedBenchmark", "SimulationParams", "simulate_perturbseq", "write_benchmark"]
 

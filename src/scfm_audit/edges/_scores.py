@@ -177,7 +177,7 @@ class EdgeScores:
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write to one ``.npz`` file (atomically)."""
-        from scfm_audit.pipeline._io import atomic_path
+        from scfm_audit._io import atomic_path
 
         meta = {
             "method": self.method,

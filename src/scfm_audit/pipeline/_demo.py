@@ -62,9 +62,9 @@ def write_provenance(folder: str | Path, *, quick: bool, seed: int, command: str
 
     import torch
 
+    from scfm_audit._io import atomic_write_text
     from scfm_audit.models._train import LOG_FILE
     from scfm_audit.pipeline._cache import stable_hash
-    from scfm_audit.pipeline._io import atomic_write_text
 
     folder = Path(folder)
     files, models = {}, {}
@@ -239,10 +239,10 @@ def ensure_demo_models(
     import json
     import shutil
 
+    from scfm_audit._io import atomic_write_text
     from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq
     from scfm_audit.models._train import train_demo_models
     from scfm_audit.pipeline._cache import stable_hash
-    from scfm_audit.pipeline._io import atomic_write_text
 
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
     folder = Path(out) / "models"

@@ -37,6 +37,7 @@ import pandas as pd
 from rich.markup import escape
 
 from scfm_audit import __version__
+from scfm_audit._io import atomic_path, atomic_write_text, write_table
 from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
@@ -45,7 +46,6 @@ from scfm_audit.pipeline._config import (
     config_to_yaml,
     load_config,
 )
-from scfm_audit.pipeline._io import atomic_path, atomic_write_text, write_table
 from scfm_audit.stats._registry import TestRecord, TestRegistry
 
 log = logging.getLogger("scfm_audit")

@@ -1,23 +1,8 @@
-"""Report layer: the HTML run report and the figure helpers the analyses share."""
+"""Report layer: the self-contained HTML run report (scorecard first). The figure helpers
+live in :mod:`scfm_audit.plotting` and are re-exported here for convenience."""
 
-from scfm_audit.report._figures import (
-    PALETTE,
-    forest_figure,
-    head_heatmap,
-    metric_by_layer_figure,
-    null_distribution_figure,
-    nulls_figure,
-    roc_pr_figure,
-)
+from scfm_audit.plotting import *  # noqa: F403
+from scfm_audit.plotting import __all__ as _plotting_all
 from scfm_audit.report._html import render_report
 
-__all__ = [
-    "PALETTE",
-    "forest_figure",
-    "head_heatmap",
-    "metric_by_layer_figure",
-    "null_distribution_figure",
-    "nulls_figure",
-    "render_report",
-    "roc_pr_figure",
-]
+__all__ = [*_plotting_all, "render_report"]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from scfm_audit.pipeline._io import atomic_write_text
+from scfm_audit._io import atomic_write_text
 
 if TYPE_CHECKING:
     from scfm_audit.pipeline._runner import RunResult
@@ -592,10 +592,10 @@ def _cache_info(run: RunResult) -> dict[str, Any]:
 
 
 def _config_yaml(run: RunResult) -> str:
-    from scfm_audit.pipeline._config import config_to_yaml
+    import yaml
 
-    try:
-        return config_to_yaml(run.config)
+    try:  # the report reads the config it is given; it never imports the pipeline
+        return yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False)
     except Exception:  # a hand-built RunResult may carry something else
         return repr(run.config)
 

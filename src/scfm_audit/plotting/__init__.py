@@ -1,0 +1,27 @@
+"""Figure helpers the analyses share (matplotlib, Agg): ROC/PR, metric by layer, head
+heat maps, null distributions, forest plots, hexbins, scaling curves. Below the analyses
+and the report, so that analyses draw their figures without importing the report."""
+
+from scfm_audit.plotting._figures import (
+    PALETTE,
+    forest_figure,
+    head_heatmap,
+    hexbin_figure,
+    metric_by_layer_figure,
+    null_distribution_figure,
+    nulls_figure,
+    roc_pr_figure,
+    scaling_figure,
+)
+
+__all__ = [
+    "PALETTE",
+    "forest_figure",
+    "head_heatmap",
+    "hexbin_figure",
+    "metric_by_layer_figure",
+    "null_distribution_figure",
+    "nulls_figure",
+    "roc_pr_figure",
+    "scaling_figure",
+]
