@@ -196,6 +196,13 @@ def demo_config_dict(
                 "n_boot": 200 if quick else 500,
             },
             # the inference itself, checked on simulated nulls and planted effects
+            "scaling": {
+                "datasets": ["sim"],
+                "references": ["sim_grn"],
+                "grid": [50, 100, 200, 300] if quick else [50, 100, 200, 400, 600],
+                "n_repeats": 2 if quick else 3,
+                "n_boot": 200 if quick else 500,
+            },
             # (a smoke check: one hub-structured null and the strongest planted effect per
             # analysis; benchmarks/calibration.py runs the full table)
             "synthetic_controls": {
