@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/coexpression.py
 	$(BIN)/python benchmarks/auroc.py
 	$(BIN)/python benchmarks/attention_extraction.py
+	$(BIN)/python benchmarks/accumulation.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

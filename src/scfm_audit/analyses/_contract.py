@@ -149,3 +149,12 @@ class AnalysisContext(Protocol):
     def add_test(self, **fields: Any) -> TestRecord: ...
     def progress(self, iterable, *, description: str, total: int | None = None): ...
     def cached(self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str) -> Any: ...
+
+
+def source_label(es: EdgeScores) -> str:
+    """How a claim names an edge source: a model's by its method and model
+    (``attention [scgpt_demo]``), a model-free one by its name in the config
+    (``spearman_attention_cells``), so two co-expression sources never read alike."""
+    if es.model:
+        return f"{es.method} [{es.model}]"
+    return str(es.params.get("edges", es.method))

@@ -60,6 +60,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.analyses._pairs_common import (
     choose_layer,
@@ -477,7 +478,7 @@ def _verdict(ctx, p, items, ds, ref_name) -> Verdict:
         items, verdict_layer=p.verdict_layer, key=lambda x: x["auroc"], what="residual AUROC"
     )
     es, r, rec = it["es"], it["r"], it["rec"]
-    who = es.method + (f" [{es.model}]" if es.model else "")
+    who = source_label(es)
     claim = f"{who} carries {ref_name} signal beyond co-expression"
     if es.layer is not None:
         rec = ctx.add_test(

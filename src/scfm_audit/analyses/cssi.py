@@ -41,6 +41,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options
 from scfm_audit.analyses._edge_source import edge_setup as _edge_setup
@@ -452,7 +453,7 @@ def _register(ctx, p, base: EdgeScores, ds, ref_name, pairs, row, comp, how):
 
 def _verdict(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> Verdict:
     base0, _row0, rec0 = items[0]
-    who = base0.method + (f" [{base0.model}]" if base0.model else "")
+    who = source_label(base0)
     claim = f"CSSI improves over pooled ({who}, {ref_name})"
     if base0.layer is None:
         return Verdict(claim, rec0, base0.model, ds, direction="greater")

@@ -47,6 +47,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.analyses._pairs_common import choose_layer, gene_stats, pooled_sets
 from scfm_audit.evaluate._pairwise import (
@@ -426,7 +427,7 @@ def _verdict(ctx, p, items, ds, ref_name, setting) -> Verdict:
         items, verdict_layer=p.verdict_layer, key=lambda x: x["delta"], what="ΔAUROC"
     )
     es, summ, rec = it["es"], it["summ"], it["rec"]
-    who = es.method + (f" [{es.model}]" if es.model else "")
+    who = source_label(es)
     claim = f"{who} beats gene-level baselines on {ref_name}"
     if setting == "matched":
         claim += " (expression-matched negatives)"

@@ -41,6 +41,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
@@ -266,7 +267,7 @@ def _verdict(
     number of layers (Bonferroni, valid whatever the selection rule)."""
     es0, r0, rec0 = items[0]
     # a model's source by its method and model; a co-expression source by its config name
-    who = f"{es0.method} [{es0.model}]" if es0.model else es0.params.get("edges", es0.method)
+    who = source_label(es0)
     claim = f"{who} recovers {ref_name}"
     if es0.layer is None:
         return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0, r0

@@ -27,6 +27,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.evaluate._recovery import NULL_H0, candidate_pairs, edge_recovery
 from scfm_audit.stats._fdr import bh_fdr
@@ -204,7 +205,7 @@ def _claim(ctx, t: pd.DataFrame, es0, ds: str, ref_name: str, p) -> Verdict:
         layer=int(best["layer"]),
         head=int(best["head"]),
     )
-    who = es0.method + (f" [{es0.model}]" if es0.model else "")
+    who = source_label(es0)
     return Verdict(
         f"{who}: regulatory heads found for {ref_name}",
         rec,

@@ -32,6 +32,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
@@ -285,7 +286,7 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
                     family="descriptive",
                     **common,
                 )
-                who = pooled[0].method + (f" [{model}]" if model else "")
+                who = source_label(pooled[0])
                 verdicts.append(
                     Verdict(
                         f"{who}: {ppi_name} recovered early, {tf_name} late",

@@ -45,6 +45,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options, edge_setup
 from scfm_audit.edges._scores import EdgeScores
@@ -364,7 +365,7 @@ def _register(ctx, p, base: EdgeScores, ds, ref_name, pairs, t, metric, how):
 
 def _verdict(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> Verdict:
     base0, _t0, rec0 = items[0]
-    who = base0.method + (f" [{base0.model}]" if base0.model else "")
+    who = source_label(base0)
     claim = (
         f"{p.verdict_metric.upper()} recovery declines beyond its best cell count "
         f"({who}, {ref_name})"
