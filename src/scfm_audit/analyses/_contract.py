@@ -158,3 +158,35 @@ def source_label(es: EdgeScores) -> str:
     if es.model:
         return f"{es.method} [{es.model}]"
     return str(es.params.get("edges", es.method))
+
+
+def estimate_fields(
+    es: EdgeScores,
+    dataset: str,
+    reference: str | None,
+    *,
+    estimate: float,
+    ci: tuple[float, float],
+    n: int,
+    name: str = "AUROC",
+    null_value: float = 0.5,
+) -> dict[str, Any]:
+    """The fields every test about one score set shares (provenance, the estimate on its
+    natural scale with its CI and its value under H0, two-sided), for ``ctx.add_test``."""
+    return dict(
+        model=es.model,
+        dataset=dataset,
+        reference=reference,
+        method=es.label,
+        layer=es.layer,
+        head=es.head,
+        n=n,
+        statistic_name=name,
+        statistic=estimate,
+        effect_name=name,
+        effect=estimate,
+        null_value=null_value,
+        ci_low=ci[0],
+        ci_high=ci[1],
+        direction="two-sided",
+    )

@@ -61,6 +61,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
     source_label,
+    estimate_fields,
 )
 from scfm_audit.analyses._pairs_common import (
     choose_layer,
@@ -406,26 +407,6 @@ def _auc(z, pairs, n_boot, seed, raw=False) -> dict:
     }
 
 
-def _common(es, ds, ref_name, r) -> dict:
-    return dict(
-        model=es.model,
-        dataset=ds,
-        reference=ref_name,
-        method=es.label,
-        layer=es.layer,
-        head=es.head,
-        n=r["n_candidates"],
-        statistic_name="AUROC of residual",
-        statistic=r["auroc"],
-        effect_name="AUROC of residual",
-        effect=r["auroc"],
-        null_value=0.5,
-        ci_low=r["auroc_ci_low"],
-        ci_high=r["auroc_ci_high"],
-        direction="two-sided",
-    )
-
-
 def _register_beyond(ctx, p, es, ds, ref_name, r, pairs):
     reason = {"reason": r["not_assessable"]} if r["not_assessable"] else {}
     return ctx.add_test(
@@ -439,7 +420,15 @@ def _register_beyond(ctx, p, es, ds, ref_name, r, pairs):
         p_floor=r["p_floor"],
         family="descriptive" if es.layer is not None else "confirmatory",
         extra={"n_positives": pairs.n_pos, **reason},
-        **_common(es, ds, ref_name, r),
+        **estimate_fields(
+            es,
+            ds,
+            ref_name,
+            estimate=r["auroc"],
+            ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
+            n=r["n_candidates"],
+            name="AUROC of residual",
+        ),
     )
 
 
@@ -491,7 +480,15 @@ def _verdict(ctx, p, items, ds, ref_name) -> Verdict:
             p_floor=floor,
             family="confirmatory",
             extra={"layer_choice": why, **rec.extra},
-            **_common(es, ds, ref_name, r),
+            **estimate_fields(
+                es,
+                ds,
+                ref_name,
+                estimate=r["auroc"],
+                ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
+                n=r["n_candidates"],
+                name="AUROC of residual",
+            ),
         )
     return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
 

@@ -48,6 +48,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
     source_label,
+    estimate_fields,
 )
 from scfm_audit.analyses._pairs_common import choose_layer, gene_stats, pooled_sets
 from scfm_audit.evaluate._pairwise import (
@@ -356,26 +357,6 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
     )
 
 
-def _common(es, ds, ref_name, summ) -> dict:
-    return dict(
-        model=es.model,
-        dataset=ds,
-        reference=ref_name,
-        method=es.label,
-        layer=es.layer,
-        head=es.head,
-        n=summ["n_rows"],
-        statistic_name="ΔAUROC vs best gene-level baseline",
-        statistic=summ["delta"],
-        effect_name="ΔAUROC",
-        effect=summ["delta"],
-        null_value=0.0,
-        ci_low=summ["ci_low"],
-        ci_high=summ["ci_high"],
-        direction="two-sided",
-    )
-
-
 def _register(ctx, p, es, ds, ref_name, setting, summ, score, pairs, baselines, rows):
     from scfm_audit.stats._delong import delong_test
 
@@ -394,7 +375,16 @@ def _register(ctx, p, es, ds, ref_name, setting, summ, score, pairs, baselines, 
             "negatives": setting,
             "n_positives": summ["n_positives"],
         },
-        **_common(es, ds, ref_name, summ),
+        **estimate_fields(
+            es,
+            ds,
+            ref_name,
+            estimate=summ["delta"],
+            ci=(summ["ci_low"], summ["ci_high"]),
+            n=summ["n_rows"],
+            name="ΔAUROC",
+            null_value=0.0,
+        ),
     )
     if summ["best"] is not None:
         r = np.arange(len(pairs)) if rows is None else rows
@@ -442,7 +432,16 @@ def _verdict(ctx, p, items, ds, ref_name, setting) -> Verdict:
             p_floor=floor,
             family="confirmatory",
             extra={"layer_choice": why, **rec.extra},
-            **_common(es, ds, ref_name, summ),
+            **estimate_fields(
+                es,
+                ds,
+                ref_name,
+                estimate=summ["delta"],
+                ci=(summ["ci_low"], summ["ci_high"]),
+                n=summ["n_rows"],
+                name="ΔAUROC",
+                null_value=0.0,
+            ),
         )
     return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
 

@@ -42,6 +42,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
     source_label,
+    estimate_fields,
 )
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
@@ -200,31 +201,16 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
     )
 
 
-def _common(es: EdgeScores, ds: str, ref_name: str, r: dict) -> dict:
-    return dict(
-        model=es.model,
-        dataset=ds,
-        reference=ref_name,
-        method=es.label,
-        layer=es.layer,
-        head=es.head,
-        n=r["n_candidates"],
-        statistic_name="AUROC",
-        statistic=r["auroc"],
-        effect_name="AUROC",
-        effect=r["auroc"],
-        null_value=0.5,
-        ci_low=r["auroc_ci_low"],
-        ci_high=r["auroc_ci_high"],
-        direction="two-sided",
-    )
+def _recovery_fields(es: EdgeScores, ds: str, ref_name: str, r: dict) -> dict:
+    ci = (r["auroc_ci_low"], r["auroc_ci_high"])
+    return estimate_fields(es, ds, ref_name, estimate=r["auroc"], ci=ci, n=r["n_candidates"])
 
 
 def _register(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict, is_head: bool):
     """Register the verdict-null test and the descriptive ones; returns the verdict test's
     record. Layered pooled sources register their per-layer tests as descriptive: the
     confirmatory test is the layer chosen by ``verdict_layer`` (see :func:`_verdict`)."""
-    common = _common(es, ds, ref_name, r)
+    common = _recovery_fields(es, ds, ref_name, r)
     n_perm = f"{r['n_null_draws']} draws" if r["n_null_draws"] else "not run"
     rec = ctx.add_test(
         hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
@@ -304,7 +290,7 @@ def _verdict(
         p_floor=floor,
         family="confirmatory",
         extra={"layer_choice": why, **rec.extra},
-        **_common(es, ds, ref_name, r),
+        **_recovery_fields(es, ds, ref_name, r),
     )
     return Verdict(claim, sel, es.model, ds, direction="greater", layer_choice=why), es, r
 

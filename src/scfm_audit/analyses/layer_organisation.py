@@ -33,6 +33,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
     source_label,
+    estimate_fields,
 )
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
@@ -217,21 +218,15 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
                             null_name="degree_permutation",
                             p=r["p"],
                             p_floor=r["p_floor"],
-                            statistic_name="AUROC",
-                            statistic=r["auroc"],
-                            effect_name="AUROC",
-                            effect=r["auroc"],
-                            ci_low=r["auroc_ci_low"],
-                            ci_high=r["auroc_ci_high"],
-                            null_value=0.5,
-                            direction="two-sided",
                             family="descriptive",
-                            n=r["n_candidates"],
-                            model=es.model,
-                            dataset=ds,
-                            reference=ref_name,
-                            method=es.label,
-                            layer=es.layer,
+                            **estimate_fields(
+                                es,
+                                ds,
+                                ref_name,
+                                estimate=r["auroc"],
+                                ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
+                                n=r["n_candidates"],
+                            ),
                         )
                 t = depth_trend(
                     pooled,
