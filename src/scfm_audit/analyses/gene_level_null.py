@@ -46,9 +46,9 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
+    estimate_fields,
     register_analysis,
     source_label,
-    estimate_fields,
 )
 from scfm_audit.analyses._pairs_common import choose_layer, gene_stats, pooled_sets
 from scfm_audit.evaluate._pairwise import (

@@ -40,9 +40,9 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
+    estimate_fields,
     register_analysis,
     source_label,
-    estimate_fields,
 )
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (

@@ -26,9 +26,9 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
+    estimate_fields,
     register_analysis,
     source_label,
-    estimate_fields,
 )
 from scfm_audit.evaluate._recovery import NULL_H0, candidate_pairs, edge_recovery
 from scfm_audit.stats._fdr import bh_fdr
