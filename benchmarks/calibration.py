@@ -158,8 +158,10 @@ def _pool(parts: pd.DataFrame) -> pd.DataFrame:
             row["coverage_low"], row["coverage_high"] = clopper_pearson(c, n)
         row["mean_estimate"] = float((g["mean_estimate"] * g["n"]).sum() / n)
         for col in g.columns:
-            if col.startswith("rate["):
+            if col.startswith("rate[") and g[col].notna().any():
                 row[col] = float((g[col] * g["n"]).sum() / n)
+            elif col.startswith("rate["):
+                row[col] = float("nan")  # another analysis' comparison test
         rows.append(row)
     return pd.DataFrame(rows)
 
