@@ -120,7 +120,15 @@ def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
                 title=f"{name}: coverage of the 95% CI of the true value",
                 xlabel="coverage",
             )
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    # per-analysis comparison columns are absent elsewhere: align columns, then stack
+    cols = list(dict.fromkeys(c for t in tables for c in t.columns))
+    table = (
+        pd.DataFrame(
+            {c: [v for t in tables for v in t.get(c, [float("nan")] * len(t))] for c in cols}
+        )
+        if tables
+        else pd.DataFrame()
+    )
     notes = ["Runs on its own simulations; the run's datasets, references and models are not used."]
     if not tables:
         notes.append("No calibrated analysis was selected.")
