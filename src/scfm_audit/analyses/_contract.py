@@ -9,10 +9,12 @@ The runner does the rest (caching, FDR across the run, writing, the report).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -189,4 +191,57 @@ def estimate_fields(
         ci_low=ci[0],
         ci_high=ci[1],
         direction="two-sided",
+    )
+
+
+def bonferroni(p: float, k: int) -> float:
+    """``min(1, k·p)``; NaN stays NaN (a test that was not computed is not "p = 1")."""
+    return p if math.isnan(p) else min(1.0, p * k)
+
+
+def select_layer(
+    layers: list[int], scores: list[float], verdict_layer: int | str, *, what: str
+) -> tuple[int, int, str]:
+    """The layer behind a claim about a layered source. ``layers`` ascending, ``scores``
+    the per-layer values the "best" rule maximises. ``verdict_layer``: an index fixed a
+    priori (negative counts from the last) or ``"best"``, whose p is then multiplied by
+    the number of layers (Bonferroni: valid whatever the selection rule). Returns the
+    position in ``layers``, the multiplier, and why (for the scorecard)."""
+    k = len(layers)
+    if verdict_layer == "best":
+        vals = np.asarray(scores, dtype=float)
+        i = int(np.nanargmax(vals)) if np.isfinite(vals).any() else k - 1
+        return (
+            i,
+            k,
+            f"best of {k} layers ({layers[0]}–{layers[-1]}) by {what}; p × {k} (Bonferroni)",
+        )
+    try:
+        i = layers.index(layers[int(verdict_layer)])
+    except IndexError:
+        raise ValueError(
+            f"verdict_layer={verdict_layer} but the source has layers {layers[0]}–{layers[-1]}; "
+            "use an index in that range or 'best'."
+        ) from None
+    return i, 1, f"layer {layers[i]} fixed a priori (verdict_layer: {verdict_layer})"
+
+
+def register_selected_layer(
+    ctx: AnalysisContext, rec: TestRecord, *, why: str, mult: int, hypothesis: str
+) -> TestRecord:
+    """Register the confirmatory test of the layer :func:`select_layer` chose: the chosen
+    layer's own (descriptive) test ``rec`` with its p and floor multiplied by ``mult`` and
+    the layer choice recorded."""
+    import dataclasses
+
+    skip = {"analysis", "seed", "hypothesis", "test", "p", "p_floor", "family", "extra"}
+    same = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in skip}
+    return ctx.add_test(
+        hypothesis=hypothesis,
+        test=f"{rec.test}; {why}",
+        p=bonferroni(rec.p, mult),
+        p_floor=bonferroni(rec.p_floor, mult),
+        family="confirmatory",
+        extra={"layer_choice": why, **rec.extra},
+        **same,
     )

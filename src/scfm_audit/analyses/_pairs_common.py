@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scfm_audit.analyses._contract import select_layer
 from scfm_audit.evaluate._recovery import CandidatePairs
 
 
@@ -73,31 +74,17 @@ def choose_layer(
     verdict_layer: int | str,
     key: Callable[[dict[str, Any]], float],
     what: str,
-) -> tuple[dict[str, Any], float, float, str]:
-    """The layer behind a scorecard answer, from per-layer ``items`` (dicts with ``layer``,
-    ``p``, ``p_floor``): a layer fixed a priori (index; negative counts from the last), or
-    ``"best"`` by ``key`` with p and floor multiplied by the number of layers (Bonferroni,
-    valid whatever the selection rule). Unlayered: the single item. Returns
-    ``(item, p, p_floor, why)``."""
+) -> tuple[dict[str, Any], int, str]:
+    """The layer behind a scorecard answer, from per-layer ``items`` (dicts with
+    ``layer``), by :func:`~scfm_audit.analyses._contract.select_layer`; an unlayered
+    source is its single item. Returns ``(item, Bonferroni multiplier, why)``."""
     if len(items) == 1 and items[0]["layer"] is None:
-        it = items[0]
-        return it, it["p"], it["p_floor"], "unlayered source"
+        return items[0], 1, "unlayered source"
     items = sorted(items, key=lambda x: x["layer"])
-    layers = [x["layer"] for x in items]
-    k = len(items)
-    if verdict_layer == "best":
-        vals = np.array([key(x) for x in items], dtype=float)
-        i = k - 1 if np.isnan(vals).all() else int(np.nanargmax(vals))
-        it = items[i]
-        why = f"best of {k} layers ({layers[0]}–{layers[-1]}) by {what}; p × {k} (Bonferroni)"
-        return it, min(1.0, it["p"] * k), min(1.0, it["p_floor"] * k), why
-    try:
-        it = items[layers.index(layers[int(verdict_layer)])]
-    except IndexError:
-        raise ValueError(
-            f"verdict_layer={verdict_layer} but the source has layers {layers[0]}–{layers[-1]}"
-        ) from None
-    return it, it["p"], it["p_floor"], f"layer {it['layer']} fixed a priori ({verdict_layer})"
+    i, mult, why = select_layer(
+        [x["layer"] for x in items], [key(x) for x in items], verdict_layer, what=what
+    )
+    return items[i], mult, why
 
 
 def pooled_sets(score_sets: list) -> list:

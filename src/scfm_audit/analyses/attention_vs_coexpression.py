@@ -61,6 +61,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     estimate_fields,
     register_analysis,
+    register_selected_layer,
     source_label,
 )
 from scfm_audit.analyses._pairs_common import (
@@ -463,32 +464,19 @@ def _register_partial(ctx, p, es, ds, ref_name, a, pairs, Xc) -> None:
 
 
 def _verdict(ctx, p, items, ds, ref_name) -> Verdict:
-    it, p_sel, floor, why = choose_layer(
+    it, mult, why = choose_layer(
         items, verdict_layer=p.verdict_layer, key=lambda x: x["auroc"], what="residual AUROC"
     )
-    es, r, rec = it["es"], it["r"], it["rec"]
-    who = source_label(es)
-    claim = f"{who} carries {ref_name} signal beyond co-expression"
+    es, rec = it["es"], it["rec"]
+    claim = f"{source_label(es)} carries {ref_name} signal beyond co-expression"
     if es.layer is not None:
-        rec = ctx.add_test(
+        rec = register_selected_layer(
+            ctx,
+            rec,
+            why=why,
+            mult=mult,
             hypothesis=f"{es.method} (selected layer) ranks {ref_name} edges after "
             f"residualising on |{p.coexpression}| and gene covariates",
-            test=f"{rec.test}; {why}",
-            null=rec.null,
-            null_name=rec.null_name,
-            p=p_sel,
-            p_floor=floor,
-            family="confirmatory",
-            extra={"layer_choice": why, **rec.extra},
-            **estimate_fields(
-                es,
-                ds,
-                ref_name,
-                estimate=r["auroc"],
-                ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
-                n=r["n_candidates"],
-                name="AUROC of residual",
-            ),
         )
     return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
 

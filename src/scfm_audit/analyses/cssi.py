@@ -41,6 +41,8 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    register_selected_layer,
+    select_layer,
     source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options
@@ -458,41 +460,20 @@ def _verdict(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> Verdict
     if base0.layer is None:
         return Verdict(claim, rec0, base0.model, ds, direction="greater")
     items = sorted(items, key=lambda x: x[0].layer)
-    k = len(items)
-    if p.verdict_layer == "best":
-        eff = np.array([_effect(p, r)[1] for _, r, _ in items], dtype=float)
-        i = int(np.nanargmax(eff)) if np.isfinite(eff).any() else k - 1
-        why = f"largest improvement of {k} layers; p × {k} (Bonferroni)"
-        mult = k
-    else:
-        i = [x[0].layer for x in items].index(items[p.verdict_layer][0].layer)
-        why, mult = f"layer {items[i][0].layer} fixed a priori", 1
-    base, row, rec = items[i]
-    name, eff, lo, hi, nv = _effect(p, row)
-    sel = ctx.add_test(
+    i, mult, why = select_layer(
+        [x[0].layer for x in items],
+        [_effect(p, r)[1] for _, r, _ in items],
+        p.verdict_layer,
+        what="improvement",
+    )
+    base, _row, rec = items[i]
+    sel = register_selected_layer(
+        ctx,
+        rec,
+        why=why,
+        mult=mult,
         hypothesis=f"CSSI-{p.variant} of {base.method} (selected layer) ranks {ref_name} edges "
         "differently from pooled scoring",
-        test=rec.test + (f", best of {k} layers, Bonferroni" if mult > 1 else ""),
-        null=rec.null,
-        null_name=rec.null_name,
-        p=min(1.0, rec.p * mult) if np.isfinite(rec.p) else rec.p,
-        p_floor=min(1.0, rec.p_floor * mult),
-        family="confirmatory",
-        statistic_name=rec.statistic_name,
-        statistic=rec.statistic,
-        effect_name=name,
-        effect=eff,
-        ci_low=lo,
-        ci_high=hi,
-        null_value=nv,
-        direction="two-sided",
-        model=base.model,
-        dataset=ds,
-        reference=ref_name,
-        method=rec.method,
-        layer=base.layer,
-        n=rec.n,
-        extra={"layer_choice": why, **rec.extra},
     )
     return Verdict(claim, sel, base.model, ds, direction="greater", layer_choice=why)
 

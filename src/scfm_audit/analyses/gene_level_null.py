@@ -48,6 +48,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     estimate_fields,
     register_analysis,
+    register_selected_layer,
     source_label,
 )
 from scfm_audit.analyses._pairs_common import choose_layer, gene_stats, pooled_sets
@@ -413,35 +414,21 @@ def _register(ctx, p, es, ds, ref_name, setting, summ, score, pairs, baselines, 
 
 
 def _verdict(ctx, p, items, ds, ref_name, setting) -> Verdict:
-    it, p_sel, floor, why = choose_layer(
+    it, mult, why = choose_layer(
         items, verdict_layer=p.verdict_layer, key=lambda x: x["delta"], what="ΔAUROC"
     )
-    es, summ, rec = it["es"], it["summ"], it["rec"]
-    who = source_label(es)
-    claim = f"{who} beats gene-level baselines on {ref_name}"
+    es, rec = it["es"], it["rec"]
+    claim = f"{source_label(es)} beats gene-level baselines on {ref_name}"
     if setting == "matched":
         claim += " (expression-matched negatives)"
     if es.layer is not None:
-        rec = ctx.add_test(
+        rec = register_selected_layer(
+            ctx,
+            rec,
+            why=why,
+            mult=mult,
             hypothesis=f"{es.method} (selected layer) beats every gene-level baseline on "
             f"{ref_name} ({setting} negatives)",
-            test=f"{rec.test}; {why}",
-            null=rec.null,
-            null_name=rec.null_name,
-            p=p_sel,
-            p_floor=floor,
-            family="confirmatory",
-            extra={"layer_choice": why, **rec.extra},
-            **estimate_fields(
-                es,
-                ds,
-                ref_name,
-                estimate=summ["delta"],
-                ci=(summ["ci_low"], summ["ci_high"]),
-                n=summ["n_rows"],
-                name="ΔAUROC",
-                null_value=0.0,
-            ),
         )
     return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
 

@@ -42,6 +42,8 @@ from scfm_audit.analyses._contract import (
     Verdict,
     estimate_fields,
     register_analysis,
+    register_selected_layer,
+    select_layer,
     source_label,
 )
 from scfm_audit.edges._scores import EdgeScores
@@ -258,39 +260,19 @@ def _verdict(
     if es0.layer is None:
         return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0, r0
     items = sorted(items, key=lambda x: x[0].layer)
-    layers = [x[0].layer for x in items]
-    k = len(items)
-    if p.verdict_layer == "best":
-        aucs = np.array([x[1]["auroc"] for x in items], dtype=float)
-        if np.isnan(aucs).all():
-            i = k - 1
-        else:
-            i = int(np.nanargmax(aucs))
-        es, r, rec = items[i]
-        why = f"best of {k} layers ({layers[0]}–{layers[-1]}) by AUROC, Bonferroni"
-        p_sel = min(1.0, r["p"] * k) if not np.isnan(r["p"]) else float("nan")
-        floor = min(1.0, r["p_floor"] * k) if not np.isnan(r["p_floor"]) else float("nan")
-        test = f"{rec.test}; p × {k} layers"
-    else:
-        try:
-            es, r, rec = items[layers.index(layers[p.verdict_layer])]
-        except IndexError:
-            raise ValueError(
-                f"verdict_layer={p.verdict_layer} but {es0.method} has layers "
-                f"{layers[0]}–{layers[-1]}; use an index in that range or 'best'."
-            ) from None
-        why = f"layer {es.layer} fixed a priori (verdict_layer: {p.verdict_layer})"
-        p_sel, floor, test = r["p"], r["p_floor"], rec.test
-    sel = ctx.add_test(
+    i, mult, why = select_layer(
+        [x[0].layer for x in items],
+        [x[1]["auroc"] for x in items],
+        p.verdict_layer,
+        what="AUROC",
+    )
+    es, r, rec = items[i]
+    sel = register_selected_layer(
+        ctx,
+        rec,
+        why=why,
+        mult=mult,
         hypothesis=f"{es.method} (selected layer) ranks {ref_name} edges apart from non-edges",
-        test=test,
-        null=rec.null,
-        null_name=rec.null_name,
-        p=p_sel,
-        p_floor=floor,
-        family="confirmatory",
-        extra={"layer_choice": why, **rec.extra},
-        **_recovery_fields(es, ds, ref_name, r),
     )
     return Verdict(claim, sel, es.model, ds, direction="greater", layer_choice=why), es, r
 

@@ -45,6 +45,8 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     register_analysis,
+    register_selected_layer,
+    select_layer,
     source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options, edge_setup
@@ -374,38 +376,16 @@ def _verdict(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> Verd
     if base0.layer is None:
         return Verdict(claim, rec0, base0.model, ds, direction="greater", layer_choice=sel_why)
     items = sorted(items, key=lambda x: x[0].layer)
-    k = len(items)
-    if p.verdict_layer == "best":
-        eff = np.array([t["diff"] for _, t, _ in items], dtype=float)
-        i = int(np.nanargmax(eff)) if np.isfinite(eff).any() else k - 1
-        why, mult = f"largest decline of {k} layers; p × {k} (Bonferroni); {sel_why}", k
-    else:
-        i = [x[0].layer for x in items].index(items[p.verdict_layer][0].layer)
-        why, mult = f"layer {items[i][0].layer} fixed a priori; {sel_why}", 1
+    i, mult, why = select_layer(
+        [x[0].layer for x in items],
+        [t["diff"] for _, t, _ in items],
+        p.verdict_layer,
+        what="decline",
+    )
     base, _t, rec = items[i]
-    sel = ctx.add_test(
-        hypothesis=rec.hypothesis + " (selected layer)",
-        test=rec.test + (f", best of {k} layers, p × {k}" if mult > 1 else ""),
-        null=rec.null,
-        null_name=rec.null_name,
-        p=min(1.0, rec.p * mult) if np.isfinite(rec.p) else rec.p,
-        p_floor=min(1.0, rec.p_floor * mult),
-        family="confirmatory",
-        statistic_name=rec.statistic_name,
-        statistic=rec.statistic,
-        effect_name=rec.effect_name,
-        effect=rec.effect,
-        ci_low=rec.ci_low,
-        ci_high=rec.ci_high,
-        null_value=0.0,
-        direction="two-sided",
-        model=base.model,
-        dataset=ds,
-        reference=ref_name,
-        method=rec.method,
-        layer=base.layer,
-        n=rec.n,
-        extra={"layer_choice": why, **rec.extra},
+    why = f"{why}; {sel_why}"
+    sel = register_selected_layer(
+        ctx, rec, why=why, mult=mult, hypothesis=rec.hypothesis + " (selected layer)"
     )
     return Verdict(claim, sel, base.model, ds, direction="greater", layer_choice=why)
 
