@@ -208,23 +208,32 @@ def _recovery_fields(es: EdgeScores, ds: str, ref_name: str, r: dict) -> dict:
     return estimate_fields(es, ds, ref_name, estimate=r["auroc"], ci=ci, n=r["n_candidates"])
 
 
+def register_recovery_test(
+    ctx, es: EdgeScores, ds: str, ref_name: str, r: dict, *, family: str, null: str
+):
+    """Register the verdict-null test of one :func:`edge_recovery` result ``r`` (its
+    ``p`` under ``null``, AUROC with its CI; the reason when not assessable)."""
+    draws = f"{r['n_null_draws']} draws" if r["n_null_draws"] else "not run"
+    return ctx.add_test(
+        hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
+        test=f"{null.replace('_', ' ')} ({draws}, two-sided)",
+        null=NULL_H0[null],
+        null_name=null,
+        p=r["p"],
+        p_floor=r["p_floor"],
+        family=family,
+        extra={"reason": r["not_assessable"]} if r["not_assessable"] else {},
+        **_recovery_fields(es, ds, ref_name, r),
+    )
+
+
 def _register(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict, is_head: bool):
     """Register the verdict-null test and the descriptive ones; returns the verdict test's
     record. Layered pooled sources register their per-layer tests as descriptive: the
     confirmatory test is the layer chosen by ``verdict_layer`` (see :func:`_verdict`)."""
+    family = "descriptive" if (is_head or es.layer is not None) else "confirmatory"
+    rec = register_recovery_test(ctx, es, ds, ref_name, r, family=family, null=p.verdict_null)
     common = _recovery_fields(es, ds, ref_name, r)
-    n_perm = f"{r['n_null_draws']} draws" if r["n_null_draws"] else "not run"
-    rec = ctx.add_test(
-        hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
-        test=f"{p.verdict_null.replace('_', ' ')} ({n_perm}, two-sided)",
-        null=NULL_H0[p.verdict_null],
-        null_name=p.verdict_null,
-        p=r["p"],
-        p_floor=r["p_floor"],
-        family="descriptive" if (is_head or es.layer is not None) else "confirmatory",
-        extra={"reason": r["not_assessable"]} if r["not_assessable"] else {},
-        **common,
-    )
     described = {
         "degree_permutation": ("p_degree_permutation", p.n_perm),
         "node_permutation": ("p_node_permutation", p.n_perm),

@@ -26,10 +26,10 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
-    estimate_fields,
     register_analysis,
     source_label,
 )
+from scfm_audit.analyses.grn_recovery import register_recovery_test
 from scfm_audit.evaluate._recovery import NULL_H0, candidate_pairs, edge_recovery
 from scfm_audit.stats._fdr import bh_fdr
 
@@ -104,22 +104,8 @@ def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
                         transform=p.score_transform,
                         seed=ctx.seed_for(ds, ref_name, es.label),
                     )
-                    ctx.add_test(
-                        hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
-                        test=f"degree permutation ({r['n_null_draws']} draws, two-sided)",
-                        null=NULL_H0["degree_permutation"],
-                        null_name="degree_permutation",
-                        p=r["p"],
-                        p_floor=r["p_floor"],
-                        family="descriptive",
-                        **estimate_fields(
-                            es,
-                            ds,
-                            ref_name,
-                            estimate=r["auroc"],
-                            ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
-                            n=r["n_candidates"],
-                        ),
+                    register_recovery_test(
+                        ctx, es, ds, ref_name, r, family="descriptive", null="degree_permutation"
                     )
                     part.append(
                         {

@@ -31,13 +31,12 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
-    estimate_fields,
     register_analysis,
     source_label,
 )
+from scfm_audit.analyses.grn_recovery import register_recovery_test
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
-    NULL_H0,
     _SortedScores,
     candidate_pairs,
     edge_recovery,
@@ -211,22 +210,14 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
                                 **{k: v for k, v in r.items() if not k.startswith("null_")},
                             }
                         )
-                        ctx.add_test(
-                            hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
-                            test=f"degree permutation ({r['n_null_draws']} draws, two-sided)",
-                            null=NULL_H0["degree_permutation"],
-                            null_name="degree_permutation",
-                            p=r["p"],
-                            p_floor=r["p_floor"],
+                        register_recovery_test(
+                            ctx,
+                            es,
+                            ds,
+                            ref_name,
+                            r,
                             family="descriptive",
-                            **estimate_fields(
-                                es,
-                                ds,
-                                ref_name,
-                                estimate=r["auroc"],
-                                ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
-                                n=r["n_candidates"],
-                            ),
+                            null="degree_permutation",
                         )
                 t = depth_trend(
                     pooled,
