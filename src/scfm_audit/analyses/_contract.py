@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from scfm_audit.data._network import ReferenceNetwork
     from scfm_audit.edges._scores import EdgeScores
+    from scfm_audit.evaluate._recovery import CandidatePairs
     from scfm_audit.models._base import ModelAdapter
     from scfm_audit.stats._registry import TestRecord
 
@@ -245,3 +246,20 @@ def register_selected_layer(
         extra={"layer_choice": why, **rec.extra},
         **same,
     )
+
+
+def evaluable_pairs(
+    genes: pd.Index, reference: ReferenceNetwork, *, min_positives: int, where: str, notes: list
+) -> CandidatePairs | None:
+    """The candidate pairs of ``reference`` over ``genes``, or None — with a note saying
+    why — when fewer than ``min_positives`` reference edges are among them."""
+    from scfm_audit.evaluate._recovery import candidate_pairs
+
+    pairs = candidate_pairs(genes, reference)
+    if pairs.n_pos < min_positives:
+        notes.append(
+            f"{where}: only {pairs.n_pos} reference edges among the scored genes "
+            f"(< {min_positives}); not evaluated."
+        )
+        return None
+    return pairs

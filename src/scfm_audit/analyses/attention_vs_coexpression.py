@@ -60,6 +60,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     estimate_fields,
+    evaluable_pairs,
     register_analysis,
     register_selected_layer,
     source_label,
@@ -74,7 +75,6 @@ from scfm_audit.analyses._pairs_common import (
 from scfm_audit.evaluate._pairwise import pair_covariates, rank_normal, residualise
 from scfm_audit.evaluate._recovery import (
     NULL_H0,
-    candidate_pairs,
     edge_recovery,
     pair_scores,
     vertex_bootstrap_auroc,
@@ -252,12 +252,14 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
             )
             for ref_name in references:
                 ref = ctx.reference(ref_name)
-                pairs = candidate_pairs(genes, ref)
-                if pairs.n_pos < p.min_positives:
-                    notes.append(
-                        f"{ds}/{en}/{ref_name}: only {pairs.n_pos} reference edges among the "
-                        f"scored genes (< {p.min_positives}); not evaluated."
-                    )
+                pairs = evaluable_pairs(
+                    genes,
+                    ref,
+                    min_positives=p.min_positives,
+                    where=f"{ds}/{en}/{ref_name}",
+                    notes=notes,
+                )
+                if pairs is None:
                     continue
                 c = pair_scores(c_sub, pairs, transform="abs")
                 X = pair_covariates(stats, pairs)

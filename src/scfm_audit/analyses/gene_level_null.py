@@ -47,6 +47,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     Verdict,
     estimate_fields,
+    evaluable_pairs,
     register_analysis,
     register_selected_layer,
     source_label,
@@ -60,7 +61,6 @@ from scfm_audit.evaluate._pairwise import (
 from scfm_audit.evaluate._recovery import (
     CandidatePairs,
     auroc_from_ranks,
-    candidate_pairs,
     nan_lowest_ranks,
     pair_scores,
 )
@@ -225,12 +225,14 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
             stats = gene_stats(ctx, en, ds)
             genes = sets[0].genes.intersection(stats.index, sort=False)
             for ref_name in references:
-                pairs = candidate_pairs(genes, ctx.reference(ref_name))
-                if pairs.n_pos < p.min_positives:
-                    notes.append(
-                        f"{ds}/{en}/{ref_name}: only {pairs.n_pos} reference edges among the "
-                        f"scored genes (< {p.min_positives}); not evaluated."
-                    )
+                pairs = evaluable_pairs(
+                    genes,
+                    ctx.reference(ref_name),
+                    min_positives=p.min_positives,
+                    where=f"{ds}/{en}/{ref_name}",
+                    notes=notes,
+                )
+                if pairs is None:
                     continue
                 baselines = gene_level_pair_baselines(stats, pairs)
                 verdict_names = [

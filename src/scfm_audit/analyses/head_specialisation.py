@@ -26,6 +26,7 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
+    evaluable_pairs,
     register_analysis,
     source_label,
 )
@@ -86,12 +87,14 @@ def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
             if not heads:
                 continue
             for ref_name in references:
-                pairs = candidate_pairs(heads[0].genes, ctx.reference(ref_name))
-                if pairs.n_pos < p.min_positives:
-                    notes.append(
-                        f"{ds}/{en}/{ref_name}: only {pairs.n_pos} reference edges among the "
-                        f"scored genes (< {p.min_positives}); not evaluated."
-                    )
+                pairs = evaluable_pairs(
+                    heads[0].genes,
+                    ctx.reference(ref_name),
+                    min_positives=p.min_positives,
+                    where=f"{ds}/{en}/{ref_name}",
+                    notes=notes,
+                )
+                if pairs is None:
                     continue
                 part = []
                 for es in ctx.progress(heads, description=f"{en} heads vs {ref_name}"):

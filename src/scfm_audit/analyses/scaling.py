@@ -44,6 +44,7 @@ from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
     Verdict,
+    evaluable_pairs,
     register_analysis,
     register_selected_layer,
     select_layer,
@@ -174,13 +175,14 @@ def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
             genes, layers = pooled[0].genes, [s.layer for s in pooled]
             refs: dict[str, CandidatePairs] = {}
             for ref_name in references:
-                pairs = candidate_pairs(genes, ctx.reference(ref_name))
-                if pairs.n_pos < p.min_positives:
-                    notes.append(
-                        f"{ds}/{en}/{ref_name}: only {pairs.n_pos} reference edges among the "
-                        f"scored genes (< {p.min_positives}); not evaluated."
-                    )
-                else:
+                pairs = evaluable_pairs(
+                    genes,
+                    ctx.reference(ref_name),
+                    min_positives=p.min_positives,
+                    where=f"{ds}/{en}/{ref_name}",
+                    notes=notes,
+                )
+                if pairs is not None:
                     refs[ref_name] = pairs
             if not refs:
                 continue
