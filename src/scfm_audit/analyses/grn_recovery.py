@@ -30,7 +30,7 @@ the permutation floor.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,9 @@ from scfm_audit.analyses._contract import (
     source_label,
 )
 from scfm_audit.edges._scores import EdgeScores
+
+if TYPE_CHECKING:
+    from scfm_audit.data._simulate import SimulatedBenchmark
 from scfm_audit.evaluate._recovery import (
     NULL_H0,
     CandidatePairs,
@@ -308,7 +311,7 @@ def _summary(table: pd.DataFrame) -> str:
 # (rank-normal scores, positives + √2·Φ⁻¹(AUROC)), and the simulator's planted GRN.
 
 
-def _calibration_scores(n_genes: int, seed: int, **sim) -> EdgeScores:
+def _calibration_scores(n_genes: int, seed: int, **sim) -> tuple[SimulatedBenchmark, EdgeScores]:
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.edges._coexpression import coexpression
 
