@@ -334,6 +334,10 @@ class RunContext:
     def dataset_spec(self, name: str):
         return self.resources.dataset_spec(name)
 
+    def dataset_fingerprint(self, name: str) -> dict[str, Any]:
+        """What identifies a dataset's content (for cache keys of derived artifacts)."""
+        return self.resources.dataset_fingerprint(name)
+
     def reference_names(self) -> list[str]:
         return list(self.resources.cfg.references)
 
