@@ -22,6 +22,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     gene_level_null,
     grn_recovery,
     head_specialisation,
+    incremental_value,
     layer_organisation,
     scaling,
     synthetic_controls,

@@ -1,0 +1,504 @@
+"""Incremental value of edge features beyond gene-level features, on a generic row table.
+
+One row per (perturbation, candidate gene) with a binary label (the candidate responds to
+the perturbation). Kernels:
+
+* :func:`grouped_folds` — cross-validation folds grouped by perturbation, by candidate gene,
+  or jointly (``"joint"``: perturbations and candidates are assigned to folds
+  independently; fold ``f`` tests the rows whose perturbation **and** candidate are in
+  ``f`` and trains on the rows whose perturbation and candidate are both outside ``f``, so
+  a test row's perturbation and candidate are both unseen in training; the test folds
+  together cover about ``1 / n_splits`` of the rows, which is reported).
+* :func:`cross_validated_predictions` — out-of-fold predicted probabilities of one model
+  per feature set on the same folds: logistic regression (scikit-learn, lbfgs,
+  L2 with ``C = 1`` on features standardised with training-fold moments) or
+  ``HistGradientBoostingClassifier`` (seeded). Features that depend on labels (a
+  candidate's responsiveness across other perturbations) are recomputed per fold from
+  training rows only by ``fold_features(train_mask)``; missing values are imputed with the
+  training-fold mean.
+* :func:`compare_predictions` — AUROC, AUPRC and per-perturbation top-k recall of each
+  feature set's out-of-fold predictions and their differences from a baseline set, with
+  percentile CIs from a bootstrap over **perturbations** (the independent units: the
+  out-of-fold predictions are held fixed and perturbations resampled with replacement, the
+  same draws for every feature set, so differences are paired) and a two-sided p by
+  inverting the percentile interval (H0: the difference is 0).
+* :func:`nested_lrt` — likelihood-ratio test of nested logistic models fitted by maximum
+  likelihood on all rows. It treats rows as independent (they are not: rows share
+  perturbations and candidate genes), so it is descriptive only.
+* :func:`propensity_matched` — per responder, up to ``n_per`` non-responders of the same
+  perturbation with the nearest propensity (logit of the gene-only model's out-of-fold
+  prediction, within a caliper), without replacement, seeded.
+
+Bootstrap AUROC uses the decomposition ``U(w) = wᵀ C w`` where ``C[p, q]`` counts (pairs
+of a positive of perturbation ``p`` above a negative of perturbation ``q``, ties ½), so a
+draw costs ``O(P²)`` instead of a sort of every row; it equals the AUROC of the rows
+replicated by their perturbation's multiplicity (tested against scikit-learn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from scfm_audit.evaluate._pairwise import bootstrap_p
+
+Grouping = Literal["perturbation", "candidate", "joint"]
+Model = Literal["logistic", "gbm"]
+GROUPINGS: tuple[str, ...] = ("perturbation", "candidate", "joint")
+
+__all__ = [
+    "GROUPINGS",
+    "CVPredictions",
+    "MatchedRows",
+    "compare_predictions",
+    "cross_validated_predictions",
+    "grouped_folds",
+    "nested_lrt",
+    "propensity_matched",
+]
+
+
+class IncrementalInputError(ValueError):
+    """A table or parameter the incremental-value kernels cannot use."""
+
+
+# ----------------------------------------------------------------------------- folds
+def _fold_of(codes: np.ndarray, n_units: int, n_splits: int, rng: np.random.Generator):
+    """Units assigned to ``n_splits`` folds of (near) equal size at random."""
+    fold_of_unit = rng.permutation(np.arange(n_units) % n_splits)
+    return fold_of_unit[codes]
+
+
+def grouped_folds(
+    perturbation: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    grouping: Grouping,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` boolean masks per fold (see the module docstring for ``grouping``).
+
+    Units (perturbations, candidates) are shuffled into folds with ``seed``; a grouping
+    needs at least ``n_splits`` units of each grouped kind."""
+    if grouping not in GROUPINGS:
+        raise IncrementalInputError(
+            f"grouping {grouping!r} is not one of {list(GROUPINGS)}; choose one of them."
+        )
+    rng = np.random.default_rng(seed)
+    pc, pu = pd.factorize(pd.Series(perturbation).astype(str))
+    cc, cu = pd.factorize(pd.Series(candidate).astype(str))
+    need = {"perturbation": [("perturbations", len(pu))], "candidate": [("candidates", len(cu))]}
+    need["joint"] = need["perturbation"] + need["candidate"]
+    for what, n in need[grouping]:
+        if n < n_splits:
+            raise IncrementalInputError(
+                f"{n} {what} cannot fill {n_splits} folds grouped by {grouping}; lower "
+                "n_splits or add perturbations / candidates."
+            )
+    fp = _fold_of(pc, len(pu), n_splits, rng)
+    fc = _fold_of(cc, len(cu), n_splits, rng)
+    folds = []
+    for f in range(n_splits):
+        if grouping == "perturbation":
+            test = fp == f
+            train = ~test
+        elif grouping == "candidate":
+            test = fc == f
+            train = ~test
+        else:
+            test = (fp == f) & (fc == f)
+            train = (fp != f) & (fc != f)
+        folds.append((train, test))
+    return folds
+
+
+# ----------------------------------------------------------------------------- models
+def _fit_predict(
+    model: Model,
+    X: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    seed,
+    max_iter,
+):
+    Xtr = X[train]
+    mu = np.nanmean(Xtr, axis=0) if len(Xtr) else np.zeros(X.shape[1])
+    mu = np.where(np.isfinite(mu), mu, 0.0)
+    Xtr = np.where(np.isnan(Xtr), mu, Xtr)
+    Xte = X[test]
+    Xte = np.where(np.isnan(Xte), mu, Xte)
+    ytr = y[train]
+    if ytr.min() == ytr.max():  # one class in training: predict its rate
+        return np.full(len(Xte), float(ytr.mean()))
+    if model == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        sd = Xtr.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=max_iter, tol=1e-6)
+        clf.fit((Xtr - mu) / sd, ytr)
+        return clf.predict_proba((Xte - mu) / sd)[:, 1]
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    clf = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=False, random_state=seed)
+    clf.fit(Xtr, ytr)
+    return clf.predict_proba(Xte)[:, 1]
+
+
+@dataclass
+class CVPredictions:
+    """Out-of-fold predictions: ``rows`` (positions of the evaluated rows in the input
+    table, ascending), ``fold`` per evaluated row, ``predictions`` (feature set → array
+    aligned with ``rows``), and the design (grouping, model, n_splits, n_train per fold)."""
+
+    rows: np.ndarray
+    fold: np.ndarray
+    predictions: dict[str, np.ndarray]
+    grouping: str
+    model: str
+    n_splits: int
+    n_train: list[int]
+    n_table: int
+
+    @property
+    def coverage(self) -> float:
+        """Evaluated rows as a fraction of the table (1 unless grouping is joint)."""
+        return len(self.rows) / self.n_table if self.n_table else float("nan")
+
+
+def cross_validated_predictions(
+    table: pd.DataFrame,
+    *,
+    label: str,
+    perturbation: str,
+    candidate: str,
+    feature_sets: dict[str, Sequence[str]],
+    grouping: Grouping = "perturbation",
+    model: Model = "logistic",
+    n_splits: int = 5,
+    seed: int = 0,
+    fold_features: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    max_iter: int | None = None,
+) -> CVPredictions:
+    """Out-of-fold predictions of ``model`` for every feature set on the same folds.
+
+    ``table``: one row per (perturbation, candidate) with ``label`` (bool) and the feature
+    columns. ``feature_sets``: name → columns; a column may also be produced per fold by
+    ``fold_features(train_mask) -> {column: values for every row}``, computed from the
+    training rows' labels only (e.g. a candidate's responsiveness in training
+    perturbations) — it must never read a test row's label. ``max_iter``: lbfgs iterations
+    (default 200) or boosting iterations (default 100)."""
+    y = table[label].to_numpy(bool)
+    if len(y) == 0:
+        raise IncrementalInputError("the table has no rows.")
+    folds = grouped_folds(
+        table[perturbation].to_numpy(),
+        table[candidate].to_numpy(),
+        grouping=grouping,
+        n_splits=n_splits,
+        seed=seed,
+    )
+    max_iter = max_iter or (200 if model == "logistic" else 100)
+    static = {}
+    for cols in feature_sets.values():
+        for c in cols:
+            if c in table.columns and c not in static:
+                static[c] = table[c].to_numpy(float)
+    preds = {k: np.full(len(y), np.nan) for k in feature_sets}
+    fold_id = np.full(len(y), -1)
+    n_train = []
+    for f, (train, test) in enumerate(folds):
+        if not test.any():
+            continue
+        dyn = fold_features(train) if fold_features is not None else {}
+        n_train.append(int(train.sum()))
+        fold_id[test] = f
+        for name, cols in feature_sets.items():
+            missing = [c for c in cols if c not in static and c not in dyn]
+            if missing:
+                raise IncrementalInputError(
+                    f"feature set {name!r} needs columns {missing} that are neither in the "
+                    "table nor produced by fold_features."
+                )
+            X = np.column_stack([dyn[c] if c in dyn else static[c] for c in cols])
+            preds[name][test] = _fit_predict(model, X, y, train, test, seed=seed, max_iter=max_iter)
+    rows = np.flatnonzero(fold_id >= 0)
+    return CVPredictions(
+        rows=rows,
+        fold=fold_id[rows],
+        predictions={k: v[rows] for k, v in preds.items()},
+        grouping=grouping,
+        model=model,
+        n_splits=n_splits,
+        n_train=n_train,
+        n_table=len(y),
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+def auroc_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
+    """``C`` (``n_units × n_units``): ``C[p, q]`` = Σ over positives of unit ``p`` and
+    negatives of unit ``q`` of ``[s₊ > s₋] + ½ [s₊ = s₋]``; and positives / negatives per
+    unit. AUROC under unit weights ``w`` is ``wᵀCw / ((w·n1)(w·n0))``."""
+    pos = y.astype(bool)
+    n1 = np.bincount(units[pos], minlength=n_units).astype(float)
+    n0 = np.bincount(units[~pos], minlength=n_units).astype(float)
+    C = np.zeros((n_units, n_units))
+    sp, up = s[pos], units[pos]
+    neg_s, neg_u = s[~pos], units[~pos]
+    order = np.argsort(neg_u, kind="stable")
+    neg_s, neg_u = neg_s[order], neg_u[order]
+    bounds = np.searchsorted(neg_u, np.arange(n_units + 1))
+    for q in range(n_units):
+        nq = np.sort(neg_s[bounds[q] : bounds[q + 1]])
+        if len(nq) == 0 or len(sp) == 0:
+            continue
+        twice = np.searchsorted(nq, sp, side="left") + np.searchsorted(nq, sp, side="right")
+        C[:, q] = np.bincount(up, weights=twice, minlength=n_units) / 2.0
+    return C, n1, n0
+
+
+def _weighted_ap(order_y: np.ndarray, order_u: np.ndarray, ends: np.ndarray, w: np.ndarray):
+    """Average precision of rows sorted by decreasing score (tie groups ending at
+    ``ends``) with row weights ``w[unit]``."""
+    rw = w[order_u]
+    tp = np.cumsum(rw * order_y)[ends]
+    fp = np.cumsum(rw * (1 - order_y))[ends]
+    total = tp[-1] if len(tp) else 0.0
+    if total <= 0:
+        return np.nan
+    dtp = np.diff(tp, prepend=0.0)
+    return float(np.sum(dtp * tp / np.maximum(tp + fp, 1e-300)) / total)
+
+
+def _ap_setup(y, s):
+    order = np.argsort(-s, kind="stable")
+    ss = s[order]
+    ends = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), len(ss) - 1] if len(ss) else np.array([], int)
+    return order, ends
+
+
+def topk_recall(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int, k: int):
+    """Per unit: the expected fraction of its positives among its ``k`` highest-scored rows
+    (ties broken at random, in expectation); NaN for a unit without positives."""
+    df = pd.DataFrame({"u": units, "s": s})
+    g = df.groupby("u")["s"]
+    hi = g.rank(method="min", ascending=False).to_numpy()  # 1 + #greater
+    top = g.rank(method="max", ascending=False).to_numpy()
+    tied = top - hi + 1
+    inside = np.clip((k - (hi - 1)) / tied, 0.0, 1.0)
+    hits = np.bincount(units, weights=inside * y, minlength=n_units)
+    npos = np.bincount(units, weights=y.astype(float), minlength=n_units)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(npos > 0, hits / npos, np.nan)
+
+
+def compare_predictions(
+    y: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    units: np.ndarray,
+    *,
+    baseline: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ks: Sequence[int] = (10, 50, 100),
+    ci: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics of each feature set's predictions and differences from ``baseline``.
+
+    ``units``: the bootstrap unit of each row (the perturbation). Returns
+
+    * ``metrics``: one row per feature set — ``feature_set, auroc, auroc_ci_low/high,
+      auprc, auprc_ci_low/high, recall@k`` (mean over units with a positive) ``, n_rows,
+      n_units, n_positives``;
+    * ``deltas``: one row per non-baseline set — ``feature_set, baseline, delta_auroc``
+      with CI, ``p`` and ``p_floor`` (two-sided percentile-inversion p of H0: ΔAUROC = 0),
+      ``delta_auprc`` with CI and ``p_auprc``, ``delta_recall@k`` with CI, ``n_boot``.
+    """
+    y = np.asarray(y, bool)
+    codes, uniq = pd.factorize(pd.Series(units).astype(str))
+    P = len(uniq)
+    names = list(predictions)
+    if baseline not in predictions:
+        raise IncrementalInputError(f"baseline {baseline!r} is not among {names}.")
+    rng = np.random.default_rng(seed)
+    W = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(float) if P else None
+    obs, draws = {}, {}
+    yf = y.astype(float)
+    for name in names:
+        s = np.asarray(predictions[name], float)
+        C, n1, n0 = auroc_blocks(y, s, codes, P)
+        denom = n1.sum() * n0.sum()
+        o = {"auroc": C.sum() / denom if denom > 0 else np.nan}
+        d = {}
+        if W is not None and denom > 0:
+            num = np.einsum("bp,pq,bq->b", W, C, W)
+            den = (W @ n1) * (W @ n0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d["auroc"] = np.where(den > 0, num / den, np.nan)
+        order, ends = _ap_setup(y, s)
+        oy, ou = yf[order], codes[order]
+        o["auprc"] = _weighted_ap(oy, ou, ends, np.ones(P))
+        if W is not None:
+            d["auprc"] = np.array([_weighted_ap(oy, ou, ends, w) for w in W])
+        for k in ks:
+            r = topk_recall(y, s, codes, P, k)
+            ok = np.isfinite(r)
+            o[f"recall@{k}"] = float(r[ok].mean()) if ok.any() else np.nan
+            if W is not None:
+                Wk = W[:, ok]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    d[f"recall@{k}"] = (Wk @ r[ok]) / Wk.sum(axis=1)
+        obs[name], draws[name] = o, d
+    alpha = (1 - ci) / 2
+
+    def _ci(x):
+        x = x[np.isfinite(x)]
+        return (np.nan, np.nan) if len(x) == 0 else tuple(np.quantile(x, [alpha, 1 - alpha]))
+
+    mrows = []
+    for name in names:
+        row = {"feature_set": name}
+        for m, v in obs[name].items():
+            row[m] = v
+            if m in ("auroc", "auprc") and m in draws[name]:
+                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = _ci(draws[name][m])
+        row.update(n_rows=len(y), n_units=P, n_positives=int(y.sum()))
+        mrows.append(row)
+    drows = []
+    for name in names:
+        if name == baseline:
+            continue
+        row = {"feature_set": name, "baseline": baseline, "n_boot": n_boot}
+        for m in obs[name]:
+            dm = obs[name][m] - obs[baseline][m]
+            dd = (
+                draws[name][m] - draws[baseline][m]
+                if m in draws[name] and m in draws[baseline]
+                else np.array([])
+            )
+            row[f"delta_{m}"] = dm
+            row[f"delta_{m}_ci_low"], row[f"delta_{m}_ci_high"] = _ci(dd)
+            if m in ("auroc", "auprc"):
+                p, floor = bootstrap_p(dd) if len(dd) else (np.nan, np.nan)
+                key = "p" if m == "auroc" else "p_auprc"
+                row[key] = p
+                if m == "auroc":
+                    row["p_floor"] = floor
+        row.update(n_rows=len(y), n_units=P, n_positives=int(y.sum()))
+        drows.append(row)
+    return pd.DataFrame(mrows), pd.DataFrame(drows)
+
+
+# ----------------------------------------------------------------------------- LRT
+def nested_lrt(y: np.ndarray, X0: np.ndarray, X1: np.ndarray) -> dict[str, float]:
+    """Likelihood-ratio test of the logistic model on ``[X0, X1]`` against the one on
+    ``X0`` (both with an intercept, maximum likelihood by Newton's method, statsmodels).
+    H0: the coefficients of ``X1`` are all 0. Treats rows as independent — descriptive
+    only for (perturbation, candidate) rows. Missing values are imputed with column means.
+    Returns ``lr, df, p, llf0, llf1, n`` (NaN p when a fit fails, e.g. separation)."""
+    import warnings
+
+    import statsmodels.api as sm
+    from scipy.stats import chi2
+
+    def prep(X):
+        X = np.asarray(X, float).reshape(len(y), -1)
+        mu = np.nanmean(X, axis=0)
+        X = np.where(np.isnan(X), np.where(np.isfinite(mu), mu, 0.0), X)
+        sd = X.std(axis=0)
+        return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+    y = np.asarray(y, float)
+    A, B = prep(X0), prep(X1)
+    out = {"lr": np.nan, "df": B.shape[1], "p": np.nan, "llf0": np.nan, "llf1": np.nan}
+    out["n"] = len(y)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f0 = sm.Logit(y, sm.add_constant(A, has_constant="add")).fit(
+                disp=0, method="newton", maxiter=100
+            )
+            f1 = sm.Logit(y, sm.add_constant(np.hstack([A, B]), has_constant="add")).fit(
+                disp=0, method="newton", maxiter=100
+            )
+    except Exception:  # singular or separated designs: no test
+        return out
+    lr = max(0.0, 2.0 * (f1.llf - f0.llf))
+    out.update(lr=lr, p=float(chi2.sf(lr, B.shape[1])), llf0=float(f0.llf), llf1=float(f1.llf))
+    return out
+
+
+# ----------------------------------------------------------------------------- matching
+@dataclass
+class MatchedRows:
+    """Rows (positions into the input arrays) of the matched set: matched responders
+    then their negatives; counts of responders, of responders with at least one match and
+    with all ``n_per``, and of negatives."""
+
+    rows: np.ndarray
+    n_responders: int
+    n_matched: int
+    n_full: int
+    n_negatives: int
+    n_per: int
+    caliper: float
+
+
+def propensity_matched(
+    y: np.ndarray,
+    propensity: np.ndarray,
+    units: np.ndarray,
+    *,
+    n_per: int = 5,
+    caliper: float = 0.2,
+    seed: int = 0,
+) -> MatchedRows:
+    """Per responder (visited in a seeded random order), up to ``n_per`` non-responders of
+    the same unit (perturbation) with the nearest logit propensity within ``caliper`` × SD
+    of the logit propensity, each non-responder used at most once."""
+    y = np.asarray(y, bool)
+    eps = 1e-9
+    p = np.clip(np.asarray(propensity, float), eps, 1 - eps)
+    lg = np.log(p / (1 - p))
+    width = caliper * float(np.std(lg)) if len(lg) else 0.0
+    codes, uniq = pd.factorize(pd.Series(units).astype(str))
+    rng = np.random.default_rng(seed)
+    pos_rows, neg_rows = [], []
+    n_full = 0
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
+    for u in range(len(uniq)):
+        idx = order[bounds[u] : bounds[u + 1]]
+        resp = idx[y[idx]]
+        pool = idx[~y[idx]]
+        if len(resp) == 0 or len(pool) == 0:
+            continue
+        free = np.ones(len(pool), bool)
+        for r in rng.permutation(resp):
+            dist = np.abs(lg[pool] - lg[r])
+            dist[~free] = np.inf
+            near = np.argsort(dist, kind="stable")[:n_per]
+            near = near[dist[near] <= width]
+            if len(near):
+                pos_rows.append(r)
+                neg_rows.extend(pool[near].tolist())
+                free[near] = False
+                n_full += len(near) == n_per
+    rows = np.array(pos_rows + neg_rows, dtype=np.int64)
+    return MatchedRows(
+        rows=rows,
+        n_responders=int(y.sum()),
+        n_matched=len(pos_rows),
+        n_full=n_full,
+        n_negatives=len(neg_rows),
+        n_per=n_per,
+        caliper=caliper,
+    )
