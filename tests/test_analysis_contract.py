@@ -26,6 +26,7 @@ QUICK = {
         "cv_folds": 3,
     },
     "gene_level_null": {"n_boot": 100},
+    "incremental_value": {"n_boot": 50, "n_splits": 3, "gbm_max_iter": 10, "ks": [5]},
     "cssi": {
         "datasets": ["sim"],
         "strata": "kmeans",

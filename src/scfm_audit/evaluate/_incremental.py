@@ -126,9 +126,14 @@ def _fit_predict(
     train: np.ndarray,
     test: np.ndarray,
     *,
-    seed,
-    max_iter,
-):
+    seed: int,
+    max_iter: int,
+    init: np.ndarray | None = None,
+    threads: int | None = 1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit on ``train``, predict P(label) on ``test``. Logistic: returns the coefficients
+    (intercept first, on the standardised scale) to warm-start the next fit with ``init``
+    (the same strictly convex optimum is reached, in fewer lbfgs iterations)."""
     Xtr = X[train]
     mu = np.nanmean(Xtr, axis=0) if len(Xtr) else np.zeros(X.shape[1])
     mu = np.where(np.isfinite(mu), mu, 0.0)
@@ -137,20 +142,30 @@ def _fit_predict(
     Xte = np.where(np.isnan(Xte), mu, Xte)
     ytr = y[train]
     if ytr.min() == ytr.max():  # one class in training: predict its rate
-        return np.full(len(Xte), float(ytr.mean()))
+        return np.full(len(Xte), float(ytr.mean())), None
     if model == "logistic":
         from sklearn.linear_model import LogisticRegression
 
         sd = Xtr.std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
-        clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=max_iter, tol=1e-6)
-        clf.fit((Xtr - mu) / sd, ytr)
-        return clf.predict_proba((Xte - mu) / sd)[:, 1]
+        Xtr -= mu
+        Xtr /= sd
+        clf = LogisticRegression(
+            C=1.0, solver="lbfgs", max_iter=max_iter, tol=1e-6, warm_start=init is not None
+        )
+        if init is not None:
+            clf.coef_ = init[None, 1:].copy()
+            clf.intercept_ = init[:1].copy()
+        clf.fit(Xtr, ytr)
+        coef = np.r_[clf.intercept_, clf.coef_.ravel()]
+        return clf.predict_proba((Xte - mu) / sd)[:, 1], coef
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     clf = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=False, random_state=seed)
-    clf.fit(Xtr, ytr)
-    return clf.predict_proba(Xte)[:, 1]
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        clf.fit(Xtr, ytr)
+        return clf.predict_proba(Xte)[:, 1], None
 
 
 @dataclass
@@ -187,6 +202,7 @@ def cross_validated_predictions(
     seed: int = 0,
     fold_features: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
     max_iter: int | None = None,
+    threads: int | None = 1,
 ) -> CVPredictions:
     """Out-of-fold predictions of ``model`` for every feature set on the same folds.
 
@@ -195,7 +211,9 @@ def cross_validated_predictions(
     ``fold_features(train_mask) -> {column: values for every row}``, computed from the
     training rows' labels only (e.g. a candidate's responsiveness in training
     perturbations) — it must never read a test row's label. ``max_iter``: lbfgs iterations
-    (default 200) or boosting iterations (default 100)."""
+    (default 200) or boosting iterations (default 100). ``threads``: OpenMP threads of
+    gradient boosting (default 1: on a shared 2-core machine, 2 threads spun at OpenMP
+    barriers and fitted 6× slower than 1; None = the library's default, all cores)."""
     y = table[label].to_numpy(bool)
     if len(y) == 0:
         raise IncrementalInputError("the table has no rows.")
@@ -215,6 +233,7 @@ def cross_validated_predictions(
     preds = {k: np.full(len(y), np.nan) for k in feature_sets}
     fold_id = np.full(len(y), -1)
     n_train = []
+    warm: dict[str, np.ndarray] = {}  # logistic: previous fold's solution per feature set
     for f, (train, test) in enumerate(folds):
         if not test.any():
             continue
@@ -229,7 +248,19 @@ def cross_validated_predictions(
                     "table nor produced by fold_features."
                 )
             X = np.column_stack([dyn[c] if c in dyn else static[c] for c in cols])
-            preds[name][test] = _fit_predict(model, X, y, train, test, seed=seed, max_iter=max_iter)
+            preds[name][test], coef = _fit_predict(
+                model,
+                X,
+                y,
+                train,
+                test,
+                seed=seed,
+                max_iter=max_iter,
+                init=warm.get(name),
+                threads=threads,
+            )
+            if coef is not None:
+                warm[name] = coef
     rows = np.flatnonzero(fold_id >= 0)
     return CVPredictions(
         rows=rows,

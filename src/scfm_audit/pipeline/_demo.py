@@ -188,6 +188,14 @@ def demo_config_dict(
                 "references": ["sim_grn", "sim_ppi"],
                 "n_boot": 200 if quick else 1000,
             },
+            # responders from gene-level features alone vs + attention / + co-expression
+            # (co-expression on the attention's cells when there are models)
+            "incremental_value": {
+                "datasets": ["sim"],
+                "reference": "sim_grn",
+                "correlation": ["spearman_attention_cells" if models else "spearman"],
+                "n_boot": 200 if quick else 1000,
+            },
             "cssi": {
                 "datasets": ["sim"],
                 "references": ["sim_grn"],
