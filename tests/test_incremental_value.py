@@ -73,6 +73,21 @@ def test_bootstrap_auroc_and_auprc_equal_sklearn_on_replicated_rows():
     assert ap == pytest.approx(average_precision_score(y[idx], s[idx]))
 
 
+def test_bootstrap_ap_by_blocks_equals_the_loop_over_draws():
+    from scfm_audit.evaluate._incremental import _bootstrap_ap
+
+    rng = np.random.default_rng(2)
+    n, P = 3000, 20
+    u = rng.integers(0, P, n)
+    y = rng.random(n) < 0.1
+    s = np.round(rng.normal(size=n) + y, 1)
+    W = rng.multinomial(P, np.full(P, 1 / P), size=30).astype(float)
+    order, ends = _ap_setup(y, s)
+    oy, ou = y[order].astype(float), u[order]
+    loop = np.array([_weighted_ap(oy, ou, ends, w) for w in W])
+    np.testing.assert_allclose(_bootstrap_ap(y, s, u, P, W, oy, ou, ends, chunk=7), loop)
+
+
 def test_topk_recall_counts_ties_in_expectation():
     y = np.array([1, 0, 1, 0, 1, 0], bool)
     s = np.array([3.0, 2.0, 2.0, 1.0, 5.0, 5.0])

@@ -129,7 +129,6 @@ def _fit_predict(
     seed: int,
     max_iter: int,
     init: np.ndarray | None = None,
-    threads: int | None = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit on ``train``, predict P(label) on ``test``. Logistic: returns the coefficients
     (intercept first, on the standardised scale) to warm-start the next fit with ``init``
@@ -160,12 +159,10 @@ def _fit_predict(
         coef = np.r_[clf.intercept_, clf.coef_.ravel()]
         return clf.predict_proba((Xte - mu) / sd)[:, 1], coef
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from threadpoolctl import threadpool_limits
 
     clf = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=False, random_state=seed)
-    with threadpool_limits(limits=threads, user_api="openmp"):
-        clf.fit(Xtr, ytr)
-        return clf.predict_proba(Xte)[:, 1], None
+    clf.fit(Xtr, ytr)
+    return clf.predict_proba(Xte)[:, 1], None
 
 
 @dataclass
@@ -211,9 +208,28 @@ def cross_validated_predictions(
     ``fold_features(train_mask) -> {column: values for every row}``, computed from the
     training rows' labels only (e.g. a candidate's responsiveness in training
     perturbations) — it must never read a test row's label. ``max_iter``: lbfgs iterations
-    (default 200) or boosting iterations (default 100). ``threads``: OpenMP threads of
-    gradient boosting (default 1: on a shared 2-core machine, 2 threads spun at OpenMP
-    barriers and fitted 6× slower than 1; None = the library's default, all cores)."""
+    (default 200) or boosting iterations (default 100). ``threads``: BLAS and OpenMP
+    threads while fitting (default 1: on a shared 2-core machine two threads spin at
+    barriers — logistic 3× and gradient boosting 6× slower than one thread at 600,000 rows;
+    None = the libraries' defaults)."""
+    from threadpoolctl import threadpool_limits
+
+    if threads is not None:
+        with threadpool_limits(limits=threads):
+            return cross_validated_predictions(
+                table,
+                label=label,
+                perturbation=perturbation,
+                candidate=candidate,
+                feature_sets=feature_sets,
+                grouping=grouping,
+                model=model,
+                n_splits=n_splits,
+                seed=seed,
+                fold_features=fold_features,
+                max_iter=max_iter,
+                threads=None,
+            )
     y = table[label].to_numpy(bool)
     if len(y) == 0:
         raise IncrementalInputError("the table has no rows.")
@@ -257,7 +273,6 @@ def cross_validated_predictions(
                 seed=seed,
                 max_iter=max_iter,
                 init=warm.get(name),
-                threads=threads,
             )
             if coef is not None:
                 warm[name] = coef
@@ -310,6 +325,51 @@ def _weighted_ap(order_y: np.ndarray, order_u: np.ndarray, ends: np.ndarray, w: 
     return float(np.sum(dtp * tp / np.maximum(tp + fp, 1e-300)) / total)
 
 
+#: Above this many (positive × unit) cells, bootstrap AP loops over draws instead.
+_AP_BLOCK_LIMIT = 10_000_000
+
+
+def ap_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
+    """Per positive ``i`` and unit ``q``: positives (``tp``) and rows (``all``) of ``q``
+    scored at least ``s_i``. Average precision under unit weights ``w`` is
+    ``Σ_i w[u_i] (tp_i·w) / (all_i·w) / (w·n1)`` (all rows tied at a threshold enter
+    together, as in scikit-learn). Returns ``tp, all`` (``n_pos × n_units``) and the
+    positives' units."""
+    pos = y.astype(bool)
+    sp, up = s[pos], units[pos]
+    tp = np.zeros((len(sp), n_units))
+    al = np.zeros((len(sp), n_units))
+    order = np.argsort(units, kind="stable")
+    su, ss = units[order], s[order]
+    bounds = np.searchsorted(su, np.arange(n_units + 1))
+    for q in range(n_units):
+        rows_q = ss[bounds[q] : bounds[q + 1]]
+        pos_q = np.sort(sp[up == q])
+        all_q = np.sort(rows_q)
+        al[:, q] = len(all_q) - np.searchsorted(all_q, sp, side="left")
+        tp[:, q] = len(pos_q) - np.searchsorted(pos_q, sp, side="left")
+    return tp, al, up
+
+
+def _bootstrap_ap(y, s, codes, P, W, oy, ou, ends, chunk: int = 100) -> np.ndarray:
+    """Average precision under every row of unit weights ``W`` (draws × units)."""
+    n_pos = int(y.sum())
+    if n_pos * P > _AP_BLOCK_LIMIT:
+        return np.array([_weighted_ap(oy, ou, ends, w) for w in W])
+    tp, al, up = ap_blocks(y, s, codes, P)
+    n1 = np.bincount(up, minlength=P).astype(float)
+    out = np.empty(len(W))
+    for a in range(0, len(W), chunk):
+        Wc = W[a : a + chunk]  # (c, P)
+        prec = (tp @ Wc.T) / np.maximum(al @ Wc.T, 1e-300)  # (n_pos, c)
+        tot = Wc @ n1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[a : a + chunk] = np.where(
+                tot > 0, np.einsum("ic,ci->c", prec, Wc[:, up]) / tot, np.nan
+            )
+    return out
+
+
 def _ap_setup(y, s):
     order = np.argsort(-s, kind="stable")
     ss = s[order]
@@ -343,6 +403,7 @@ def compare_predictions(
     ks: Sequence[int] = (10, 50, 100),
     ci: float = 0.95,
     alternative: Literal["greater", "two-sided"] = "greater",
+    threads: int | None = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics of each feature set's predictions and differences from ``baseline``.
 
@@ -365,6 +426,22 @@ def compare_predictions(
     α = 0.05 on 16-perturbation screens), while "the edge lowers out-of-fold AUROC" is a
     property of the fit, not of the edges. On the claimed side the bias is conservative.
     """
+    from threadpoolctl import threadpool_limits
+
+    if threads is not None:  # BLAS threads (see cross_validated_predictions)
+        with threadpool_limits(limits=threads):
+            return compare_predictions(
+                y,
+                predictions,
+                units,
+                baseline=baseline,
+                n_boot=n_boot,
+                seed=seed,
+                ks=ks,
+                ci=ci,
+                alternative=alternative,
+                threads=None,
+            )
     y = np.asarray(y, bool)
     codes, uniq = pd.factorize(pd.Series(units).astype(str))
     P = len(uniq)
@@ -390,7 +467,7 @@ def compare_predictions(
         oy, ou = yf[order], codes[order]
         o["auprc"] = _weighted_ap(oy, ou, ends, np.ones(P))
         if W is not None:
-            d["auprc"] = np.array([_weighted_ap(oy, ou, ends, w) for w in W])
+            d["auprc"] = _bootstrap_ap(y, s, codes, P, W, oy, ou, ends)
         for k in ks:
             r = topk_recall(y, s, codes, P, k)
             ok = np.isfinite(r)
