@@ -120,6 +120,11 @@ class IncrementalValueParams(ResponderParams):
     n_matched: int = Field(5, ge=1, description="matched non-responders per responder")
     caliper: float = Field(0.2, gt=0, description="matching caliper, in SD of logit propensity")
     gbm: bool = Field(True, description="also fit gradient-boosted trees (HistGradientBoosting)")
+    gbm_groupings: list[Literal["perturbation", "candidate", "joint"]] | None = Field(
+        None,
+        description="groupings for gradient boosting (default: the primary grouping only; "
+        "each grouping costs n_splits fits per evaluated feature set)",
+    )
     gbm_max_iter: int = Field(50, ge=1, description="boosting iterations")
     lrt: bool = Field(True, description="likelihood-ratio test of nested logistic models")
     verdict_layer: int | Literal["best"] = Field(
@@ -335,7 +340,7 @@ def _dataset(ctx, p, ds, attn, corr, metrics, deltas, lrts, matching, verdicts, 
     # robustness: the chosen sets under the other designs
     designs = [(g, "logistic") for g in p.groupings[1:]]
     if p.gbm:
-        designs += [(g, "gbm") for g in p.groupings]
+        designs += [(g, "gbm") for g in (p.gbm_groupings or [primary])]
     for g, model in designs:
         try:
             evaluate(chosen, g, model, "robustness")
