@@ -265,3 +265,13 @@ def test_calibration_keeps_level_on_the_hub_null_and_has_power():
     assert rate["hub_null_candidate_level"] <= 1 / 6
     assert rate["planted_truth_0.6"] >= 0.5
     assert reps["n_rows"].gt(1000).all()
+
+
+def test_an_unknown_edge_source_is_named_with_the_fix(tmp_path):
+    from conftest import tiny_config
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    cfg = tiny_config(tmp_path)
+    cfg["analyses"] = {"incremental_value": {"correlation": ["spearmann"], "gbm": False}}
+    with pytest.raises(Exception, match=r"\['spearmann'\] are not edge sources.*under 'edges'"):
+        run_audit(config_from_dict(cfg), quiet=True)

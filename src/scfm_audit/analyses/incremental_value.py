@@ -134,8 +134,19 @@ class IncrementalValueParams(ResponderParams):
     )
 
 
+class IncrementalValueError(ValueError):
+    """Parameters of incremental_value that name something the run does not have."""
+
+
 def _sources(ctx, p: IncrementalValueParams, ds: str) -> tuple[list[str], list[str]]:
     names = ctx.edge_names()
+    for field in ("attention", "correlation"):
+        bad = [n for n in getattr(p, field) or [] if n not in names]
+        if bad:
+            raise IncrementalValueError(
+                f"incremental_value.{field}: {bad} are not edge sources of this run; use "
+                f"names defined under 'edges' ({', '.join(names) or 'none'})."
+            )
     if p.attention is not None:
         attn = list(p.attention)
     else:
