@@ -73,6 +73,25 @@ def test_bootstrap_auroc_and_auprc_equal_sklearn_on_replicated_rows():
     assert ap == pytest.approx(average_precision_score(y[idx], s[idx]))
 
 
+def test_two_way_draws_equal_sklearn_on_rows_replicated_by_both_multiplicities():
+    from scfm_audit.evaluate._incremental import _ap_rows, _two_way_auroc
+
+    rng = np.random.default_rng(3)
+    n, P, C = 1500, 12, 30
+    u, c = rng.integers(0, P, n), rng.integers(0, C, n)
+    y = rng.random(n) < 0.15
+    s = np.round(rng.normal(size=n) + y, 1)
+    W = rng.multinomial(P, np.full(P, 1 / P), size=3).astype(float)
+    V = rng.multinomial(C, np.full(C, 1 / C), size=3).astype(float)
+    auc = _two_way_auroc(y, s, u, c, W, V)
+    order, ends = _ap_setup(y, s)
+    for b in range(3):
+        idx = np.repeat(np.arange(n), (W[b][u] * V[b][c]).astype(int))
+        assert auc[b] == pytest.approx(roc_auc_score(y[idx], s[idx]))
+        ap = _ap_rows(y[order].astype(float), (W[b][u] * V[b][c])[order], ends)
+        assert ap == pytest.approx(average_precision_score(y[idx], s[idx]))
+
+
 def test_bootstrap_ap_by_blocks_equals_the_loop_over_draws():
     from scfm_audit.evaluate._incremental import _bootstrap_ap
 

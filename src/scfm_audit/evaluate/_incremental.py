@@ -312,10 +312,35 @@ def auroc_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
     return C, n1, n0
 
 
+def _two_way_auroc(y, s, pu, cu, W, V) -> np.ndarray:
+    """AUROC under row weights ``W[b, pu] · V[b, cu]`` for every draw ``b`` (one sort)."""
+    pos = y.astype(bool)
+    neg_order = np.argsort(s[~pos], kind="stable")
+    ns = s[~pos][neg_order]
+    npu, ncu = pu[~pos][neg_order], cu[~pos][neg_order]
+    ppu, pcu = pu[pos], cu[pos]
+    lo = np.searchsorted(ns, s[pos], side="left")
+    hi = np.searchsorted(ns, s[pos], side="right")
+    out = np.empty(len(W))
+    cum = np.zeros(len(ns) + 1)
+    for b in range(len(W)):
+        rn = W[b][npu] * V[b][ncu]
+        np.cumsum(rn, out=cum[1:])
+        rp = W[b][ppu] * V[b][pcu]
+        den = rp.sum() * cum[-1]
+        u = rp @ (cum[lo] + cum[hi]) / 2.0
+        out[b] = u / den if den > 0 else np.nan
+    return out
+
+
 def _weighted_ap(order_y: np.ndarray, order_u: np.ndarray, ends: np.ndarray, w: np.ndarray):
     """Average precision of rows sorted by decreasing score (tie groups ending at
     ``ends``) with row weights ``w[unit]``."""
-    rw = w[order_u]
+    return _ap_rows(order_y, w[order_u], ends)
+
+
+def _ap_rows(order_y: np.ndarray, rw: np.ndarray, ends: np.ndarray):
+    """Average precision of sorted rows with row weights ``rw`` (tie groups end at ``ends``)."""
     tp = np.cumsum(rw * order_y)[ends]
     fp = np.cumsum(rw * (1 - order_y))[ends]
     total = tp[-1] if len(tp) else 0.0
@@ -403,6 +428,7 @@ def compare_predictions(
     ks: Sequence[int] = (10, 50, 100),
     ci: float = 0.95,
     alternative: Literal["greater", "two-sided"] = "greater",
+    candidates: np.ndarray | None = None,
     threads: int | None = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics of each feature set's predictions and differences from ``baseline``.
@@ -416,6 +442,11 @@ def compare_predictions(
       with CI, ``p`` and ``p_floor`` for ``alternative`` and ``p_two_sided``;
       ``delta_auprc`` with CI, ``p_auprc``, ``p_floor_auprc``, ``p_two_sided_auprc``;
       ``delta_recall@k`` with CI; ``n_boot``.
+
+    ``candidates``: the candidate gene of each row; when given, AUROC and AUPRC draws are
+    **two-way**: perturbations and candidate genes are both resampled and a row's weight
+    is the product of their multiplicities, so dependence among rows sharing a (hub)
+    candidate is resampled too (top-k recall stays a per-perturbation mean).
 
     ``alternative``: "greater" (default) — H0: Δ ≤ 0, p = (1 + #{draws ≤ 0}) / (B + 1);
     "two-sided" — H0: Δ = 0, p by inverting the percentile interval. Why one-sided by
@@ -440,6 +471,7 @@ def compare_predictions(
                 ks=ks,
                 ci=ci,
                 alternative=alternative,
+                candidates=candidates,
                 threads=None,
             )
     y = np.asarray(y, bool)
@@ -450,6 +482,10 @@ def compare_predictions(
         raise IncrementalInputError(f"baseline {baseline!r} is not among {names}.")
     rng = np.random.default_rng(seed)
     W = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(float) if P else None
+    V = cc = None
+    if candidates is not None and W is not None:
+        cc, cu = pd.factorize(pd.Series(candidates).astype(str))
+        V = rng.multinomial(len(cu), np.full(len(cu), 1.0 / len(cu)), size=n_boot).astype(float)
     obs, draws = {}, {}
     yf = y.astype(float)
     for name in names:
@@ -458,7 +494,9 @@ def compare_predictions(
         denom = n1.sum() * n0.sum()
         o = {"auroc": C.sum() / denom if denom > 0 else np.nan}
         d = {}
-        if W is not None and denom > 0:
+        if V is not None and denom > 0:
+            d["auroc"] = _two_way_auroc(y, s, codes, cc, W, V)
+        elif W is not None and denom > 0:
             num = np.einsum("bp,pq,bq->b", W, C, W)
             den = (W @ n1) * (W @ n0)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -466,7 +504,10 @@ def compare_predictions(
         order, ends = _ap_setup(y, s)
         oy, ou = yf[order], codes[order]
         o["auprc"] = _weighted_ap(oy, ou, ends, np.ones(P))
-        if W is not None:
+        if V is not None:
+            occ = cc[order]
+            d["auprc"] = np.array([_ap_rows(oy, W[b][ou] * V[b][occ], ends) for b in range(len(W))])
+        elif W is not None:
             d["auprc"] = _bootstrap_ap(y, s, codes, P, W, oy, ou, ends)
         for k in ks:
             r = topk_recall(y, s, codes, P, k)
