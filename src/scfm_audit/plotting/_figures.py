@@ -560,9 +560,12 @@ def forest_figure(
         st = _style(gi)
         has_ci = sel & np.isfinite(lo) & np.isfinite(hi)
         ax.hlines(ys[has_ci], lo[has_ci], hi[has_ci], color=st["color"], linewidth=1.8)
+        labelled = False
         for fill in (True, False):
             s = sel & (filled == fill)
             if s.any():
+                legend_label = str(g) if hue is not None and not labelled else None
+                labelled = True
                 ax.plot(
                     eff[s],
                     ys[s],
@@ -572,7 +575,7 @@ def forest_figure(
                     color=st["color"],
                     markerfacecolor=st["color"] if fill else "white",
                     markeredgewidth=1.5,
-                    label=(str(g) if hue is not None and fill else None),
+                    label=legend_label,  # once per group, filled or not
                 )
     if ref is not None:
         ax.axvline(ref, color="0.45", linestyle=":", linewidth=1)
