@@ -740,3 +740,47 @@ def scaling_figure(curve, fits, *, title: str | None = None) -> Figure:
         ax.legend(fontsize=6, loc="best")
     fig.suptitle(title or "recovery vs number of cells", fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------
+def ablation_figure(
+    random: pd.DataFrame,
+    marks: pd.DataFrame,
+    *,
+    title: str | None = None,
+    ylabel: str = "masked-loss increase",
+    seed: int = 0,
+) -> Figure:
+    """Degradation per channel against the random-set distribution (head ablation).
+
+    ``random``: one row per random head set (``channel``, ``value``), drawn as a jittered
+    strip with a box per channel; ``marks``: conditions to mark (``channel``, ``label``,
+    ``value``; e.g. the regulatory heads, top-k, bottom-k, a full layer, MLP zeroing),
+    one marker style per label. Channels are the union of both, in order of appearance.
+    """
+    channels = list(dict.fromkeys([*random.get("channel", []), *marks.get("channel", [])]))
+    fig = _new_figure(max(4.8, 1.6 * len(channels) + 2.5), 4.2)
+    ax = fig.subplots()
+    rng = np.random.default_rng(seed)
+    for i, ch in enumerate(channels):
+        v = random.loc[random["channel"] == ch, "value"].to_numpy(float) if len(random) else []
+        v = np.asarray(v)[np.isfinite(v)]
+        if v.size:
+            ax.boxplot([v], positions=[i], widths=0.5, showfliers=False,
+                       medianprops={"color": "0.3"}, boxprops={"color": "0.6"},
+                       whiskerprops={"color": "0.6"}, capprops={"color": "0.6"})  # fmt: skip
+            ax.scatter(i + rng.uniform(-0.18, 0.18, v.size), v, s=9, color=PALETTE[5],
+                       alpha=0.7, label="random sets" if i == 0 else None, zorder=2)  # fmt: skip
+    for j, (label, g) in enumerate(marks.groupby("label", sort=False) if len(marks) else []):
+        st = _style(j)
+        xs = [channels.index(c) for c in g["channel"]]
+        ax.scatter(np.asarray(xs) + 0.3, g["value"], marker=st["marker"], color=st["color"],
+                   s=46, edgecolor="black", linewidth=0.5, label=label, zorder=3)  # fmt: skip
+    ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(len(channels)), channels)
+    ax.set_xlabel("channel")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", color="0.92", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=True, framealpha=0.9, loc="best")
+    ax.set_title(title or "head ablation")
+    return fig
