@@ -146,3 +146,15 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     assert 2 / 20 <= v.record.p <= 1
     assert res.tables["cost"]["saved"].iloc[0] > 0  # layer-matched sets skip lower layers
     assert "ablation_sim_tiny" in res.figures
+
+
+def test_every_head_set_is_the_whole_support():
+    from scfm_audit.evaluate._ablation import every_head_set, n_head_sets
+
+    heads = all_heads(2, 4)
+    rng = np.random.default_rng(1)
+    assert n_head_sets(heads, 2) == 28
+    sets = every_head_set(heads, 2, rng, exclude=[(1, 0), (0, 1)])
+    assert len(sets) == 27 == len(set(sets)) and ((0, 1), (1, 0)) not in sets
+    lm = every_head_set(heads, 2, rng, layer_matched=[(0, 0), (1, 1)])
+    assert len(lm) == n_head_sets(heads, 2, layer_matched=[(0, 0), (1, 1)]) == 16

@@ -15,7 +15,8 @@ disjoint from the readout cells): the regulatory set; top-k and bottom-k by reco
 AUROC for k in ``ks`` (k below the number of heads); random sets of the regulatory set's
 size (``n_random`` in the verdict channel, ``n_random_other`` in the others; seeded;
 ``random_sets: any`` draws uniformly among all heads, ``layer_matched`` keeps the number
-of heads per layer); entropy-matched random sets (each regulatory head replaced by one of
+of heads per layer; when at most ``n_random`` other sets exist, every one of them — the
+exact permutation test, whose smallest two-sided p, 2 / number of sets, is stated); entropy-matched random sets (each regulatory head replaced by one of
 the ``entropy_pool`` heads closest to it in mean attention entropy); every head of a full
 layer (the layer holding most regulatory heads). MLP zeroing of ``mlp_layers`` (default:
 the last layer — the readout layer — and layer 0 as an early control).
@@ -67,9 +68,11 @@ from scfm_audit.evaluate._ablation import (
     all_heads,
     attention_prediction,
     entropy_matched_sets,
+    every_head_set,
     head_entropy,
     masked_loss_conditions,
     mean_difference_ci,
+    n_head_sets,
     random_head_sets,
     set_vs_random,
 )
@@ -116,19 +119,24 @@ class HeadAblationParams(ResponderParams):
     verdict_channel: Literal["zero", "uniform", "mean"] = Field(
         "zero", description="channel of the confirmatory claim (pre-declared)"
     )
-    n_random: int = Field(50, ge=19, description="random head sets in the verdict channel")
+    n_random: int = Field(
+        50,
+        ge=19,
+        description="random head sets in the verdict channel (every other set when fewer "
+        "distinct sets exist: the exact permutation test)",
+    )
     n_random_other: int = Field(19, ge=0, description="random sets in the other channels")
     random_sets: Literal["any", "layer_matched"] = Field(
         "any",
         description="'any': random heads of all layers; 'layer_matched': as many per layer "
         "as the regulatory set",
     )
-    n_entropy_matched: int = Field(10, ge=0, description="entropy-matched random sets")
+    n_entropy_matched: int = Field(5, ge=0, description="entropy-matched random sets")
     entropy_pool: int = Field(3, ge=1, description="nearest heads by entropy to draw from")
     mlp_layers: list[int] | None = Field(
         None, description="MLP layers zeroed one at a time (default: last and 0)"
     )
-    n_cells: int = Field(32, ge=4, description="control cells for the masked-loss readout")
+    n_cells: int = Field(24, ge=4, description="control cells for the masked-loss readout")
     n_reference_cells: int = Field(
         32, ge=2, description="other control cells: head means (mean channel) and entropy"
     )
@@ -314,9 +322,19 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         )
     rng = ctx.rng(ds, mname, "random sets")
     match = regulatory if p.random_sets == "layer_matched" else None
-    if m >= H:
-        notes.append(f"{mname}: every head is regulatory; no random set of that size exists.")
+    n_distinct = n_head_sets(universe, m, layer_matched=match)
+    exhaustive = n_distinct - 1 <= p.n_random
+    if n_distinct <= 1:
+        notes.append(f"{mname}: no other head set of size {m} exists; no random-set test.")
         rand_sets = []
+    elif exhaustive:  # the whole support: the rank test is the exact permutation test
+        rand_sets = every_head_set(universe, m, rng, layer_matched=match, exclude=regulatory)
+        floor = 2.0 / n_distinct
+        notes.append(
+            f"{ds}/{mname}: only {n_distinct} distinct {m}-head sets exist, so every other "
+            f"one is compared (exact permutation test); the smallest attainable two-sided p "
+            f"is {floor:.3g}" + (" — this test cannot reach 0.05." if floor > 0.05 else ".")
+        )
     else:
         rand_sets = random_head_sets(universe, m, p.n_random, rng, layer_matched=match)
     for ch in p.channels:
@@ -377,7 +395,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
     for ch in p.channels:
         reg_i = idx("regulatory", ch)[0]
         rnd = idx("random-k", ch)
-        if len(rnd) < 19:
+        if not rnd:
             continue
         r = set_vs_random(
             res.loss[reg_i], res.loss[rnd], res.baseline,
@@ -388,7 +406,8 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
             hypothesis=f"ablating the regulatory heads of {mname} ({_heads_str(regulatory)}; "
             f"{CHANNEL_NAMES[ch]}) raises the masked loss more than random sets of {m} heads",
             test=f"rank of the regulatory set's mean masked-loss increase among {len(rnd)} "
-            f"random {m}-head sets ({p.random_sets}); two-sided",
+            + ("(all other) " if exhaustive and len(rnd) == len(rand_sets) else "")
+            + f"random {m}-head sets ({p.random_sets}); two-sided",
             null=SET_VS_RANDOM_H0,
             null_name="random_head_sets",
             p=r["p"], p_floor=min(1.0, 2.0 / (1 + len(rnd))),

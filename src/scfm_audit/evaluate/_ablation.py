@@ -39,9 +39,11 @@ __all__ = [
     "Condition",
     "attention_prediction",
     "entropy_matched_sets",
+    "every_head_set",
     "head_entropy",
     "masked_loss_conditions",
     "mean_difference_ci",
+    "n_head_sets",
     "random_head_sets",
     "set_vs_random",
 ]
@@ -127,6 +129,46 @@ def random_head_sets(
         idx = rng.choice(len(heads), size=size, replace=False)
         out.append(tuple(sorted(heads[i] for i in idx)))
     return out
+
+
+def n_head_sets(heads: Sequence[Head], size: int, *, layer_matched=None) -> int:
+    """How many distinct head sets :func:`random_head_sets` can draw."""
+    from math import comb
+
+    if layer_matched is None:
+        return comb(len(heads), size)
+    per = pd.Series([L for L, _ in layer_matched]).value_counts()
+    n = 1
+    for L, c in per.items():
+        n *= comb(sum(1 for h in heads if h[0] == L), int(c))
+    return n
+
+
+def every_head_set(
+    heads: Sequence[Head],
+    size: int,
+    rng: np.random.Generator,
+    *,
+    layer_matched: Sequence[Head] | None = None,
+    exclude: Sequence[Head] | None = None,
+) -> list[tuple[Head, ...]]:
+    """Every distinct head set :func:`random_head_sets` could draw (its whole support),
+    except ``exclude``, in random order (so that a prefix is a random subset). With
+    these as the "random sets", the rank test is the exact permutation test."""
+    from itertools import combinations, product
+
+    heads = [tuple(map(int, h)) for h in heads]
+    if layer_matched is None:
+        sets = [tuple(sorted(c)) for c in combinations(heads, size)]
+    else:
+        per = pd.Series([L for L, _ in layer_matched]).value_counts().sort_index()
+        parts = [
+            list(combinations([h for h in heads if h[0] == L], int(c))) for L, c in per.items()
+        ]
+        sets = [tuple(sorted(h for part in pick for h in part)) for pick in product(*parts)]
+    ex = None if exclude is None else tuple(sorted(tuple(map(int, h)) for h in exclude))
+    sets = [s for s in sets if s != ex]
+    return [sets[i] for i in rng.permutation(len(sets))]
 
 
 def entropy_matched_sets(
