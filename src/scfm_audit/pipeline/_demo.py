@@ -177,6 +177,8 @@ def demo_config_dict(
                 "references": ["sim_grn", "sim_ppi"],
                 "n_boot": 50 if quick else 200,
             },
+            # regulatory heads (selected on sim_grn) ablated vs random head sets
+            "head_ablation": {"datasets": ["sim"], "reference": "sim_grn"},
             "attention_vs_coexpression": {
                 "datasets": ["sim"],
                 "references": ["sim_grn", "sim_ppi"],
