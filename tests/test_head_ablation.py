@@ -158,3 +158,17 @@ def test_every_head_set_is_the_whole_support():
     assert len(sets) == 27 == len(set(sets)) and ((0, 1), (1, 0)) not in sets
     lm = every_head_set(heads, 2, rng, layer_matched=[(0, 0), (1, 1)])
     assert len(lm) == n_head_sets(heads, 2, layer_matched=[(0, 0), (1, 1)]) == 16
+
+
+def test_bad_parameters_say_what_to_fix(tmp_path, tiny):
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    path, _ = tiny
+    cfg = tiny_config(tmp_path)
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(path)}}
+    cfg["analyses"] = {"head_ablation": {"models": ["nope"]}}
+    with pytest.raises(ValueError, match="'nope' is not defined under 'models'"):
+        config_from_dict(cfg)
+    cfg["analyses"] = {"head_ablation": {"channels": ["uniform"], "verdict_channel": "zero"}}
+    with pytest.raises(Exception, match="add it to channels"):  # the run's only analysis
+        run_audit(config_from_dict(cfg), quiet=True)

@@ -168,6 +168,12 @@ def run_head_ablation(ctx, p: HeadAblationParams) -> AnalysisResult:
             f"verdict_channel {p.verdict_channel!r} is not among channels {p.channels}; "
             "add it to channels."
         )
+    unknown = sorted(set(p.models or []) - set(ctx.model_names()))
+    if unknown:
+        raise ValueError(
+            f"head_ablation: models {unknown} are not in the config's models "
+            f"({', '.join(ctx.model_names()) or 'none'}); fix the models list."
+        )
     notes: list[str] = []
     tables: dict[str, list[pd.DataFrame]] = {}
     figures, verdicts = {}, []
