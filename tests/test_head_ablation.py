@@ -121,6 +121,7 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
             "ks": [2, 20], "n_random": 19, "n_random_other": 19, "n_entropy_matched": 3,
             "n_cells": 8, "n_reference_cells": 8, "n_boot": 50, "selection_n_perm": 99,
             "selection_n_perm_max": 0, "prediction_cells": 16, "random_sets": "layer_matched",
+            "selection": "top_auroc", "selection_k": 1,  # 1 head: 4 layer-matched sets exist
         }
     }  # fmt: skip
     run = run_audit(config_from_dict(cfg), quiet=True)
@@ -133,7 +134,11 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     assert any("≥ its 12 heads" in n for n in res.notes)
     assert any("readout (b)" in n for n in res.notes)
     rnd = res.tables["random_sets"]
-    assert rnd.groupby("channel").size().to_dict() == {"mean": 19, "uniform": 19, "zero": 19}
+    # only 4 one-head sets in the head's layer: all 3 others are compared (exact test)
+    assert rnd.groupby("channel").size().to_dict() == {"mean": 3, "uniform": 3, "zero": 3}
+    assert any("exact permutation test" in n and "cannot reach 0.05" in n for n in res.notes)
+    heads = res.tables["heads"]
+    assert heads["selected"].sum() == 1 and (heads["selected_by"] == "top-1 AUROC").sum() == 1
     pred = res.tables["prediction"]
     last_mlp = pred[pred["condition"].str.startswith("MLP 2")]
     assert last_mlp["structurally_unable"].all() and last_mlp["change"].isna().all()
@@ -143,7 +148,11 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     (v,) = res.verdicts
     assert v.claim == "tiny: ablating regulatory heads degrades the model"
     assert v.record.family == "confirmatory" and v.record.null_value == 0.5
-    assert 2 / 20 <= v.record.p <= 1
+    assert 2 / 4 <= v.record.p <= 1 and np.isnan(v.record.p_floor)  # exact, not Monte Carlo
+    assert "smallest attainable two-sided p is 0.5" in v.reason
+    card = run.verdicts()
+    card = card[card["analysis"] == "head_ablation"]
+    assert card["answer"].tolist() == ["no evidence"]
     assert res.tables["cost"]["saved"].iloc[0] > 0  # layer-matched sets skip lower layers
     assert "ablation_sim_tiny" in res.figures
 

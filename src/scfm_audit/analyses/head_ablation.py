@@ -408,15 +408,23 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
             n_boot=p.n_boot, seed=ctx.seed_for(ds, mname, "verdict", ch),
         )  # fmt: skip
         confirm = ch == p.verdict_channel
+        # every other set compared: the exact permutation test (no Monte-Carlo floor)
+        exact = exhaustive and len(rnd) == len(rand_sets)
+        why = (
+            f"exact test over all {len(rnd) + 1} {m}-head sets: the smallest attainable "
+            f"two-sided p is {2 / (len(rnd) + 1):.3g}"
+            if exact
+            else ""
+        )
         rec = ctx.add_test(
             hypothesis=f"ablating the regulatory heads of {mname} ({_heads_str(regulatory)}; "
             f"{CHANNEL_NAMES[ch]}) raises the masked loss more than random sets of {m} heads",
             test=f"rank of the regulatory set's mean masked-loss increase among {len(rnd)} "
-            + ("(all other) " if exhaustive and len(rnd) == len(rand_sets) else "")
+            + ("(all other) " if exact else "")
             + f"random {m}-head sets ({p.random_sets}); two-sided",
             null=SET_VS_RANDOM_H0,
             null_name="random_head_sets",
-            p=r["p"], p_floor=min(1.0, 2.0 / (1 + len(rnd))),
+            p=r["p"], p_floor=float("nan") if exact else min(1.0, 2.0 / (1 + len(rnd))),
             statistic_name="mean masked-loss increase", statistic=r["degradation"],
             effect_name="quantile of the increase among random sets", effect=r["quantile"],
             null_value=0.5, ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n_cells"],
@@ -438,6 +446,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
                     direction="greater",
                     layer_choice=f"heads {_heads_str(regulatory)} ({rule} on {ref_name}); "
                     f"{CHANNEL_NAMES[ch]}; vs {len(rnd)} random {m}-head sets",
+                    reason=why,
                 )
             )
     em = idx("entropy-matched", p.verdict_channel)
