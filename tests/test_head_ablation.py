@@ -181,3 +181,24 @@ def test_bad_parameters_say_what_to_fix(tmp_path, tiny):
     cfg["analyses"] = {"head_ablation": {"channels": ["uniform"], "verdict_channel": "zero"}}
     with pytest.raises(Exception, match="add it to channels"):  # the run's only analysis
         run_audit(config_from_dict(cfg), quiet=True)
+
+
+def test_every_head_regulatory_gives_na(tmp_path, tiny):
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    path, _ = tiny
+    cfg = tiny_config(tmp_path)
+    cfg["datasets"] = {"sim": cfg["datasets"]["sim"]}
+    cfg["references"] = {"grn": cfg["references"]["grn"]}
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(path)}}
+    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 30,
+                             "per_head": True}}  # fmt: skip
+    cfg["analyses"] = {"head_ablation": {
+        "selection": "top_auroc", "selection_k": 12, "channels": ["zero"], "ks": [2],
+        "n_entropy_matched": 0, "n_cells": 4, "n_reference_cells": 4, "n_boot": 50,
+        "selection_n_perm": 19, "selection_n_perm_max": 0, "prediction": False,
+    }}  # fmt: skip
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    card = run.verdicts()
+    row = card[card["analysis"] == "head_ablation"].iloc[0]
+    assert row["answer"] == "n/a" and "every one of the 12 heads" in row["reason"]

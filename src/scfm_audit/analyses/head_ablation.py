@@ -449,6 +449,27 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
                     reason=why,
                 )
             )
+    if not verdicts:  # no other head set of the regulatory set's size exists
+        why = f"every one of the {H} heads is regulatory: no head set to compare with"
+        rec = ctx.add_test(
+            hypothesis=f"ablating the regulatory heads of {mname} raises the masked loss "
+            f"more than random sets of {m} heads",
+            test="rank among random head sets of equal size (none exists)",
+            null=SET_VS_RANDOM_H0, null_name="random_head_sets", p=float("nan"),
+            null_value=0.5, direction="two-sided", family="confirmatory", model=mname,
+            dataset=ds, reference=ref_name, method=f"{en} ({p.verdict_channel})",
+            extra={"reason": why, **extra},
+        )  # fmt: skip
+        verdicts.append(
+            Verdict(
+                f"{mname}: ablating regulatory heads degrades the model",
+                rec,
+                mname,
+                ds,
+                direction="greater",
+                reason=why,
+            )
+        )
     em = idx("entropy-matched", p.verdict_channel)
     if len(em) >= 1:
         reg_i = idx("regulatory", p.verdict_channel)[0]
