@@ -23,6 +23,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     grn_recovery,
     head_specialisation,
     layer_organisation,
+    perturbation_prediction,
     scaling,
     synthetic_controls,
 )

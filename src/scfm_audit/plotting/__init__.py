@@ -4,6 +4,7 @@ and the report, so that analyses draw their figures without importing the report
 
 from scfm_audit.plotting._figures import (
     PALETTE,
+    distribution_figure,
     forest_figure,
     head_heatmap,
     hexbin_figure,
@@ -16,6 +17,7 @@ from scfm_audit.plotting._figures import (
 
 __all__ = [
     "PALETTE",
+    "distribution_figure",
     "forest_figure",
     "head_heatmap",
     "hexbin_figure",

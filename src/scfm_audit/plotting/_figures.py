@@ -740,3 +740,47 @@ def scaling_figure(curve, fits, *, title: str | None = None) -> Figure:
         ax.legend(fontsize=6, loc="best")
     fig.suptitle(title or "recovery vs number of cells", fontsize=10)
     return fig
+
+
+def distribution_figure(
+    df: pd.DataFrame,
+    *,
+    group: str,
+    value: str = "auroc",
+    col: str | None = None,
+    chance: float | None = 0.5,
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Figure:
+    """One box per ``group`` value (e.g. per scorer) with every observation drawn over it
+    as a jittered point (e.g. one per perturbation), one panel per ``col`` value.
+
+    ``df``: long table with columns ``group``, ``value`` (and ``col``); rows with a
+    missing value are dropped. Groups keep their order of first appearance. ``chance``
+    is drawn as a dotted line (0.5 for AUROC; None for none). Returns the Figure.
+    """
+    data = df.dropna(subset=[value])
+    panels = list(dict.fromkeys(data[col])) if col else [None]
+    groups = list(dict.fromkeys(data[group]))
+    fig = _new_figure(max(4.0, 0.55 * len(groups) * len(panels) + 2), 3.8)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    rng = np.random.default_rng(0)  # jitter only: fixed so figures are reproducible
+    for ax, panel in zip(axes, panels, strict=False):
+        sub = data if panel is None else data[data[col] == panel]
+        vals = [sub.loc[sub[group] == g, value].to_numpy(float) for g in groups]
+        keep = [i for i, v in enumerate(vals) if len(v)]
+        if keep:
+            ax.boxplot([vals[i] for i in keep], positions=keep, widths=0.6, showfliers=False)
+            for i in keep:
+                x = i + rng.uniform(-0.18, 0.18, size=len(vals[i]))
+                ax.scatter(x, vals[i], s=8, alpha=0.55, color=_style(i)["color"], zorder=3)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=7)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        if panel is not None:
+            ax.set_title(str(panel), fontsize=9)
+    axes[0].set_ylabel(ylabel or _pretty(value))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
