@@ -26,6 +26,8 @@ QUICK = {
         "cv_folds": 3,
     },
     "gene_level_null": {"n_boot": 100},
+    "perturbation_prediction": {"n_boot": 100},
+    "context_dependence": {"n_boot": 100},
     "cssi": {
         "datasets": ["sim"],
         "strata": "kmeans",

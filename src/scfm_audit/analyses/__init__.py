@@ -6,6 +6,8 @@ Families (see each module's docstring):
   :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
 * A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
   :mod:`~scfm_audit.analyses.gene_level_null`
+* B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.perturbation_prediction`,
+  :mod:`~scfm_audit.analyses.context_dependence`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -18,6 +20,7 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 
 from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     attention_vs_coexpression,
+    context_dependence,
     cssi,
     gene_level_null,
     grn_recovery,
