@@ -91,9 +91,7 @@ class ContextParams(ResponderParams):
     )
 
 
-def gap_interaction(
-    gaps: dict[str, pd.Series], *, paired: bool, n_boot: int, seed: int
-) -> dict:
+def gap_interaction(gaps: dict[str, pd.Series], *, paired: bool, n_boot: int, seed: int) -> dict:
     """Test of "the gap depends on the context" (see the module docstring). ``gaps``:
     context → per-perturbation gap (indexed by perturbation, NaN dropped). Returns test,
     statistic, p, effect (range of mean gaps) with its bootstrap CI, n."""
@@ -183,8 +181,7 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
             )
             doms.append(c)
             rec = ctx.add_test(
-                hypothesis=f"{p.verdict_baseline} beats {who} at predicting responders in "
-                f"{name}",
+                hypothesis=f"{p.verdict_baseline} beats {who} at predicting responders in {name}",
                 test=f"Wilcoxon signed-rank over perturbations (two-sided); {why}",
                 null=WILCOXON_H0,
                 null_name="wilcoxon_signed_rank",
@@ -335,9 +332,14 @@ def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None
         allw = pd.concat([w[cols] for _, _, w, _ in contexts.values()])
         j = int(np.nanargmax(allw.mean(axis=0).to_numpy(float)))
         k = len(cols)
-        return cols[j], nums[j], k, (
-            f"best of {k} layers by attention's mean AUROC over all contexts; p × {k} "
-            "(Bonferroni)"
+        return (
+            cols[j],
+            nums[j],
+            k,
+            (
+                f"best of {k} layers by attention's mean AUROC over all contexts; p × {k} "
+                "(Bonferroni)"
+            ),
         )
     try:
         j = nums.index(nums[int(verdict_layer)])

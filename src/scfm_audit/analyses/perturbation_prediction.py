@@ -263,9 +263,7 @@ def auroc_wide(metrics: pd.DataFrame, arm: str) -> pd.DataFrame:
     return sub.pivot(index="perturbation", columns="scorer", values="auroc")
 
 
-def cv_layer_auroc(
-    att: pd.DataFrame, *, folds: int, seed: int
-) -> tuple[np.ndarray, list[int]]:
+def cv_layer_auroc(att: pd.DataFrame, *, folds: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """Nested cross-validation of the layer over perturbations: ``att`` perturbations ×
     layer columns of AUROC. Perturbations are split into ``folds`` (seeded); for each fold
     the layer with the highest mean AUROC on the other folds is chosen and the fold's
@@ -698,8 +696,7 @@ def _summary(summary: pd.DataFrame, p: PredictionParams) -> str:
         att = g[g["kind"] == "attention"]
         best = att.loc[att["mean_auroc"].idxmax()] if att["mean_auroc"].notna().any() else None
         bits = [
-            f"{r.scorer} {r.mean_auroc:.3f}"
-            for r in g[g["kind"].isin(["gene_level"])].itertuples()
+            f"{r.scorer} {r.mean_auroc:.3f}" for r in g[g["kind"].isin(["gene_level"])].itertuples()
         ]
         co = g[g["kind"] == "coexpression"]
         if not co.empty:
@@ -817,9 +814,7 @@ def _prediction_replicate(sc, seed: int, *, n_boot: int = 400):
 def _register_calibration() -> None:
     from scfm_audit.analyses._calibration import register_calibration
 
-    register_calibration("perturbation_prediction", _prediction_scenarios())(
-        _prediction_replicate
-    )
+    register_calibration("perturbation_prediction", _prediction_scenarios())(_prediction_replicate)
 
 
 _register_calibration()
