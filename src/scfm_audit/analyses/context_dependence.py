@@ -145,6 +145,10 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
     notes: list[str] = []
     per_rows, ctx_rows, verdicts = [], [], []
     datasets = p.datasets or ctx.dataset_names()
+    if not attention_sources(ctx, p.attention):
+        notes.append(
+            "No attention edge source configured (an edge source with a model); nothing to evaluate."
+        )
     sources = attention_sources(ctx, p.attention)
     for en in sources:
         contexts = {}  # name -> (dataset, arm, wide, PredictionData)

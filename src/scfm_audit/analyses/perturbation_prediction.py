@@ -394,6 +394,10 @@ def run_perturbation_prediction(ctx, p: PredictionParams) -> AnalysisResult:
     notes: list[str] = []
     per, summ, comps, excl, layer_rows, verdicts = [], [], [], [], [], []
     datasets = p.datasets or ctx.dataset_names()
+    if not attention_sources(ctx, p.attention):
+        notes.append(
+            "No attention edge source configured (an edge source with a model); nothing to evaluate."
+        )
     for ds in datasets:
         for en in attention_sources(ctx, p.attention):
             d = prediction_data(

@@ -195,6 +195,17 @@ def demo_config_dict(
                 "n_null_strata": 3,
                 "n_boot": 200 if quick else 500,
             },
+            # catalogue B: responders ranked by attention vs co-expression on the same cells
+            "perturbation_prediction": {
+                "datasets": ["sim"],
+                "coexpression": "spearman_attention_cells",
+                "reference": "sim_grn",
+                "n_boot": 500 if quick else 2000,
+            },
+            "context_dependence": {
+                "coexpression": "spearman_attention_cells",
+                "n_boot": 500 if quick else 2000,
+            },
             # the inference itself, checked on simulated nulls and planted effects
             "scaling": {
                 "datasets": ["sim"],
