@@ -37,7 +37,7 @@ def test_interaction_tests_are_the_classical_ones():
 
 def test_calibration_keeps_level_and_finds_a_planted_gap():
     cal = CALIBRATIONS.get("context_dependence")
-    out = [cal.replicate(cal.scenario("hub_null"), s) for s in range(3)]
+    out = [cal.replicate(cal.scenario("context_hub_null"), s) for s in range(3)]
     assert all(0 < o.p <= 1 for o in out) and sum(o.p < 0.05 for o in out) <= 1
     big = [s for s in cal.scenarios if s.kind == "planted"]
     strong = max(big, key=lambda s: s.strength)

@@ -116,7 +116,7 @@ def test_nested_cv_chooses_the_layer_without_the_held_out_perturbations():
 
 def test_calibration_keeps_level_on_exchangeable_scorers_and_finds_the_planted_margin():
     cal = CALIBRATIONS.get("perturbation_prediction")
-    for name in ("exchangeable_null", "hub_null"):
+    for name in ("prediction_exchangeable_null", "prediction_hub_null"):
         out = [cal.replicate(cal.scenario(name), s) for s in range(4)]
         assert all(0 < o.p <= 1 for o in out)
         assert sum(o.p < 0.05 for o in out) <= 1

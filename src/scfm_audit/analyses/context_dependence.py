@@ -370,17 +370,17 @@ def _context_scenarios():
 
     both = {"modality": "both"}
     out = [
-        Scenario("exchangeable_null", "null",
+        Scenario("context_exchangeable_null", "null",
                  "two arms; attention and co-expression exchangeable in both",
                  params={"sim": both, "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
-        Scenario("hub_null", "null",
+        Scenario("context_hub_null", "null",
                  "two arms, responders concentrated on 12 hub TFs' targets; exchangeable",
                  params={"sim": {**both, **CAL_HUB},
                          "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
     ]  # fmt: skip
     for s in (2.0, 4.0):
         out.append(
-            Scenario(f"planted_gap_{s:g}", "planted",
+            Scenario(f"context_planted_gap_{s:g}", "planted",
                      f"CRISPRi: attention SD 0.5, co-expression SD {s:g}; CRISPRa: both {s:g}",
                      strength=s,
                      params={"sim": both, "sd": {"CRISPRi": (0.5, s), "CRISPRa": (s, s)}})

@@ -777,17 +777,17 @@ def _prediction_scenarios():
     from scfm_audit.analyses._calibration import Scenario
 
     out = [
-        Scenario("exchangeable_null", "null",
+        Scenario("prediction_exchangeable_null", "null",
                  "baseline and attention: the same signal plus independent noise of equal SD",
                  truth=0.0, params={"sim": {}, "sd_baseline": 1.5, "sd_attention": 1.5}),
-        Scenario("hub_null", "null",
+        Scenario("prediction_hub_null", "null",
                  "responders concentrated on the targets of 12 hub TFs (highly expressed); "
                  "exchangeable noisy scores", truth=0.0,
                  params={"sim": CAL_HUB, "sd_baseline": 1.5, "sd_attention": 1.5}),
     ]  # fmt: skip
     for sd in (1.5, 3.0):
         out.append(
-            Scenario(f"planted_attention_noise_{sd:g}", "planted",
+            Scenario(f"prediction_planted_noise_{sd:g}", "planted",
                      f"baseline = signal + N(0, 1); attention = signal + N(0, {sd:g}²)",
                      strength=sd, params={"sim": {}, "sd_baseline": 1.0, "sd_attention": sd})
         )  # fmt: skip

@@ -202,7 +202,10 @@ def demo_config_dict(
                 "reference": "sim_grn",
                 "n_boot": 500 if quick else 2000,
             },
+            # one context in the demo (interaction: n/a with its reason): attention on
+            # sim_null would add ~3 minutes of extraction on 2 cores
             "context_dependence": {
+                "datasets": ["sim"],
                 "coexpression": "spearman_attention_cells",
                 "n_boot": 500 if quick else 2000,
             },
