@@ -15,7 +15,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from scfm_audit.analyses._calibration import CALIBRATIONS
 from scfm_audit.analyses.perturbation_prediction import (
-    CAL_SIM,
     baseline_claim,
     calibration_screen,
     choose_attention,
@@ -128,17 +127,10 @@ def test_calibration_keeps_level_on_exchangeable_scorers_and_finds_the_planted_m
 def _known_answer(gene_level_predictability, regulation_strength):
     """Per-perturbation AUROC of variance, |Spearman| (control cells) and a synthetic
     attention = |Spearman| + noise, on a simulated screen."""
-    from scfm_audit.data._dataset import DatasetSpec, control_mask
-    from scfm_audit.data._simulate import simulate_perturbseq
-    from scfm_audit.edges._coexpression import coexpression
-
     sim = {"gene_level_predictability": gene_level_predictability,
            "regulation_strength": regulation_strength}  # fmt: skip
-    rows = calibration_screen(sim, 0)
-    bench = simulate_perturbseq(**{**CAL_SIM, **sim}, seed=0)
-    spec = DatasetSpec(perturbation="perturbation", control="non-targeting", modality="modality")
-    co = coexpression(bench.adata[control_mask(bench.adata, spec)], method="spearman")
-    sp = np.abs(co.lookup(rows["perturbation"].to_numpy(), rows["candidate"].to_numpy()))
+    rows = calibration_screen(sim, 0, coexpression=True)
+    sp = rows["spearman"].to_numpy()
     noise = np.random.default_rng(0).normal(scale=0.1, size=len(sp))
     m = ranking_metrics(rows["perturbation"].to_numpy(), rows["responder"].to_numpy(),
                         {"variance": rows["variance"].to_numpy(), "spearman": sp,
