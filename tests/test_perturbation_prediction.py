@@ -149,3 +149,17 @@ def test_coexpression_wins_when_pairwise_regulation_carries_the_signal():
     w = _known_answer(0.0, 2.0)  # (ii) targets uniform, strong regulation, TF perturbations
     comp, p, _ = baseline_claim(w, w["spearman"].to_numpy(), "variance", n_boot=200, seed=0)
     assert comp.mean_delta < -0.05 and p < 0.05  # the claim's answer is "opposite"
+
+
+def test_all_baselines_claim_is_the_intersection_union_of_the_three_wilcoxons():
+    rng = np.random.default_rng(4)
+    att = rng.uniform(0.5, 0.7, 25)
+    wide = pd.DataFrame({"mean": att + rng.uniform(0.0, 0.2, 25),
+                         "variance": att + rng.uniform(0.05, 0.3, 25),
+                         "detection": att + rng.uniform(-0.05, 0.15, 25)})  # fmt: skip
+    comp, p, name = baseline_claim(wide, att, "all", n_boot=100, seed=0)
+    ps = {b: stats.wilcoxon(wide[b], att).pvalue for b in ("mean", "variance", "detection")}
+    assert p == pytest.approx(max(ps.values()))
+    assert name == "detection" and comp.mean_delta == pytest.approx(np.mean(wide[name] - att))
+    comp, p, name = baseline_claim(wide, att, "variance", n_boot=100, seed=0)
+    assert name == "variance" and p == pytest.approx(ps["variance"])

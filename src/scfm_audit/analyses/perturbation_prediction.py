@@ -158,7 +158,8 @@ def attention_sources(ctx, names: list[str] | None) -> list[str]:
     cfg = getattr(getattr(getattr(ctx, "resources", None), "cfg", None), "edges", None)
     if cfg is not None:
         return [n for n in ctx.edge_names() if cfg[n].model is not None]
-    return list(ctx.edge_names())
+    ds = ctx.dataset_names()[:1]  # a context without the config: ask the score sets
+    return [n for n in ctx.edge_names() if ds and any(s.model for s in ctx.edge_scores(n, ds[0]))]
 
 
 def prediction_data(
@@ -189,8 +190,14 @@ def prediction_data(
         reason = f"co-expression source {coexpression!r} is not configured"
     else:
         c_sets = [s for s in ctx.edge_scores(coexpression, ds) if s.head is None]
-        why = same_cells(ctx, edges, coexpression, ds, sets[0].n_cells, c_sets[0].n_cells)
-        if why and not allow_different_cells:
+        why = (
+            same_cells(ctx, edges, coexpression, ds, sets[0].n_cells, c_sets[0].n_cells)
+            if c_sets
+            else None
+        )
+        if not c_sets:
+            reason = f"co-expression source {coexpression!r} has no score sets on {ds}"
+        elif why and not allow_different_cells:
             reason = f"not compared with {coexpression}: {why}"
         else:
             if why:
