@@ -6,6 +6,7 @@ Families (see each module's docstring):
   :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
 * A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
   :mod:`~scfm_audit.analyses.gene_level_null`
+* B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.in_silico_perturbation`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -22,6 +23,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     gene_level_null,
     grn_recovery,
     head_specialisation,
+    in_silico_perturbation,
     layer_organisation,
     scaling,
     synthetic_controls,
