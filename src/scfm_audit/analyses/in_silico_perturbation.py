@@ -472,12 +472,12 @@ def _calibration_scenarios():
         )
     out.append(
         Scenario(
-            "planted_unsigned_1.0",
+            "planted_unsigned_2.0",
             "planted",
-            "unsigned readout: |variance pattern + noise + 1.0 × z-scored true effects|, "
+            "unsigned readout: |variance pattern + noise + 2.0 × z-scored true effects|, "
             "compared with |log2FC|",
-            strength=1.0,
-            params={"predictability": 1.0, "regulation": 1.0, "strength": 1.0, "signed": False},
+            strength=2.0,
+            params={"predictability": 1.0, "regulation": 1.0, "strength": 2.0, "signed": False},
         )
     )
     return out
