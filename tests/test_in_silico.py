@@ -247,3 +247,35 @@ def test_calibration_keeps_level_under_the_hub_null_and_finds_planted_effects():
     rate = summ.set_index("scenario")["rate"]
     assert rate["hub_null_variance_pattern"] <= 1 / 6
     assert rate["planted_true_effects_0.4"] >= 5 / 6
+
+
+def test_analysis_reports_genes_outside_the_vocabulary(tmp_path, tiny_bench):
+    from conftest import tiny_config
+    from scfm_audit.models import build_scgpt_checkpoint
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    genes = [g for g in tiny_bench.adata.var_names if g != "TF001"]  # a perturbed gene
+    build_scgpt_checkpoint(tmp_path / "m", genes, n_layers=2, seed=0)
+    cfg = tiny_config(tmp_path / "out")
+    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "m")}}
+    cfg["analyses"] = {
+        "in_silico_perturbation": {
+            "datasets": ["sim"],
+            "max_cells": 24,
+            "n_perm": 99,
+            "n_perm_max": 0,
+            "n_boot": 20,
+        }
+    }
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    assert not run.errors, run.errors
+    res = run.results["in_silico_perturbation"]
+    skipped = res.tables["skipped"]
+    assert list(skipped["perturbation"]) == ["TF001"]
+    assert "vocabulary" in skipped["reason"].iloc[0]
+    assert any("TF001" in n for n in res.notes)
+    per = res.tables["per_perturbation"]
+    assert "TF001" not in set(per["perturbation"]) and len(per) == 7
+    assert (per["n_cells"] <= 24).all() and (per["n_cells"] > 0).all()
+    (v,) = res.verdicts
+    assert v.record.family == "confirmatory" and v.record.null

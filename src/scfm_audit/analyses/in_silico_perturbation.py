@@ -252,7 +252,16 @@ def _one(ctx, p: InSilicoParams, m: str, ds: str, de: pd.DataFrame, notes, skip_
             )
         mode = p.arm_modes[arm]
         labels = sorted(pd.unique(de.loc[de["arm"] == arm, "perturbation"].astype(str)))
-        ok, skipped = perturbable(adapter, adata, labels)
+        pool = np.flatnonzero(ctrl & (arm_col == arm)) if has_arm else np.flatnonzero(ctrl)
+        if pool.size == 0:
+            notes.append(f"{m}/{ds}/{arm}: no control cell; skipped.")
+            continue
+        cells = pool
+        if pool.size > p.max_cells:
+            cells = np.sort(ctx.rng(ds, arm, "cells").choice(pool, p.max_cells, replace=False))
+        sub = adata[cells]
+        sub = sub.to_memory() if getattr(sub, "isbacked", False) else sub.copy()
+        ok, skipped = perturbable(adapter, sub, labels)  # vocabulary from var only
         for g, why in skipped.items():
             skip_rows.append(
                 {"model": m, "dataset": ds, "arm": arm, "perturbation": g, "reason": why}
@@ -282,15 +291,9 @@ def _one(ctx, p: InSilicoParams, m: str, ds: str, de: pd.DataFrame, notes, skip_
                 "(seeded subsample; max_perturbations)."
             )
             ok = sorted(keep)
-        pool = np.flatnonzero(ctrl & (arm_col == arm)) if has_arm else np.flatnonzero(ctrl)
-        if not ok or pool.size == 0:
-            notes.append(f"{m}/{ds}/{arm}: no perturbable gene or no control cell; skipped.")
+        if not ok:
+            notes.append(f"{m}/{ds}/{arm}: no perturbable gene; skipped.")
             continue
-        cells = pool
-        if pool.size > p.max_cells:
-            cells = np.sort(ctx.rng(ds, arm, "cells").choice(pool, p.max_cells, replace=False))
-        sub = adata[cells]
-        sub = sub.to_memory() if getattr(sub, "isbacked", False) else sub.copy()
 
         def compute(sub=sub, ok=ok, mode=mode, arm=arm) -> pd.DataFrame:
             return in_silico_effects(
