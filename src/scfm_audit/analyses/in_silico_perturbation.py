@@ -195,6 +195,17 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
                     reason=reason,
                 )
             )
+            if meta["panels"]:
+                from scfm_audit.plotting import hexbin_figure
+
+                figures[f"predicted_vs_observed_{m}_{ds}"] = hexbin_figure(
+                    meta["panels"],
+                    xlabel="observed log2FC" if meta["signed"] else "observed |log2FC|",
+                    ylabel=f"in-silico shift ({meta['readout']})",
+                    title=f"{m} on {ds}: in-silico vs observed, perturbations with the most "
+                    "responders (perturbed gene excluded)",
+                    gridsize=25,
+                )
             if t is not None and t.null.size:
                 from scfm_audit.plotting import null_distribution_figure
 
@@ -363,7 +374,28 @@ def _one(ctx, p: InSilicoParams, m: str, ds: str, de: pd.DataFrame, notes, skip_
     modes = pred.groupby("arm")["mode"].first()
     table.insert(1, "mode", table["arm"].map(modes))
     table.insert(2, "readout", readout)
-    return table, tests, {"readout": readout, "signed": signed, "modes": modes.to_dict()}
+    meta = {"readout": readout, "signed": signed, "modes": modes.to_dict()}
+    meta["panels"] = _scatter_panels(pred, de, table, signed)
+    return table, tests, meta
+
+
+def _scatter_panels(pred, de, table, signed, k: int = 4) -> dict:
+    """Predicted shift against observed log2FC (|log2FC| for unsigned readouts) over the
+    genes compared, for the ``k`` perturbations with the most responders."""
+    top = table.sort_values(["n_responders", "perturbation"], ascending=[False, True]).head(k)
+    panels = {}
+    for arm, pert in zip(top["arm"], top["perturbation"]):
+        x = pred[(pred["arm"] == arm) & (pred["perturbation"] == pert)].set_index("gene")
+        y = de[(de["arm"] == arm) & (de["perturbation"] == pert)].set_index("gene")["log2fc"]
+        both = (
+            x["predicted_shift"]
+            .dropna()
+            .index.intersection(y.dropna().index)
+            .drop(pert, errors="ignore")
+        )
+        obs = y[both].to_numpy(float)
+        panels[f"{pert} ({arm})"] = (obs if signed else np.abs(obs), x.loc[both, "predicted_shift"])
+    return panels
 
 
 def _register(ctx, p: InSilicoParams, m: str, ds: str, tests, meta) -> dict:
