@@ -279,3 +279,32 @@ def test_analysis_reports_genes_outside_the_vocabulary(tmp_path, tiny_bench):
     assert (per["n_cells"] <= 24).all() and (per["n_cells"] > 0).all()
     (v,) = res.verdicts
     assert v.record.family == "confirmatory" and v.record.null
+
+
+def test_two_arm_screen_maps_arms_to_modes_and_refuses_an_unmapped_arm(tmp_path, tiny_bench):
+    from conftest import TINY_SIM
+    from scfm_audit.models import build_scgpt_checkpoint
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    build_scgpt_checkpoint(tmp_path / "m", list(tiny_bench.adata.var_names), n_layers=2)
+    quick = {"max_cells": 16, "n_perm": 99, "n_perm_max": 0, "n_boot": 20}
+    cfg = {
+        "seed": 0,
+        "output": str(tmp_path / "out"),
+        "datasets": {"both": {"simulate": {**TINY_SIM, "modality": "both"}}},
+        "references": {},
+        "edges": {},
+        "models": {"tiny": {"family": "scgpt", "path": str(tmp_path / "m")}},
+        "analyses": {
+            "in_silico_perturbation": quick,
+            "in_silico_perturbation@bad": {**quick, "arm_modes": {"CRISPRi": "delete"}},
+        },
+    }
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    per = run.results["in_silico_perturbation"].tables["per_perturbation"]
+    modes = per.groupby("arm")["mode"].first().to_dict()
+    assert modes == {"CRISPRa": "overexpress", "CRISPRi": "delete"}
+    a = per[per["arm"] == "CRISPRa"]
+    assert (a["n_cells"] == 16).all()  # overexpression acts on every control cell
+    assert "CRISPRa" in run.errors["in_silico_perturbation@bad"]
+    assert "arm_modes" in run.errors["in_silico_perturbation@bad"]
