@@ -28,6 +28,14 @@ QUICK = {
     "gene_level_null": {"n_boot": 100},
     "perturbation_prediction": {"n_boot": 100},
     "context_dependence": {"n_boot": 100},
+    "in_silico_perturbation": {
+        "datasets": ["sim"],
+        "max_cells": 24,
+        "max_perturbations": 6,
+        "n_perm": 199,
+        "n_perm_max": 0,
+        "n_boot": 100,
+    },
     "cssi": {
         "datasets": ["sim"],
         "strata": "kmeans",

@@ -7,7 +7,8 @@ Families (see each module's docstring):
 * A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
   :mod:`~scfm_audit.analyses.gene_level_null`
 * B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.perturbation_prediction`,
-  :mod:`~scfm_audit.analyses.context_dependence`
+  :mod:`~scfm_audit.analyses.context_dependence`,
+  :mod:`~scfm_audit.analyses.in_silico_perturbation`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -25,6 +26,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     gene_level_null,
     grn_recovery,
     head_specialisation,
+    in_silico_perturbation,
     layer_organisation,
     perturbation_prediction,
     scaling,
