@@ -6,6 +6,7 @@ Families (see each module's docstring):
   :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
 * A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
   :mod:`~scfm_audit.analyses.gene_level_null`
+* B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.perturbation_responders`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -23,6 +24,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     grn_recovery,
     head_specialisation,
     layer_organisation,
+    perturbation_responders,
     scaling,
     synthetic_controls,
 )
