@@ -89,7 +89,8 @@ class PerturbationRespondersParams(ResponderParams):
         0.05, gt=0, lt=1, description="on-target QC: target's DE p below this (per perturbation)"
     )
     other_direction: Literal["down", "up"] = Field(
-        "down", description="expected on-target direction for arms that are neither CRISPRi nor "
+        "down",
+        description="expected on-target direction for arms that are neither CRISPRi nor "
         "CRISPRa (e.g. no modality column)",
     )
     exclude_failed: bool = Field(
@@ -179,9 +180,7 @@ def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> Analysi
                 f"{ds}/{arm}: on-target QC "
                 + ", ".join(f"{k}: {int(v)}" for k, v in row.items())
                 + f"; {int(qc[(qc['arm'] == arm) & qc['excluded']].shape[0])} excluded from "
-                "responder tables"
-                + (" (exclude_failed)" if p.exclude_failed else "")
-                + "."
+                "responder tables" + (" (exclude_failed)" if p.exclude_failed else "") + "."
             )
         tables["on_target"].append(qc)
         keep = qc.loc[~qc["excluded"], ["arm", "perturbation"]]
@@ -382,7 +381,7 @@ def _summary(out: dict[str, pd.DataFrame]) -> str:
     if summ is None:
         return "No perturbation dataset could be analysed (see notes)."
     parts = []
-    for r in (arms.itertuples() if arms is not None else []):
+    for r in arms.itertuples() if arms is not None else []:
         s = summ[(summ["dataset"] == r.dataset) & (summ["arm"] == r.arm)]
         parts.append(
             f"{r.dataset}/{r.arm}: {len(s)} perturbations, median {np.median(s['n_responders']):.0f}"
@@ -478,9 +477,9 @@ def _calibration_replicate(sc, seed: int):
 def _register_calibration() -> None:
     from scfm_audit.analyses._calibration import register_calibration
 
-    register_calibration(
-        "perturbation_responders", _calibration_scenarios(), claimed="less"
-    )(_calibration_replicate)
+    register_calibration("perturbation_responders", _calibration_scenarios(), claimed="less")(
+        _calibration_replicate
+    )
 
 
 _register_calibration()

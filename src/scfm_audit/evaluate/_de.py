@@ -108,9 +108,7 @@ class _Layout:
     controls_available: dict[str, int]
 
 
-def _layout(
-    adata, spec, perturbations, max_control_cells: int | None, seed: int
-) -> _Layout:
+def _layout(adata, spec, perturbations, max_control_cells: int | None, seed: int) -> _Layout:
     from scfm_audit.data._dataset import _perturbation_column, control_mask
 
     labels = _perturbation_column(adata, spec).astype(object)
@@ -500,7 +498,9 @@ def _pseudobulk(adata, spec, lay, by, method, gene_idx, min_units, chunk_size, p
         }
     )
     obs.index = obs.index.astype(str)
-    pb = ad.AnnData(X=sparse.csr_matrix(sums[present]), obs=obs, var=pd.DataFrame(index=adata.var_names))
+    pb = ad.AnnData(
+        X=sparse.csr_matrix(sums[present]), obs=obs, var=pd.DataFrame(index=adata.var_names)
+    )
     pspec = DatasetSpec(perturbation="perturbation", control=control_label, modality="arm")
     out = differential_expression(
         pb, pspec, method=method, genes=list(np.asarray(adata.var_names)[gene_idx])

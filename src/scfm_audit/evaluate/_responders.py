@@ -105,9 +105,7 @@ def on_target_qc(
     return out[QC_COLUMNS].reset_index(drop=True)
 
 
-def on_target_test(
-    lfc: Sequence[float], *, n_boot: int = 2000, seed: int = 0
-) -> dict[str, float]:
+def on_target_test(lfc: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Wilcoxon signed-rank test of on-target log2 fold changes (one per perturbation)
     against 0, two-sided (H0: :data:`ON_TARGET_H0`). Returns p, statistic, median, ci_low,
     ci_high, n. Effect: the median with a percentile
@@ -241,7 +239,7 @@ def responder_sweep(
                         "genes_tested": int(sub["gene"].nunique()),
                         "hvgs_capped": capped_h,
                         "n_perturbations": len(perts),
-                        "responders_total": int(len(r)),
+                        "responders_total": len(r),
                         "responders_median": float(np.median(per)) if per.size else np.nan,
                         "responders_mean": float(np.mean(per)) if per.size else np.nan,
                         "is_reference": key == ref,
