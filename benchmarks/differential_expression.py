@@ -115,7 +115,11 @@ def _subset_stage(path: str, n_pert: int, n_ctrl: int, n_genes: int, seed: int) 
         for p in perts:
             d = de[de["perturbation"] == p].set_index("gene")
             names = list(r["names"][p])
-            for col, mine in (("pvals", "p"), ("scores", "statistic"), ("logfoldchanges", "log2fc")):
+            for col, mine in (
+                ("pvals", "p"),
+                ("scores", "statistic"),
+                ("logfoldchanges", "log2fc"),
+            ):
                 a = d.loc[names, mine].to_numpy()
                 b = np.asarray(r[col][p], dtype=float)
                 ok = np.isfinite(a)

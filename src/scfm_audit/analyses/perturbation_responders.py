@@ -186,7 +186,9 @@ def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> Analysi
         keep = qc.loc[~qc["excluded"], ["arm", "perturbation"]]
         kept = de.merge(keep, on=["arm", "perturbation"])
         resp = kept[kept["responder"]]
-        tables["responders"].append(resp[RESPONDER_COLUMNS].assign(dataset=ds))
+        tables["responders"].append(
+            resp[RESPONDER_COLUMNS].assign(dataset=ds, fdr_scope=p.fdr_scope, de=p.de_method)
+        )
         summ = _summary_table(de, qc, ds)
         tables["summary"].append(summ)
         _register_tests(ctx, p, ds, de, qc, verdicts, tables["tests_by_arm"])
