@@ -214,8 +214,9 @@ def responder_sweep(
         n_used = de.groupby("arm")["n_control"].first().to_dict()
         perts = de[["arm", "perturbation"]].drop_duplicates()
         for h in hvg_grid:
-            capped_h = h >= adata.n_vars
-            sub = de if capped_h else _requalify(de[de["gene"].isin(ranking[: int(h)])])
+            capped_h = h > adata.n_vars
+            everything = h >= adata.n_vars
+            sub = de if everything else _requalify(de[de["gene"].isin(ranking[: int(h)])])
             for lv in lfc_grid:
                 lab = responder_labels(sub, lfc=float(lv), fdr=fdr, scope=scope)
                 r = lab[lab["responder"]]
