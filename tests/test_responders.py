@@ -260,3 +260,12 @@ def test_wilcoxon_per_arm_equals_scipy_u(both_arms):
         z = (u - n1 * n0 / 2) / np.sqrt(n1 * n0 * (n1 + n0 + 1) / 12)
         ok = np.isfinite(d["statistic"].to_numpy())
         np.testing.assert_allclose(d["statistic"].to_numpy()[ok], z[ok], rtol=1e-12, atol=1e-12)
+
+
+def test_threaded_t_tail_equals_scipy():
+    from scfm_audit.evaluate._de import _two_sided_t
+
+    rng = np.random.default_rng(1)
+    t = rng.normal(0, 3, (4, 300_000))
+    df = rng.uniform(2, 500, (4, 300_000))
+    np.testing.assert_allclose(_two_sided_t(t, df), 2 * sst.t.sf(np.abs(t), df), rtol=1e-12)

@@ -30,9 +30,10 @@ Tests (per arm × perturbation × gene, two-sided):
 
 Scale. Counts are read in contiguous row chunks (``chunk_size`` cells; backed ``.h5ad``
 never loads the whole matrix). Per chunk, rows are normalised and ``log1p``-ed, and per
-group n, sum and sum of squares are accumulated with one sparse indicator product
-(groups × cells) @ (cells × genes), so the cost is one pass over the non-zeros whatever the
-number of perturbations. The Wilcoxon option makes a second pass: the arm's control values
+group n, sum and sum of squares are accumulated with one indicator product
+(groups × cells) @ (cells × genes), computed as a scatter-add of the chunk's non-zeros by
+(group, gene), so the cost is one pass over the non-zeros whatever the number of
+perturbations (no loop over genes or groups). The Wilcoxon option makes a second pass: the arm's control values
 of each gene are sorted once (zeros are one tie block and are never stored), and every
 non-zero perturbed value is placed among them with ``searchsorted`` (vectorised over the
 cells of a chunk, one call per gene); zeros of perturbed cells contribute half the
@@ -197,18 +198,28 @@ def _indicator(codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
 
 
 def _group_moments(Y, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
-    """Per-group n, sum and sum of squares by one sparse indicator product each."""
-    ind = _indicator(codes, n_groups)
-    n = np.asarray(ind.sum(axis=1)).ravel()
-    if sparse.issparse(Y):
-        Y = sparse.csr_matrix(Y)
-        Y2 = sparse.csr_matrix((Y.data * Y.data, Y.indices, Y.indptr), shape=Y.shape)
-    else:
-        Y2 = Y * Y
-    s, ss = (ind @ Y, ind @ Y2)
-    if sparse.issparse(s):
-        s, ss = s.toarray(), ss.toarray()
-    return n, np.asarray(s), np.asarray(ss)
+    """Per-group n, sum and sum of squares (groups × genes) of the rows of ``Y`` (``codes``:
+    each row's group, −1 = none). The sums are the indicator product (groups × cells) @
+    (cells × genes); for sparse ``Y`` it is computed as one scatter-add of the non-zeros by
+    (group, gene) with ``np.bincount`` — the same product, about 5× faster than scipy's
+    sparse matmul here, whose output (groups × genes) is nearly dense."""
+    keep = codes >= 0
+    n = np.bincount(codes[keep], minlength=n_groups).astype(float)
+    if not sparse.issparse(Y):
+        ind = _indicator(codes, n_groups)
+        Y = np.asarray(Y)
+        return n, np.asarray(ind @ Y), np.asarray(ind @ (Y * Y))
+    Y = sparse.csr_matrix(Y)
+    G = Y.shape[1]
+    row_code = np.repeat(codes.astype(np.int64), np.diff(Y.indptr))
+    key = row_code * G + Y.indices
+    vals = Y.data
+    if not keep.all():
+        used = row_code >= 0
+        key, vals = key[used], vals[used]
+    s = np.bincount(key, weights=vals, minlength=n_groups * G).reshape(n_groups, G)
+    ss = np.bincount(key, weights=vals * vals, minlength=n_groups * G).reshape(n_groups, G)
+    return n, s, ss
 
 
 # ----------------------------------------------------------------------------- tests
@@ -224,11 +235,34 @@ def welch_from_moments(n1, s1, ss1, n0, s0, ss0) -> tuple[np.ndarray, ...]:
         se2 = a + b
         t = (m1 - m0) / np.sqrt(se2)
         df = se2**2 / (a**2 / (n1 - 1) + b**2 / (n0 - 1))
-        p = 2 * special.stdtr(df, -np.abs(t))  # = 2 t.sf(|t|, df), without scipy.stats overhead
+        p = _two_sided_t(t, df)
     bad = ~(se2 > 0)
     t = np.where(bad, np.nan, t)
     p = np.where(bad, np.nan, p)
     return m1, m0, t, p
+
+
+def _two_sided_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """``2 · t.sf(|t|, df)`` by ``scipy.special.stdtr`` (no scipy.stats argument checks),
+    in two threads over rows when large (the ufunc releases the GIL; the incomplete beta
+    function is the costliest step of a screen-wide Welch test)."""
+    t, df = np.broadcast_arrays(np.asarray(t, dtype=float), np.asarray(df, dtype=float))
+    out = np.empty(t.shape)
+    if t.ndim != 2 or t.size < 1_000_000 or t.shape[0] < 2:
+        with np.errstate(invalid="ignore"):
+            out[...] = 2 * special.stdtr(df, -np.abs(t))
+        return out
+
+    def part(sl: slice) -> None:
+        with np.errstate(invalid="ignore"):
+            out[sl] = 2 * special.stdtr(df[sl], -np.abs(t[sl]))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    h = t.shape[0] // 2
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(part, (slice(0, h), slice(h, None))))
+    return out
 
 
 def mann_whitney_z(u1, n1, n0) -> tuple[np.ndarray, np.ndarray]:
@@ -406,38 +440,41 @@ def _rank_sums(adata, spec, lay, ctrl_blocks, n, gene_idx, chunk_size, progress)
 
 
 def _assemble(lay, n, s, ss, u1, gnames, method) -> pd.DataFrame:
-    frames = []
-    groups = lay.groups
-    for arm, sub in groups.groupby("arm", sort=False):
+    """The long table from the per-group moments (and rank sums): columns built as numpy
+    arrays and the DataFrame made once, in :data:`DE_COLUMNS` order (at screen scale every
+    pandas copy of 16 M rows costs seconds)."""
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in DE_COLUMNS}
+    gnames = np.asarray(gnames, dtype=object)
+    for arm, sub in lay.groups.groupby("arm", sort=False):
         k0 = int(sub.index[sub["control"]][0])
         kp = sub.index[~sub["control"]].to_numpy()
         n1 = n[kp][:, None]
-        m1, m0, t, p = welch_from_moments(n1, s[kp], ss[kp], n[k0], s[k0], ss[k0])
         if method == "wilcoxon":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m1, m0 = s[kp] / n1, s[k0] / n[k0]
             t, p = mann_whitney_z(u1[kp], n1, n[k0])
+        else:
+            m1, m0, t, p = welch_from_moments(n1, s[kp], ss[kp], n[k0], s[k0], ss[k0])
         lfc = np.log2(np.expm1(m1) + 1e-9) - np.log2(np.expm1(m0) + 1e-9)
         P, G = m1.shape
         names = sub.loc[kp, "perturbation"].to_numpy().astype(object)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "arm": arm,
-                    "perturbation": np.repeat(names, G),
-                    "gene": np.tile(np.asarray(gnames, dtype=object), P),
-                    "log2fc": lfc.ravel(),
-                    "mean_perturbed": m1.ravel(),
-                    "mean_control": np.broadcast_to(m0, (P, G)).ravel(),
-                    "statistic": t.ravel(),
-                    "p": p.ravel(),
-                    "q_within": _bh_rows(p).ravel(),
-                    "n_perturbed": np.repeat(n[kp].astype(int), G),
-                    "n_control": int(n[k0]),
-                }
-            )
-        )
-    out = pd.concat(frames, ignore_index=True)
-    out["q_screen"] = _bh_rows(out["p"].to_numpy()[None, :])[0]
-    out = out[DE_COLUMNS]
+        cols["arm"].append(np.full(P * G, arm, dtype=object))
+        cols["perturbation"].append(np.repeat(names, G))
+        cols["gene"].append(np.tile(gnames, P))
+        cols["log2fc"].append(lfc.ravel())
+        cols["mean_perturbed"].append(m1.ravel())
+        cols["mean_control"].append(np.broadcast_to(m0, (P, G)).ravel())
+        cols["statistic"].append(np.asarray(t).ravel())
+        cols["p"].append(np.asarray(p).ravel())
+        cols["q_within"].append(_bh_rows(p).ravel())
+        cols["n_perturbed"].append(np.repeat(n[kp].astype(np.int64), G))
+        cols["n_control"].append(np.full(P * G, int(n[k0]), dtype=np.int64))
+        del m1, t, p, lfc
+    data = {
+        c: v[0] if len(v) == 1 else np.concatenate(v) for c, v in cols.items() if c != "q_screen"
+    }
+    data["q_screen"] = _bh_rows(data["p"][None, :])[0]
+    out = pd.DataFrame({c: data[c] for c in DE_COLUMNS}, copy=False)
     out.attrs["de"] = {
         "method": method,
         "null": WELCH_H0 if method == "welch" else WILCOXON_H0,
