@@ -36,6 +36,13 @@ QUICK = {
         "n_perm_max": 0,
         "n_boot": 100,
     },
+    "perturbation_responders": {
+        "n_boot": 200,
+        "sweep_lfc": [0.5, 1.0],
+        "sweep_control_cells": [60, 1000],
+        "sweep_hvgs": [60, 1000],
+        "sweep_reference": [0.5, 60, 60],
+    },
     "cssi": {
         "datasets": ["sim"],
         "strata": "kmeans",

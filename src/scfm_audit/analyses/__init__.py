@@ -8,7 +8,8 @@ Families (see each module's docstring):
   :mod:`~scfm_audit.analyses.gene_level_null`
 * B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.perturbation_prediction`,
   :mod:`~scfm_audit.analyses.context_dependence`,
-  :mod:`~scfm_audit.analyses.in_silico_perturbation`
+  :mod:`~scfm_audit.analyses.in_silico_perturbation`,
+  :mod:`~scfm_audit.analyses.perturbation_responders`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -29,6 +30,7 @@ from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     in_silico_perturbation,
     layer_organisation,
     perturbation_prediction,
+    perturbation_responders,
     scaling,
     synthetic_controls,
 )

@@ -216,6 +216,14 @@ def demo_config_dict(
                 "coexpression": "spearman_attention_cells",
                 "n_boot": 500 if quick else 2000,
             },
+            # DE, responders, on-target QC and a sweep sized to the demo screen (the
+            # paper's grid would be capped everywhere at 3,000 cells × 300 genes)
+            "perturbation_responders": {
+                "datasets": ["sim", "sim_null"],
+                "sweep_control_cells": [250, 500, 1000],
+                "sweep_hvgs": [100, 200, 300],
+                "sweep_reference": [0.5, 500, 200],
+            },
             # the inference itself, checked on simulated nulls and planted effects
             "scaling": {
                 "datasets": ["sim"],

@@ -11,8 +11,10 @@ from scfm_audit.plotting._figures import (
     metric_by_layer_figure,
     null_distribution_figure,
     nulls_figure,
+    perturbation_bars_figure,
     roc_pr_figure,
     scaling_figure,
+    sweep_heatmap,
 )
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "metric_by_layer_figure",
     "null_distribution_figure",
     "nulls_figure",
+    "perturbation_bars_figure",
     "roc_pr_figure",
     "scaling_figure",
+    "sweep_heatmap",
 ]
