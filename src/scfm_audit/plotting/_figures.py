@@ -783,6 +783,8 @@ def distribution_figure(
     axes[0].set_ylabel(ylabel or _pretty(value))
     if title:
         fig.suptitle(title, fontsize=10)
+
+
 def perturbation_bars_figure(
     df: pd.DataFrame,
     *,
