@@ -39,6 +39,23 @@ QUICK = {
         "selection_n_perm_max": 0,
         "prediction_cells": 16,
     },
+    "perturbation_prediction": {"n_boot": 100},
+    "context_dependence": {"n_boot": 100},
+    "in_silico_perturbation": {
+        "datasets": ["sim"],
+        "max_cells": 24,
+        "max_perturbations": 6,
+        "n_perm": 199,
+        "n_perm_max": 0,
+        "n_boot": 100,
+    },
+    "perturbation_responders": {
+        "n_boot": 200,
+        "sweep_lfc": [0.5, 1.0],
+        "sweep_control_cells": [60, 1000],
+        "sweep_hvgs": [60, 1000],
+        "sweep_reference": [0.5, 60, 60],
+    },
     "cssi": {
         "datasets": ["sim"],
         "strata": "kmeans",
