@@ -38,6 +38,8 @@ QUICK = {
         "selection_n_perm": 99,
         "selection_n_perm_max": 0,
         "prediction_cells": 16,
+        "in_silico_cells": 8,
+        "in_silico_perturbations": 3,
     },
     "perturbation_prediction": {"n_boot": 100},
     "context_dependence": {"n_boot": 100},

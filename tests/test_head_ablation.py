@@ -122,6 +122,7 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
             "n_cells": 8, "n_reference_cells": 8, "n_boot": 50, "selection_n_perm": 99,
             "selection_n_perm_max": 0, "prediction_cells": 16, "random_sets": "layer_matched",
             "selection": "top_auroc", "selection_k": 1,  # 1 head: 4 layer-matched sets exist
+            "in_silico_cells": 8, "in_silico_perturbations": 4,
         }
     }  # fmt: skip
     run = run_audit(config_from_dict(cfg), quiet=True)
@@ -132,7 +133,10 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     assert (cond["fidelity_hidden"] > 0).all()  # every condition changed the model
     assert not (cond["kind"] == "top-k").any() or (cond["size"] < 12).all()  # k=20 ≥ 12 heads
     assert any("≥ its 12 heads" in n for n in res.notes)
-    assert any("readout (b)" in n for n in res.notes)
+    isp = res.tables["in_silico"]  # readout (b): the model's outputs, downstream of all
+    assert not isp["structurally_unable"].any()
+    assert set(isp["statistic"]) == {"auroc", "spearman"}
+    assert isp["n_perturbations"].min() >= 2 and isp["change"].notna().all()
     rnd = res.tables["random_sets"]
     # only 4 one-head sets in the head's layer: all 3 others are compared (exact test)
     assert rnd.groupby("channel").size().to_dict() == {"mean": 3, "uniform": 3, "zero": 3}
@@ -197,6 +201,7 @@ def test_every_head_regulatory_gives_na(tmp_path, tiny):
         "selection": "top_auroc", "selection_k": 12, "channels": ["zero"], "ks": [2],
         "n_entropy_matched": 0, "n_cells": 4, "n_reference_cells": 4, "n_boot": 50,
         "selection_n_perm": 19, "selection_n_perm_max": 0, "prediction": False,
+        "in_silico": False,
     }}  # fmt: skip
     run = run_audit(config_from_dict(cfg), quiet=True)
     card = run.verdicts()

@@ -28,8 +28,12 @@ Readouts, each downstream of the intervention, order made explicit per condition
     MSE, Geneformer masked-gene cross-entropy; seeded masks, identical for every
     condition). The model's outputs lie after every layer: every condition can change it.
     Computed with the residual stream cached at each condition's lowest layer.
-(b) in-silico perturbation agreement: behind :func:`_in_silico_readout`; not computed
-    until ``evaluate/_in_silico.py`` is on this branch (a note says so).
+(b) in-silico perturbation agreement (:func:`_in_silico_readout`, the kernels of
+    ``evaluate/_in_silico.py``): the model's own deletion / overexpression of up to
+    ``in_silico_perturbations`` perturbed genes on ``in_silico_cells`` control cells per
+    arm with the intervention active; per perturbation the AUROC of |predicted shift| for
+    the observed responders and the Spearman with the observed profile, against the
+    unablated model. The readout is the model's output: every condition can change it.
 (c) attention-based perturbation prediction: per perturbation, AUROC of the head-mean
     attention from the perturbed gene at ``prediction_layer`` for its responders
     (``dataset_responders``), with the intervention active; a condition whose every site
@@ -54,6 +58,7 @@ effect: D's quantile among the random sets (0.5 under H0) with a bootstrap CI ov
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import numpy as np
@@ -143,6 +148,11 @@ class HeadAblationParams(ResponderParams):
     mask_ratio: float = Field(0.15, gt=0, lt=1, description="masked share of gene tokens")
     batch_size: int = Field(16, ge=1, description="cells per forward pass")
     n_boot: int = Field(1000, ge=50, description="bootstrap draws (cells / perturbations)")
+    in_silico: bool = Field(True, description="run readout (b) when responders exist")
+    in_silico_cells: int = Field(16, ge=2, description="control cells per arm for readout (b)")
+    in_silico_perturbations: int = Field(
+        8, ge=2, description="perturbed genes per arm for readout (b) (seeded subsample)"
+    )
     prediction: bool = Field(True, description="run readout (c) when responders exist")
     prediction_layer: int = Field(-1, description="layer whose attention predicts responders")
     prediction_cells: int = Field(64, ge=4, description="control cells for readout (c)")
@@ -496,10 +506,12 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         _change_test(ctx, res.loss[i], res.baseline, cond_table.iloc[i], extra, ref_name)
 
     # -- readouts (b) and (c) ----------------------------------------------------------------
-    pred_table = None
-    bnote = _in_silico_readout(ctx, ds, mname)
-    if bnote:
-        notes.append(bnote)
+    pred_table = isp_table = None
+    picked = _readout_conditions(conds)
+    if p.in_silico:
+        isp_table = _in_silico_readout(ctx, p, ds, mname, adapter, picked, means, ref_name)
+        if isp_table is None:
+            notes.append(f"{ds}/{mname}: no perturbations with responders: readout (b) not run.")
     if p.prediction:
         pred_table = _prediction_readout(ctx, p, ds, mname, adapter, conds, means, ref_name)
         if pred_table is None:
@@ -533,6 +545,8 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
     }
     if pred_table is not None:
         tables["prediction"] = pred_table
+    if isp_table is not None:
+        tables["in_silico"] = isp_table
     return {
         "tables": tables,
         "figures": {f"ablation_{ds}_{mname}": fig},
@@ -563,18 +577,125 @@ def _change_test(ctx, loss, base, row, extra, ref_name) -> None:
     )  # fmt: skip
 
 
-def _in_silico_readout(ctx, ds: str, mname: str) -> str | None:
-    """Readout (b), in-silico perturbation agreement under each condition. The kernel
-    (``evaluate/_in_silico.py``) is another helper's; until it is on this branch the
-    readout is not computed and the returned note says so."""
-    import importlib.util
+def _readout_conditions(conds: list[Condition]) -> list[Condition]:
+    """The conditions readouts (b) and (c) run: the regulatory set in every channel, the
+    smallest bottom-k, the full layer and the MLP conditions."""
+    picked = [c for c in conds if c.kind in ("regulatory", "bottom-k", "full-layer", "mlp")]
+    k_min = min((c.size for c in picked if c.kind == "bottom-k"), default=0)
+    return [c for c in picked if c.kind != "bottom-k" or c.size == k_min]
 
-    if importlib.util.find_spec("scfm_audit.evaluate._in_silico") is None:
-        return (
-            f"{ds}/{mname}: readout (b), in-silico perturbation agreement under ablation, "
-            "is not computed: evaluate/_in_silico.py is not on this branch."
-        )
-    return f"{ds}/{mname}: readout (b) is not wired yet to evaluate/_in_silico.py; not computed."
+
+def _change_row(alt: np.ndarray, base: np.ndarray, *, n_boot: int, seed: int) -> dict:
+    """Mean change over perturbations with its bootstrap CI and a Wilcoxon p."""
+    from scipy.stats import wilcoxon
+
+    d, lo, hi = mean_difference_ci(alt, base, n_boot=n_boot, seed=seed)
+    ok = np.isfinite(alt) & np.isfinite(base)
+    diff = alt[ok] - base[ok]
+    pval = (
+        float(wilcoxon(diff, zero_method="zsplit").pvalue)
+        if diff.size >= 2 and np.any(diff != 0)
+        else float("nan")
+    )
+    return {
+        "baseline": float(np.mean(base[ok])) if ok.any() else float("nan"),
+        "ablated": float(np.mean(alt[ok])) if ok.any() else float("nan"),
+        "change": d, "ci_low": lo, "ci_high": hi, "n_perturbations": int(ok.sum()), "p": pval,
+    }  # fmt: skip
+
+
+def _in_silico_readout(ctx, p, ds, mname, adapter, picked, means, ref_name):
+    """Readout (b): the model's own in-silico perturbation (``evaluate/_in_silico``:
+    delete for CRISPRi / no modality, overexpress for CRISPRa) of up to
+    ``in_silico_perturbations`` perturbed genes per arm on ``in_silico_cells`` control
+    cells, with each condition's intervention active during both the baseline and the
+    perturbed passes; per perturbation the AUROC of |predicted shift| for its observed
+    responders and the Spearman with the observed profile (``cross_scores``, diagonal),
+    compared with the unablated model. The readout is the model's output: every
+    condition lies upstream of it."""
+    from scfm_audit.analyses.in_silico_perturbation import InSilicoParams
+    from scfm_audit.data._dataset import control_mask
+    from scfm_audit.evaluate._in_silico import cross_scores, in_silico_effects, perturbable
+    from scfm_audit.models._interventions import check_intervention_order
+
+    spec = ctx.dataset_spec(ds)
+    adata = ctx.dataset(ds)
+    if not getattr(spec, "perturbation", None) or spec.perturbation not in adata.obs:
+        return None
+    de = dataset_responders(ctx, ds, p)
+    if not len(de) or not de["responder"].any():
+        return None
+    modes = InSilicoParams().arm_modes
+    ctrl = control_mask(adata, spec)
+    has_arm = spec.modality is not None and spec.modality in adata.obs
+    arm_col = adata.obs[spec.modality].astype(str).to_numpy() if has_arm else None
+    jobs = []  # (arm, mode, cells, perturbations)
+    for arm in sorted(pd.unique(de["arm"].astype(str))):
+        pool = np.flatnonzero(ctrl & (arm_col == arm)) if has_arm else np.flatnonzero(ctrl)
+        labels = sorted(pd.unique(de.loc[de["arm"] == arm, "perturbation"].astype(str)))
+        ok, _ = perturbable(adapter, adata, labels)
+        if arm not in modes or not pool.size or not ok:
+            continue
+        rng = ctx.rng(ds, mname, arm, "in silico")
+        cells = np.sort(rng.choice(pool, min(p.in_silico_cells, pool.size), replace=False))
+        if len(ok) > p.in_silico_perturbations:
+            ok = sorted(rng.choice(ok, p.in_silico_perturbations, replace=False).tolist())
+        jobs.append((arm, modes[arm], cells, ok))
+    if not jobs:
+        return None
+
+    def effects(iv) -> pd.DataFrame:
+        parts = []
+        for arm, mode, cells, ok in jobs:
+            sub = adata[cells].to_memory() if adata.isbacked else adata[cells].copy()
+            with iv if iv is not None else contextlib.nullcontext():
+                eff = in_silico_effects(
+                    adapter, sub, spec, perturbations=ok, cells=np.arange(sub.n_obs),
+                    mode=mode, batch_size=p.batch_size,
+                )  # fmt: skip
+            parts.append(eff.assign(arm=arm))
+        out = pd.concat(parts, ignore_index=True)
+        out.attrs.update(parts[0].attrs)
+        return out
+
+    base_eff = effects(None)
+    signed = bool(base_eff.attrs.get("signed"))
+    base = cross_scores(base_eff, de, signed=signed)
+    rows = []
+    for c in picked:
+        iv = c.intervention(adapter, means)
+        order = check_intervention_order(adapter, iv, None)
+        alt = cross_scores(effects(iv), de, signed=signed)
+        units = base.units[["arm", "perturbation"]].astype(str).agg("/".join, axis=1)
+        alt_units = alt.units[["arm", "perturbation"]].astype(str).agg("/".join, axis=1)
+        for stat in ("auroc", "spearman"):
+            b = pd.Series(base.diagonal(stat), index=units.to_numpy())
+            a = pd.Series(alt.diagonal(stat), index=alt_units.to_numpy()).reindex(b.index)
+            r = _change_row(
+                a.to_numpy(float), b.to_numpy(float), n_boot=p.n_boot,
+                seed=ctx.seed_for(ds, mname, "isp", c.name, stat),
+            )  # fmt: skip
+            rows.append(
+                {"dataset": ds, "model": mname, "reference": ref_name,
+                 "readout": f"(b) in-silico {stat} with observed effects "
+                 f"({base_eff.attrs.get('readout')} readout)", "statistic": stat,
+                 "condition": c.name, "kind": c.kind, "channel": c.channel, "size": c.size,
+                 "order": order.message, "structurally_unable": not order.can_affect, **r}
+            )  # fmt: skip
+            ctx.add_test(
+                hypothesis=f"{c.name} ({CHANNEL_NAMES[c.channel]}) changes the agreement of "
+                f"{mname}'s in-silico perturbations with observed effects ({stat})",
+                test="Wilcoxon signed-rank over perturbations of the per-perturbation change "
+                "(two-sided)",
+                null=CHANGE_H0, null_name="no_change", p=r["p"],
+                statistic_name=f"mean Δ{stat}", statistic=r["change"],
+                effect_name=f"mean Δ{stat}", effect=r["change"], null_value=0.0,
+                ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n_perturbations"],
+                direction="two-sided", family="descriptive", model=mname, dataset=ds,
+                reference=ref_name, method=f"in silico ({c.channel})",
+                extra={"condition": c.name, "statistic": stat},
+            )  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _prediction_readout(ctx, p, ds, mname, adapter, conds, means, ref_name):
@@ -599,9 +720,7 @@ def _prediction_readout(ctx, p, ds, mname, adapter, conds, means, ref_name):
     cells, _, _ = _cells(ctx, ds, p.prediction_cells, 0)
     kw = dict(cells=cells, layer=R, targets=targets, responders=resp, batch_size=p.batch_size)
     base = attention_prediction(adapter, adata, **kw)
-    picked = [c for c in conds if c.kind in ("regulatory", "bottom-k", "full-layer", "mlp")]
-    k_min = min((c.size for c in picked if c.kind == "bottom-k"), default=0)
-    picked = [c for c in picked if c.kind != "bottom-k" or c.size == k_min]
+    picked = _readout_conditions(conds)
     rows = []
     for c in picked:
         iv = c.intervention(adapter, means)
