@@ -156,12 +156,28 @@ class ToyAdapter(ModelAdapter):
             values=torch.from_numpy(vals),
         )
 
-    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
-        x = self.embedding[batch.input_ids]
-        if batch.values is not None:
-            x = x + batch.values[..., None] * self.value_w
+    def _forward(
+        self,
+        batch: TokenizedBatch,
+        *,
+        return_logits: bool = False,
+        start_layer: int = 0,
+        hidden=None,
+        states=None,
+        capture=None,
+    ) -> ModelOutput:
+        if start_layer:
+            x = hidden
+        else:
+            x = self.embedding[batch.input_ids]
+            if batch.values is not None:
+                x = x + batch.values[..., None] * self.value_w
         ctx = HookContext(attention_mask=batch.attention_mask)
         for L, w in enumerate(self.weights):
+            if L < start_layer:
+                continue
+            if capture is not None and L in capture:
+                capture[L] = x
             x = encoder_layer(x, w, self.hook_points, L, ctx)
         return ModelOutput(
             hidden=x,

@@ -6,6 +6,11 @@ Families (see each module's docstring):
   :mod:`~scfm_audit.analyses.layer_organisation`, :mod:`~scfm_audit.analyses.head_specialisation`
 * A (headline): :mod:`~scfm_audit.analyses.attention_vs_coexpression`,
   :mod:`~scfm_audit.analyses.gene_level_null`
+* B. Does it predict causal effects? — :mod:`~scfm_audit.analyses.perturbation_prediction`,
+  :mod:`~scfm_audit.analyses.context_dependence`,
+  :mod:`~scfm_audit.analyses.in_silico_perturbation`,
+  :mod:`~scfm_audit.analyses.perturbation_responders`
+* C. Does the model use those heads? — :mod:`~scfm_audit.analyses.head_ablation`
 * D. Scaling and CSSI — :mod:`~scfm_audit.analyses.cssi`, :mod:`~scfm_audit.analyses.scaling`
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
@@ -18,12 +23,17 @@ registers its null and planted scenarios with. Analyses use the kernels below th
 
 from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
     attention_vs_coexpression,
+    context_dependence,
     cssi,
     gene_level_null,
     grn_recovery,
+    head_ablation,
     head_specialisation,
+    in_silico_perturbation,
     incremental_value,
     layer_organisation,
+    perturbation_prediction,
+    perturbation_responders,
     scaling,
     synthetic_controls,
 )

@@ -28,7 +28,11 @@ class ResponderParams(AnalysisParams):
         description="BH over the genes of one perturbation ('within', the paper's scope) or "
         "over every (perturbation, gene) of the screen ('screen')",
     )
-    de_method: Literal["welch"] = Field("welch", description="DE test on log-normalised data")
+    de_method: Literal["welch", "wilcoxon"] = Field(
+        "welch",
+        description="DE test on log-normalised data: 'welch' (the paper's) or 'wilcoxon' "
+        "(Mann–Whitney, scanpy's tie handling)",
+    )
 
 
 def dataset_responders(ctx, dataset: str, p: ResponderParams) -> pd.DataFrame:
@@ -38,7 +42,10 @@ def dataset_responders(ctx, dataset: str, p: ResponderParams) -> pd.DataFrame:
 
     def compute() -> pd.DataFrame:
         de = differential_expression(
-            ctx.dataset(dataset), ctx.dataset_spec(dataset), method=p.de_method
+            ctx.dataset(dataset),
+            ctx.dataset_spec(dataset),
+            method=p.de_method,
+            progress=ctx.progress,
         )
         return responder_labels(de, lfc=p.lfc, fdr=p.fdr, scope=p.fdr_scope)
 

@@ -67,6 +67,44 @@ def select_heads(table: pd.DataFrame, *, fdr: float, fallback_k: int) -> pd.Data
     return t
 
 
+def head_recovery_table(
+    ctx, heads, pairs, ds: str, en: str, ref_name: str, p, *, register: bool = False
+) -> pd.DataFrame:
+    """Every head's recovery of ``pairs`` (``edge_recovery``: AUROC, vertex-bootstrap CI,
+    two-sided degree-permutation p) as one row per head — the table :func:`select_heads`
+    reads. ``p`` supplies ``n_boot``, ``n_perm``, ``n_perm_max`` and ``score_transform``;
+    ``register``: also register each head's descriptive test (this analysis does; head
+    ablation recomputes the table without registering, so it does not depend on run
+    order)."""
+    part = []
+    for es in ctx.progress(heads, description=f"{en} heads vs {ref_name}"):
+        r = edge_recovery(
+            es,
+            pairs,
+            n_boot=p.n_boot,
+            n_perm=p.n_perm,
+            n_perm_max=p.n_perm_max,
+            transform=p.score_transform,
+            seed=ctx.seed_for(ds, ref_name, es.label),
+        )
+        if register:
+            register_recovery_test(
+                ctx, es, ds, ref_name, r, family="descriptive", null="degree_permutation"
+            )
+        part.append(
+            {
+                "dataset": ds,
+                "edges": en,
+                "model": es.model,
+                "reference": ref_name,
+                "layer": es.layer,
+                "head": es.head,
+                **{k: v for k, v in r.items() if not k.startswith("null_")},
+            }
+        )
+    return pd.DataFrame(part)
+
+
 @register_analysis(
     "head_specialisation",
     description="per-head recovery against a structure-preserving null; heads significant "
@@ -96,32 +134,8 @@ def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
                 )
                 if pairs is None:
                     continue
-                part = []
-                for es in ctx.progress(heads, description=f"{en} heads vs {ref_name}"):
-                    r = edge_recovery(
-                        es,
-                        pairs,
-                        n_boot=p.n_boot,
-                        n_perm=p.n_perm,
-                        n_perm_max=p.n_perm_max,
-                        transform=p.score_transform,
-                        seed=ctx.seed_for(ds, ref_name, es.label),
-                    )
-                    register_recovery_test(
-                        ctx, es, ds, ref_name, r, family="descriptive", null="degree_permutation"
-                    )
-                    part.append(
-                        {
-                            "dataset": ds,
-                            "edges": en,
-                            "model": es.model,
-                            "reference": ref_name,
-                            "layer": es.layer,
-                            "head": es.head,
-                            **{k: v for k, v in r.items() if not k.startswith("null_")},
-                        }
-                    )
-                t = select_heads(pd.DataFrame(part), fdr=p.fdr, fallback_k=p.fallback_k)
+                t = head_recovery_table(ctx, heads, pairs, ds, en, ref_name, p, register=True)
+                t = select_heads(t, fdr=p.fdr, fallback_k=p.fallback_k)
                 rows.append(t)
                 selections.append(t[t["selected"]])
                 verdicts.append(_claim(ctx, t, heads[0], ds, ref_name, p))

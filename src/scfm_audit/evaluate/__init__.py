@@ -1,7 +1,15 @@
 """Pure kernels built on ``stats``: recovery of reference networks (candidate universe,
-two-way bootstrap, structure-preserving nulls). DE and regression kernels will live here
-too; the analyses that use them live in :mod:`scfm_audit.analyses`."""
+two-way bootstrap, structure-preserving nulls), the model's own in-silico perturbation
+and its comparison with observed effects. DE and regression kernels will live here too;
+the analyses that use them live in :mod:`scfm_audit.analyses`."""
 
+from scfm_audit.evaluate._in_silico import (
+    compare_in_silico,
+    cross_scores,
+    in_silico_effects,
+    in_silico_test,
+    perturbable,
+)
 from scfm_audit.evaluate._recovery import (
     candidate_pairs,
     edge_recovery,
@@ -9,4 +17,14 @@ from scfm_audit.evaluate._recovery import (
     weighted_auroc,
 )
 
-__all__ = ["candidate_pairs", "edge_recovery", "vertex_bootstrap_auroc", "weighted_auroc"]
+__all__ = [
+    "candidate_pairs",
+    "compare_in_silico",
+    "cross_scores",
+    "edge_recovery",
+    "in_silico_effects",
+    "in_silico_test",
+    "perturbable",
+    "vertex_bootstrap_auroc",
+    "weighted_auroc",
+]

@@ -101,6 +101,24 @@ class ModelOutput:
 
 
 @dataclass
+class ResidualCache:
+    """One batch's baseline forward pass with the hidden states entering chosen layers
+    (the residual stream), so that a condition intervening only at layer ``L`` or later
+    can run layers ``L``.. from ``hidden_in[L]`` instead of the whole model
+    (:meth:`ModelAdapter.forward_cached`). ``output`` is the baseline output, computed
+    once and reused by every condition."""
+
+    batch: TokenizedBatch
+    output: ModelOutput
+    hidden_in: dict[int, torch.Tensor]
+    return_logits: bool = False
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.hidden_in)
+
+
+@dataclass
 class VocabularyReport:
     """How much of a dataset a model can see: genes in the vocabulary and the share of
     counts they carry. Genes outside the vocabulary are never silently dropped: they are
@@ -178,13 +196,105 @@ class ModelAdapter(ABC):
 
     # -- model -----------------------------------------------------------------------------
     @abstractmethod
-    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput: ...
+    def _forward(
+        self,
+        batch: TokenizedBatch,
+        *,
+        return_logits: bool = False,
+        start_layer: int = 0,
+        hidden: torch.Tensor | None = None,
+        states: Mapping[int, torch.Tensor] | None = None,
+        capture: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutput:
+        """The forward pass. ``start_layer`` > 0: run layers ``start_layer``.. from
+        ``hidden`` (the state entering that layer); ``states`` holds states entering
+        earlier layers that the family's outputs read (Geneformer's embedding layer).
+        ``capture``: its keys are layers whose entering state is written into it."""
 
     def forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
         """Evaluation-mode forward pass (no dropout, no gradients); hooks attached with
         :meth:`hooks` see every site."""
         with torch.inference_mode():
             return self._forward(batch.to(self.device), return_logits=return_logits)
+
+    # -- residual-stream caching -------------------------------------------------------
+    def _state_layers(self) -> set[int]:
+        """Layers whose entering state the outputs read besides the last hidden state
+        (Geneformer's ``emb_layer``); a :class:`ResidualCache` always keeps them."""
+        return set()
+
+    def residual_cache(
+        self, batch: TokenizedBatch, layers, *, return_logits: bool = False
+    ) -> ResidualCache:
+        """The baseline forward pass of ``batch`` (hooks attached now apply) keeping the
+        hidden state entering each of ``layers`` (0 = the embedding output)."""
+        n = self.n_layers
+        wanted = {int(L) for L in ([layers] if isinstance(layers, int) else layers)}
+        bad = sorted(L for L in wanted if not 0 <= L < n)
+        if bad:
+            raise ValueError(f"residual_cache: layers {bad} out of range (0 … {n - 1}).")
+        capture: dict[int, torch.Tensor] = dict.fromkeys(wanted | self._state_layers())
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            out = self._forward(batch, return_logits=return_logits, capture=capture)
+        missing = [L for L, v in capture.items() if v is None]
+        if missing:  # an adapter that does not fill ``capture``
+            raise NotImplementedError(f"{type(self).__name__} does not capture layer states.")
+        return ResidualCache(batch, out, capture, return_logits)
+
+    def forward_from(
+        self,
+        batch: TokenizedBatch,
+        layer: int,
+        hidden: torch.Tensor,
+        *,
+        return_logits: bool = False,
+        states: Mapping[int, torch.Tensor] | None = None,
+    ) -> ModelOutput:
+        """Evaluation-mode forward pass of layers ``layer``.. from ``hidden`` (the state
+        entering ``layer``): equal to :meth:`forward` when ``hidden`` is the unmodified
+        state and every active hook sits at ``layer`` or later. A hook attached below
+        ``layer`` would silently not run, so it is an error."""
+        n = self.n_layers
+        if not 0 <= int(layer) < n:
+            raise ValueError(f"forward_from: layer {layer} out of range (0 … {n - 1}).")
+        below = sorted(
+            name
+            for name, hp in self.hook_points.items()
+            if hp.active and int(name.split(".")[1]) < int(layer)
+        )
+        if below:
+            raise ValueError(
+                f"forward_from(layer={layer}) skips layers below {layer}, but hooks are "
+                f"attached there ({', '.join(below[:4])}); start at layer "
+                f"{min(int(b.split('.')[1]) for b in below)} or lower."
+            )
+        with torch.inference_mode():
+            return self._forward(
+                batch.to(self.device),
+                return_logits=return_logits,
+                start_layer=int(layer),
+                hidden=hidden.to(self.device),
+                states=states,
+            )
+
+    def forward_cached(self, cache: ResidualCache, layer: int) -> ModelOutput:
+        """:meth:`forward_from` ``layer`` using the state cached in ``cache`` (the
+        interventions active now must all sit at ``layer`` or later)."""
+        if layer not in cache.hidden_in:
+            raise ValueError(
+                f"the residual cache holds layers {cache.layers}, not {layer}; build it with "
+                f"residual_cache(batch, layers=[..., {layer}])."
+            )
+        if not any(hp.active for hp in self.hook_points.values()):
+            return cache.output  # nothing changes: the baseline itself
+        return self.forward_from(
+            cache.batch,
+            layer,
+            cache.hidden_in[layer],
+            return_logits=cache.return_logits,
+            states=cache.hidden_in,
+        )
 
     def hooks(self, fns: Mapping[str, HookFn] | list[tuple[str, HookFn]]):
         """Context manager attaching ``fns`` (site name or glob → hook) to this model."""

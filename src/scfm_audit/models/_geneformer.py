@@ -666,10 +666,26 @@ class GeneformerAdapter(ModelAdapter):
                 norm_first=False,
             )
 
-    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
+    def _state_layers(self) -> set[int]:
+        target = self.n_layers + self.emb_layer
+        return {target} if 0 <= target < self.n_layers else set()
+
+    def _forward(
+        self,
+        batch: TokenizedBatch,
+        *,
+        return_logits: bool = False,
+        start_layer: int = 0,
+        hidden: torch.Tensor | None = None,
+        states: Mapping[int, torch.Tensor] | None = None,
+        capture: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutput:
         """Embeddings (Hugging Face's module), then every layer through the shared
         :func:`encoder_layer` (hook sites), then the masked-LM head when ``return_logits``.
-        Differentiable (no ``inference_mode`` here); the encoder layers apply no dropout."""
+        Differentiable (no ``inference_mode`` here); the encoder layers apply no dropout.
+        ``start_layer`` > 0 runs layers ``start_layer``.. from ``hidden``; the cell
+        embedding then reads the state entering ``emb_layer`` from ``states`` when that
+        layer lies below ``start_layer``."""
         if return_logits and self._mlm_head is None:
             raise ValueError(
                 f"{self.name} has no masked-LM head ({type(self.module).__name__}); logits "
@@ -683,12 +699,28 @@ class GeneformerAdapter(ModelAdapter):
                 f"{self.model_input_size}."
             )
         ctx = HookContext(attention_mask=mask)
-        x = self._bert.embeddings(input_ids=ids)
         target = self.n_layers + self.emb_layer  # index into (embeddings, layer 0, ...)
         if not 0 <= target <= self.n_layers:
             raise ValueError(f"emb_layer={self.emb_layer} outside [-{self.n_layers}, 0].")
-        emb_source = x if target == 0 else None
+        if start_layer:
+            if hidden is None:
+                raise ValueError("start_layer > 0 needs the hidden state entering it")
+            x = hidden
+        else:
+            x = self._bert.embeddings(input_ids=ids) if hidden is None else hidden
+        emb_source = x if target == start_layer else None
+        if target < start_layer:
+            emb_source = None if states is None else states.get(target)
+            if emb_source is None:
+                raise ValueError(
+                    f"starting at layer {start_layer}, the cell embedding (emb_layer "
+                    f"{self.emb_layer}) needs the state entering layer {target} in states."
+                )
         for L, w in enumerate(self._layer_weights()):
+            if L < start_layer:
+                continue
+            if capture is not None and L in capture:
+                capture[L] = x
             x = encoder_layer(x, w, self.hook_points, L, ctx)
             if L + 1 == target:
                 emb_source = x

@@ -325,12 +325,24 @@ class ScGPTModule(nn.Module):
         attention_mask: torch.Tensor,
         *,
         hook_points: Mapping[str, HookPoint] | None = None,
+        start_layer: int = 0,
+        hidden: torch.Tensor | None = None,
+        capture: dict[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``start_layer`` > 0 runs layers ``start_layer``.. from ``hidden`` (the state
+        entering it); ``capture``'s keys are layers whose entering state is stored in it."""
         mask = attention_mask.bool()
         ctx = HookContext(attention_mask=mask)
         hp = self._idle_hooks if hook_points is None else hook_points
-        x = self.embed(input_ids, values)
-        for i in range(self.config.nlayers):
+        if start_layer:
+            if hidden is None:
+                raise ValueError("start_layer > 0 needs the hidden state entering it")
+            x = hidden
+        else:
+            x = self.embed(input_ids, values) if hidden is None else hidden
+        for i in range(start_layer, self.config.nlayers):
+            if capture is not None and i in capture:
+                capture[i] = x
             x = encoder_layer(x, self.layer_weights(i), hp, i, ctx)
         return {"hidden": x, "pred": self.decoder(x)["pred"], "cell_emb": x[:, 0]}
 
@@ -938,11 +950,26 @@ class ScGPTAdapter(ModelAdapter):
         batch = batch.to(self.device)
         return self.module.embed(batch.input_ids, batch.values)
 
-    def _forward(self, batch: TokenizedBatch, *, return_logits: bool = False) -> ModelOutput:
+    def _forward(
+        self,
+        batch: TokenizedBatch,
+        *,
+        return_logits: bool = False,
+        start_layer: int = 0,
+        hidden: torch.Tensor | None = None,
+        states: Mapping[int, torch.Tensor] | None = None,
+        capture: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutput:
         if batch.values is None:
             raise ValueError("scGPT needs token values (TokenizedBatch.values is None)")
         out = self.module(
-            batch.input_ids, batch.values, batch.attention_mask, hook_points=self.hook_points
+            batch.input_ids,
+            batch.values,
+            batch.attention_mask,
+            hook_points=self.hook_points,
+            start_layer=start_layer,
+            hidden=hidden,
+            capture=capture,
         )
         return ModelOutput(
             hidden=out["hidden"],

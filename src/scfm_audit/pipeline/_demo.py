@@ -135,6 +135,16 @@ def demo_config_dict(
             "max_cells": attention_cells,
             "per_head": True,
         }
+    # the models' own in-silico knock-downs (catalogue 11; ~15 s of CPU per demo model)
+    in_silico = (
+        {"in_silico_perturbation": {"datasets": ["sim"], "max_cells": 60 if quick else 100,
+                                    "n_boot": 500 if quick else 1000}}
+        if models
+        else {}
+    )  # fmt: skip
+    # regulatory heads (selected on sim_grn) ablated vs random head sets (catalogue 10;
+    # ~15–35 s of CPU per demo model)
+    ablation = {"head_ablation": {"datasets": ["sim"], "reference": "sim_grn"}} if models else {}
     return {
         "seed": 0,
         "output": str(out),
@@ -203,6 +213,28 @@ def demo_config_dict(
                 "n_null_strata": 3,
                 "n_boot": 200 if quick else 500,
             },
+            # catalogue B: responders ranked by attention vs co-expression on the same cells
+            "perturbation_prediction": {
+                "datasets": ["sim"],
+                "coexpression": "spearman_attention_cells",
+                "reference": "sim_grn",
+                "n_boot": 500 if quick else 2000,
+            },
+            # one context in the demo (interaction: n/a with its reason): attention on
+            # sim_null would add ~3 minutes of extraction on 2 cores
+            "context_dependence": {
+                "datasets": ["sim"],
+                "coexpression": "spearman_attention_cells",
+                "n_boot": 500 if quick else 2000,
+            },
+            # DE, responders, on-target QC and a sweep sized to the demo screen (the
+            # paper's grid would be capped everywhere at 3,000 cells × 300 genes)
+            "perturbation_responders": {
+                "datasets": ["sim", "sim_null"],
+                "sweep_control_cells": [250, 500, 1000],
+                "sweep_hvgs": [100, 200, 300],
+                "sweep_reference": [0.5, 500, 200],
+            },
             # the inference itself, checked on simulated nulls and planted effects
             "scaling": {
                 "datasets": ["sim"],
@@ -217,6 +249,8 @@ def demo_config_dict(
                 "n_replicates": 6 if quick else 10,
                 "scenarios": _smoke_scenarios(),
             },
+            **in_silico,
+            **ablation,
         },
     }
 

@@ -4,24 +4,32 @@ and the report, so that analyses draw their figures without importing the report
 
 from scfm_audit.plotting._figures import (
     PALETTE,
+    ablation_figure,
+    distribution_figure,
     forest_figure,
     head_heatmap,
     hexbin_figure,
     metric_by_layer_figure,
     null_distribution_figure,
     nulls_figure,
+    perturbation_bars_figure,
     roc_pr_figure,
     scaling_figure,
+    sweep_heatmap,
 )
 
 __all__ = [
     "PALETTE",
+    "ablation_figure",
+    "distribution_figure",
     "forest_figure",
     "head_heatmap",
     "hexbin_figure",
     "metric_by_layer_figure",
     "null_distribution_figure",
     "nulls_figure",
+    "perturbation_bars_figure",
     "roc_pr_figure",
     "scaling_figure",
+    "sweep_heatmap",
 ]

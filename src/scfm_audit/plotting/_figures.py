@@ -743,3 +743,175 @@ def scaling_figure(curve, fits, *, title: str | None = None) -> Figure:
         ax.legend(fontsize=6, loc="best")
     fig.suptitle(title or "recovery vs number of cells", fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------
+def ablation_figure(
+    random: pd.DataFrame,
+    marks: pd.DataFrame,
+    *,
+    title: str | None = None,
+    ylabel: str = "masked-loss increase",
+    seed: int = 0,
+) -> Figure:
+    """Degradation per channel against the random-set distribution (head ablation).
+
+    ``random``: one row per random head set (``channel``, ``value``), drawn as a jittered
+    strip with a box per channel; ``marks``: conditions to mark (``channel``, ``label``,
+    ``value``; e.g. the regulatory heads, top-k, bottom-k, a full layer, MLP zeroing),
+    one marker style per label. Channels are the union of both, in order of appearance.
+    """
+    channels = list(dict.fromkeys([*random.get("channel", []), *marks.get("channel", [])]))
+    fig = _new_figure(max(4.8, 1.6 * len(channels) + 2.5), 4.2)
+    ax = fig.subplots()
+    rng = np.random.default_rng(seed)
+    for i, ch in enumerate(channels):
+        v = random.loc[random["channel"] == ch, "value"].to_numpy(float) if len(random) else []
+        v = np.asarray(v)[np.isfinite(v)]
+        if v.size:
+            ax.boxplot([v], positions=[i], widths=0.5, showfliers=False,
+                       medianprops={"color": "0.3"}, boxprops={"color": "0.6"},
+                       whiskerprops={"color": "0.6"}, capprops={"color": "0.6"})  # fmt: skip
+            ax.scatter(i + rng.uniform(-0.18, 0.18, v.size), v, s=9, color=PALETTE[5],
+                       alpha=0.7, label="random sets" if i == 0 else None, zorder=2)  # fmt: skip
+    for j, (label, g) in enumerate(marks.groupby("label", sort=False) if len(marks) else []):
+        st = _style(j)
+        xs = [channels.index(c) for c in g["channel"]]
+        ax.scatter(np.asarray(xs) + 0.3, g["value"], marker=st["marker"], color=st["color"],
+                   s=46, edgecolor="black", linewidth=0.5, label=label, zorder=3)  # fmt: skip
+    ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(len(channels)), channels)
+    ax.set_xlabel("channel")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", color="0.92", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=True, framealpha=0.9, loc="best")
+    ax.set_title(title or "head ablation")
+    return fig
+
+
+def distribution_figure(
+    df: pd.DataFrame,
+    *,
+    group: str,
+    value: str = "auroc",
+    col: str | None = None,
+    chance: float | None = 0.5,
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Figure:
+    """One box per ``group`` value (e.g. per scorer) with every observation drawn over it
+    as a jittered point (e.g. one per perturbation), one panel per ``col`` value.
+
+    ``df``: long table with columns ``group``, ``value`` (and ``col``); rows with a
+    missing value are dropped. Groups keep their order of first appearance. ``chance``
+    is drawn as a dotted line (0.5 for AUROC; None for none). Returns the Figure.
+    """
+    data = df.dropna(subset=[value])
+    panels = list(dict.fromkeys(data[col])) if col else [None]
+    groups = list(dict.fromkeys(data[group]))
+    fig = _new_figure(max(4.0, 0.55 * len(groups) * len(panels) + 2), 3.8)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    rng = np.random.default_rng(0)  # jitter only: fixed so figures are reproducible
+    for ax, panel in zip(axes, panels, strict=False):
+        sub = data if panel is None else data[data[col] == panel]
+        vals = [sub.loc[sub[group] == g, value].to_numpy(float) for g in groups]
+        keep = [i for i, v in enumerate(vals) if len(v)]
+        if keep:
+            ax.boxplot([vals[i] for i in keep], positions=keep, widths=0.6, showfliers=False)
+            for i in keep:
+                x = i + rng.uniform(-0.18, 0.18, size=len(vals[i]))
+                ax.scatter(x, vals[i], s=8, alpha=0.55, color=_style(i)["color"], zorder=3)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=7)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        if panel is not None:
+            ax.set_title(str(panel), fontsize=9)
+    axes[0].set_ylabel(ylabel or _pretty(value))
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+
+def perturbation_bars_figure(
+    df: pd.DataFrame,
+    *,
+    value: str,
+    label: str = "perturbation",
+    hue: str | None = None,
+    thresholds: Sequence[float] = (),
+    title: str | None = None,
+    ylabel: str | None = None,
+    max_bars: int = 80,
+) -> Figure:
+    """One bar per perturbation (``label``) with height ``value``, sorted by value,
+    coloured by ``hue`` (e.g. on-target status or arm); dotted lines at ``thresholds``.
+    Screens with more than ``max_bars`` perturbations are drawn as a sorted profile
+    (no per-bar labels)."""
+    missing = [c for c in (value, label, hue) if c is not None and c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"perturbation_bars_figure: columns {missing} not in the table "
+            f"(it has {list(df.columns)})."
+        )
+    d = df.sort_values(value, kind="stable").reset_index(drop=True)
+    n = len(d)
+    fig = _new_figure(min(max(4.0, 0.18 * min(n, max_bars) + 2.5), 14.0), 3.6)
+    ax = fig.subplots()
+    groups = list(dict.fromkeys(d[hue].astype(str))) if hue is not None else [None]
+    x = np.arange(n)
+    for gi, g in enumerate(groups):
+        sel = np.ones(n, dtype=bool) if g is None else (d[hue].astype(str) == g).to_numpy()
+        ax.bar(
+            x[sel],
+            d[value].to_numpy(float)[sel],
+            width=0.85 if n <= max_bars else 1.0,
+            color=PALETTE[gi % len(PALETTE)],
+            label=None if g is None else g,
+        )
+    for t in thresholds:
+        ax.axhline(t, color="0.45", linestyle=":", linewidth=1)
+    if n <= max_bars:
+        ax.set_xticks(x, d[label].astype(str), rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{n} perturbations, sorted")
+    ax.set_ylabel(ylabel or _pretty(value))
+    if hue is not None:
+        ax.legend(fontsize=8, title=_pretty(hue), title_fontsize=8)
+    ax.set_title(title or _pretty(value))
+    return fig
+
+
+def sweep_heatmap(
+    df: pd.DataFrame,
+    *,
+    value: str,
+    rows: Sequence[str],
+    col: str,
+    title: str | None = None,
+) -> Figure:
+    """Heat map of ``value`` over a parameter grid: one row per combination of ``rows``
+    (e.g. control cells × HVGs), one column per level of ``col`` (e.g. LFC threshold),
+    each cell annotated with its value."""
+    missing = [c for c in (value, col, *rows) if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"sweep_heatmap: columns {missing} not in the table (it has {list(df.columns)})."
+        )
+    piv = df.pivot_table(index=list(rows), columns=col, values=value, aggfunc="first")
+    fig = _new_figure(1.6 + 1.0 * piv.shape[1], 1.2 + 0.4 * piv.shape[0])
+    ax = fig.subplots()
+    im = ax.imshow(piv.to_numpy(float), aspect="auto", cmap="viridis")
+    for (i, j), v in np.ndenumerate(piv.to_numpy(float)):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(np.arange(piv.shape[1]), [f"{c:g}" for c in piv.columns])
+    ax.set_yticks(
+        np.arange(piv.shape[0]),
+        [" · ".join(str(x) for x in (k if isinstance(k, tuple) else (k,))) for k in piv.index],
+    )
+    ax.set_xlabel(_pretty(col))
+    ax.set_ylabel(" · ".join(_pretty(r) for r in rows))
+    fig.colorbar(im, ax=ax, label=_pretty(value))
+    ax.set_title(title or _pretty(value))
+    return fig
