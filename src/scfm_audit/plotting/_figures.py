@@ -830,6 +830,7 @@ def distribution_figure(
     axes[0].set_ylabel(ylabel or _pretty(value))
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def perturbation_bars_figure(
