@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "replogle_k562.yaml"
 
 #: sizes only: what makes the test take seconds instead of hours
 SHRINK = {
-    "edges": {"max_cells": 120, "n_top_genes": 60},
+    "edges": {"max_cells": 120, "n_top_genes": 80},
     "analyses": {
         "perturbation_responders": {
             "sweep_lfc": [0.5],
@@ -46,7 +46,8 @@ def _scperturb_screen(path: Path) -> tuple[object, object]:
     from scfm_audit.data import simulate_perturbseq
 
     bench = simulate_perturbseq(
-        n_cells=1400, n_genes=80, n_tfs=12, n_perturbations=14, module_strength=2.0, seed=3
+        n_cells=1400, n_genes=80, n_tfs=12, n_perturbations=14, module_strength=2.0,
+        regulation_strength=1.5, seed=3
     )
     adata = bench.adata.copy()
     obs = adata.obs
