@@ -91,6 +91,7 @@ __all__ = [
     "TRAIN_THREADS",
     "TrainReport",
     "TrainingBudgetExceeded",
+    "cpu_signature",
     "gene_medians_from_counts",
     "train_demo_models",
     "train_geneformer_demo",
@@ -109,6 +110,26 @@ EVAL_FRACTION = 0.1
 TRAIN_THREADS = 1
 #: the clock of the safety budget (module attribute so tests can slow it down)
 _clock = time.perf_counter
+
+
+def cpu_signature() -> str:
+    """The CPU kernels training ran on: torch's vector capability (e.g. ``AVX512``) and
+    the processor model. Bitwise-equal weights need the same torch build *and* the same
+    kernels: MKL and torch pick code paths by CPU, so the same seed gives float-rounding
+    differences on another processor (seen: a 1e-7 relative change at step 8 of the
+    issue-10 scGPT training, and a different model after 1,360 steps)."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{torch.backends.cpu.get_cpu_capability()} / {model}"
 
 
 class TrainingBudgetExceeded(RuntimeError):
@@ -202,6 +223,7 @@ class TrainReport:
         d["learned"] = self.learned
         d["torch_version"] = torch.__version__
         d["torch_threads"] = TRAIN_THREADS
+        d["cpu"] = cpu_signature()
         return d
 
     def write(self, folder: str | Path) -> Path:
