@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root (for tests.test_train)
 
 from tests.test_train import GF_TRAIN, SCGPT_TRAIN, SEEDS, SIM  # noqa: E402
 
