@@ -68,10 +68,11 @@ processor moved Geneformer's seed-0 margin from +0.41 to +0.30), so recipes are 
 on all three seeds; the test module lists the recipes tried. Both beat their
 context-free baselines on held-out cells by a wide margin. The demo models
 (:data:`DEMO_TRAINING`, on the demo benchmark with ``module_strength`` 2) are shipped as
-package data with their training logs; their scGPT still has the earlier architecture
-(4 heads, d_model 64, 51 bins: re-training it takes ~20 minutes of one core and was not
-re-measured on the demo benchmark); read each model's ``learned`` flag before crediting
-its attention.
+package data with their training logs; their scGPT keeps the earlier architecture (4
+heads, d_model 64, 51 bins), whose attention on the demo benchmark (300 genes, first 600
+cells, same reading and margin) is already +0.28 above random init with all four layers
+positive (Geneformer's: +0.13). Read each model's ``learned`` flag before crediting its
+attention.
 """
 
 from __future__ import annotations
