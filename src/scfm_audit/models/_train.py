@@ -61,7 +61,7 @@ attention read as the demo reads it — softmax relative to uniform, average pro
 correction — best layer trained minus best layer at random init, seeds 0 / 1 / 2):
 Geneformer (2 layers, 120 epochs) +0.30 / +0.38 / +0.37; scGPT (4 layers of 8 heads,
 d_model 32, 11 value bins, mask ratio 0.6, 40 epochs) +0.31 / +0.25 / +0.25, always in
-its last layer; its earlier layers' signs vary by seed (some attend *away* from
+its last layer (seeds 3 / 4 / 5, outside the test: +0.18 / +0.21 / +0.41); its earlier layers' signs vary by seed (some attend *away* from
 co-expressed partners, down to −0.31), and with 4 heads of d_model 64 and 51 bins seed 0
 reached only +0.07. The trained attention depends chaotically on float rounding (another
 processor moved Geneformer's seed-0 margin from +0.41 to +0.30), so recipes are judged
