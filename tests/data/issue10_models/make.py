@@ -1,10 +1,14 @@
 """Re-make the issue-10 acceptance checkpoints of ``tests/test_train.py`` (both families,
 seeds 0 / 1 / 2, the test's own benchmark and settings; about 5 minutes on two cores):
 
-    PYTHONPATH=src python tests/data/issue10_models/make.py
+    PYTHONPATH=src python tests/data/issue10_models/make.py [scgpt] [geneformer]
+
+(one family re-makes only that family's checkpoints; PROVENANCE.json is rewritten with the
+current settings of both, so re-make a family only when the other's settings are unchanged).
 
 Training is deterministic (fixed steps, seeded, one thread), so this gives bitwise the
-same files on the torch build recorded in each ``train_log.json``.
+same files on the torch build and CPU kernels recorded in each ``train_log.json``
+(``torch_version``, ``cpu``); on another processor the weights differ by float rounding.
 """
 
 from __future__ import annotations
@@ -16,21 +20,30 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root (for tests.test_train)
 
 from tests.test_train import GF_TRAIN, SCGPT_TRAIN, SEEDS, SIM  # noqa: E402
 
 from scfm_audit.data._simulate import simulate_perturbseq  # noqa: E402
-from scfm_audit.models._train import train_geneformer_demo, train_scgpt_demo  # noqa: E402
+from scfm_audit.models._train import (  # noqa: E402
+    cpu_signature,
+    train_geneformer_demo,
+    train_scgpt_demo,
+)
 
 
-def main() -> None:
+def main(families: list[str]) -> None:
+    known = {"scgpt", "geneformer"}
+    if not families or set(families) - known:
+        raise SystemExit(f"families must be among {sorted(known)}, got {families}")
     for seed in SEEDS:
         adata = simulate_perturbseq(**{**SIM, "seed": seed}).adata
         for family, fn, kw in (
             ("scgpt", train_scgpt_demo, SCGPT_TRAIN),
             ("geneformer", train_geneformer_demo, GF_TRAIN),
         ):
+            if family not in families:
+                continue
             fn(adata, HERE / f"{family}_{seed}", **kw, seed=seed, progress=False)
     (HERE / "PROVENANCE.json").write_text(
         json.dumps(
@@ -41,6 +54,7 @@ def main() -> None:
                 "scgpt": SCGPT_TRAIN,
                 "geneformer": GF_TRAIN,
                 "torch_version": torch.__version__,
+                "cpu": cpu_signature(),
             },
             indent=2,
         )
@@ -48,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["scgpt", "geneformer"])
