@@ -151,6 +151,8 @@ def demo_config_dict(
         "datasets": {
             "sim": {"simulate": dict(sim)},
             "sim_null": {"simulate": {**sim, "regulation_strength": 0.0, "seed": 1}},
+            # the same network and genes (same seed) screened by CRISPRa: a second context
+            "sim_crispra": {"simulate": {**sim, "modality": "CRISPRa"}},
         },
         "references": {
             "sim_grn": {"format": "simulated", "dataset": "sim", "network": "grn"},
@@ -220,17 +222,17 @@ def demo_config_dict(
                 "reference": "sim_grn",
                 "n_boot": 500 if quick else 2000,
             },
-            # one context in the demo (interaction: n/a with its reason): attention on
-            # sim_null would add ~3 minutes of extraction on 2 cores
+            # two contexts: the CRISPRi screen the models were trained on and a CRISPRa
+            # screen of the same network (attention on its controls: ~10 s per model)
             "context_dependence": {
-                "datasets": ["sim"],
+                "datasets": ["sim", "sim_crispra"],
                 "coexpression": "spearman_attention_cells",
                 "n_boot": 500 if quick else 2000,
             },
             # DE, responders, on-target QC and a sweep sized to the demo screen (the
             # paper's grid would be capped everywhere at 3,000 cells × 300 genes)
             "perturbation_responders": {
-                "datasets": ["sim", "sim_null"],
+                "datasets": ["sim", "sim_null", "sim_crispra"],
                 "sweep_control_cells": [250, 500, 1000],
                 "sweep_hvgs": [100, 200, 300],
                 "sweep_reference": [0.5, 500, 200],
