@@ -44,10 +44,10 @@ from scfm_audit.analyses._contract import (
     register_analysis,
     source_label,
 )
-from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.analyses.perturbation_prediction import (
     BASELINES,
     WILCOXON_H0,
+    ScorerParams,
     attention_sources,
     auroc_wide,
     prediction_data,
@@ -60,18 +60,7 @@ INTERACTION_H0 = (
 )
 
 
-class ContextParams(ResponderParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    attention: list[str] | None = Field(
-        None, description="attention edge sources (default: every source with a model)"
-    )
-    coexpression: str | None = Field(
-        "spearman", description="co-expression edge source on the attention's cells"
-    )
-    allow_different_cells: bool = Field(
-        False, description="compare with co-expression computed on other cells than attention"
-    )
-    score_transform: Literal["abs", "raw"] = Field("abs", description="'abs': |edge score|")
+class ContextParams(ScorerParams):
     verdict_baseline: Literal["mean", "variance", "detection"] = Field(
         "variance", description="pre-declared gene-level baseline of the dominance claim"
     )
@@ -85,7 +74,6 @@ class ContextParams(ResponderParams):
         description="two contexts: paired (Wilcoxon over shared perturbations) or unpaired "
         "(Mann-Whitney); 'auto': paired for two arms of one dataset",
     )
-    n_boot: int = Field(2000, ge=50, description="bootstrap draws over perturbations")
     min_perturbations: int = Field(
         5, ge=2, description="contexts with fewer evaluable perturbations are left out"
     )

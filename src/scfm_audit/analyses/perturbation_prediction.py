@@ -88,7 +88,10 @@ DELONG_H0 = (
 )
 
 
-class PredictionParams(ResponderParams):
+class ScorerParams(ResponderParams):
+    """What perturbation prediction and context dependence share: the responder
+    definition, the scorers and how edge scores are read."""
+
     datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
     attention: list[str] | None = Field(
         None, description="attention edge sources (default: every source with a model)"
@@ -101,11 +104,15 @@ class PredictionParams(ResponderParams):
     allow_different_cells: bool = Field(
         False, description="compare with co-expression computed on other cells than attention"
     )
-    reference: str | None = Field(
-        None, description="reference network for the tf_outdegree negative control"
-    )
     score_transform: Literal["abs", "raw"] = Field(
         "abs", description="'abs': magnitude of edge scores; 'raw': as is"
+    )
+    n_boot: int = Field(2000, ge=50, description="bootstrap draws over perturbations")
+
+
+class PredictionParams(ScorerParams):
+    reference: str | None = Field(
+        None, description="reference network for the tf_outdegree negative control"
     )
     verdict_baseline: Literal["mean", "variance", "detection", "all"] = Field(
         "variance",
@@ -122,7 +129,6 @@ class PredictionParams(ResponderParams):
         True, description="'cv': also multiply p by the number of layers, as the paper does"
     )
     heads: bool = Field(False, description="also score every head (descriptive)")
-    n_boot: int = Field(2000, ge=50, description="bootstrap draws over perturbations")
     top_k: list[int] = Field([10, 50, 100], description="k of recall@k")
     min_perturbations: int = Field(
         5, ge=2, description="fewer evaluable perturbations: the claim is n/a"
