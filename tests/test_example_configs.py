@@ -46,8 +46,13 @@ def _scperturb_screen(path: Path) -> tuple[object, object]:
     from scfm_audit.data import simulate_perturbseq
 
     bench = simulate_perturbseq(
-        n_cells=1400, n_genes=80, n_tfs=12, n_perturbations=14, module_strength=2.0,
-        regulation_strength=1.5, seed=3
+        n_cells=1400,
+        n_genes=80,
+        n_tfs=12,
+        n_perturbations=14,
+        module_strength=2.0,
+        regulation_strength=1.5,
+        seed=3,
     )
     adata = bench.adata.copy()
     obs = adata.obs
