@@ -42,6 +42,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     bonferroni,
     register_analysis,
+    select_layer,
     source_label,
 )
 from scfm_audit.analyses.perturbation_prediction import (
@@ -50,6 +51,7 @@ from scfm_audit.analyses.perturbation_prediction import (
     ScorerParams,
     attention_sources,
     auroc_wide,
+    comparison_fields,
     prediction_data,
 )
 from scfm_audit.evaluate._perturbation import combine_intersection_union, paired_comparison
@@ -172,10 +174,11 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 "is perturbation_prediction's claim)"
             )
             notes.append(f"{en}: {reason}.")
-            for claim, null, name in (
-                (dom_claim, WILCOXON_H0, "intersection_union_wilcoxon"),
-                (gap_claim, INTERACTION_H0, "context_interaction"),
-            ):
+            for claim, null, name, method in (
+                (dom_claim, WILCOXON_H0, "intersection_union_wilcoxon",
+                 f"{p.verdict_baseline} − attention"),
+                (gap_claim, INTERACTION_H0, "context_interaction", "attention − co-expression gap"),
+            ):  # fmt: skip
                 rec = ctx.add_test(
                     hypothesis=claim,
                     test="not computed: fewer than two contexts",
@@ -184,9 +187,7 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                     p=float("nan"),
                     model=model,
                     family="confirmatory",
-                    method=f"{p.verdict_baseline} − attention"
-                    if claim == dom_claim
-                    else "attention − co-expression gap",
+                    method=method,
                     direction="greater",
                 )
                 verdicts.append(Verdict(claim, rec, model, None, reason=reason))
@@ -213,15 +214,8 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 dataset=ds,
                 method=f"{p.verdict_baseline} − attention",
                 layer=layer,
-                statistic_name="Wilcoxon T",
-                statistic=c.statistic,
-                effect_name="mean ΔAUROC",
-                effect=c.mean_delta,
-                ci_low=c.ci_low,
-                ci_high=c.ci_high,
-                n=c.n,
-                direction="two-sided",
                 extra={"arm": arm, "context": name},
+                **comparison_fields(c),
             )
             row = {"edges": en, "context": name, "dataset": ds, "arm": arm, "layer": layer,
                    "n_perturbations": len(wide), "auroc_attention": float(np.nanmean(att)),
@@ -255,15 +249,12 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
             model=model,
             method=f"{p.verdict_baseline} − attention",
             layer=layer,
-            statistic_name="Wilcoxon T",
-            statistic=c.statistic,
-            effect_name="mean ΔAUROC (reported context)",
-            effect=c.mean_delta,
-            ci_low=c.ci_low,
-            ci_high=c.ci_high,
-            n=sum(x.n for x in doms),
-            direction="two-sided",
             extra={"contexts": list(contexts), "layer_choice": why},
+            **{
+                **comparison_fields(c),
+                "effect_name": "mean ΔAUROC (reported context)",
+                "n": sum(x.n for x in doms),
+            },
         )
         verdicts.append(Verdict(dom_claim, rec, model, None, direction="greater", layer_choice=why))
         # claim 2: the attention - co-expression gap depends on the context
@@ -349,27 +340,14 @@ def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None
         return layers[0][1], None, 1, "unlayered source"
     nums = [lay for lay, _ in layers]
     cols = [c for _, c in layers]
-    if verdict_layer == "best":
-        allw = pd.concat([w[cols] for _, _, w, _ in contexts.values()])
-        j = int(np.nanargmax(allw.mean(axis=0).to_numpy(float)))
-        k = len(cols)
-        return (
-            cols[j],
-            nums[j],
-            k,
-            (
-                f"best of {k} layers by attention's mean AUROC over all contexts; p × {k} "
-                "(Bonferroni)"
-            ),
-        )
-    try:
-        j = nums.index(nums[int(verdict_layer)])
-    except IndexError:
-        raise ValueError(
-            f"verdict_layer={verdict_layer} but the source has layers {nums[0]}–{nums[-1]}; "
-            "use an index in that range or 'best'."
-        ) from None
-    return cols[j], nums[j], 1, f"layer {nums[j]} fixed a priori (verdict_layer: {verdict_layer})"
+    allw = pd.concat([w[cols] for _, _, w, _ in contexts.values()])
+    j, mult, why = select_layer(
+        nums,
+        list(allw.mean(axis=0).to_numpy(float)),
+        verdict_layer,
+        what="attention's mean AUROC over all contexts",
+    )
+    return cols[j], nums[j], mult, why
 
 
 # ---------------------------------------------------------------------------- calibration

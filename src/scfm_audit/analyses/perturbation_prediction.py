@@ -61,6 +61,7 @@ from scfm_audit.analyses._contract import (
     Verdict,
     bonferroni,
     register_analysis,
+    select_layer,
     source_label,
 )
 from scfm_audit.analyses._pairs_common import same_cells
@@ -328,28 +329,9 @@ def choose_attention(
             + (f"; p × {k} (Bonferroni, as the paper)" if cv_bonferroni else "")
         )
         return vec, None, mult, why
-    if verdict_layer == "best":
-        j = int(np.nanargmax(np.where(np.isnan(means), -np.inf, means)))
-        return (
-            wide[cols[j]].to_numpy(float),
-            nums[j],
-            k,
-            f"best of {k} layers ({nums[0]}–{nums[-1]}) by attention's mean AUROC; "
-            f"p × {k} (Bonferroni)",
-        )
-    try:
-        j = nums.index(nums[int(verdict_layer)])
-    except IndexError:
-        raise ValueError(
-            f"verdict_layer={verdict_layer} but the source has layers {nums[0]}–{nums[-1]}; "
-            "use an index in that range, 'best' or 'cv'."
-        ) from None
-    return (
-        wide[cols[j]].to_numpy(float),
-        nums[j],
-        1,
-        f"layer {nums[j]} fixed a priori (verdict_layer: {verdict_layer})",
-    )
+    # a priori or "best" (× k): the shared rule every layered claim uses
+    j, mult, why = select_layer(nums, list(means), verdict_layer, what="attention's mean AUROC")
+    return wide[cols[j]].to_numpy(float), nums[j], mult, why
 
 
 def baseline_claim(
@@ -370,7 +352,8 @@ def baseline_claim(
     return comps[i], p, names[i]
 
 
-def _comparison_fields(c: PairedComparison) -> dict:
+def comparison_fields(c: PairedComparison) -> dict:
+    """The registry fields of a paired Wilcoxon comparison over perturbations."""
     return dict(
         statistic_name="Wilcoxon T",
         statistic=c.statistic,
@@ -529,7 +512,7 @@ def run_perturbation_prediction(ctx, p: PredictionParams) -> AnalysisResult:
                     layer=layer,
                     extra={"layer_choice": why, "baseline": bname, "arm": arm,
                            "n_baseline_wins": comp.n_a_wins},
-                    **_comparison_fields(comp),
+                    **comparison_fields(comp),
                 )  # fmt: skip
                 comps.append(_row(comp, **base, a=bname, b="attention (claim)", layer=layer,
                                   p_claim=rec.p, role="claim"))  # fmt: skip
@@ -569,7 +552,7 @@ def run_perturbation_prediction(ctx, p: PredictionParams) -> AnalysisResult:
                     method=f"attention − {p.coexpression}",
                     layer=layer,
                     extra={"layer_choice": why, "arm": arm},
-                    **_comparison_fields(c2),
+                    **comparison_fields(c2),
                 )
                 comps.append(_row(c2, **base, a="attention (claim)", b=p.coexpression,
                                   layer=layer, p_claim=rec2.p, role="claim"))  # fmt: skip
@@ -675,7 +658,7 @@ def _descriptive(ctx, p, d, wide, col, layer, arm, where, who, comps, seed) -> N
             method=f"{na} − {nb}",
             layer=layer,
             extra={"arm": arm},
-            **_comparison_fields(c),
+            **comparison_fields(c),
         )
         comps.append(_row(c, **base, a=na, b=nb, layer=layer, p_claim=rec.p, role="per layer"))
         sa = d.scores[col if na == "attention" else na][mask]
