@@ -329,3 +329,26 @@ def test_claims_about_a_model_that_did_not_learn_are_not_assessable(tmp_path, ti
     assert len(attn) == 1 and attn["answer"].iloc[0] == "n/a"
     assert "did not learn" in attn["reason"].iloc[0]
     assert (sc[sc["model"].isna()]["answer"] == "yes").all()  # co-expression unaffected
+
+
+def test_responders_are_computed_once_per_run(tmp_path, monkeypatch):
+    """Analyses sharing a dataset's responder definition share one DE pass (a run-wide
+    artifact), instead of one per analysis and edge source."""
+    import scfm_audit.evaluate._de as de_mod
+
+    calls = []
+    real = de_mod.differential_expression
+    monkeypatch.setattr(
+        de_mod, "differential_expression", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    cfg = tiny_config(tmp_path)
+    cfg["analyses"] = {
+        "perturbation_prediction": {"datasets": ["sim"], "attention": ["pearson"],
+                                    "n_boot": 50},
+        "incremental_value": {"datasets": ["sim"], "attention": ["pearson"],
+                              "correlation": ["spearman"], "n_boot": 50, "gbm": False,
+                              "groupings": ["perturbation"], "matched": False},
+    }  # fmt: skip
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    assert not run.errors, run.errors
+    assert len(calls) == 1

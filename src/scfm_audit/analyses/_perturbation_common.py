@@ -54,7 +54,9 @@ def dataset_responders(ctx, dataset: str, p: ResponderParams) -> pd.DataFrame:
         "dataset": ctx.dataset_fingerprint(dataset),
         "params": {k: getattr(p, k) for k in ResponderParams.model_fields},
     }
-    return ctx.cached(key, compute, kind="responders")
+    # the same for every analysis that asks: computed once per run, not once per analysis
+    # (and per edge source) — at screen scale one DE pass is 40 s and a 16 M-row table
+    return ctx.cached(key, compute, kind="responders", shared=True)
 
 
 #: Gene-level features of a candidate (on the arm's control cells), the paper's three.

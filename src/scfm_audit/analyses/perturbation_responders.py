@@ -44,6 +44,7 @@ from pydantic import Field
 from scfm_audit.analyses._contract import AnalysisResult, Verdict, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.evaluate._de import (
+    DE_COLUMNS,
     WELCH_H0,
     WILCOXON_H0,
     differential_expression,
@@ -57,18 +58,8 @@ from scfm_audit.evaluate._responders import (
     responder_sweep,
 )
 
-RESPONDER_COLUMNS = [
-    "arm",
-    "perturbation",
-    "gene",
-    "log2fc",
-    "mean_perturbed",
-    "mean_control",
-    "statistic",
-    "p",
-    "q_within",
-    "q_screen",
-]
+#: the responders table: the DE columns without the per-perturbation cell counts
+RESPONDER_COLUMNS = [c for c in DE_COLUMNS if c not in ("n_perturbed", "n_control")]
 
 
 class PerturbationRespondersParams(ResponderParams):

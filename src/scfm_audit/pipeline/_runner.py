@@ -68,7 +68,16 @@ class Resources:
         self._references: dict[str, Any] = {}
         self._models: dict[str, Any] = {}
         self._edges: dict[tuple[str, str], list] = {}
+        self._shared: dict[tuple[str, str], Any] = {}
         self.notes: list[str] = []
+
+    def shared(self, kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """An artifact several analyses derive alike (e.g. a dataset's responders): computed
+        once per run (kept in memory, and in the artifact cache when there is one)."""
+        k = (kind, stable_hash(key))
+        if k not in self._shared:
+            self._shared[k] = self.cache.get_or_compute(kind, key, compute, codec="pickle")
+        return self._shared[k]
 
     # -- datasets ----------------------------------------------------------------------
     def _simulated(self, name: str):
@@ -371,7 +380,14 @@ class RunContext:
     def progress(self, iterable, *, description: str, total: int | None = None):
         return self.progress_.track(iterable, description=description, total=total)
 
-    def cached(self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str) -> Any:
+    def cached(
+        self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str, shared: bool = False
+    ) -> Any:
+        """``compute()`` through the artifact cache, keyed by ``key`` and the seed. ``shared``:
+        the artifact does not depend on which analysis asks (``key`` says everything it
+        depends on), so every analysis of the run gets the one computed copy."""
+        if shared:
+            return self.resources.shared(kind, {"seed": self.seed, **key}, compute)
         return self.resources.cache.get_or_compute(
             kind,
             {"analysis": self.analysis, "seed": self.seed, **key},
