@@ -408,6 +408,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         return [i for i, c in enumerate(conds) if c.kind == kind and c.channel == ch]
 
     verdicts, summary_rows = [], []
+    claim = f"{mname}: ablating regulatory heads degrades the model"
     for ch in p.channels:
         reg_i = idx("regulatory", ch)[0]
         rnd = idx("random-k", ch)
@@ -449,7 +450,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         if confirm:
             verdicts.append(
                 Verdict(
-                    f"{mname}: ablating regulatory heads degrades the model",
+                    claim,
                     rec,
                     mname,
                     ds,
@@ -472,7 +473,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         )  # fmt: skip
         verdicts.append(
             Verdict(
-                f"{mname}: ablating regulatory heads degrades the model",
+                claim,
                 rec,
                 mname,
                 ds,
