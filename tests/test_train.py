@@ -85,6 +85,7 @@ from scfm_audit.models._train import (
     LOG_FILE,
     cpu_signature,
     gene_medians_from_counts,
+    recipe_settings,
     train_geneformer_demo,
     train_scgpt_demo,
 )
@@ -94,11 +95,12 @@ SIM = dict(
     n_cells=600, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
     module_strength=2.0, mean_library_size=4000, seed=0,
 )  # fmt: skip
-SCGPT_TRAIN = dict(n_layers=4, n_heads=8, d_model=32, d_hid=64, n_bins=11, epochs=40,
-                   batch_size=16, lr=2e-3, mask_ratio=0.6)  # fmt: skip
-GF_TRAIN = dict(n_layers=2, n_heads=4, hidden_size=64, intermediate_size=128, epochs=120,
-                batch_size=16, lr=2e-3, mask_ratio=0.15)  # fmt: skip
-SEEDS = (0, 1, 2)
+#: the demo recipe applied to this benchmark (only the number of epochs is its own)
+SCGPT_TRAIN = recipe_settings("scgpt", SIM["n_cells"])
+GF_TRAIN = recipe_settings("geneformer", SIM["n_cells"])
+#: acceptance seeds (data seed = training seed), fixed before any run of them and run
+#: only after the recipe was committed; the recipe was chosen on seeds 100–105
+SEEDS = (20, 21, 22)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,14 @@ def benchmarks():
 
 @pytest.fixture(scope="module")
 def adata(benchmarks):
+    """The seed-0 benchmark (small checks: determinism, the reading at random init)."""
     return benchmarks(0)
+
+
+@pytest.fixture(scope="module")
+def first_adata(benchmarks):
+    """The benchmark of the first acceptance seed, which the suite trains on."""
+    return benchmarks(SEEDS[0])
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +149,12 @@ def trained(benchmarks, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scgpt_run(trained):
-    return trained("scgpt", 0)
+    return trained("scgpt", SEEDS[0])
 
 
 @pytest.fixture(scope="module")
 def geneformer_run(trained):
-    return trained("geneformer", 0)
+    return trained("geneformer", SEEDS[0])
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +227,8 @@ def _same_outputs(a, b, batch, *, logits: bool) -> None:
         torch.testing.assert_close(pats["a", site], pats["b", site], rtol=0, atol=1e-6)
 
 
-def test_scgpt_checkpoint_round_trip(adata, scgpt_run):
+def test_scgpt_checkpoint_round_trip(first_adata, scgpt_run):
+    adata = first_adata
     path = scgpt_run.path
     assert {"args.json", "vocab.json", "best_model.pt", LOG_FILE} <= {
         p.name for p in path.iterdir()
@@ -239,12 +249,14 @@ def test_scgpt_checkpoint_round_trip(adata, scgpt_run):
         build_scgpt_checkpoint(path.parent / "init_s", list(adata.var_names),
                                d_model=SCGPT_TRAIN["d_model"], n_layers=SCGPT_TRAIN["n_layers"],
                                n_heads=SCGPT_TRAIN["n_heads"], d_hid=SCGPT_TRAIN["d_hid"],
-                               seed=0, max_seq_len=args["max_seq_len"])
+                               n_bins=SCGPT_TRAIN["n_bins"], seed=SEEDS[0],
+                               max_seq_len=args["max_seq_len"])
     )  # fmt: skip
     assert not torch.allclose(init.forward(batch).hidden, loaded.forward(batch).hidden)
 
 
-def test_geneformer_checkpoint_round_trip(adata, geneformer_run):
+def test_geneformer_checkpoint_round_trip(first_adata, geneformer_run):
+    adata = first_adata
     path = geneformer_run.path
     names = {p.name for p in path.iterdir()}
     assert {"config.json", "token_dictionary.pkl", "gene_median_dictionary.pkl"} <= names
@@ -444,13 +456,13 @@ def _shipped(family: str, seed: int):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_seed0_training_gives_the_shipped_acceptance_weights(runs, family):
+def test_first_seed_training_gives_the_shipped_acceptance_weights(runs, family):
     """The suite trains seed 0 anyway (above): on the torch build and CPU kernels that made
     the shipped checkpoints its weights are bitwise theirs. (On another processor MKL and
     torch pick other code paths: the losses differ by float rounding from a few steps in,
     and after 1,360 steps the model is a different one; the first-steps test below still
     ties the shipped models to this training there.)"""
-    shipped, log = _shipped(family, 0)
+    shipped, log = _shipped(family, SEEDS[0])
     if log["torch_version"] != torch.__version__:
         pytest.skip(f"shipped on torch {log['torch_version']}, running {torch.__version__}")
     if log.get("cpu") != cpu_signature():
