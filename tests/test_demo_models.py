@@ -18,8 +18,10 @@ import pytest
 
 from scfm_audit.data._simulate import simulate_perturbseq
 from scfm_audit.models._train import (
+    DEMO_RECIPE,
     DEMO_TRAINING,
     LOG_FILE,
+    batches_per_epoch,
     train_geneformer_demo,
     train_scgpt_demo,
 )
@@ -74,6 +76,21 @@ def test_shipped_models_learned(shipped):
         assert log["eval_held_out"] is True
         assert log["eval_loss_final"] < log["baseline_loss"] < log["chance_loss"]
         assert log["learned"] is True and prov["models"][name]["learned"] is True
+
+
+def test_shipped_models_are_the_certified_recipe(shipped):
+    """The shipped demo models were trained with the recipe the issue-10 acceptance test
+    certifies (``tests/test_train.py``): every setting of :data:`DEMO_RECIPE` is in their
+    logs, and their number of optimiser steps is the recipe's to within half an epoch."""
+    folder, prov = shipped
+    for family, name in NAMES.items():
+        log = json.loads((folder / name / LOG_FILE).read_text())
+        recipe = dict(DEMO_RECIPE[family])
+        steps = recipe.pop("steps")
+        assert {k: log["params"][k] for k in recipe} == recipe
+        per_epoch = batches_per_epoch(log["n_cells"], recipe["batch_size"])
+        assert log["steps"] == log["params"]["epochs"] * per_epoch
+        assert abs(log["steps"] - steps) <= per_epoch / 2
 
 
 @pytest.fixture(scope="module")

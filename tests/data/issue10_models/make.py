@@ -1,5 +1,6 @@
 """Re-make the issue-10 acceptance checkpoints of ``tests/test_train.py`` (both families,
-seeds 0 / 1 / 2, the test's own benchmark and settings; about 5 minutes on two cores):
+the acceptance seeds ``SEEDS``, the test's own benchmark and the demo recipe; about 4
+minutes on two idle cores):
 
     PYTHONPATH=src python tests/data/issue10_models/make.py [scgpt] [geneformer]
 
