@@ -82,7 +82,7 @@ def test_shipped_models_are_the_certified_recipe(shipped):
     """The shipped demo models were trained with the recipe the issue-10 acceptance test
     certifies (``tests/test_train.py``): every setting of :data:`DEMO_RECIPE` is in their
     logs, and their number of optimiser steps is the recipe's to within half an epoch."""
-    folder, prov = shipped
+    folder, _ = shipped
     for family, name in NAMES.items():
         log = json.loads((folder / name / LOG_FILE).read_text())
         recipe = dict(DEMO_RECIPE[family])

@@ -4,9 +4,11 @@ outputs, training is deterministic (also on a busy machine), and — the point o
 demo — trained attention is related to co-expression where random-init attention is not.
 
 Benchmark: 600 cells × 40 genes with 4 strong co-expression modules of 8 genes
-(``module_strength=2``). Settings: scGPT 4 layers of 8 heads (d_model 32, d_hid 64), 11
-value bins, mask ratio 0.6, 40 epochs (~35 s per seed on two idle CPU cores); Geneformer 2
-layers, mask ratio 0.15, 120 epochs (~45 s per seed).
+(``module_strength=2``). Settings: the demo recipe (``DEMO_RECIPE``, the one the shipped
+demo models are trained with) applied to this benchmark by ``recipe_settings``: scGPT 4
+layers of 4 heads, d_model 16, d_hid 32, 11 value bins, mask ratio 0.6, 2,720 steps (80
+epochs, ~40 s per seed on an idle core); Geneformer 2 layers of 4 heads, hidden 64, mask
+ratio 0.15, 4,080 steps (120 epochs, ~45 s).
 
 Attention versus co-expression: Spearman correlation between |co-expression|
 (``coexpression(method="spearman")``) and head-pooled attention over the off-diagonal
@@ -14,54 +16,50 @@ covered gene pairs, per layer, with attention read as the demo reads it
 (``ATTENTION_READING``: softmax relative to uniform attention over the cell, then the
 average product correction); "best layer" = the largest *signed* correlation, trained
 minus the same architecture at its random initialisation (same seed). Acceptance
-(issue 10): ≥ 0.2 for every seed 0 / 1 / 2 (data seed = training seed), and the held-out
-masked loss below the baseline. The numbers are printed (``pytest -s``).
+(issue 10), read strictly: ≥ 0.2 on *every* one of three seeds (data seed = training
+seed), and the held-out masked loss below the baseline. The numbers are printed
+(``pytest -s``). For scale: on this benchmark an "oracle" attention equal to the planted
+PPI adjacency has Spearman +0.44 to +0.59 with |co-expression| (seeds 100–105); on the
+demo benchmark (300 genes, PPI density 0.3 %) only +0.10, so the 0.2 threshold is a
+property of this dense benchmark, not a yardstick for the demo's.
 
-Why the reading: plain softmax probabilities are ≈ 1/T in a cell of T tokens at random
-initialisation, and their mean over the cells where two genes are co-present has
-Spearman +0.22 with |co-expression| by itself (co-detection), so a random-initialised
-Geneformer scored +0.21 / +0.27 / +0.18 and the margins were small
-(+0.17 / +0.15 / +0.04). Relative to uniform, random init scores ≈ 0 (+0.03 / +0.04 /
-−0.00); the average product correction removes per-gene background (Geneformer's
-top-ranked genes sit at the positions attention favours). Measured on the shipped
-models (margin; held-out loss vs baseline; made on torch 2.13.0+cpu, AVX512 / AMD EPYC):
+Protocol (session 4). The earlier recipes were chosen while looking at the acceptance
+seeds (0 / 1 / 2), and on seeds 3 / 4 / 5 the chosen one missed. So: development seeds
+100–105 for choosing, a rule fixed beforehand (the largest smallest margin over them),
+and fresh acceptance seeds 20 / 21 / 22 fixed before any run, run once after the recipe
+was committed (commit 4fedf77 precedes the models of d39bc87). scGPT candidates on
+development seeds (margins; one change from d_model 32, 8 heads, 40 epochs unless said):
 
-* Geneformer seeds 0 / 1 / 2: +0.304 / +0.377 / +0.368 (best layers +0.33 / +0.42 /
-  +0.37); cross-entropy 2.70 / 2.56 / 2.56 against 3.64 / 3.65 / 3.65 for per-rank gene
+* as before: +0.14 / +0.31 / +0.23 / +0.23 (seeds 100–103); mask ratio 0.75: +0.22 /
+  +0.28 / +0.23 / +0.20; 0.9: +0.24 / +0.31 / +0.14 / +0.23; 2 layers: +0.08 / +0.18 /
+  +0.02 / −0.03; 2 heads: +0.23 / +0.45 / +0.30 / +0.28; 4 heads: +0.27 / +0.38 / +0.39
+  / +0.23; d_model 64: +0.08 / +0.35 / +0.30 / +0.27; module strength 3: +0.12 / +0.51 /
+  +0.17 / +0.22; 1,200 cells: +0.34 / +0.21 / +0.47 / +0.28; 120 epochs: +0.28 / +0.24 /
+  +0.23 / +0.20.
+* on all six (100–105): 80 epochs +0.29 / +0.28 / +0.38 / +0.28 / +0.15 / +0.29 (min
+  +0.15); 4 heads and 80 epochs +0.36 / +0.43 / +0.26 / +0.43 / +0.03 / +0.28 (min +0.03);
+  d_model 16, d_hid 32, 4 heads, 80 epochs +0.23 / +0.18 / +0.17 / +0.34 / +0.35 / +0.29
+  (min +0.17, chosen by the rule; it had been tried first on seed 104, where the others
+  failed). Seed 104's benchmark has the weakest modules (oracle +0.44).
+* Geneformer (unchanged recipe) on 100–103: +0.37 / +0.40 / +0.37 / +0.49.
+
+Result on the acceptance seeds 20 / 21 / 22 (torch 2.13.0+cpu, AVX512 / AMD EPYC):
+
+* Geneformer: +0.371 / +0.343 / +0.489 (best layers +0.41 / +0.36 / +0.48);
+  cross-entropy 2.79 / 2.71 / 2.79 against 3.65 / 3.66 / 3.68 for per-rank gene
   frequencies (chance ln 40 = 3.69). Met.
-* scGPT seeds 0 / 1 / 2: +0.309 / +0.253 / +0.253 (best layer, always the last:
-  +0.32 / +0.27 / +0.29); MSE (in bins of 11) 2.36 / 3.12 / 2.71 against per-gene means
-  5.68 / 5.81 / 5.58 (chance 7.09 / 6.86 / 6.83). Met, but with little room: the earlier
-  layers' signs vary by seed (seed 0: −0.22 / −0.31 / −0.03 before the last layer).
+* scGPT: +0.338 / +0.174 / +0.197 (best layers +0.35 / +0.23 / +0.23, not always the
+  last; other layers down to −0.27); MSE (in bins of 11) 2.53 / 2.64 / 2.63 against
+  per-gene means 4.92 / 5.24 / 4.68. Not met on two seeds: a strict xfail below. Over the
+  nine seeds this recipe has seen its margin is +0.25 (SD 0.08; 5 of 9 ≥ 0.2); no recipe
+  tried gets every development seed above 0.2.
 
 The trained attention depends chaotically on float rounding: the same code, seed and
-torch build on another processor (an earlier machine versus this AMD / AVX512 one)
-diverged from step 8 and moved Geneformer's seed-0 margin from +0.41 to +0.30 and the
-old scGPT recipe's from +0.078 to +0.072. A single seed's margin is therefore a draw,
-and a recipe is judged on all three.
-
-scGPT recipes measured on seed 0 (margin), before the one above (the old recipe: 4 heads,
-d_model 64, d_hid 128, 51 bins, mask ratio 0.6, 40 epochs: +0.07 here): mask ratio 0.25 /
-0.4 / 0.75 / 0.9: −0.15 / −0.02 / +0.23 / +0.17 (the lower the ratio, the more layers
-attend *away* from co-expressed partners, down to −0.40); mask-ratio curriculum 0.3 →
-0.75 over the first half: +0.31 (two layers at −0.42); 80 epochs: +0.26; lr 1e-3: +0.04;
-weight decay 0.1: +0.21; scGPT's GEPC objective added (MVC decoder from ``<cls>``,
-weight 1): +0.23; 11 value bins: +0.18. Earlier (plain softmax +0.11, q·kᵀ +0.05,
-scGPT's GRN reading +0.06, 2 layers +0.01, module strength 3 +0.07). d_model 32 with 8
-heads: +0.30 / +0.37 / +0.21 on seeds 0 / 1 / 2 (its last layer positive on every seed);
-adding 11 bins (each cell holds ≤ 40 non-zero genes, so 51 quantile bins are nearly
-per-cell ranks): the recipe above; with 60 epochs instead of 40, seed 2 fell to +0.17.
-
-Beyond the three acceptance seeds (data seed = training seed, not part of the test), the
-chosen recipe is not uniformly above 0.2: scGPT seeds 3 / 4 / 5 give +0.18 / +0.21 /
-+0.41 (last layer still the best and positive: +0.21 / +0.20 / +0.42; with mask ratio 0.75
-seed 3 gives +0.20), and the old recipe gives +0.37 / +0.34 on seeds 3 / 4. The recipe
-was chosen because it meets the criterion on seeds 0 / 1 / 2, where the old one failed
-seed 0; its typical margin (≈ 0.25) is not larger than the old recipe's. Geneformer on
-seeds 3 / 4 / 5: +0.34 / +0.34 / +0.28.
+torch build on another processor diverged from step 8 and moved Geneformer's seed-0
+margin from +0.41 to +0.30. A single seed's margin is therefore a draw.
 
 Cost: the acceptance models are shipped test data (``tests/data/issue10_models``, see
-``make.py`` there) instead of ~5 minutes of training per run.
+``make.py`` there) instead of ~4 minutes of training per run.
 """
 
 from __future__ import annotations
