@@ -90,15 +90,16 @@ from scfm_audit.models._train import (
 from scfm_audit.pipeline._demo import ATTENTION_READING
 
 SIM = dict(
-    n_cells=600, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
+    n_cells=1200, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
     module_strength=2.0, mean_library_size=4000, seed=0,
 )  # fmt: skip
 #: the demo recipe applied to this benchmark (only the number of epochs is its own)
 SCGPT_TRAIN = recipe_settings("scgpt", SIM["n_cells"])
 GF_TRAIN = recipe_settings("geneformer", SIM["n_cells"])
 #: acceptance seeds (data seed = training seed), fixed before any run of them and run
-#: only after the recipe was committed; the recipe was chosen on seeds 100–105
-SEEDS = (20, 21, 22)
+#: only after the recipe and benchmark were committed (round 2; round 1 used 20 / 21 / 22
+#: on 600 cells, see above); development seeds 100–107
+SEEDS = (30, 31, 32)
 
 
 @pytest.fixture(scope="module")
