@@ -526,21 +526,10 @@ def test_acceptance_models_beat_the_context_free_baseline(acceptance, family):
         assert loss < baseline, f"seed {seed}: held-out loss {loss:.4g} ≥ baseline {baseline:.4g}"
 
 
-_SCGPT_SHORT = (
-    "pre-registered result: the recipe chosen on seeds 100-105 gives scGPT margins "
-    "+0.338 / +0.174 / +0.197 on the fresh seeds 20 / 21 / 22 (issue 10 stays open)"
-)
-
-
-@pytest.mark.parametrize(
-    "family",
-    [pytest.param("scgpt", marks=pytest.mark.xfail(strict=True, reason=_SCGPT_SHORT)),
-     "geneformer"],
-)  # fmt: skip
+@pytest.mark.parametrize("family", FAMILIES)
 def test_trained_attention_relates_to_coexpression(acceptance, family):
     """Issue 10 acceptance, first half, on every one of the three acceptance seeds: the
     best layer's Spearman(|co-expression|, attention read as the demo reads it) exceeds
-    the random-initialised model's by ≥ 0.2. Met by Geneformer; not by scGPT (strict
-    xfail: the day a recipe meets it, this test says so by failing)."""
+    the random-initialised model's by ≥ 0.2."""
     for seed, margin, _, _ in acceptance(family):
         assert margin >= 0.2, f"seed {seed}: best-layer margin {margin:+.3f} < 0.2"
