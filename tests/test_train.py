@@ -180,8 +180,12 @@ def test_training_reduces_masked_loss(runs, family):
     assert rep.eval_held_out and rep.n_eval_cells == SIM["n_cells"] // 10
     assert last < first
     # the untrained model is at chance; the trained one beats the context-free baseline
+    # (which on this benchmark is barely better than chance for Geneformer: the 40 genes'
+    # rank positions vary so much from cell to cell that a per-rank frequency with add-one
+    # smoothing is within 0.001 nats of ln 40, on either side)
     assert rep.eval_loss_initial > 0.9 * rep.chance_loss
-    assert rep.eval_loss_final < rep.baseline_loss < rep.chance_loss
+    assert rep.eval_loss_final < min(rep.baseline_loss, rep.chance_loss)
+    assert rep.baseline_loss < 1.001 * rep.chance_loss
     assert rep.learned and rep.beat_chance
     log = json.loads((rep.path / LOG_FILE).read_text())
     assert log["loss_per_epoch"] == pytest.approx(rep.loss_per_epoch)
@@ -238,7 +242,8 @@ def test_scgpt_checkpoint_round_trip(first_adata, scgpt_run):
     assert args["nlayers"] == SCGPT_TRAIN["n_layers"] and args["nheads"] == SCGPT_TRAIN["n_heads"]
     assert args["mask_ratio"] == SCGPT_TRAIN["mask_ratio"]
     assert args["max_seq_len"] >= 1 + int(np.diff(adata.X.indptr).max())
-    loaded = ScGPTAdapter.load(path)
+    # value binning breaks ties at random (upstream ``_digitize``), seeded by the adapter
+    loaded = ScGPTAdapter.load(path, seed=SEEDS[0])
     trained = scgpt_run.adapter
     batch = trained.tokenize(adata, np.arange(24))
     torch.testing.assert_close(loaded.tokenize(adata, np.arange(24)).values, batch.values)
