@@ -55,18 +55,17 @@ epoch, beside the chance and context-free baseline losses on the same masked pos
 (:class:`TrainReport`); ``learned`` in ``train_log.json`` says whether the model beat
 the baseline, and an audit should not credit the attention of a model that did not.
 
-What the attention learns (``tests/test_train.py``: 600 cells × 40 genes with 4 strong
+What the attention learns (``tests/test_train.py``: 1,200 cells × 40 genes with 4 strong
 modules of 8 genes; Spearman of |co-expression| against head-pooled attention read as the
 demo reads it — softmax relative to uniform, average product correction — best layer
 trained minus best layer at random init). The demo recipe (:data:`DEMO_RECIPE`) was chosen
-on development seeds 100–105 and then run once on fresh seeds 20 / 21 / 22: Geneformer
-+0.37 / +0.34 / +0.49; scGPT +0.34 / +0.17 / +0.20, so scGPT's attention is related to
-co-expression on every seed but not by ≥ 0.2 on every seed (its margin over nine seeds:
-+0.25, SD 0.08). Both beat their context-free baselines on held-out cells by a wide
-margin. The trained attention depends chaotically on float rounding (another processor
-moved a Geneformer margin from +0.41 to +0.30). The shipped demo models are this recipe
-on the demo benchmark (300 genes, ``module_strength`` 2; margins on its first 600 cells
-in ``data/demo_models/PROVENANCE.json``). Read each model's ``learned`` flag before
+on development seeds and then run once on fresh seeds 30 / 31 / 32: scGPT +0.45 / +0.43 /
++0.51, Geneformer +0.44 / +0.36 / +0.34 (a first round, with half the cells and half
+scGPT's steps, missed on two of its fresh seeds; the test module gives both rounds).
+Both beat their context-free baselines on held-out cells by a wide margin. The trained
+attention depends chaotically on float rounding (another processor moved a Geneformer
+margin from +0.41 to +0.30). The shipped demo models are this recipe on the demo
+benchmark (300 genes, ``module_strength`` 2). Read each model's ``learned`` flag before
 crediting its attention.
 """
 
