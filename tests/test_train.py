@@ -44,7 +44,7 @@ Acceptance seeds 20 / 21 / 22 (commit 4fedf77 before d39bc87): Geneformer +0.371
 
 Round 2 (commit 91293c7 before e703567). On development seeds 100–107 the round-1
 recipe on 1,200 cells (twice the data and the steps) gave scGPT +0.38 / +0.48 / +0.42 /
-+0.37 / +0.36 / +0.37 / +0.31 / +0.20 (mean +0.36; on 600 cells: mean +0.28, three of
++0.37 / +0.36 / +0.37 / +0.31 / +0.20 (mean +0.36; on 600 cells: mean +0.28, two of
 eight below 0.2; with 6 layers on 600 cells +0.35 / +0.39 / +0.32 / +0.23) and Geneformer
 +0.34 / +0.49 / +0.41 / +0.38 (100–103). So the benchmark became 1,200 cells and the
 scGPT recipe 5,440 steps. Acceptance seeds 30 / 31 / 32 (torch 2.13.0+cpu, AVX512 / AMD
