@@ -45,7 +45,7 @@ def training_curve_figure(name: str, tlog: dict[str, Any]) -> Figure:
     """Training loss per step (raw and moving average), held-out masked loss before
     training and after each epoch, and the chance and baseline losses as horizontal
     lines. Input: a parsed ``train_log.json``; output: an Agg figure."""
-    fig = Figure(figsize=(6.0, 3.4))
+    fig = Figure(figsize=(6.0, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     steps = np.asarray(tlog.get("loss_per_step") or [], dtype=float)
@@ -73,7 +73,10 @@ def training_curve_figure(name: str, tlog: dict[str, Any]) -> Figure:
     ax.set_ylabel("masked loss")
     verdict = "beats the baseline" if tlog.get("learned") else "does NOT beat the baseline"
     ax.set_title(f"{name} ({tlog.get('family', '?')}): {verdict}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    # below the axes: inside, the legend sits on the chance / baseline lines, which lie
+    # near the top when a model's loss is close to chance (Geneformer's rank tokens)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+              frameon=False)  # fmt: skip
     fig.tight_layout()
     return fig
 
