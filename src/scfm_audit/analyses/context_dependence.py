@@ -14,8 +14,10 @@ Tests (perturbations are the units):
   AUROC_co-expression) depend on the context? Two contexts: Wilcoxon signed-rank of the
   paired gap differences over the perturbations both contexts share when they are the
   two arms of one dataset (the same perturbed genes: a paired design), otherwise
-  Mann–Whitney U; more than two contexts: Kruskal–Wallis. H0: the gap has the same
-  distribution in every context. Effect: the range (max − min) of the contexts' mean
+  Mann–Whitney U; more than two contexts: Friedman over the perturbations all contexts
+  share when paired (all contexts of one dataset, or ``pairing: paired``; perturbations
+  are the blocks), otherwise Kruskal–Wallis. H0: the gap has the same distribution in
+  every context (paired: within each perturbation, the contexts' gaps are exchangeable). Effect: the range (max − min) of the contexts' mean
   gaps, with a percentile bootstrap CI resampling perturbations within each context
   (≥ 0; a claim without a direction). One context: n/a with the reason.
 * gene-level dominance per context — ΔAUROC = pre-declared baseline (``verdict_baseline``)
@@ -73,8 +75,9 @@ class ContextParams(ScorerParams):
     )
     pairing: Literal["auto", "paired", "unpaired"] = Field(
         "auto",
-        description="two contexts: paired (Wilcoxon over shared perturbations) or unpaired "
-        "(Mann-Whitney); 'auto': paired for two arms of one dataset",
+        description="paired: over the perturbations all contexts share (Wilcoxon for two "
+        "contexts, Friedman for more); unpaired: Mann-Whitney / Kruskal-Wallis; 'auto': "
+        "paired when all contexts are arms of one dataset",
     )
     min_perturbations: int = Field(
         5, ge=2, description="contexts with fewer evaluable perturbations are left out"
@@ -100,22 +103,45 @@ def gap_interaction(gaps: dict[str, pd.Series], *, paired: bool, n_boot: int, se
         "ci_high": float(np.quantile(rang, 0.975)),
         "n": int(sum(len(v) for v in gaps.values())),
     }
-    if len(names) == 2 and paired:
-        a, b = gaps[names[0]], gaps[names[1]]
-        shared = a.index.intersection(b.index)
-        d = (a[shared] - b[shared]).to_numpy(float)
-        if len(shared) < 2 or not (d != 0).any():
-            return {**out, "test": "Wilcoxon signed-rank (paired)", "statistic": math.nan,
-                    "p": math.nan, "n": len(shared)}  # fmt: skip
-        r = stats.wilcoxon(d)
-        return {**out, "test": "Wilcoxon signed-rank of paired gap differences",
-                "statistic": float(r.statistic), "p": float(r.pvalue), "n": len(shared)}  # fmt: skip
+
+    def result(test: str, name: str, stat: float, p: float, n: int | None = None) -> dict:
+        return {**out, "test": test, "statistic_name": name, "statistic": stat, "p": p,
+                "n": out["n"] if n is None else n}  # fmt: skip
+
+    if paired:  # perturbations are the blocks: a perturbation's own difficulty cancels
+        shared = gaps[names[0]].index
+        for k in names[1:]:
+            shared = shared.intersection(gaps[k].index)
+        block = np.column_stack([gaps[k][shared].to_numpy(float) for k in names])
+        two = len(names) == 2
+        test, name = ("Wilcoxon signed-rank", "W") if two else ("Friedman chi-square", "chi-square")
+        if len(shared) < 2 or not (block != block[:, :1]).any():
+            return result(f"{test} (paired)", name, math.nan, math.nan, len(shared))
+        if two:
+            r = stats.wilcoxon(block[:, 0] - block[:, 1])
+            test = f"{test} of paired gap differences"
+        else:
+            r = stats.friedmanchisquare(*block.T)
+            test = f"{test} over shared perturbations"
+        return result(test, name, float(r.statistic), float(r.pvalue), len(shared))
     if len(names) == 2:
         r = stats.mannwhitneyu(gaps[names[0]], gaps[names[1]], alternative="two-sided")
-        return {**out, "test": "Mann-Whitney U", "statistic": float(r.statistic),
-                "p": float(r.pvalue)}  # fmt: skip
+        return result("Mann-Whitney U", "U", float(r.statistic), float(r.pvalue))
     r = stats.kruskal(*[gaps[k] for k in names])
-    return {**out, "test": "Kruskal-Wallis H", "statistic": float(r.statistic),
+    return result("Kruskal-Wallis H", "H", float(r.statistic), float(r.pvalue))
+    if paired:  # perturbations are the blocks: a perturbation's own difficulty cancels
+        shared = gaps[names[0]].index
+        for k in names[1:]:
+            shared = shared.intersection(gaps[k].index)
+        block = np.column_stack([gaps[k][shared].to_numpy(float) for k in names])
+        if len(shared) < 2 or not (block != block[:, :1]).any():
+            return {**out, "test": "Friedman chi-square (paired)", "statistic_name": "chi-square", "statistic": math.nan,
+                    "p": math.nan, "n": len(shared)}  # fmt: skip
+        r = stats.friedmanchisquare(*block.T)
+        return {**out, "test": "Friedman chi-square over shared perturbations", "statistic_name": "chi-square",
+                "statistic": float(r.statistic), "p": float(r.pvalue), "n": len(shared)}  # fmt: skip
+    r = stats.kruskal(*[gaps[k] for k in names])
+    return {**out, "test": "Kruskal-Wallis H", "statistic_name": "H", "statistic": float(r.statistic),
             "p": float(r.pvalue)}  # fmt: skip
 
 
@@ -276,7 +302,7 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
             continue
         names = list(gaps)
         same_ds = len({contexts[k][0] for k in names}) == 1
-        paired = p.pairing == "paired" or (p.pairing == "auto" and same_ds and len(names) == 2)
+        paired = p.pairing == "paired" or (p.pairing == "auto" and same_ds)
         r = gap_interaction(
             gaps, paired=paired, n_boot=p.n_boot, seed=ctx.seed_for(en, "interaction")
         )
@@ -286,7 +312,7 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
             null=INTERACTION_H0,
             null_name="context_interaction",
             p=bonferroni(r["p"], mult),
-            statistic_name=r["test"].split()[-1],
+            statistic_name=r["statistic_name"],
             statistic=r["statistic"],
             effect_name="range of mean gaps (ΔAUROC)",
             effect=r["effect"],
