@@ -17,9 +17,10 @@ Tests (perturbations are the units):
   Mann–Whitney U; more than two contexts: Friedman over the perturbations all contexts
   share when paired (all contexts of one dataset, or ``pairing: paired``; perturbations
   are the blocks), otherwise Kruskal–Wallis. H0: the gap has the same distribution in
-  every context (paired: within each perturbation, the contexts' gaps are exchangeable). Effect: the range (max − min) of the contexts' mean
-  gaps, with a percentile bootstrap CI resampling perturbations within each context
-  (≥ 0; a claim without a direction). One context: n/a with the reason.
+  every context (paired: within each perturbation, the contexts' gaps are
+  exchangeable). Effect: the range (max − min) of the contexts' mean gaps, with a
+  percentile bootstrap CI resampling perturbations within each context (≥ 0; a claim
+  without a direction). One context: n/a with the reason.
 * gene-level dominance per context — ΔAUROC = pre-declared baseline (``verdict_baseline``)
   − attention per context (Wilcoxon over perturbations, bootstrap CI; descriptive) and the
   claim "gene-level baselines beat attention in every context": intersection–union over
@@ -129,20 +130,6 @@ def gap_interaction(gaps: dict[str, pd.Series], *, paired: bool, n_boot: int, se
         return result("Mann-Whitney U", "U", float(r.statistic), float(r.pvalue))
     r = stats.kruskal(*[gaps[k] for k in names])
     return result("Kruskal-Wallis H", "H", float(r.statistic), float(r.pvalue))
-    if paired:  # perturbations are the blocks: a perturbation's own difficulty cancels
-        shared = gaps[names[0]].index
-        for k in names[1:]:
-            shared = shared.intersection(gaps[k].index)
-        block = np.column_stack([gaps[k][shared].to_numpy(float) for k in names])
-        if len(shared) < 2 or not (block != block[:, :1]).any():
-            return {**out, "test": "Friedman chi-square (paired)", "statistic_name": "chi-square", "statistic": math.nan,
-                    "p": math.nan, "n": len(shared)}  # fmt: skip
-        r = stats.friedmanchisquare(*block.T)
-        return {**out, "test": "Friedman chi-square over shared perturbations", "statistic_name": "chi-square",
-                "statistic": float(r.statistic), "p": float(r.pvalue), "n": len(shared)}  # fmt: skip
-    r = stats.kruskal(*[gaps[k] for k in names])
-    return {**out, "test": "Kruskal-Wallis H", "statistic_name": "H", "statistic": float(r.statistic),
-            "p": float(r.pvalue)}  # fmt: skip
 
 
 @register_analysis(
