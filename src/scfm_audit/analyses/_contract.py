@@ -2,9 +2,12 @@
 
 An analysis is a function ``run(ctx: AnalysisContext, params) -> AnalysisResult``
 registered with :func:`register_analysis`. It asks the context for what it needs
-(datasets, references, edge scores — resolved once per run and cached), registers every
-statistical test with ``ctx.add_test`` and returns tables, figures and scorecard verdicts.
-The runner does the rest (caching, FDR across the run, writing, the report).
+(datasets, references, edge scores — resolved once per run and cached), computes typed
+test results (:class:`~scfm_audit.stats._tests.StatTestResult`) and records them:
+``ctx.claim(result, unit, claim=...)`` for the one test that answers a scorecard line,
+``ctx.describe(result, unit, hypothesis=...)`` for every other test. It returns tables,
+figures and notes. ``stats/_verdict.py`` alone turns claims into answers (family, side,
+floor); the runner does the rest (caching, FDR, writing, the report).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from scfm_audit.evaluate._recovery import CandidatePairs
     from scfm_audit.models._base import ModelAdapter
     from scfm_audit.stats._registry import TestRecord
+    from scfm_audit.stats._tests import StatTestResult
 
 
 class AnalysisParams(BaseModel):
@@ -122,6 +126,110 @@ class Verdict:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What a test is about: dataset, model, reference, method (an edge source's label),
+    layer and head; any may be None."""
+
+    dataset: str | None = None
+    model: str | None = None
+    reference: str | None = None
+    method: str | None = None
+    layer: int | None = None
+    head: int | None = None
+
+    @classmethod
+    def of(cls, es: EdgeScores, dataset: str | None, reference: str | None = None) -> Unit:
+        """The unit of one edge-score set on ``dataset`` against ``reference``."""
+        return cls(dataset, es.model, reference, es.label, es.layer, es.head)
+
+    def fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("dataset", "model", "reference", "method",
+                                              "layer", "head")}  # fmt: skip
+
+
+class ClaimRecorder:
+    """``claim`` and ``describe``: the only ways an analysis records a test. Mixed into
+    the runner's context (which provides ``add_test`` and the ``claims`` list)."""
+
+    claims: list[Verdict]
+
+    def add_test(self, **fields: Any) -> TestRecord:  # provided by the context
+        raise NotImplementedError
+
+    def _record(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        hypothesis: str,
+        family: str,
+        extra: dict[str, Any] | None,
+    ) -> TestRecord:
+        more = dict(extra or {})
+        if result.reason:
+            more.setdefault("reason", result.reason)
+        return self.add_test(
+            hypothesis=hypothesis,
+            family=family,
+            extra=more,
+            **result.registry_fields(),
+            **unit.fields(),
+        )
+
+    def claim(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        claim: str,
+        hypothesis: str | None = None,
+        direction: str = "greater",
+        layer_choice: str = "",
+        reason: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Verdict:
+        """Record ``result`` as the one test answering ``claim`` (a scorecard line) about
+        ``unit``; ``direction``: the side the claim asserts ("greater": the tested
+        statistic above its null centre). The answer is decided by
+        :func:`scfm_audit.stats._verdict.answer_claims`, not here."""
+        if direction not in ("greater", "less"):
+            raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
+        more = dict(extra or {})
+        if layer_choice:
+            more.setdefault("layer_choice", layer_choice)
+        rec = self._record(
+            result, unit, hypothesis=hypothesis or claim, family="claim", extra=more
+        )
+        v = Verdict(claim, rec, unit.model, unit.dataset, direction, layer_choice, reason)
+        self.claims.append(v)
+        return v
+
+    def describe(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        hypothesis: str,
+        extra: dict[str, Any] | None = None,
+    ) -> TestRecord:
+        """Record ``result`` as a descriptive test (its own BH family; answers nothing)."""
+        return self._record(result, unit, hypothesis=hypothesis, family="descriptive",
+                            extra=extra)  # fmt: skip
+
+    def not_assessable(
+        self, unit: Unit, *, claim: str, reason: str, test: str = "", direction: str = "greater"
+    ) -> Verdict:
+        """A claim that cannot be tested here (n/a with ``reason``): it keeps its
+        scorecard line instead of vanishing."""
+        from scfm_audit.stats._tests import StatTestResult
+
+        nan = math.nan
+        empty = StatTestResult(nan, nan, nan, 0, test or "not run", "", "", "two-sided",
+                               reason=reason)  # fmt: skip
+        return self.claim(empty, unit, claim=claim, direction=direction, reason=reason)
+
+
 @dataclass
 class AnalysisResult:
     """What an analysis returns: named long tables, named figures, a one-paragraph
@@ -152,6 +260,11 @@ class AnalysisContext(Protocol):
     def model(self, name: str) -> ModelAdapter: ...
     def rng(self, *keys: Any) -> np.random.Generator: ...
     def add_test(self, **fields: Any) -> TestRecord: ...
+    def claim(self, result: StatTestResult, unit: Unit, *, claim: str, **kw: Any) -> Verdict: ...
+    def describe(self, result: StatTestResult, unit: Unit, *, hypothesis: str,
+                 **kw: Any) -> TestRecord: ...  # fmt: skip
+    def not_assessable(self, unit: Unit, *, claim: str, reason: str, **kw: Any) -> Verdict: ...
+    def seed_for(self, *keys: Any) -> int: ...
     def progress(self, iterable, *, description: str, total: int | None = None): ...
     def cached(
         self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str, shared: bool = False
@@ -229,6 +342,57 @@ def select_layer(
             "use an index in that range or 'best'."
         ) from None
     return i, 1, f"layer {layers[i]} fixed a priori (verdict_layer: {verdict_layer})"
+
+
+def choose_layer(
+    items: list[tuple[int, StatTestResult]],
+    verdict_layer: int | str,
+    *,
+    claimed: str = "greater",
+) -> tuple[int, StatTestResult, str]:
+    """The layer a claim about a layered source rests on, from per-layer typed results
+    ``(layer, result)``: fixed a priori (``verdict_layer`` an index, negative from the
+    last), or ``"best"``: the largest null-standardised effect on the claimed side, its
+    p, tails and floor × number of layers (Bonferroni: valid whatever the selection).
+    Returns the position in ``items`` (sorted by layer), the result to claim with, and why."""
+    items = sorted(items, key=lambda x: x[0])
+    layers = [lay for lay, _ in items]
+    sign = 1.0 if claimed == "greater" else -1.0
+    scores = [sign * r.standardised for _, r in items]
+    i, mult, why = select_layer(layers, scores, verdict_layer,
+                                what="null-standardised effect")  # fmt: skip
+    return i, items[i][1].times(mult, why=why if mult > 1 else ""), why
+
+
+def best_of(
+    results: list[StatTestResult], *, claimed: str = "greater", what: str
+) -> tuple[int, StatTestResult, str]:
+    """"Some member of a set shows the effect" (e.g. some head recovers): the member with
+    the smallest one-sided p on the claimed side, that p × the set's size (Bonferroni),
+    as a one-sided test of the claimed side (an anti-effect of one member cannot turn the
+    answer into "opposite"). Returns the member's position, the result, and why."""
+    from dataclasses import replace
+
+    tails = np.array([r.one_sided(claimed) for r in results], dtype=float)
+    k = len(results)
+    if not np.isfinite(tails).any():
+        return 0, results[0], f"no {what} could be tested"
+    i = int(np.nanargmin(tails))
+    r = results[i]
+    floor = min((x.p_floor if x.alternative != "two-sided" else x.p_floor / 2)
+                for x in results)  # fmt: skip
+    why = f"smallest one-sided p of {k} {what}s (× {k}, Bonferroni)"
+    nan = math.nan
+    best = replace(
+        r,
+        p=min(1.0, float(tails[i]) * k),
+        p_greater=min(1.0, float(tails[i]) * k) if claimed == "greater" else nan,
+        p_less=min(1.0, float(tails[i]) * k) if claimed == "less" else nan,
+        p_floor=min(1.0, floor * k),
+        alternative=claimed,
+        test=f"{r.test}; {why}",
+    )
+    return i, best, why
 
 
 def register_selected_layer(

@@ -38,7 +38,7 @@ from rich.markup import escape
 
 from scfm_audit import __version__
 from scfm_audit._io import atomic_path, atomic_write_text, write_table
-from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec
+from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec, ClaimRecorder
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
     AuditConfig,
@@ -323,7 +323,7 @@ class Progress:
 
 
 @dataclass
-class RunContext:
+class RunContext(ClaimRecorder):
     """The :class:`~scfm_audit.analyses._contract.AnalysisContext` the runner gives one
     analysis."""
 
@@ -333,6 +333,7 @@ class RunContext:
     registry: TestRegistry
     progress_: Progress
     alpha: float = 0.05
+    claims: list = field(default_factory=list)
 
     def dataset_names(self) -> list[str]:
         return list(self.resources.cfg.datasets)
@@ -419,38 +420,19 @@ class RunResult:
     unlearned_models: dict[str, str] = field(default_factory=dict)
 
     def verdicts(self) -> pd.DataFrame:
-        """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
-        no evidence / n/a) from its test's run-wide BH q, the estimate with its CI on its
-        natural scale, the layer it rests on and why, and the reason for an n/a."""
-        from scfm_audit.stats._verdict import four_valued_answer
+        """Scorecard rows, one per claim, answered by
+        :func:`scfm_audit.stats._verdict.answer_claims`: the four-valued answer from the
+        claim's one test, with q from BH over the run's claim tests only, the tested side
+        against the null's own centre, n/a where the test cannot reach α; the estimate
+        with its CI, the layer it rests on and why."""
+        from scfm_audit.stats._verdict import answer_claims
 
-        tests = self.tests
         rows = []
         for name, res in self.results.items():
             for v in res.verdicts:
                 rec = v.record
-                match = tests[
-                    (tests["analysis"] == rec.analysis) & (tests["hypothesis"] == rec.hypothesis)
-                ]
-                for col in ("model", "dataset", "reference", "method", "layer", "head"):
-                    val = getattr(rec, col)
-                    match = match[match[col].isna()] if val is None else match[match[col] == val]
-                q = float(match["q"].iloc[0]) if len(match) else float("nan")
                 model = v.model or rec.model
-                if model in self.unlearned_models:  # nothing learned: attention says nothing
-                    q = float("nan")
-                answer, reason = four_valued_answer(
-                    p=rec.p,
-                    q=q,
-                    alpha=self.alpha,
-                    effect=rec.effect,
-                    null_value=rec.null_value,
-                    claimed=v.direction,
-                    p_floor=rec.p_floor,
-                    reason=self.unlearned_models.get(model)
-                    or v.reason
-                    or str(rec.extra.get("reason") or ""),
-                )
+                unlearned = self.unlearned_models.get(model or "")
                 rows.append(
                     {
                         "analysis": name,
@@ -458,22 +440,33 @@ class RunResult:
                         "model": model,
                         "dataset": v.dataset or rec.dataset,
                         "reference": rec.reference,
-                        "answer": answer,
-                        "reason": reason,
-                        "q": q,
-                        "p": rec.p,
+                        "claimed": v.direction,
+                        # nothing learned: attention says nothing, whatever its test says
+                        "p": float("nan") if unlearned else rec.p,
+                        "reason": unlearned or v.reason or str(rec.extra.get("reason") or ""),
                         "effect_name": rec.effect_name,
                         "effect": rec.effect,
                         "ci_low": rec.ci_low,
                         "ci_high": rec.ci_high,
                         "null_value": rec.null_value,
+                        "p_greater": rec.p_greater,
+                        "p_less": rec.p_less,
+                        "p_floor": rec.p_floor,
+                        "direction": rec.direction,
                         "layer": rec.layer,
                         "layer_choice": v.layer_choice,
                         "test": rec.test,
                         "null_name": rec.null_name,
                     }
                 )
-        return pd.DataFrame(rows)
+        cols = ["analysis", "claim", "model", "dataset", "reference", "answer", "reason",
+                "q", "p", "effect_name", "effect", "ci_low", "ci_high", "null_value",
+                "side", "claimed", "p_floor", "q_at_floor", "layer", "layer_choice",
+                "test", "null_name"]  # fmt: skip
+        if not rows:
+            return pd.DataFrame(columns=cols)
+        answered = answer_claims(pd.DataFrame(rows), alpha=self.alpha)
+        return answered[cols]
 
 
 def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
@@ -571,7 +564,11 @@ def _run_analyses(
         progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
         n_before = len(registry)
         try:
-            results[name] = spec.run(ctx, p)
+            res = spec.run(ctx, p)
+            # claims recorded through ctx.claim, then any a result still lists itself
+            known = {id(v) for v in ctx.claims}
+            res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
+            results[name] = res
         except Exception as e:  # one failing analysis must not lose the others
             # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
             debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))

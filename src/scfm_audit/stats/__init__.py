@@ -24,10 +24,11 @@ from scfm_audit.stats._tests import (
     spearman_trend,
     welch_t,
 )
-from scfm_audit.stats._verdict import ANSWERS, four_valued_answer
+from scfm_audit.stats._verdict import ANSWERS, FAMILY_SENTENCE, answer, answer_claims
 
 __all__ = [
     "ANSWERS",
+    "FAMILY_SENTENCE",
     "BootstrapResult",
     "DeLongResult",
     "MonteCarloP",
@@ -36,6 +37,8 @@ __all__ = [
     "TestRecord",
     "TestRegistry",
     "adaptive_mc_pvalue",
+    "answer",
+    "answer_claims",
     "bh_fdr",
     "bootstrap_ci",
     "cohens_d",
@@ -44,7 +47,6 @@ __all__ = [
     "delong_test",
     "empirical_p",
     "fisher_exact",
-    "four_valued_answer",
     "label_permutation_auroc",
     "mann_whitney",
     "paired_wilcoxon",
