@@ -24,7 +24,13 @@ from scfm_audit.stats._tests import (
     spearman_trend,
     welch_t,
 )
-from scfm_audit.stats._verdict import ANSWERS, FAMILY_SENTENCE, answer, answer_claims
+from scfm_audit.stats._verdict import (
+    ANSWERS,
+    FAMILY_SENTENCE,
+    answer,
+    answer_claims,
+    answer_result,
+)
 
 __all__ = [
     "ANSWERS",
@@ -39,6 +45,7 @@ __all__ = [
     "adaptive_mc_pvalue",
     "answer",
     "answer_claims",
+    "answer_result",
     "bh_fdr",
     "bootstrap_ci",
     "cohens_d",

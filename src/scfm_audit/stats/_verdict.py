@@ -77,7 +77,7 @@ def answer(
     if not q_at_floor < alpha:
         why = (
             f"cannot reach significance: the smallest p this test can give is "
-            f"{p_floor:.2g}, which gives q = {q_at_floor:.2g} ≥ α = {alpha:g} among the "
+            f"{p_floor:.3g}, which gives q = {q_at_floor:.3g} ≥ α = {alpha:g} among the "
             f"run's {n_claims} claim tests"
         )
         return "n/a", f"{why} ({reason})" if reason else why
@@ -135,3 +135,27 @@ def answer_claims(claims: pd.DataFrame, *, alpha: float) -> pd.DataFrame:
     out["answer"] = [a for a, _ in answers]
     out["reason"] = [w for _, w in answers]
     return out
+
+
+def answer_result(
+    result, *, claimed: str = "greater", alpha: float = 0.05, others: tuple[float, ...] = ()
+) -> tuple[str, str]:
+    """The answer one typed result (:class:`~scfm_audit.stats._tests.StatTestResult`)
+    gets as a claim beside other claims with p-values ``others`` (none: a family of one).
+    Returns ``(answer, reason)``."""
+    nan = math.nan
+    row = {
+        "p": result.p,
+        "p_floor": result.p_floor,
+        "p_greater": result.p_greater,
+        "p_less": result.p_less,
+        "effect": result.effect,
+        "null_value": result.null_value,
+        "direction": result.alternative,
+        "claimed": claimed,
+        "reason": result.reason,
+    }
+    rest = [{**row, "p": float(p), "p_floor": 0.0, "p_greater": nan, "p_less": nan,
+             "effect": nan, "reason": ""} for p in others]  # fmt: skip
+    out = answer_claims(pd.DataFrame([row, *rest]), alpha=alpha)
+    return str(out["answer"].iloc[0]), str(out["reason"].iloc[0])
