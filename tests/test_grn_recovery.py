@@ -16,10 +16,10 @@ from scfm_audit.evaluate._recovery import (
     nan_lowest_ranks,
     pair_scores,
     rank_matrix,
+    recovery_result,
     relabelled_auroc_null,
     weighted_auroc,
 )
-from scfm_audit.evaluate._recovery import recovery_result
 from scfm_audit.stats import StatTestResult, answer_result, permute_within_classes
 
 
