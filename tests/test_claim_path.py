@@ -196,3 +196,34 @@ def test_one_sided_test_says_opposite_was_not_tested():
     sig = StatTestResult(0.01, 0.001, 0.01, 50, "bootstrap", "dAUROC", "dAUROC", "greater",
                          p_greater=0.001)  # fmt: skip
     assert answer_result(sig)[0] == "yes"
+
+
+# ------------------------------------------------------------------- through a run
+
+
+def test_per_head_tests_change_no_answer(tmp_path, tiny_bench):
+    """(c) in a run: turning ``per_head`` on adds descriptive tests (one per head and
+    layer) and changes no claim's q or answer, the attention claim's included."""
+    from conftest import tiny_config
+
+    from scfm_audit.models import build_scgpt_checkpoint
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    build_scgpt_checkpoint(tmp_path / "scgpt", list(tiny_bench.adata.var_names), seed=0)
+    boards, n_tests = [], []
+    for per_head in (False, True):
+        cfg = tiny_config(tmp_path / f"out_{per_head}")
+        cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
+        cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40,
+                                "per_head": True}  # fmt: skip
+        cfg["analyses"]["grn_recovery"].update(per_head=per_head, n_rewire=0, n_perm=99)
+        cfg["analyses"]["grn_recovery@null"].update(n_rewire=0, n_perm=99)
+        run = run_audit(config_from_dict(cfg), quiet=True)
+        assert not run.errors, run.errors
+        boards.append(run.verdicts().set_index(["analysis", "claim", "dataset"]).sort_index())
+        n_tests.append(len(run.tests))
+    assert n_tests[1] > n_tests[0] + 10  # the heads' tests are there ...
+    off, on = boards
+    assert off.index.equals(on.index)
+    pd.testing.assert_series_equal(off["answer"], on["answer"])
+    pd.testing.assert_series_equal(off["q"], on["q"])  # ... and answer nothing
