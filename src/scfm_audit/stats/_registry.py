@@ -88,7 +88,7 @@ class TestRecord:
     p_less: float = math.nan
     null_scale: float = math.nan
     n: int = 0
-    direction: Direction = "greater"
+    direction: Direction = "two-sided"
     family: Family = "descriptive"
     model: str | None = None
     dataset: str | None = None
