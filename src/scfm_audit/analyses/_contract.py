@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scfm_audit._registry import Registry
 
@@ -40,6 +40,49 @@ class AnalysisParams(BaseModel):
     """Base of every analysis' parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UnitParams(AnalysisParams):
+    """The fields every analysis over datasets × edge sources × references repeats, and
+    what they resolve to in a run (None: all of the run's)."""
+
+    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
+    references: list[str] | None = Field(None, description="references (default: all)")
+    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
+
+    def datasets_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.datasets or ctx.dataset_names())
+
+    def references_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.references if self.references is not None else ctx.reference_names())
+
+    def edges_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.edges or ctx.edge_names())
+
+    def evaluable(
+        self, ctx: AnalysisContext, genes: pd.Index, *, where: str, notes: list[str]
+    ) -> dict[str, CandidatePairs]:
+        """Candidate pairs of each reference over ``genes`` that has at least
+        ``min_positives`` edges among them (a note for each that has not)."""
+        out = {}
+        for ref_name in self.references_in(ctx):
+            pairs = evaluable_pairs(genes, ctx.reference(ref_name), where=f"{where}/{ref_name}",
+                                    min_positives=self.min_positives, notes=notes)  # fmt: skip
+            if pairs is not None:
+                out[ref_name] = pairs
+        return out
+
+
+class LayerClaimParams(AnalysisParams):
+    """``verdict_layer``: the layer a claim about a layered source rests on."""
+
+    verdict_layer: int | Literal["best"] = Field(
+        "best",
+        description="layer behind the scorecard answer of a layered source: an index fixed a "
+        "priori (negative counts from the last), or 'best' (largest null-standardised "
+        "effect, p × number of layers: Bonferroni for the selection)",
+    )
 
 
 @dataclass(frozen=True)
@@ -256,6 +299,8 @@ class AnalysisContext(Protocol):
     def reference(self, name: str) -> ReferenceNetwork: ...
     def edge_names(self) -> list[str]: ...
     def edge_scores(self, edges: str, dataset: str) -> list[EdgeScores]: ...
+    def edge_source(self, edges: str) -> Any: ...
+    def edge_cells(self, edges: str, dataset: str) -> np.ndarray: ...
     def model_names(self) -> list[str]: ...
     def model(self, name: str) -> ModelAdapter: ...
     def rng(self, *keys: Any) -> np.random.Generator: ...

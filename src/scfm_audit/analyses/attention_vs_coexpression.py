@@ -56,11 +56,11 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
+    LayerClaimParams,
     Unit,
+    UnitParams,
     choose_layer,
-    evaluable_pairs,
     register_analysis,
     source_label,
 )
@@ -88,9 +88,7 @@ PARTIAL_H0 = (
 )
 
 
-class AttentionVsCoexpressionParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class AttentionVsCoexpressionParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources to test (default: every source but `coexpression`)"
     )
@@ -111,12 +109,6 @@ class AttentionVsCoexpressionParams(AnalysisParams):
     n_mantel: int = Field(199, ge=19, description="gene permutations of the Mantel test")
     cv_folds: int = Field(5, ge=2, description="cross-fitting folds (grouped by source gene)")
     gbm_max_iter: int = Field(100, ge=10, description="boosting iterations of the residual fit")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer: an index fixed a priori, or 'best' "
-        "(highest residual AUROC, p × number of layers)",
-    )
 
 
 def mantel_spearman(a: np.ndarray, b: np.ndarray, *, n_perm: int, seed: int):
@@ -166,8 +158,7 @@ def mantel_spearman(a: np.ndarray, b: np.ndarray, *, n_perm: int, seed: int):
 def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> AnalysisResult:
     from scfm_audit.plotting import hexbin_figure, metric_by_layer_figure
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
+    datasets = p.datasets_in(ctx)
     all_edges = ctx.edge_names()
     notes: list[str] = []
     if p.coexpression not in all_edges:
@@ -183,7 +174,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
             sets = pooled_sets(ctx.edge_scores(en, ds))
             if not sets:
                 continue
-            why = same_cells(ctx, en, p.coexpression, ds, sets[0].n_cells, coexp.n_cells)
+            why = same_cells(ctx, en, p.coexpression, ds)
             if why:
                 if not p.allow_different_cells:
                     notes.append(f"{ds}/{en}: not evaluated — {why}.")
@@ -234,17 +225,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
                 ylabel=f"{en} score",
                 title=f"{en} vs |{p.coexpression}| on {ds} (same cells), per layer",
             )
-            for ref_name in references:
-                ref = ctx.reference(ref_name)
-                pairs = evaluable_pairs(
-                    genes,
-                    ref,
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is None:
-                    continue
+            for ref_name, pairs in p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes).items():
                 c = pair_scores(c_sub, pairs, transform="abs")
                 X = pair_covariates(stats, pairs)
                 Xc = np.column_stack([X, rank_normal(c)])

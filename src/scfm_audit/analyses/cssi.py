@@ -37,11 +37,11 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
+    LayerClaimParams,
     Unit,
+    UnitParams,
     choose_layer,
-    evaluable_pairs,
     register_analysis,
     source_label,
 )
@@ -66,9 +66,7 @@ H0_SHUFFLE = "strata carry no information about edges beyond their sizes (labels
 SCORERS = ("coexpression", "attention")
 
 
-class CSSIParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class CSSIParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources (default: all co-expression and attention sources)"
     )
@@ -88,11 +86,6 @@ class CSSIParams(AnalysisParams):
     verdict_metric: Literal["auroc", "f1"] = Field(
         "auroc", description="metric of the verdict test (the other is reported with its CI)"
     )
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the verdict of a layered source: an index fixed a priori, "
-        "or 'best' (largest improvement; p × number of layers, Bonferroni)",
-    )
     k_scan: list[int] = Field(
         [2, 3, 4, 6, 8, 12, 16, 20], description="K of the descriptive k-means scan"
     )
@@ -100,7 +93,6 @@ class CSSIParams(AnalysisParams):
     n_perm: int = Field(999, ge=19, description="draws of the paired permutation test")
     n_boot: int = Field(500, ge=10, description="vertex-bootstrap draws for the CIs")
     n_hvg: int = Field(2000, ge=10, description="HVGs of the PCA representation")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
     batch_size: int = Field(32, ge=1, description="cells per forward pass (embeddings)")
 
 
@@ -224,9 +216,8 @@ class _Source:
     reference="Catalogue 13; paper: CSSI (kNN k = 15, Leiden 1.0, max / prevalence-weighted mean)",
 )
 def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
+    datasets = p.datasets_in(ctx)
+    edge_names = p.edges_in(ctx)
     rows, scan_rows, null_rows, strata_rows = [], [], [], []
     notes, figures = [], {}
     for ds in datasets:
@@ -240,17 +231,7 @@ def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
                     f"{ds}/{en}: scorer '{src.scorer}' is not stratified (only {SCORERS})."
                 )
                 continue
-            refs = {}
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    src.genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is not None:
-                    refs[ref_name] = pairs
+            refs = p.evaluable(ctx, src.genes, where=f"{ds}/{en}", notes=notes)
             if not refs:
                 continue
             raw, how = src.labels(p.strata)

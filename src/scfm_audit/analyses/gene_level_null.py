@@ -43,11 +43,11 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
+    LayerClaimParams,
     Unit,
+    UnitParams,
     choose_layer,
-    evaluable_pairs,
     register_analysis,
     source_label,
 )
@@ -80,10 +80,7 @@ DELONG_H0 = (
 )
 
 
-class GeneLevelNullParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
-    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+class GeneLevelNullParams(UnitParams, LayerClaimParams):
     score_transform: Literal["abs", "raw"] = Field(
         "abs", description="'abs': magnitude of scores; 'raw': as is"
     )
@@ -94,12 +91,6 @@ class GeneLevelNullParams(AnalysisParams):
     verdict_baselines: list[str] = Field(
         list(EXPRESSION_BASELINES),
         description="baselines the score must beat (undirected: target_<f> reads min_<f>)",
-    )
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer: an index fixed a priori, or 'best' "
-        "(highest ΔAUROC, p × number of layers)",
     )
 
 
@@ -242,9 +233,8 @@ def comparison_result(summ: dict, *, n_boot: int):
 def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
     from scfm_audit.plotting import forest_figure
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
+    datasets = p.datasets_in(ctx)
+    edge_names = p.edges_in(ctx)
     rows, base_rows, match_rows, notes, figures = [], [], [], [], {}
     settings = ("unmatched", "matched") if p.matched else ("unmatched",)
     for ds in datasets:
@@ -254,16 +244,7 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
                 continue
             stats = gene_stats(ctx, en, ds)
             genes = sets[0].genes.intersection(stats.index, sort=False)
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is None:
-                    continue
+            for ref_name, pairs in p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes).items():
                 baselines = gene_level_pair_baselines(stats, pairs)
                 verdict_names = [
                     b if pairs.directed else b.replace("target_", "min_")

@@ -37,9 +37,10 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
+    LayerClaimParams,
     Unit,
+    UnitParams,
     choose_layer,
     register_analysis,
     source_label,
@@ -59,10 +60,7 @@ from scfm_audit.evaluate._recovery import (
 )
 
 
-class GRNRecoveryParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
-    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+class GRNRecoveryParams(UnitParams, LayerClaimParams):
     per_head: bool = Field(True, description="also evaluate every head (descriptive tests)")
     n_boot: int = Field(1000, ge=10, description="vertex-bootstrap draws for the AUROC CI")
     n_perm: int = Field(999, ge=19, description="null draws of every permutation test")
@@ -78,13 +76,6 @@ class GRNRecoveryParams(AnalysisParams):
     )
     score_transform: Literal["abs", "raw"] = Field(
         "abs", description="'abs': magnitude of scores (either sign counts); 'raw': as is"
-    )
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer of a layered source: an index fixed a "
-        "priori (negative counts from the last), or 'best' (highest AUROC, p × number of "
-        "layers: Bonferroni for the selection)",
     )
 
 
@@ -106,9 +97,9 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
         roc_pr_figure,
     )
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
+    datasets = p.datasets_in(ctx)
+    references = p.references_in(ctx)
+    edge_names = p.edges_in(ctx)
     rows, notes, figures = [], [], {}
     for ds in datasets:
         for ref_name in references:

@@ -41,18 +41,18 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
+    LayerClaimParams,
     Unit,
+    UnitParams,
     choose_layer,
-    evaluable_pairs,
     register_analysis,
     source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options, edge_setup
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import hvg_pca, recovery_metrics, stratify
-from scfm_audit.evaluate._recovery import CandidatePairs, candidate_pairs, pair_scores
+from scfm_audit.evaluate._recovery import candidate_pairs, pair_scores
 from scfm_audit.evaluate._scaling import (
     decline_test,
     fit_curves,
@@ -72,9 +72,7 @@ H0_SIGN = (
 )
 
 
-class ScalingParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class ScalingParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources (default: all co-expression and attention sources)"
     )
@@ -92,13 +90,7 @@ class ScalingParams(AnalysisParams):
     verdict_metric: Literal["f1", "auroc"] = Field(
         "f1", description="metric of the decline test behind the verdict (the other: descriptive)"
     )
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the verdict of a layered source: an index fixed a priori, "
-        "or 'best' (largest decline; p × number of layers, Bonferroni)",
-    )
     n_boot: int = Field(500, ge=20, description="vertex-bootstrap draws of the decline test")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
 
 
 def _states(ctx, p: ScalingParams, ds: str, adata, counts: str) -> tuple[np.ndarray, str]:
@@ -159,11 +151,10 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     "AUROC rises",
 )
 def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
+    datasets = p.datasets_in(ctx)
     rows, fit_rows, test_rows, notes = [], [], [], []
     for ds in datasets:
-        for en in p.edges or ctx.edge_names():
+        for en in p.edges_in(ctx):
             pooled = [s for s in ctx.edge_scores(en, ds) if s.head is None]
             if not pooled:
                 continue
@@ -172,17 +163,7 @@ def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
                 notes.append(f"{ds}/{en}: scorer '{scorer}' is not rescored (only {SCORERS}).")
                 continue
             genes, layers = pooled[0].genes, [s.layer for s in pooled]
-            refs: dict[str, CandidatePairs] = {}
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is not None:
-                    refs[ref_name] = pairs
+            refs = p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes)
             if not refs:
                 continue
             grid = sorted({int(g) for g in p.grid if g <= len(cells)})

@@ -361,6 +361,14 @@ class RunContext(ClaimRecorder):
     def edge_scores(self, edges: str, dataset: str) -> list:
         return self.resources.edge_scores(edges, dataset)
 
+    def edge_source(self, edges: str):
+        """The edge source's config entry (scorer, model, cells, options())."""
+        return self.resources.cfg.edges[edges]
+
+    def edge_cells(self, edges: str, dataset: str) -> np.ndarray:
+        """Obs positions of ``dataset`` that edge source ``edges`` is computed on."""
+        return self.resources.edge_cells(edges, dataset)
+
     def model_names(self) -> list[str]:
         return list(self.resources.cfg.models)
 
