@@ -94,6 +94,10 @@ class AnalysisSpec:
     version: str
     category: str = ""
     reference: str = ""  # where the design comes from (paper section / catalogue number)
+    #: parameters that keep a run on the toy simulator short (the contract test's)
+    quick: dict[str, Any] = field(default_factory=dict)
+    #: the demo's block: ``demo(quick=..., models=...)`` -> parameters, or None (not run)
+    demo: Callable[..., dict[str, Any] | None] | None = None
 
 
 def parameter_table(params: type[BaseModel]) -> list[dict[str, str]]:
@@ -128,8 +132,12 @@ def register_analysis(
     version: str,
     category: str = "",
     reference: str = "",
+    quick: dict[str, Any] | None = None,
+    demo: Callable[..., dict[str, Any] | None] | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``."""
+    """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``;
+    ``quick``: the parameters of a short run on the toy simulator (the contract test);
+    ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it)."""
 
     def deco(fn: Callable) -> Callable:
         ANALYSES.add(
@@ -142,6 +150,8 @@ def register_analysis(
                 version=version,
                 category=category,
                 reference=reference,
+                quick=dict(quick or {}),
+                demo=demo,
             ),
         )
         return fn
