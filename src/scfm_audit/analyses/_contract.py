@@ -279,7 +279,7 @@ class ClaimRecorder:
 
         nan = math.nan
         empty = StatTestResult(nan, nan, nan, 0, test or "not run", "", "", "two-sided",
-                               reason=reason)  # fmt: skip
+                               reason=reason, h0=f"not tested: {reason}")  # fmt: skip
         return self.claim(empty, unit, claim=claim, direction=direction, reason=reason)
 
 
@@ -434,8 +434,10 @@ def best_of(
         return 0, results[0], f"no {what} could be tested"
     i = int(np.nanargmin(tails))
     r = results[i]
-    floor = min((x.p_floor if x.alternative != "two-sided" else x.p_floor / 2)
-                for x in results)  # fmt: skip
+    # an untestable member (NaN floor) must not hide the others' floors
+    floors = np.array([x.p_floor if x.alternative != "two-sided" else x.p_floor / 2
+                       for x in results], dtype=float)  # fmt: skip
+    floor = float(np.nanmin(floors)) if np.isfinite(floors).any() else 1.0
     why = f"smallest one-sided p of {k} {what}s (× {k}, Bonferroni)"
     nan = math.nan
     best = replace(

@@ -234,6 +234,8 @@ def paired_wilcoxon(
             "T",
             "rank_biserial",
             alternative,
+            p_floor=1.0,
+            h0="paired differences symmetric about 0",
             reason="every paired difference is zero",
         )
     res = stats.wilcoxon(x, y, zero_method=zero_method, alternative=alternative)
