@@ -7,6 +7,7 @@ descriptive Wilcoxon signed-rank test of it."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,8 @@ def change(ctx, unit, a, b, *, n_boot: int, seed: int, hypothesis: str, extra: d
     d, lo, hi = mean_difference_ci(a, b, n_boot=n_boot, seed=seed)
     ok = np.isfinite(a) & np.isfinite(b)
     r = paired_wilcoxon(a, b, zero_method="zsplit")
+    if not r.h0:  # paired_wilcoxon's all-zero return states no H0
+        r = replace(r, h0="paired differences symmetric about 0")
     ctx.describe(r, unit, hypothesis=hypothesis, extra=extra)
     nan = float("nan")
     return {
@@ -81,8 +84,6 @@ def in_silico_readout(ctx, p, unit, adapter, picked, means):
     cells, each condition's intervention active during both passes; per perturbation the
     AUROC of |predicted shift| for its observed responders and the Spearman with the
     observed profile, against the unablated model. Every condition is upstream of it."""
-    from dataclasses import replace
-
     from scfm_audit.analyses.in_silico_perturbation import InSilicoParams
     from scfm_audit.data._dataset import control_mask
     from scfm_audit.evaluate._in_silico import cross_scores, in_silico_effects, perturbable
@@ -161,8 +162,6 @@ def in_silico_readout(ctx, p, unit, adapter, picked, means):
 
 def prediction_readout(ctx, p, unit, adapter, picked, means):
     """Readout (c): attention-based perturbation prediction at ``prediction_layer``."""
-    from dataclasses import replace
-
     from scfm_audit.models._interventions import check_intervention_order
 
     ds, mname = unit.dataset, unit.model
