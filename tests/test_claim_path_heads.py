@@ -177,3 +177,18 @@ def test_one_regulatory_head_of_16_answers_na(tmp_path, tiny_bench):
     tests = run.tests
     ha = tests[tests["analysis"] == "head_ablation"]
     assert (ha["family"] == "claim").sum() == 1  # one claim per scorecard line
+
+
+def test_an_untestable_first_head_does_not_hide_a_recovering_one():
+    import math
+
+    from scfm_audit.stats._tests import StatTestResult
+
+    heads, results, _ = _hub_heads(planted=1.0)
+    nan = math.nan
+    untestable = StatTestResult(nan, nan, nan, 0, "degree permutation", "AUROC", "AUROC",
+                                "two-sided", p_floor=nan, reason="no scored pair")  # fmt: skip
+    ctx = _Ctx()
+    claim_some_head(ctx, [untestable, *results[1:]], heads, "sim", "hub")
+    (row,) = _answers(ctx).itertuples()
+    assert row.answer == "yes" and row.p_floor < 0.01

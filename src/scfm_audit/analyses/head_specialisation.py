@@ -207,10 +207,20 @@ def regulatory_heads(
     return None
 
 
+def best_head(results: list[StatTestResult]) -> tuple[int, StatTestResult, str]:
+    """:func:`best_of` over the heads on the recovering side. A head that could not be
+    tested (NaN floor) gets floor 1 first: ``best_of`` takes the builtin ``min`` of the
+    floors, which returns NaN when the first one is NaN (and then floor 1, n/a)."""
+    from dataclasses import replace
+
+    safe = [replace(r, p_floor=1.0) if math.isnan(r.p_floor) else r for r in results]
+    return best_of(safe, claimed="greater", what="head")
+
+
 def claim_some_head(ctx, results: list[StatTestResult], heads, ds: str, ref_name: str):
     """The claim "regulatory heads found" (see the module docstring): :func:`best_of`
     over the heads' one-sided p of recovering, recorded with ``ctx.claim``."""
-    i, best, why = best_of(results, claimed="greater", what="head")
+    i, best, why = best_head(results)
     es = heads[i]
     return ctx.claim(
         best,
@@ -361,7 +371,7 @@ def _calibration_replicate(sc, seed: int):
                                       transform="raw", seed=seed))
         for es in heads
     ]  # fmt: skip
-    return outcome(best_of(results, claimed="greater", what="head")[1])
+    return outcome(best_head(results)[1])
 
 
 def outcome(r: StatTestResult):

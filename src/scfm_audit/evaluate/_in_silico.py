@@ -23,27 +23,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from scfm_audit.evaluate._in_silico_compare import (
-    CROSS_STATISTICS,
-    SHUFFLE_H0,
-    CrossScores,
-    InSilicoTest,
-    compare_in_silico,
-    cross_scores,
-    in_silico_test,
-)
+from scfm_audit.evaluate import _in_silico_compare
+from scfm_audit.evaluate._in_silico_compare import *  # noqa: F403  (re-exported)
 
-__all__ = [
-    "CROSS_STATISTICS",
-    "SHUFFLE_H0",
-    "CrossScores",
-    "InSilicoTest",
-    "compare_in_silico",
-    "cross_scores",
-    "in_silico_effects",
-    "in_silico_test",
-    "perturbable",
-]
+__all__ = ["in_silico_effects", "perturbable", *_in_silico_compare.__all__]
 
 Mode = Literal["delete", "overexpress"]
 Readout = Literal["auto", "expression", "embedding"]
