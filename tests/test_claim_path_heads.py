@@ -30,6 +30,9 @@ class _Ctx(ClaimRecorder):
     def add_test(self, **fields):
         return self.registry.add(analysis="t", **fields)
 
+    def seed_for(self, *keys) -> int:
+        return 0
+
 
 def _answers(ctx: _Ctx) -> pd.DataFrame:
     """``answer_claims`` on exactly what was recorded (as ``RunResult.verdicts`` does)."""
@@ -192,3 +195,54 @@ def test_an_untestable_first_head_does_not_hide_a_recovering_one():
     claim_some_head(ctx, [untestable, *results[1:]], heads, "sim", "hub")
     (row,) = _answers(ctx).itertuples()
     assert row.answer == "yes" and row.p_floor < 0.01
+
+
+def _ablation_claim(ctx, reg, n_random, random_sets="any"):
+    """head_ablation's own claim (``_set_tests``) with the regulatory set ablating more
+    than every compared set."""
+    from types import SimpleNamespace
+
+    from scfm_audit.analyses._contract import Unit
+    from scfm_audit.analyses.head_ablation import HeadAblationParams, _set_tests
+    from scfm_audit.evaluate._ablation import Condition
+
+    design = random_set_design(all_heads(4, 4), reg, n_random, np.random.default_rng(0),
+                               layer_matched=random_sets == "layer_matched")  # fmt: skip
+    conds = [Condition("regulatory", "zero", reg)]
+    conds += [Condition("random-k", "zero", s, draw=i) for i, s in enumerate(design[0])]
+    loss = np.vstack([np.full(6, 1e3)] + [np.full(6, float(i)) for i in range(len(design[0]))])
+    p = HeadAblationParams(channels=["zero"], n_entropy_matched=0, random_sets=random_sets,
+                           n_random=n_random, n_boot=50)  # fmt: skip
+    _set_tests(ctx, p, Unit("sim", "tiny", "grn"), "attn", conds,
+               SimpleNamespace(loss=loss, baseline=np.zeros(6)), design, reg, "FDR", {})  # fmt: skip
+
+
+@pytest.mark.parametrize(("random_sets", "floor"), [("any", 2 / 16), ("layer_matched", 2 / 4)])
+def test_one_of_16_heads_is_na_through_answer_claims(random_sets, floor):
+    ctx = _Ctx()
+    _ablation_claim(ctx, ((1, 2),), 50, random_sets)
+    (row,) = _answers(ctx).itertuples()
+    assert row.answer == "n/a" and row.p == pytest.approx(floor) == row.p_floor
+    assert "select more regulatory heads" in row.reason
+
+
+def test_fifty_random_sets_floor_is_na_among_several_claims():
+    from scfm_audit.stats._tests import StatTestResult
+
+    alone = _Ctx()
+    _ablation_claim(alone, tuple(all_heads(4, 4)[:5]), 50)
+    assert _answers(alone)["answer"].tolist() == ["yes"]  # p = 2/51 = 0.039 < 0.05
+    crowd = _Ctx()
+    _ablation_claim(crowd, tuple(all_heads(4, 4)[:5]), 50)
+    null = StatTestResult(0.0, 0.5, 0.0, 10, "t", "t", "d", "two-sided", p_greater=0.25,
+                          p_less=0.75, h0="none")  # fmt: skip
+    for _ in range(4):  # four other claims without effect
+        crowd.claim(null, _unit(), claim="other")
+    row = _answers(crowd).iloc[0]
+    assert row["answer"] == "n/a" and "raise n_random" in row["reason"]
+
+
+def _unit():
+    from scfm_audit.analyses._contract import Unit
+
+    return Unit("sim", "other")

@@ -466,8 +466,9 @@ def _set_tests(ctx, p, unit, en, conds, res, design, regulatory, rule, extra) ->
 
 
 def _advice(p, floor: float, m: int, design, alpha: float) -> str:
-    """What to change when the claim's test is too coarse to reach significance (the
-    claim path adds the floor and the family's q); empty when its floor is fine."""
+    """The design's limit and what lowers it, when its floor is coarse (the claim path
+    says whether it can reach significance among the run's claims); worded to hold on
+    any answer. Empty when the floor is fine."""
     sets, n_distinct, exhaustive = design
     if not floor > alpha / 5:
         return ""
@@ -475,10 +476,10 @@ def _advice(p, floor: float, m: int, design, alpha: float) -> str:
         how = "select more regulatory heads (selection_k / selection_fdr)"
         if p.random_sets == "layer_matched":
             how = "draw random sets from all layers (random_sets: any) or " + how
-        return (f"only {n_distinct} distinct {m}-head sets exist, so the exact test cannot "
-                f"give p below {floor:.2g}: {how}")  # fmt: skip
-    return (f"{len(sets)} random sets cannot give p below {floor:.2g}: raise n_random "
-            "(199 sets: 0.01)")  # fmt: skip
+        return (f"only {n_distinct} distinct {m}-head sets exist: the exact test's smallest "
+                f"attainable p is {floor:.2g}; to lower it, {how}")  # fmt: skip
+    return (f"{len(sets)} random sets: the smallest attainable p is {floor:.2g}; to lower "
+            "it, raise n_random (199 sets: 0.01)")  # fmt: skip
 
 
 def _summary(tables: dict[str, pd.DataFrame]) -> str:
