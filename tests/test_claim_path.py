@@ -205,7 +205,6 @@ def test_per_head_tests_change_no_answer(tmp_path, tiny_bench):
     """(c) in a run: turning ``per_head`` on adds descriptive tests (one per head and
     layer) and changes no claim's q or answer, the attention claim's included."""
     from conftest import tiny_config
-
     from scfm_audit.models import build_scgpt_checkpoint
     from scfm_audit.pipeline import config_from_dict, run_audit
 

@@ -11,12 +11,9 @@ import pytest
 
 from conftest import tiny_config
 from scfm_audit.analyses._contract import ClaimRecorder
-from scfm_audit.analyses.head_specialisation import (
-    claim_some_head,
-    recovery_result,
-    select_heads,
-)
+from scfm_audit.analyses.head_specialisation import claim_some_head, select_heads
 from scfm_audit.evaluate._ablation import all_heads, random_set_design, set_vs_random
+from scfm_audit.evaluate._recovery import recovery_result
 from scfm_audit.stats._registry import TestRegistry
 from scfm_audit.stats._verdict import answer_claims
 

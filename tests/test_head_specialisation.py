@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 
 from scfm_audit.analyses import calibrate
-from scfm_audit.analyses.head_specialisation import _head_scores, recovery_result, select_heads
+from scfm_audit.analyses.head_specialisation import _head_scores, select_heads
 from scfm_audit.evaluate import edge_recovery
+from scfm_audit.evaluate._recovery import recovery_result
 
 
 def _table(heads, pairs):

@@ -402,7 +402,3 @@ def _register_calibration() -> None:
 
 _register_calibration()
 
-
-def register_recovery_test(ctx, es, ds, ref_name, r, *, family, null):  # pragma: no cover
-    """Transitional: head_specialisation's old call, until it is ported (removed then)."""
-    return describe_recovery(ctx, es, ds, ref_name, r)

@@ -40,7 +40,7 @@ from scfm_audit.analyses._contract import (
     register_analysis,
     source_label,
 )
-from scfm_audit.evaluate._recovery import NULL_H0, candidate_pairs, edge_recovery
+from scfm_audit.evaluate._recovery import candidate_pairs, edge_recovery, recovery_result
 from scfm_audit.stats._fdr import bh_fdr
 from scfm_audit.stats._tests import StatTestResult
 
@@ -60,45 +60,6 @@ class HeadSpecialisationParams(AnalysisParams):
     )
     score_transform: str = Field("abs", pattern="^(abs|raw)$", description="'abs' or 'raw'")
     min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-
-
-def recovery_result(r: dict) -> StatTestResult:
-    """The verdict-null test of one :func:`edge_recovery` result ``r`` as a typed result:
-    AUROC with its vertex-bootstrap CI against the null's own centre (the draws' mean),
-    both one-sided tails, the attainable floor and the null's spread. Reads ``p_greater``
-    / ``p_less`` / ``auroc_null_sd`` when ``edge_recovery`` gives them, else computes them
-    from the verdict null's draws (``null_<name>``)."""
-    from scfm_audit.stats._resampling import empirical_p
-
-    nan = math.nan
-    name = r["null"]
-    draws = np.asarray(r.get(f"null_{name}", np.empty(0)), dtype=float)
-    draws = draws[~np.isnan(draws)]
-    pg, pl = r.get("p_greater", nan), r.get("p_less", nan)
-    if "p_greater" not in r and draws.size and not math.isnan(r["auroc"]):
-        pg = float(empirical_p(r["auroc"], draws, alternative="greater"))
-        pl = float(empirical_p(r["auroc"], draws, alternative="less"))
-    sd = r.get("auroc_null_sd", float(draws.std()) if draws.size > 1 else nan)
-    return StatTestResult(
-        statistic=r["auroc"],
-        p=r["p"],
-        effect=r["auroc"],
-        n=int(r["n_candidates"]),
-        test=f"{name.replace('_', ' ')} ({r['n_null_draws']} draws, two-sided)",
-        statistic_name="AUROC",
-        effect_name="AUROC",
-        alternative="two-sided",
-        ci_low=r["auroc_ci_low"],
-        ci_high=r["auroc_ci_high"],
-        p_greater=pg,
-        p_less=pl,
-        null_value=r["auroc_null_mean"],
-        p_floor=r["p_floor"],
-        null_scale=sd,
-        h0=NULL_H0[name],
-        null_name=name,
-        reason=r["not_assessable"] or "",
-    )
 
 
 def select_heads(table: pd.DataFrame, *, fdr: float, fallback_k: int) -> pd.DataFrame:

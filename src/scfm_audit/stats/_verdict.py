@@ -90,7 +90,8 @@ def answer(
             return "no evidence", "significant, but the statistic equals its null centre"
         return "opposite", reason or "significant on the side opposite to the claim"
     if one_sided and alternative == claimed:
-        return "no evidence", reason or "opposite not tested (one-sided test)"
+        said = "opposite not tested (one-sided test)"
+        return "no evidence", f"{said}; {reason}" if reason else said
     return "no evidence", reason
 
 
