@@ -116,3 +116,47 @@ def test_skewed_dominance_across_contexts_is_not_yes():
 
     ctx.claim(res, Unit(model="m"), claim="baseline beats attention in every context")
     assert scorecard(ctx)["answer"].iloc[0] == "opposite" and i == 1
+
+
+def _delta_row(delta, p, floor=1 / 201):
+    return {"delta_auroc": delta, "p": p, "p_floor": floor, "n_rows": 1000,
+            "delta_auroc_ci_low": delta - 0.01, "delta_auroc_ci_high": delta + 0.01}  # fmt: skip
+
+
+def _incremental_claims(bootstrap: str, rows: dict) -> pd.DataFrame:
+    from scfm_audit.analyses.incremental_value import (
+        IncrementalValueParams,
+        _claim,
+        delta_result,
+    )
+
+    ctx = FakeContext("incremental_value")
+    p = IncrementalValueParams(bootstrap=bootstrap, verdict_layer="best")
+    prov = {n: {"source": "attention [m]", "model": "m", "layer": lay, "edges": "attn"}
+            for n, lay in zip(rows, range(len(rows)), strict=False)}  # fmt: skip
+    results = {n: delta_result(r, bootstrap, 200, "logistic by perturbation")
+               for n, r in rows.items()}  # fmt: skip
+    _claim(ctx, p, "sim", list(rows), results, prov, "perturbation")
+    assert sum(r.family == "claim" for r in ctx.registry.records()) == 1
+    return scorecard(ctx)
+
+
+def test_incremental_value_is_one_sided_and_says_opposite_not_tested():
+    """Defect 5: the one-sided bootstrap cannot say 'opposite'; a ΔAUROC below 0 reads
+    'no evidence — opposite not tested', and the best of two layers is Bonferroni'd."""
+    card = _incremental_claims("two-way", {"L0": _delta_row(-0.02, 0.9),
+                                           "L1": _delta_row(-0.01, 0.8)})  # fmt: skip
+    row = card.iloc[0]
+    assert row["answer"] == "no evidence" and "opposite not tested" in row["reason"]
+    assert row["p"] == pytest.approx(1.0) and row["layer"] == 1  # 0.8 × 2 layers, capped
+    card = _incremental_claims("two-way", {"L0": _delta_row(0.03, 1 / 201)})
+    assert card["answer"].iloc[0] == "yes"
+
+
+def test_the_papers_perturbation_bootstrap_is_marked_with_its_type_i():
+    card = _incremental_claims("perturbation", {"L0": _delta_row(0.03, 1 / 201)})
+    row = card.iloc[0]
+    assert row["answer"] == "yes"
+    assert "paper's design" in row["reason"] and "7.5%" in row["reason"]
+    card = _incremental_claims("perturbation", {"L0": _delta_row(-0.01, 0.7)})
+    assert "opposite not tested" in card["reason"].iloc[0]

@@ -296,7 +296,7 @@ def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None
 
 def _context_scenarios():
     from scfm_audit.analyses._calibration import Scenario
-    from scfm_audit.analyses._perturbation_common import CAL_HUB
+    from scfm_audit.analyses._perturbation_sim import CAL_HUB
 
     both = {"modality": "both"}
     out = [
@@ -320,7 +320,7 @@ def _context_scenarios():
 
 def _context_replicate(sc, seed: int, *, n_perm: int = 999):
     from scfm_audit.analyses._calibration import ReplicateOutcome
-    from scfm_audit.analyses._perturbation_common import calibration_screen
+    from scfm_audit.analyses._perturbation_sim import calibration_screen
     from scfm_audit.evaluate._perturbation import ranking_metrics
 
     rows = calibration_screen(sc.params["sim"], seed)

@@ -67,16 +67,15 @@ from scfm_audit.analyses._contract import (
 )
 from scfm_audit.analyses._perturbation_common import (
     BASELINES,
-    CAL_HUB,
     DELONG_H0,
     WILCOXON_H0,
     PredictionData,
     ScorerParams,
     attention_sources,
     auroc_wide,
-    calibration_screen,
     prediction_data,
 )
+from scfm_audit.analyses._perturbation_sim import CAL_HUB, calibration_screen
 from scfm_audit.evaluate._perturbation import (
     PairedComparison,
     combine_intersection_union,
