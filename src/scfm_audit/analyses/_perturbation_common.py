@@ -61,6 +61,17 @@ def dataset_responders(ctx, dataset: str, p: ResponderParams) -> pd.DataFrame:
     return ctx.cached(key, compute, kind="responders", shared=True)
 
 
+def not_assessable(ctx, unit, *, claim: str, reason: str, test: str, h0: str,
+                   direction: str = "greater"):  # fmt: skip
+    """``ctx.not_assessable`` with the H0 of the test that could not run stated (the
+    contract's version records an empty H0)."""
+    from scfm_audit.stats._tests import StatTestResult
+
+    nan = float("nan")
+    empty = StatTestResult(nan, nan, nan, 0, test, "", "", "two-sided", h0=h0, reason=reason)
+    return ctx.claim(empty, unit, claim=claim, direction=direction, reason=reason)
+
+
 #: Gene-level features of a candidate (on the arm's control cells), the paper's three.
 GENE_FEATURES = ("mean", "variance", "detection")
 

@@ -57,6 +57,7 @@ from scfm_audit.analyses._perturbation_common import (
     ScorerParams,
     attention_sources,
     auroc_wide,
+    not_assessable,
     prediction_data,
 )
 from scfm_audit.evaluate._perturbation import combine_intersection_union, paired_comparison
@@ -154,10 +155,10 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 "is perturbation_prediction's claim)"
             )
             notes.append(f"{en}: {reason}.")
-            ctx.not_assessable(dom_unit, claim=dom_claim, reason=reason,
-                               test="intersection-union of signed-rank tests over contexts")
-            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason,
-                               test="within-block permutation over contexts")  # fmt: skip
+            not_assessable(ctx, dom_unit, claim=dom_claim, reason=reason, h0=WILCOXON_H0,
+                           test="intersection-union of signed-rank tests over contexts")
+            not_assessable(ctx, gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+                           test="within-block permutation over contexts")  # fmt: skip
             if not contexts:
                 continue
         layers = next(iter(contexts.values()))[3].attention_layers
@@ -204,8 +205,8 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 f"({', '.join(gaps) or 'none'}): an interaction needs two or more"
             )
             notes.append(f"{en}: {reason}.")
-            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason,
-                               test="within-block permutation over contexts")  # fmt: skip
+            not_assessable(ctx, gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+                           test="within-block permutation over contexts")  # fmt: skip
             continue
         r = gap_interaction(gaps, pairing=p.pairing, seed=ctx.seed_for(en, "interaction"),
                             n_perm=p.n_perm)  # fmt: skip

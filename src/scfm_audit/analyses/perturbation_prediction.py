@@ -73,6 +73,7 @@ from scfm_audit.analyses._perturbation_common import (
     ScorerParams,
     attention_sources,
     auroc_wide,
+    not_assessable,
     prediction_data,
 )
 from scfm_audit.analyses._perturbation_sim import CAL_HUB, calibration_screen
@@ -279,8 +280,8 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
         )
         acc.notes.append(f"{where}/{en}: {reason}; claims n/a.")
         for claim in (claim1, claim2):
-            ctx.not_assessable(unit, claim=claim + suffix, reason=reason,
-                               test="Wilcoxon signed-rank over perturbations")  # fmt: skip
+            not_assessable(ctx, unit, claim=claim + suffix, reason=reason, h0=WILCOXON_H0,
+                           test="Wilcoxon signed-rank over perturbations")  # fmt: skip
         return
     att, layer, mult, why = choose_attention(
         wide, d.attention_layers, p.verdict_layer, folds=p.cv_folds,
@@ -296,8 +297,8 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
     acc.comps.append({**base, "a": bname, "b": "attention (claim)", "layer": layer,
                       **comp.row(), "p_claim": min(1.0, comp.p * mult), "role": "claim"})  # fmt: skip
     if d.coexpression is None:
-        ctx.not_assessable(unit, claim=claim2 + suffix, reason=d.coexp_reason,
-                           test="Wilcoxon signed-rank over perturbations")  # fmt: skip
+        not_assessable(ctx, unit, claim=claim2 + suffix, reason=d.coexp_reason, h0=WILCOXON_H0,
+                       test="Wilcoxon signed-rank over perturbations")  # fmt: skip
         return
     c2 = paired_comparison(att, wide[d.coexpression].to_numpy(float), n_boot=p.n_boot,
                            seed=seed, h0=WILCOXON_H0)  # fmt: skip
