@@ -451,13 +451,13 @@ def _summary(summary: pd.DataFrame, p: PredictionParams) -> str:
 
 
 # ---------------------------------------------------------------------------- calibration
-# The verdict test (Wilcoxon over perturbations of AUROC(baseline) − AUROC(attention),
-# effect: mean ΔAUROC with its bootstrap CI over perturbations) on synthetic scorers built
+# The claim's test (Wilcoxon over perturbations of AUROC(baseline) − AUROC(attention),
+# effect: Hodges–Lehmann ΔAUROC with the inverted-test CI) on synthetic scorers built
 # from a simulated screen, so no model is needed. Responders: the shared DE definition on
 # the simulated cells. "signal" = rank-normal |true log2 fold change| of the candidate
 # (0 where the simulator planted no effect) — what a perfect scorer would know. Nulls:
 # baseline = signal + N(0, σ²) and attention = signal + N(0, σ²), exchangeable, so their
-# AUROCs are equal in expectation (true mean ΔAUROC 0); the "hub" null concentrates
+# ΔAUROCs are symmetric about 0 (truth 0); the "hub" null concentrates
 # responders on a few hub TFs' targets among highly expressed genes. Planted: the
 # baseline keeps σ = 1 while attention's noise grows (σ = 1.5, 3): the baseline wins by a
 # planted margin.
