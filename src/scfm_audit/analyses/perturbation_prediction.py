@@ -288,14 +288,14 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
         cv_bonferroni=p.cv_bonferroni, seed=ctx.seed_for(ds, en, arm, "cv"),
     )  # fmt: skip
     comp, res, bname = baseline_claim(wide, att, p.verdict_baseline, n_boot=p.n_boot, seed=seed)
+    res = res.times(mult, why=why)
     claim_comparison(
-        ctx, comp, res.times(mult, why=why), replace(unit, method=f"{bname} − attention",
-                                                     layer=layer),
+        ctx, comp, res, replace(unit, method=f"{bname} − attention", layer=layer),
         claim=claim1 + suffix, hypothesis=f"{claim1} ({where}; baseline {bname} − attention)",
         why=why, extra={"arm": arm, "baseline": bname},
     )  # fmt: skip
     acc.comps.append({**base, "a": bname, "b": "attention (claim)", "layer": layer,
-                      **comp.row(), "p_claim": min(1.0, comp.p * mult), "role": "claim"})  # fmt: skip
+                      **comp.row(), "p_claim": res.p, "role": "claim"})  # fmt: skip
     if d.coexpression is None:
         not_assessable(ctx, unit, claim=claim2 + suffix, reason=d.coexp_reason, h0=WILCOXON_H0,
                        test="Wilcoxon signed-rank over perturbations")  # fmt: skip
