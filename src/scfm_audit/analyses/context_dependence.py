@@ -20,9 +20,12 @@ Tests (perturbations are the units; each claim is ``ctx.claim`` of one typed tes
   same gene is perturbed; a perturbation seen in one context keeps its context, so
   contexts sharing no perturbation add no permutations); ``paired``: only the
   perturbations every context shares; ``unpaired``: one block (every gap exchangeable:
-  independent perturbations in every context). With two contexts over the same
-  perturbations it is the sign-flip test of the paired gap differences. Statistic and
-  effect: the range (max − min) of the contexts' mean gaps, one-sided (large ranges);
+  independent perturbations in every context). Gaps are centred on their perturbation's
+  mean (its difficulty cancels); with two contexts it is the sign-flip test of the paired
+  gap differences over the perturbations both hold (valid whatever the two arms'
+  spreads). Statistic and effect: the range (max − min) of the contexts' mean centred
+  gaps (= the range of their mean gaps when every context has every perturbation),
+  one-sided (large ranges);
   its CI inverts the same test, ``[max(0, R − c), R + c]`` with ``c`` the permutation
   null's 95% quantile of the range, so it excludes 0 exactly when the test rejects. One
   context: n/a with the reason.

@@ -8,10 +8,14 @@
   (H0: differences symmetric about 0), for when the mean is the estimate shown; its CI is
   the inverted test (mean ± the null's (1 − α) quantile of |mean|).
 * :func:`within_block_permutation`: H0: within each block (e.g. a perturbation) the group
-  labels (e.g. contexts) are exchangeable. Statistic: the range of the group means;
-  labels are permuted within blocks (a block with one member keeps it), Monte-Carlo via
-  :func:`~scfm_audit.stats._montecarlo.adaptive_mc_pvalue`. With two groups over the same
-  blocks it is the sign-flip test of the paired differences. CI for the groups' true range
+  labels (e.g. contexts) are exchangeable. Values are centred on their block's mean (a
+  block's own level — a perturbation's difficulty — cancels; a block with one member
+  carries no contrast and is left out); statistic: the range of the groups' mean centred
+  values (the range of the group means when every block holds every group); labels are
+  permuted within blocks, Monte-Carlo via
+  :func:`~scfm_audit.stats._montecarlo.adaptive_mc_pvalue`. With two groups it is the
+  sign-flip test of the paired differences over the blocks both hold, so it needs only
+  their symmetry, not equal spreads in the two groups. CI for the groups' true range
   by inverting the same test: ``[max(0, R − c), R + c]`` with ``c`` the null's (1 − α)
   quantile of the range, which excludes 0 exactly when the test rejects.
 
@@ -165,22 +169,30 @@ def within_block_permutation(
     """Permutation test of "the groups' means differ" respecting blocks (see the module
     docstring). Inputs: ``values``, ``groups`` (group label of each value), ``blocks``
     (block of each value; one block for all = an ordinary permutation test); NaN values
-    dropped. Statistic: range (max − min) of the group means, one-sided ("greater").
-    Output's ``n``: the values used; the test name says how many blocks hold ≥ 2 groups."""
+    dropped, and values alone in their block. Statistic: range (max − min) of the groups'
+    mean block-centred values, one-sided ("greater"). Output's ``n``: the values used;
+    the test name says how many blocks hold ≥ 2 groups."""
     v = np.asarray(values, float)
     ok = ~np.isnan(v)
+    _, b_codes = np.unique(np.asarray(blocks)[ok].astype(str), return_inverse=True)
+    size = np.bincount(b_codes)
+    keep = size[b_codes] > 1
+    ok[ok] = keep
     v = v[ok]
     _, g_codes = np.unique(np.asarray(groups)[ok].astype(str), return_inverse=True)
     _, b_codes = np.unique(np.asarray(blocks)[ok].astype(str), return_inverse=True)
+    if v.size:  # centre on the block means: a block's own level cancels
+        v = v - (np.bincount(b_codes, weights=v) / np.bincount(b_codes))[b_codes]
     k = int(g_codes.max()) + 1 if g_codes.size else 0
     counts = np.bincount(g_codes, minlength=k).astype(float) if k else np.zeros(0)
     nan = math.nan
     informative = sum(
         len(np.unique(g_codes[b_codes == b])) > 1 for b in np.unique(b_codes)
     ) if v.size else 0  # fmt: skip
-    test = f"within-block permutation of group labels ({informative} blocks with ≥ 2 groups)"
+    test = (f"within-block permutation of group labels, block-centred ({informative} blocks "
+            "with ≥ 2 groups)")  # fmt: skip
     if k < 2 or informative == 0:
-        why = "fewer than two groups" if k < 2 else "no block holds two groups"
+        why = "no block holds two groups" if informative == 0 else "fewer than two groups"
         return StatTestResult(nan, nan, nan, int(v.size), test, "range of group means",
                               "range of group means", "greater", reason=why)  # fmt: skip
 
@@ -203,6 +215,6 @@ def within_block_permutation(
 
     mc = adaptive_mc_pvalue(draw, observed, stages=stages, alternative="greater", seed=seed)
     c = float(np.quantile(mc.null, ci))
-    return mc.result(observed, test=test, effect_name="range of group means", h0=h0,
-                     null_name="within_block_permutation",
+    return mc.result(observed, test=test, h0=h0, null_name="within_block_permutation",
+                     effect_name="range of group means (block-centred)",
                      ci=(max(0.0, observed - c), observed + c), n=int(v.size))  # fmt: skip
