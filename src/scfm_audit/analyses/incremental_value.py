@@ -58,6 +58,8 @@ from scfm_audit.analyses._perturbation_common import (
 from scfm_audit.evaluate._incremental import (
     compare_predictions,
     cross_validated_predictions,
+    delta_test,
+    lrt_test,
     nested_lrt,
     propensity_matched,
 )
@@ -379,15 +381,10 @@ def _collect(ctx, p, ds, m, d, prov, design, grouping, model, subset, cv, tag, m
 
 
 def delta_result(r: dict, bootstrap: str, n_boot: int, design: str) -> StatTestResult:
-    """The one-sided bootstrap test of ΔAUROC > 0 (a ``deltas`` row) as a typed result:
-    one tail only, so the scorecard says "opposite not tested"."""
-    return StatTestResult(
-        r["delta_auroc"], r["p"], r["delta_auroc"], int(r["n_rows"]),
-        f"{_BOOT[bootstrap]} bootstrap of out-of-fold ΔAUROC ({n_boot} draws, one-sided); "
-        f"{design}", "ΔAUROC", "ΔAUROC", "greater", r["delta_auroc_ci_low"],
-        r["delta_auroc_ci_high"], p_greater=r["p"], null_value=0.0, p_floor=r["p_floor"],
-        h0=DELTA_H0, null_name=f"{bootstrap}_bootstrap_delta",
-    )  # fmt: skip
+    """The claim's test of one ``deltas`` row (see :func:`evaluate._incremental.delta_test`)."""
+    return delta_test(r, h0=DELTA_H0, null_name=f"{bootstrap}_bootstrap_delta",
+                      test=f"{_BOOT[bootstrap]} bootstrap of out-of-fold ΔAUROC ({n_boot} "
+                      f"draws, one-sided); {design}")  # fmt: skip
 
 
 def _claim(ctx, p, ds, names, results, prov, primary) -> str:
@@ -471,12 +468,7 @@ def _lrt(ctx, p, ds, rows, y, sets, chosen, prov, lrts):
         r = nested_lrt(y, base, rows[extra].to_numpy(float))
         pv = prov[name]
         lrts.append({"dataset": ds, "source": pv["source"], "layer": pv.get("layer"), **r})
-        res = StatTestResult(
-            r["lr"], r["p"], r["lr"], int(r["n"]), f"likelihood-ratio test of nested logistic "
-            f"models (χ², df {r['df']}); responsiveness leave-one-perturbation-out", "LR", "LR",
-            "greater", p_greater=r["p"], null_value=float(r["df"]), h0=LRT_H0,
-            null_name="nested_lrt_independent_rows",
-        )  # fmt: skip
+        res = lrt_test(r, h0=LRT_H0)
         ctx.describe(res, _unit(pv, ds, p), hypothesis=f"{pv['source']} improves the "
                      "in-sample logistic fit of responders beyond gene-level features")
 

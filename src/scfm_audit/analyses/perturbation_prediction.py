@@ -81,6 +81,7 @@ from scfm_audit.evaluate._perturbation import (
     PairedComparison,
     combine_intersection_union,
     paired_comparison,
+    pooled_delong,
     ranking_metrics,
 )
 from scfm_audit.stats._tests import StatTestResult
@@ -388,23 +389,9 @@ def _claims(p: PredictionParams, who: str) -> tuple[str, str]:
     )
 
 
-def delong_result(dl, n: int) -> StatTestResult:
-    """DeLong's paired test on pooled rows as a typed result (normal tails of z)."""
-    from scipy.stats import norm
-
-    return StatTestResult(
-        dl.z, dl.p, dl.delta, n, "DeLong paired AUROC test on pooled (perturbation, "
-        "candidate) rows", "z", "pooled ΔAUROC", dl.alternative, dl.ci_low, dl.ci_high,
-        p_greater=float(norm.sf(dl.z)), p_less=float(norm.cdf(dl.z)), h0=DELONG_H0,
-        null_name="delong_independent_rows",
-    )  # fmt: skip
-
-
 def _descriptive(ctx, p, d, wide, col, layer, arm, where, comps, seed) -> None:
     """Per-layer comparisons (descriptive): the claim's baseline(s) − this layer, this
     layer − co-expression (Wilcoxon over perturbations), and DeLong on the pooled rows."""
-    from scfm_audit.stats._delong import delong_test
-
     att = wide[col].to_numpy(float)
     base = {"dataset": d.dataset, "edges": d.edges, "arm": arm, "model": d.model}
     named = [b for b in BASELINES if p.verdict_baseline in (b, "all")]  # the claim's only
@@ -423,7 +410,7 @@ def _descriptive(ctx, p, d, wide, col, layer, arm, where, comps, seed) -> None:
                       "role": "per layer"})  # fmt: skip
         sa = d.scores[col if na == "attention" else na][mask]
         sb = d.scores[d.coexpression if key == "coexp" else col][mask]
-        ctx.describe(delong_result(delong_test(y, sa, sb), int(mask.sum())),
+        ctx.describe(pooled_delong(y, sa, sb, h0=DELONG_H0),
                      replace(unit, method=f"{na} − {nb} (pooled)"), extra={"arm": arm},
                      hypothesis=f"{na} vs {nb}, pooled rows ({where}, layer {layer})")  # fmt: skip
 

@@ -58,6 +58,7 @@ from scfm_audit.evaluate._responders import (
     on_target_qc,
     on_target_test,
     responder_sweep,
+    target_test,
 )
 from scfm_audit.stats._paired import signed_rank
 from scfm_audit.stats._tests import StatTestResult
@@ -269,15 +270,9 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
     h0 = WELCH_H0 if p.de_method == "welch" else WILCOXON_H0
     for r in qc.dropna(subset=["p"]).itertuples():
         verb = "knocks down" if r.expected == "down" else "activates"
-        half = float(r.p) / 2  # a symmetric statistic: the tested side holds half of p
-        up = float(r.statistic) > 0
-        res = StatTestResult(
-            float(r.statistic), float(r.p), float(r.on_target_log2fc), int(r.n_perturbed),
-            f"{test_name} of the target gene, perturbed vs control, two-sided",
-            "t" if p.de_method == "welch" else "z", "on-target log2FC", "two-sided",
-            p_greater=half if up else 1 - half, p_less=1 - half if up else half, h0=h0,
-            null_name=f"on_target_{p.de_method}",
-        )  # fmt: skip
+        res = target_test(r, test=f"{test_name} of the target gene, perturbed vs control, "
+                          "two-sided", statistic_name="t" if p.de_method == "welch" else "z",
+                          h0=h0, null_name=f"on_target_{p.de_method}")  # fmt: skip
         ctx.describe(res, Unit(ds, method=f"on_target_{p.de_method}"),
                      hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
                      extra={"arm": r.arm, "perturbation": r.perturbation,

@@ -28,6 +28,7 @@ __all__ = [
     "combine_intersection_union",
     "group_ranks",
     "paired_comparison",
+    "pooled_delong",
     "ranking_metrics",
 ]
 
@@ -261,3 +262,21 @@ def combine_intersection_union(
         alternative="two-sided",
         test=f"{results[i].test}, intersection-union over {k}",
     ), i
+
+
+def pooled_delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, h0: str
+                  ) -> StatTestResult:  # fmt: skip
+    """DeLong's paired test of two scorers' AUROC on pooled (perturbation, candidate) rows
+    as a typed result: normal tails of z, effect the pooled ΔAUROC (a − b) with the Wald
+    CI. Treats rows as independent (they share perturbations and genes): descriptive."""
+    from scipy.stats import norm
+
+    from scfm_audit.stats._delong import delong_test
+
+    dl = delong_test(y, score_a, score_b)
+    return StatTestResult(
+        dl.z, dl.p, dl.delta, len(y), "DeLong paired AUROC test on pooled (perturbation, "
+        "candidate) rows", "z", "pooled ΔAUROC", dl.alternative, dl.ci_low, dl.ci_high,
+        p_greater=float(norm.sf(dl.z)), p_less=float(norm.cdf(dl.z)), h0=h0,
+        null_name="delong_independent_rows",
+    )  # fmt: skip
