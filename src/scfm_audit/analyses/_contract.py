@@ -271,15 +271,23 @@ class ClaimRecorder:
                             extra=extra)  # fmt: skip
 
     def not_assessable(
-        self, unit: Unit, *, claim: str, reason: str, test: str = "", direction: str = "greater"
+        self,
+        unit: Unit,
+        *,
+        claim: str,
+        reason: str,
+        test: str = "",
+        h0: str = "",
+        direction: str = "greater",
     ) -> Verdict:
         """A claim that cannot be tested here (n/a with ``reason``): it keeps its
-        scorecard line instead of vanishing."""
+        scorecard line instead of vanishing; ``test`` and ``h0`` name the test that could
+        not run."""
         from scfm_audit.stats._tests import StatTestResult
 
         nan = math.nan
         empty = StatTestResult(nan, nan, nan, 0, test or "not run", "", "", "two-sided",
-                               reason=reason, h0=f"not tested: {reason}")  # fmt: skip
+                               reason=reason, h0=h0 or f"not tested: {reason}")  # fmt: skip
         return self.claim(empty, unit, claim=claim, direction=direction, reason=reason)
 
 
@@ -333,43 +341,6 @@ def source_label(es: EdgeScores) -> str:
     if es.model:
         return f"{es.method} [{es.model}]"
     return str(es.params.get("edges", es.method))
-
-
-def estimate_fields(
-    es: EdgeScores,
-    dataset: str,
-    reference: str | None,
-    *,
-    estimate: float,
-    ci: tuple[float, float],
-    n: int,
-    name: str = "AUROC",
-    null_value: float = 0.5,
-) -> dict[str, Any]:
-    """The fields every test about one score set shares (provenance, the estimate on its
-    natural scale with its CI and its value under H0, two-sided), for ``ctx.add_test``."""
-    return dict(
-        model=es.model,
-        dataset=dataset,
-        reference=reference,
-        method=es.label,
-        layer=es.layer,
-        head=es.head,
-        n=n,
-        statistic_name=name,
-        statistic=estimate,
-        effect_name=name,
-        effect=estimate,
-        null_value=null_value,
-        ci_low=ci[0],
-        ci_high=ci[1],
-        direction="two-sided",
-    )
-
-
-def bonferroni(p: float, k: int) -> float:
-    """``min(1, k·p)``; NaN stays NaN (a test that was not computed is not "p = 1")."""
-    return p if math.isnan(p) else min(1.0, p * k)
 
 
 def select_layer(
@@ -450,27 +421,6 @@ def best_of(
         test=f"{r.test}; {why}",
     )
     return i, best, why
-
-
-def register_selected_layer(
-    ctx: AnalysisContext, rec: TestRecord, *, why: str, mult: int, hypothesis: str
-) -> TestRecord:
-    """Register the confirmatory test of the layer :func:`select_layer` chose: the chosen
-    layer's own (descriptive) test ``rec`` with its p and floor multiplied by ``mult`` and
-    the layer choice recorded."""
-    import dataclasses
-
-    skip = {"analysis", "seed", "hypothesis", "test", "p", "p_floor", "family", "extra"}
-    same = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in skip}
-    return ctx.add_test(
-        hypothesis=hypothesis,
-        test=f"{rec.test}; {why}",
-        p=bonferroni(rec.p, mult),
-        p_floor=bonferroni(rec.p_floor, mult),
-        family="confirmatory",
-        extra={"layer_choice": why, **rec.extra},
-        **same,
-    )
 
 
 def evaluable_pairs(

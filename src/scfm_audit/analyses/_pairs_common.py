@@ -4,13 +4,12 @@ candidate-pair vectors, and the stated layer choice behind a scorecard answer.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scfm_audit.analyses._contract import AnalysisContext, select_layer
+from scfm_audit.analyses._contract import AnalysisContext
 from scfm_audit.evaluate._recovery import CandidatePairs
 
 
@@ -54,25 +53,6 @@ def scores_from_pairs(values: np.ndarray, pairs: CandidatePairs, method: str):
     if not pairs.directed:
         m[pairs.target, pairs.source] = values
     return EdgeScores(m, pairs.genes, method=method, directed=pairs.directed)
-
-
-def choose_layer(
-    items: list[dict[str, Any]],
-    *,
-    verdict_layer: int | str,
-    key: Callable[[dict[str, Any]], float],
-    what: str,
-) -> tuple[dict[str, Any], int, str]:
-    """The layer behind a scorecard answer, from per-layer ``items`` (dicts with
-    ``layer``), by :func:`~scfm_audit.analyses._contract.select_layer`; an unlayered
-    source is its single item. Returns ``(item, Bonferroni multiplier, why)``."""
-    if len(items) == 1 and items[0]["layer"] is None:
-        return items[0], 1, "unlayered source"
-    items = sorted(items, key=lambda x: x["layer"])
-    i, mult, why = select_layer(
-        [x["layer"] for x in items], [key(x) for x in items], verdict_layer, what=what
-    )
-    return items[i], mult, why
 
 
 def pooled_sets(score_sets: list) -> list:

@@ -61,17 +61,6 @@ def dataset_responders(ctx, dataset: str, p: ResponderParams) -> pd.DataFrame:
     return ctx.cached(key, compute, kind="responders", shared=True)
 
 
-def not_assessable(ctx, unit, *, claim: str, reason: str, test: str, h0: str,
-                   direction: str = "greater"):  # fmt: skip
-    """``ctx.not_assessable`` with the H0 of the test that could not run stated (the
-    contract's version records an empty H0)."""
-    from scfm_audit.stats._tests import StatTestResult
-
-    nan = float("nan")
-    empty = StatTestResult(nan, nan, nan, 0, test, "", "", "two-sided", h0=h0, reason=reason)
-    return ctx.claim(empty, unit, claim=claim, direction=direction, reason=reason)
-
-
 #: Gene-level features of a candidate (on the arm's control cells), the paper's three.
 GENE_FEATURES = ("mean", "variance", "detection")
 
@@ -267,11 +256,7 @@ def attention_sources(ctx, names: list[str] | None) -> list[str]:
     """The attention edge sources: ``names`` or every configured source with a model."""
     if names is not None:
         return list(names)
-    cfg = getattr(getattr(getattr(ctx, "resources", None), "cfg", None), "edges", None)
-    if cfg is not None:
-        return [n for n in ctx.edge_names() if cfg[n].model is not None]
-    ds = ctx.dataset_names()[:1]  # a context without the config: ask the score sets
-    return [n for n in ctx.edge_names() if ds and any(s.model for s in ctx.edge_scores(n, ds[0]))]
+    return [n for n in ctx.edge_names() if ctx.edge_source(n).model is not None]
 
 
 def prediction_data(
@@ -303,7 +288,7 @@ def prediction_data(
     else:
         c_sets = [s for s in ctx.edge_scores(coexpression, ds) if s.head is None]
         why = (
-            same_cells(ctx, edges, coexpression, ds, sets[0].n_cells, c_sets[0].n_cells)
+            same_cells(ctx, edges, coexpression, ds)
             if c_sets
             else None
         )

@@ -60,7 +60,6 @@ from scfm_audit.analyses._perturbation_common import (
     ScorerParams,
     attention_sources,
     auroc_wide,
-    not_assessable,
     prediction_data,
 )
 from scfm_audit.evaluate._perturbation import combine_intersection_union, paired_comparison
@@ -158,9 +157,9 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 "is perturbation_prediction's claim)"
             )
             notes.append(f"{en}: {reason}.")
-            not_assessable(ctx, dom_unit, claim=dom_claim, reason=reason, h0=WILCOXON_H0,
+            ctx.not_assessable(dom_unit, claim=dom_claim, reason=reason, h0=WILCOXON_H0,
                            test="intersection-union of signed-rank tests over contexts")
-            not_assessable(ctx, gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
                            test="within-block permutation over contexts")  # fmt: skip
             if not contexts:
                 continue
@@ -208,7 +207,7 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 f"({', '.join(gaps) or 'none'}): an interaction needs two or more"
             )
             notes.append(f"{en}: {reason}.")
-            not_assessable(ctx, gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
                            test="within-block permutation over contexts")  # fmt: skip
             continue
         r = gap_interaction(gaps, pairing=p.pairing, seed=ctx.seed_for(en, "interaction"),

@@ -86,8 +86,7 @@ LRT_H0 = (
 CALIBRATED_TYPE_I = "7.5% [4.3, 12.1] at α = 0.05 (200 null replicates, 16 perturbations)"
 PAPER_DESIGN = (
     "the paper's design: bootstrap over perturbations only, calibrated type-I "
-    f"{CALIBRATED_TYPE_I} on hub-dependent rows (the default two-way bootstrap: 1.5%); "
-    "one-sided: opposite not tested"
+    f"{CALIBRATED_TYPE_I} on hub-dependent rows (the default two-way bootstrap: 1.5%)"
 )
 
 _BOOT = {

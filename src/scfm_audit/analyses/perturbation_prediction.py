@@ -73,7 +73,6 @@ from scfm_audit.analyses._perturbation_common import (
     ScorerParams,
     attention_sources,
     auroc_wide,
-    not_assessable,
     prediction_data,
 )
 from scfm_audit.analyses._perturbation_sim import CAL_HUB, calibration_screen
@@ -281,7 +280,7 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
         )
         acc.notes.append(f"{where}/{en}: {reason}; claims n/a.")
         for claim in (claim1, claim2):
-            not_assessable(ctx, unit, claim=claim + suffix, reason=reason, h0=WILCOXON_H0,
+            ctx.not_assessable(unit, claim=claim + suffix, reason=reason, h0=WILCOXON_H0,
                            test="Wilcoxon signed-rank over perturbations")  # fmt: skip
         return
     att, layer, mult, why = choose_attention(
@@ -298,7 +297,7 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
     acc.comps.append({**base, "a": bname, "b": "attention (claim)", "layer": layer,
                       **comp.row(), "p_claim": res.p, "role": "claim"})  # fmt: skip
     if d.coexpression is None:
-        not_assessable(ctx, unit, claim=claim2 + suffix, reason=d.coexp_reason, h0=WILCOXON_H0,
+        ctx.not_assessable(unit, claim=claim2 + suffix, reason=d.coexp_reason, h0=WILCOXON_H0,
                        test="Wilcoxon signed-rank over perturbations")  # fmt: skip
         return
     c2 = paired_comparison(att, wide[d.coexpression].to_numpy(float), n_boot=p.n_boot,

@@ -44,7 +44,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
-from scfm_audit.analyses._perturbation_common import ResponderParams, not_assessable
+from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.evaluate._de import (
     DE_COLUMNS,
     WELCH_H0,
@@ -295,7 +295,7 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
         unit = Unit(ds, method="on_target")
         side = "less" if direction == "down" else "greater"
         if res["n"] < 2:
-            not_assessable(ctx, unit, claim=what, direction=side, test=claim.test, h0=ON_TARGET_H0,
+            ctx.not_assessable(unit, claim=what, direction=side, test=claim.test, h0=ON_TARGET_H0,
                            reason="fewer than 2 perturbations with a measured target")  # fmt: skip
             continue
         ctx.claim(claim, unit, claim=what, direction=side,
