@@ -15,70 +15,6 @@ from scfm_audit.pipeline._runner import Progress, Resources, _run_analyses
 from scfm_audit.pipeline._validate import InputError
 
 NAMES = ANALYSES.names()
-# Parameters that keep an analysis' contract run short (its defaults are checked for validity).
-QUICK = {
-    "attention_vs_coexpression": {
-        "n_boot": 50,
-        "n_perm": 99,
-        "n_perm_max": 0,
-        "n_mantel": 19,
-        "gbm_max_iter": 30,
-        "cv_folds": 3,
-    },
-    "gene_level_null": {"n_boot": 100},
-    "incremental_value": {"n_boot": 50, "n_splits": 3, "gbm_max_iter": 10, "ks": [5]},
-    "head_ablation": {
-        "ks": [2],
-        "channels": ["zero", "mean"],
-        "n_random": 19,
-        "n_random_other": 0,
-        "n_entropy_matched": 2,
-        "n_cells": 8,
-        "n_reference_cells": 8,
-        "n_boot": 50,
-        "selection_n_perm": 99,
-        "selection_n_perm_max": 0,
-        "prediction_cells": 16,
-        "in_silico_cells": 8,
-        "in_silico_perturbations": 3,
-    },
-    "perturbation_prediction": {"n_boot": 100},
-    "context_dependence": {"n_boot": 100},
-    "in_silico_perturbation": {
-        "datasets": ["sim"],
-        "max_cells": 24,
-        "max_perturbations": 6,
-        "n_perm": 199,
-        "n_perm_max": 0,
-        "n_boot": 100,
-    },
-    "perturbation_responders": {
-        "n_boot": 200,
-        "sweep_lfc": [0.5, 1.0],
-        "sweep_control_cells": [60, 1000],
-        "sweep_hvgs": [60, 1000],
-        "sweep_reference": [0.5, 60, 60],
-    },
-    "cssi": {
-        "datasets": ["sim"],
-        "strata": "kmeans",
-        "n_clusters": 3,
-        "k_scan": [2, 4],
-        "n_null_strata": 2,
-        "n_perm": 49,
-        "n_boot": 20,
-    },
-    "scaling": {
-        "datasets": ["sim"],
-        "grid": [20, 40, 80],
-        "n_repeats": 2,
-        "n_boot": 50,
-    },
-    "synthetic_controls": {
-        "n_replicates": 5,
-        "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
-    },
-}
 
 
 def test_registry_is_not_empty():
@@ -119,7 +55,7 @@ def with_attention(cfg: dict, model_path) -> dict:
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     cfg = with_attention(tiny_config(tmp_path), tiny_model)
-    cfg["analyses"] = {name: QUICK.get(name, {})}
+    cfg["analyses"] = {name: ANALYSES.get(name).quick}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     res = run.results[name]
@@ -138,7 +74,7 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     ref.write_text("source\ttarget\nALIEN1\tALIEN2\nALIEN1\tALIEN3\n")
     cfg = with_attention(tiny_config(tmp_path / "out"), tiny_model)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
-    cfg["analyses"] = {name: QUICK.get(name, {})}
+    cfg["analyses"] = {name: ANALYSES.get(name).quick}
     # a run refuses it before computing (issue 7: a reference matching none of the
     # data's genes is an input error with a one-line reason) ...
     with pytest.raises(InputError, match="shares no gene"):

@@ -119,6 +119,14 @@ def gap_interaction(
     return replace(r, test=f"{r.test}; {design}", null_name="context_interaction")
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    """Two contexts: the CRISPRi screen the models were trained on and a CRISPRa screen of
+    the same network (attention on its controls: ~10 s per model)."""
+    return {"context_dependence": {"datasets": ["sim", "sim_crispra"],
+                                   "coexpression": "spearman_attention_cells",
+                                   "n_boot": 500 if quick else 2000}}
+
+
 @register_analysis(
     "context_dependence",
     description="Perturbation prediction across contexts (datasets, CRISPRi/CRISPRa arms): "
@@ -129,6 +137,8 @@ def gap_interaction(
     version="1.1",
     category="B. Does it predict causal effects?",
     reference="Catalogue 9; preprint: K562, RPE1, Adamson, Shifrut, Tian contexts",
+    quick={'n_boot': 100},
+    demo=_demo,
 )
 def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
     from scfm_audit.plotting import distribution_figure

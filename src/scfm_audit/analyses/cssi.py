@@ -204,6 +204,11 @@ class _Source:
         return out
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    return {"cssi": {"datasets": ["sim"], "references": ["sim_grn"], "k_scan": [2, 4, 8],
+                     "n_null_strata": 3, "n_boot": 200 if quick else 500}}
+
+
 @register_analysis(
     "cssi",
     description="Cell-state stratified scoring (Leiden on the model's cell embeddings, "
@@ -214,6 +219,8 @@ class _Source:
     version="1.0",
     category="D. Scaling and CSSI",
     reference="Catalogue 13; paper: CSSI (kNN k = 15, Leiden 1.0, max / prevalence-weighted mean)",
+    quick={'datasets': ['sim'], 'strata': 'kmeans', 'n_clusters': 3, 'k_scan': [2, 4], 'n_null_strata': 2, 'n_perm': 49, 'n_boot': 20},
+    demo=_demo,
 )
 def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)

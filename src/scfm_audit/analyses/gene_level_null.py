@@ -219,6 +219,11 @@ def comparison_result(summ: dict, *, n_boot: int):
     )
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    return {"gene_level_null": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
+                                "n_boot": 200 if quick else 1000}}
+
+
 @register_analysis(
     "gene_level_null",
     description="Edge scores against gene-level pair baselines (mean, variance, detection "
@@ -229,6 +234,8 @@ def comparison_result(summ: dict, *, n_boot: int):
     version="1.0",
     category="A. Does attention encode biology?",
     reference="Catalogue 5; preprint: gene-level baselines beat attention and correlation",
+    quick={'n_boot': 100},
+    demo=_demo,
 )
 def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
     from scfm_audit.plotting import forest_figure

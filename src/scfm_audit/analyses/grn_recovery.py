@@ -79,6 +79,17 @@ class GRNRecoveryParams(UnitParams, LayerClaimParams):
     )
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    """The demo's blocks: the planted network and PPI, and the same analysis on data
+    simulated without regulation (p must not be small there)."""
+    n = dict(n_boot=200, n_perm=199, n_rewire=50) if quick else dict(n_boot=1000, n_perm=999, n_rewire=200)
+    return {
+        "grn_recovery": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"], **n},
+        "grn_recovery@null": {"datasets": ["sim_null"], "edges": ["spearman", "pearson"],
+                              "references": ["null_grn"], **n},
+    }
+
+
 @register_analysis(
     "grn_recovery",
     description="AUROC/AUPRC/EPR of edge scores against reference networks, per layer/head, "
@@ -88,6 +99,7 @@ class GRNRecoveryParams(UnitParams, LayerClaimParams):
     version="2.0",
     category="A. Does attention encode biology?",
     reference="Recovery of reference networks by edge scores",
+    demo=_demo,
 )
 def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
     from scfm_audit.plotting import (

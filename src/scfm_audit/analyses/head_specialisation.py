@@ -193,6 +193,11 @@ def claim_some_head(ctx, results: list[StatTestResult], heads, ds: str, ref_name
     )
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    return {"head_specialisation": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
+                                    "n_boot": 50 if quick else 200}}
+
+
 @register_analysis(
     "head_specialisation",
     description="per-head recovery against a structure-preserving null; heads significant "
@@ -201,6 +206,7 @@ def claim_some_head(ctx, results: list[StatTestResult], heads, ds: str, ref_name
     version="2.0",
     category="A. Does attention encode biology?",
     reference="Candidate regulatory heads",
+    demo=_demo,
 )
 def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
     from scfm_audit.plotting import head_heatmap

@@ -119,6 +119,14 @@ def _stages(p: InSilicoParams) -> tuple[int, ...]:
     return (p.n_perm, p.n_perm_max) if p.n_perm_max > p.n_perm else (p.n_perm,)
 
 
+def _demo(*, quick: bool, models: bool) -> dict | None:
+    """The models' own in-silico knock-downs (~15 s of CPU per demo model)."""
+    if not models:
+        return None
+    return {"in_silico_perturbation": {"datasets": ["sim"], "max_cells": 60 if quick else 100,
+                                       "n_boot": 500 if quick else 1000}}
+
+
 @register_analysis(
     "in_silico_perturbation",
     description="The model's own in-silico knock-down / overexpression of each perturbed "
@@ -128,6 +136,8 @@ def _stages(p: InSilicoParams) -> tuple[int, ...]:
     version="1.0",
     category="B. Does it predict causal effects?",
     reference="Catalogue 11; Geneformer/scGPT in-silico perturbation vs Perturb-seq",
+    quick={'datasets': ['sim'], 'max_cells': 24, 'max_perturbations': 6, 'n_perm': 199, 'n_perm_max': 0, 'n_boot': 100},
+    demo=_demo,
 )
 def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
     models = p.models if p.models is not None else ctx.model_names()

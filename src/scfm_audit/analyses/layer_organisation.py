@@ -197,6 +197,11 @@ def trend_results(t: dict, *, n_layers: int, n_boot: int, n: int):
     return slope, rho
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    return {"layer_organisation": {"datasets": ["sim"], "ppi_references": ["sim_ppi"],
+                                   "tf_references": ["sim_grn"], "n_boot": 200 if quick else 500}}
+
+
 @register_analysis(
     "layer_organisation",
     description="per-layer recovery of PPI-type versus TF-regulation references and the test "
@@ -205,6 +210,7 @@ def trend_results(t: dict, *, n_layers: int, n_boot: int, n: int):
     version="1.0",
     category="A. Does attention encode biology?",
     reference="Layer-specific structure: PPI early, regulation late",
+    demo=_demo,
 )
 def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
     from scfm_audit.plotting import metric_by_layer_figure

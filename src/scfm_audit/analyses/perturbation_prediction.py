@@ -200,6 +200,12 @@ class _Acc:
     layer_rows: list = field(default_factory=list)
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    """Responders ranked by attention vs co-expression on the same cells."""
+    return {"perturbation_prediction": {"datasets": ["sim"], "coexpression": "spearman_attention_cells",
+                                        "reference": "sim_grn", "n_boot": 500 if quick else 2000}}
+
+
 @register_analysis(
     "perturbation_prediction",
     description="Attention from the perturbed gene vs co-expression vs gene-level features "
@@ -211,6 +217,8 @@ class _Acc:
     category="B. Does it predict causal effects?",
     reference="Catalogue 7; preprint: gene-level baselines (variance 0.881) beat attention "
     "(0.704) and correlation (0.703) on K562",
+    quick={'n_boot': 100},
+    demo=_demo,
 )
 def run_perturbation_prediction(ctx, p: PredictionParams) -> AnalysisResult:
     acc = _Acc()

@@ -136,6 +136,15 @@ def _de(ctx, ds: str, p: PerturbationRespondersParams) -> pd.DataFrame:
     return ctx.cached(key, compute, kind="de")
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    """DE, responders, on-target QC and a sweep sized to the demo screen (the paper's grid
+    would be capped everywhere at 3,000 cells × 300 genes)."""
+    return {"perturbation_responders": {"datasets": ["sim", "sim_null", "sim_crispra"],
+                                        "sweep_control_cells": [250, 500, 1000],
+                                        "sweep_hvgs": [100, 200, 300],
+                                        "sweep_reference": [0.5, 500, 200]}}
+
+
 @register_analysis(
     "perturbation_responders",
     description="Differential expression of every perturbation against its controls "
@@ -147,6 +156,8 @@ def _de(ctx, ds: str, p: PerturbationRespondersParams) -> pd.DataFrame:
     category="B. Does it predict causal effects?",
     reference="Catalogue 6; preprint: responders by Welch t, |log2FC| > 0.5, BH 0.05 within "
     "perturbation; sensitivity sweep",
+    quick={'n_boot': 200, 'sweep_lfc': [0.5, 1.0], 'sweep_control_cells': [60, 1000], 'sweep_hvgs': [60, 1000], 'sweep_reference': [0.5, 60, 60]},
+    demo=_demo,
 )
 def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> AnalysisResult:
     from scfm_audit.plotting import perturbation_bars_figure, sweep_heatmap

@@ -138,6 +138,12 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     return out
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    return {"scaling": {"datasets": ["sim"], "references": ["sim_grn"],
+                        "grid": [50, 100, 200, 300] if quick else [50, 100, 200, 400, 600],
+                        "n_repeats": 2 if quick else 3, "n_boot": 200 if quick else 500}}
+
+
 @register_analysis(
     "scaling",
     description="recovery (AUROC, top-K F1) versus number of cells on nested state-stratified "
@@ -149,6 +155,8 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     category="D. Scaling and CSSI",
     reference="Catalogue D scaling; paper: top-K F1 falls from 200 to 1,000 cells while "
     "AUROC rises",
+    quick={'datasets': ['sim'], 'grid': [20, 40, 80], 'n_repeats': 2, 'n_boot': 50},
+    demo=_demo,
 )
 def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)

@@ -37,6 +37,27 @@ class SyntheticControlsParams(AnalysisParams):
     alpha: float = Field(0.05, gt=0, lt=1, description="level of each replicate's verdict test")
 
 
+def _demo(*, quick: bool, models: bool) -> dict:
+    """A smoke check inside the audit: one hub-structured null and the strongest planted
+    effect per calibrated analysis (``benchmarks/calibration.py`` runs the full table)."""
+    return {"synthetic_controls": {"n_replicates": 6 if quick else 10,
+                                   "scenarios": _smoke_scenarios()}}
+
+
+def _smoke_scenarios() -> list[str]:
+    """Per calibrated analysis: its first hub-structured null and its strongest planted
+    scenario."""
+    names = []
+    for a in CALIBRATIONS.names():
+        if a in EXEMPT:
+            continue
+        sc = CALIBRATIONS.get(a).scenarios
+        names.append(next(s.name for s in sc if s.kind == "null" and "hub" in s.name))
+        planted = [s for s in sc if s.kind == "planted" and s.strength is not None]
+        names.append(max(planted, key=lambda s: s.strength).name)
+    return names
+
+
 @register_analysis(
     "synthetic_controls",
     description="calibration of every analysis on simulated nulls (type-I error) and planted "
@@ -45,6 +66,8 @@ class SyntheticControlsParams(AnalysisParams):
     version="1.0",
     category="E. Quality control",
     reference="Calibration on simulated nulls and planted effects",
+    quick={'n_replicates': 5, 'scenarios': ['hub_null_directed_150', 'planted_auroc_0.65']},
+    demo=_demo,
 )
 def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
     from dataclasses import replace

@@ -115,7 +115,6 @@ def demo_config_dict(
     ``models`` (name → {family, path}) adds attention edges of those checkpoints.
     """
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
-    n_boot, n_perm, n_rewire = (200, 199, 50) if quick else (1000, 999, 200)
     edges: dict[str, Any] = {
         "spearman": {"scorer": "coexpression", "method": "spearman", "max_cells": 1000},
         "pearson": {"scorer": "coexpression", "method": "pearson", "max_cells": 1000},
@@ -135,16 +134,6 @@ def demo_config_dict(
             "max_cells": attention_cells,
             "per_head": True,
         }
-    # the models' own in-silico knock-downs (catalogue 11; ~15 s of CPU per demo model)
-    in_silico = (
-        {"in_silico_perturbation": {"datasets": ["sim"], "max_cells": 60 if quick else 100,
-                                    "n_boot": 500 if quick else 1000}}
-        if models
-        else {}
-    )  # fmt: skip
-    # regulatory heads (selected on sim_grn) ablated vs random head sets (catalogue 10;
-    # ~15–35 s of CPU per demo model)
-    ablation = {"head_ablation": {"datasets": ["sim"], "reference": "sim_grn"}} if models else {}
     return {
         "seed": 0,
         "output": str(out),
@@ -161,116 +150,21 @@ def demo_config_dict(
         },
         "models": dict(models or {}),
         "edges": edges,
-        "analyses": {
-            "grn_recovery": {
-                "datasets": ["sim"],
-                "references": ["sim_grn", "sim_ppi"],
-                "n_boot": n_boot,
-                "n_perm": n_perm,
-                "n_rewire": n_rewire,
-            },
-            # the same analysis on data simulated without regulation: p must not be small
-            "grn_recovery@null": {
-                "datasets": ["sim_null"],
-                "edges": ["spearman", "pearson"],
-                "references": ["null_grn"],
-                "n_boot": n_boot,
-                "n_perm": n_perm,
-                "n_rewire": n_rewire,
-            },
-            "layer_organisation": {
-                "datasets": ["sim"],
-                "ppi_references": ["sim_ppi"],
-                "tf_references": ["sim_grn"],
-                "n_boot": 200 if quick else 500,
-            },
-            "head_specialisation": {
-                "datasets": ["sim"],
-                "references": ["sim_grn", "sim_ppi"],
-                "n_boot": 50 if quick else 200,
-            },
-            "attention_vs_coexpression": {
-                "datasets": ["sim"],
-                "references": ["sim_grn", "sim_ppi"],
-                "coexpression": "spearman_attention_cells",
-                "n_boot": 200 if quick else 500,
-            },
-            "gene_level_null": {
-                "datasets": ["sim"],
-                "references": ["sim_grn", "sim_ppi"],
-                "n_boot": 200 if quick else 1000,
-            },
-            # responders from gene-level features alone vs + attention / + co-expression
-            # (co-expression on the attention's cells when there are models)
-            "incremental_value": {
-                "datasets": ["sim"],
-                "reference": "sim_grn",
-                "correlation": ["spearman_attention_cells" if models else "spearman"],
-                "n_boot": 200 if quick else 1000,
-            },
-            "cssi": {
-                "datasets": ["sim"],
-                "references": ["sim_grn"],
-                "k_scan": [2, 4, 8],
-                "n_null_strata": 3,
-                "n_boot": 200 if quick else 500,
-            },
-            # catalogue B: responders ranked by attention vs co-expression on the same cells
-            "perturbation_prediction": {
-                "datasets": ["sim"],
-                "coexpression": "spearman_attention_cells",
-                "reference": "sim_grn",
-                "n_boot": 500 if quick else 2000,
-            },
-            # two contexts: the CRISPRi screen the models were trained on and a CRISPRa
-            # screen of the same network (attention on its controls: ~10 s per model)
-            "context_dependence": {
-                "datasets": ["sim", "sim_crispra"],
-                "coexpression": "spearman_attention_cells",
-                "n_boot": 500 if quick else 2000,
-            },
-            # DE, responders, on-target QC and a sweep sized to the demo screen (the
-            # paper's grid would be capped everywhere at 3,000 cells × 300 genes)
-            "perturbation_responders": {
-                "datasets": ["sim", "sim_null", "sim_crispra"],
-                "sweep_control_cells": [250, 500, 1000],
-                "sweep_hvgs": [100, 200, 300],
-                "sweep_reference": [0.5, 500, 200],
-            },
-            # the inference itself, checked on simulated nulls and planted effects
-            "scaling": {
-                "datasets": ["sim"],
-                "references": ["sim_grn"],
-                "grid": [50, 100, 200, 300] if quick else [50, 100, 200, 400, 600],
-                "n_repeats": 2 if quick else 3,
-                "n_boot": 200 if quick else 500,
-            },
-            # (a smoke check: one hub-structured null and the strongest planted effect per
-            # analysis; benchmarks/calibration.py runs the full table)
-            "synthetic_controls": {
-                "n_replicates": 6 if quick else 10,
-                "scenarios": _smoke_scenarios(),
-            },
-            **in_silico,
-            **ablation,
-        },
+        "analyses": demo_analyses(quick=quick, models=bool(models)),
     }
 
 
-def _smoke_scenarios() -> list[str]:
-    """Per calibrated analysis: its first hub-structured null and its strongest planted
-    scenario."""
-    from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT
+def demo_analyses(*, quick: bool, models: bool) -> dict[str, Any]:
+    """Every registered analysis' demo block (``register_analysis(..., demo=...)``), in
+    catalogue order (category, then name): adding an analysis adds its block."""
+    from scfm_audit.analyses._contract import ANALYSES
 
-    names = []
-    for a in CALIBRATIONS.names():
-        if a in EXEMPT:
-            continue
-        sc = CALIBRATIONS.get(a).scenarios
-        names.append(next(s.name for s in sc if s.kind == "null" and "hub" in s.name))
-        planted = [s for s in sc if s.kind == "planted" and s.strength is not None]
-        names.append(max(planted, key=lambda s: s.strength).name)
-    return names
+    out: dict[str, Any] = {}
+    specs = sorted((ANALYSES.get(n) for n in ANALYSES.names()), key=lambda s: (s.category, s.name))
+    for spec in specs:
+        if spec.demo is not None:
+            out.update(spec.demo(quick=quick, models=models) or {})
+    return out
 
 
 def ensure_demo_models(
