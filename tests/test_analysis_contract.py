@@ -66,6 +66,11 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     assert len(mine) > 0
     assert mine["p"].dropna().between(0, 1).all()
     assert mine["hypothesis"].str.len().gt(0).all() and mine["null"].str.len().gt(0).all()
+    # the claim path: exactly one claim test per scorecard line, answered from that test
+    board = run.verdicts()
+    lines = board[board["analysis"] == name]
+    assert (mine["family"] == "claim").sum() == len(lines)
+    assert lines["answer"].isin(["yes", "opposite", "no evidence", "n/a"]).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -103,3 +108,22 @@ def test_every_analysis_is_calibrated_or_says_why_not(name):
     assert "null" in kinds and "planted" in kinds
     assert any("hub" in s.name for s in cal.scenarios if s.kind == "null")
     assert len({s.strength for s in cal.scenarios if s.kind == "planted"}) >= 2
+
+
+def test_readme_claims_table_is_the_registry():
+    """The README's table of claims and their tests is the registry's: an analysis that
+    adds, drops or rewords a claim must update the README (regenerate it with
+    ``scfm_audit.analyses.claims_table()``)."""
+    from pathlib import Path
+
+    from scfm_audit.analyses import claims_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- claims:start -->\n") + len("<!-- claims:start -->\n")
+    end = readme.index("\n<!-- claims:end -->")
+    assert readme[start:end] == claims_table()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_analysis_declares_its_claims(name):
+    assert ANALYSES.get(name).claims, f"{name} declares no claim (claims=...)"

@@ -40,6 +40,7 @@ from scfm_audit.analyses._contract import (
     AnalysisResult,
     AnalysisSpec,
     Verdict,
+    claims_table,
     register_analysis,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Scenario",
     "Verdict",
     "calibrate",
+    "claims_table",
     "register_analysis",
     "register_calibration",
 ]

@@ -98,6 +98,23 @@ class AnalysisSpec:
     quick: dict[str, Any] = field(default_factory=dict)
     #: the demo's block: ``demo(quick=..., models=...)`` -> parameters, or None (not run)
     demo: Callable[..., dict[str, Any] | None] | None = None
+    #: the claims it answers: (claim, its one test and H0), for the README and the CLI
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+def claims_table() -> str:
+    """The README's claims table (Markdown), from every registered analysis' ``claims``:
+    one row per claim with the one test that answers it."""
+    import re
+
+    def cell(text: str) -> str:  # placeholders as {name}, pipes escaped: valid Markdown
+        return re.sub(r"<([^<>]+)>", r"{\1}", text).replace("|", "\\|")
+
+    rows = ["| analysis | claim | test (H0) |", "| --- | --- | --- |"]
+    for name in ANALYSES.names():
+        for claim, test in ANALYSES.get(name).claims:
+            rows.append(f"| `{name}` | {cell(claim)} | {cell(test)} |")
+    return "\n".join(rows)
 
 
 def parameter_table(params: type[BaseModel]) -> list[dict[str, str]]:
@@ -134,10 +151,12 @@ def register_analysis(
     reference: str = "",
     quick: dict[str, Any] | None = None,
     demo: Callable[..., dict[str, Any] | None] | None = None,
+    claims: tuple[tuple[str, str], ...] = (),
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``;
     ``quick``: the parameters of a short run on the toy simulator (the contract test);
-    ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it)."""
+    ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it);
+    ``claims``: ``(claim, test and H0)`` of each scorecard line it writes."""
 
     def deco(fn: Callable) -> Callable:
         ANALYSES.add(
@@ -152,6 +171,7 @@ def register_analysis(
                 reference=reference,
                 quick=dict(quick or {}),
                 demo=demo,
+                claims=tuple(claims),
             ),
         )
         return fn

@@ -221,6 +221,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     reference="Catalogue 13; paper: CSSI (kNN k = 15, Leiden 1.0, max / prevalence-weighted mean)",
     quick={'datasets': ['sim'], 'strata': 'kmeans', 'n_clusters': 3, 'k_scan': [2, 4], 'n_null_strata': 2, 'n_perm': 49, 'n_boot': 20},
     demo=_demo,
+    claims=(
+        ('CSSI improves over pooled (<source>, <reference>)',
+         'paired permutation over source genes of Δmetric (CSSI − pooled; pre-declared metric and variant), two-sided; one layer'),
+    ),
 )
 def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)

@@ -100,6 +100,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="A. Does attention encode biology?",
     reference="Recovery of reference networks by edge scores",
     demo=_demo,
+    claims=(
+        ('<source> recovers <reference>',
+         "degree-matched relabelling of the reference's genes (H0: reference genes exchangeable with data genes of the same role and degree), adaptive Monte-Carlo, two-sided, side against the null's own centre; a layered source at one layer (a priori, or best × number of layers)"),
+    ),
 )
 def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
     from scfm_audit.plotting import (

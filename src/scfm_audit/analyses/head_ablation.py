@@ -168,6 +168,10 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
     reference="Catalogue 10; paper: head ablation, three intervention channels",
     quick={'ks': [2], 'channels': ['zero', 'mean'], 'n_random': 19, 'n_random_other': 0, 'n_entropy_matched': 2, 'n_cells': 8, 'n_reference_cells': 8, 'n_boot': 50, 'selection_n_perm': 99, 'selection_n_perm_max': 0, 'prediction_cells': 16, 'in_silico_cells': 8, 'in_silico_perturbations': 3},
     demo=_demo,
+    claims=(
+        ('<model>: ablating regulatory heads degrades the model',
+         "masked-loss increase of the regulatory heads' ablation ranked among random head sets of equal size (exact when few sets exist; a design whose smallest attainable p cannot reach α, e.g. 1 head of 16: 0.125, answers n/a with what to change); regulatory heads lie above their own null's centre"),
+    ),
 )
 def run_head_ablation(ctx, p: HeadAblationParams) -> AnalysisResult:
     if p.verdict_channel not in p.channels:

@@ -207,6 +207,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="A. Does attention encode biology?",
     reference="Candidate regulatory heads",
     demo=_demo,
+    claims=(
+        ('<source>: regulatory heads found for <reference>',
+         'smallest one-sided degree-permutation p over heads × number of heads (H0: no head recovers the reference beyond its structure); one-sided: opposite not tested'),
+    ),
 )
 def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
     from scfm_audit.plotting import head_heatmap

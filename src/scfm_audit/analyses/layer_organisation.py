@@ -211,6 +211,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="A. Does attention encode biology?",
     reference="Layer-specific structure: PPI early, regulation late",
     demo=_demo,
+    claims=(
+        ('<source>: <PPI reference> recovered early, <TF reference> late',
+         'OLS slope of AUROC(PPI) − AUROC(TF) on layer depth, joint vertex bootstrap of genes (H0: slope 0), two-sided; claimed side: negative'),
+    ),
 )
 def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
     from scfm_audit.plotting import metric_by_layer_figure

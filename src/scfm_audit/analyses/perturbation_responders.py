@@ -158,6 +158,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     "perturbation; sensitivity sweep",
     quick={'n_boot': 200, 'sweep_lfc': [0.5, 1.0], 'sweep_control_cells': [60, 1000], 'sweep_hvgs': [60, 1000], 'sweep_reference': [0.5, 60, 60]},
     demo=_demo,
+    claims=(
+        ('perturbations knock down / activate their targets (<arm>)',
+         'Wilcoxon signed-rank over perturbations of the on-target log2FC (H0: symmetric about 0); effect: Hodges–Lehmann log2FC with the inverted-test CI'),
+    ),
 )
 def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> AnalysisResult:
     from scfm_audit.plotting import perturbation_bars_figure, sweep_heatmap

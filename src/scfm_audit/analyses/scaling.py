@@ -157,6 +157,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     "AUROC rises",
     quick={'datasets': ['sim'], 'grid': [20, 40, 80], 'n_repeats': 2, 'n_boot': 50},
     demo=_demo,
+    claims=(
+        ('<metric> recovery declines beyond its best cell count (<source>, <reference>)',
+         'vertex bootstrap of Δmetric (best smaller grid point − largest), two-sided, p × (grid points − 1); one layer'),
+    ),
 )
 def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)

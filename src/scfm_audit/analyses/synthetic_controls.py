@@ -68,6 +68,10 @@ def _smoke_scenarios() -> list[str]:
     reference="Calibration on simulated nulls and planted effects",
     quick={'n_replicates': 5, 'scenarios': ['hub_null_directed_150', 'planted_auroc_0.65']},
     demo=_demo,
+    claims=(
+        ('<analysis>: type-I error exceeds α on <null scenario> / detects the planted effect in <scenario>',
+         'exact one-sided binomial test of the rejection rate against α over simulated replicates'),
+    ),
 )
 def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
     from dataclasses import replace
