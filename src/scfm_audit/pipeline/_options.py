@@ -86,10 +86,13 @@ def check_options(
     fn: Callable | list[Callable] | None = None,
     owner: str,
     reserved: frozenset[str] = frozenset(),
+    elsewhere: dict[str, list[str]] | None = None,
 ) -> list[str]:
     """Error lines for ``given`` options: unknown names (with "did you mean") and, where
     the function annotates its arguments, values of the wrong type or outside a
-    ``Literal``."""
+    ``Literal``. ``elsewhere``: options of sibling kinds (other reference formats) by
+    kind, so that an option of another kind is named as such rather than matched to an
+    unrelated option of this one."""
     if accepted is None:
         return []
     settable = {n: p for n, p in accepted.items() if n not in reserved}
@@ -97,8 +100,13 @@ def check_options(
     for key in given:
         if key in settable:
             continue
-        close = difflib.get_close_matches(key, list(settable), n=2, cutoff=0.6)
+        close = difflib.get_close_matches(key, list(settable), n=2, cutoff=0.75)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        if not close and elsewhere:
+            other = {o: kind for kind, opts in elsewhere.items() for o in opts}
+            near = difflib.get_close_matches(key, list(other), n=1, cutoff=0.75)
+            if near:
+                hint = f" {near[0]!r} is an option of {other[near[0]]}, not of this one."
         errors.append(
             f"{where}.{key}: unknown option for {owner}.{hint} "
             f"Accepted: {', '.join(sorted(settable)) or '(none)'}."

@@ -417,6 +417,9 @@ class RunResult:
     total_seconds: float | None = None
     #: models whose training log says they did not learn (name -> why): their claims are n/a
     unlearned_models: dict[str, str] = field(default_factory=dict)
+    #: warnings raised while computing (numpy / scipy RuntimeWarning, OptimizeWarning, ...):
+    #: "Category: message" -> count; logged, not printed mid-progress, and in run.json
+    warnings: dict[str, int] = field(default_factory=dict)
 
     def verdicts(self) -> pd.DataFrame:
         """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
@@ -456,7 +459,7 @@ class RunResult:
                         "analysis": name,
                         "claim": v.claim,
                         "model": model,
-                        "dataset": v.dataset or rec.dataset,
+                        "dataset": v.dataset or rec.dataset or self._datasets_of(name),
                         "reference": rec.reference,
                         "answer": answer,
                         "reason": reason,
@@ -473,7 +476,39 @@ class RunResult:
                         "null_name": rec.null_name,
                     }
                 )
+        rows += self._unanswered()
         return pd.DataFrame(rows)
+
+    def _datasets_of(self, name: str) -> str | None:
+        """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
+        p = self.params.get(name)
+        names = list(getattr(p, "datasets", None) or self.config.datasets)
+        return ", ".join(names) if names else None
+
+    def _unanswered(self) -> list[dict[str, Any]]:
+        """One ``n/a`` line, with the reason, for each requested analysis that answered no
+        claim (it failed, or evaluated nothing): a requested analysis always shows on the
+        scorecard."""
+        rows = []
+        for name in self.params:
+            res = self.results.get(name)
+            if res is not None and res.verdicts:
+                continue
+            if name in self.errors:
+                reason = f"the analysis failed: {self.errors[name]}"
+            else:
+                notes = "; ".join(res.notes[:2]) if res is not None and res.notes else ""
+                reason = "it evaluated nothing" + (f": {notes}" if notes else
+                                                   " (see its section of the report)")  # fmt: skip
+            rows.append({
+                "analysis": name, "claim": f"{name}: no claim answered", "model": None,
+                "dataset": self._datasets_of(name), "reference": None, "answer": "n/a",
+                "reason": reason, "q": float("nan"), "p": float("nan"), "effect_name": "",
+                "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "null_value": float("nan"), "layer": None, "layer_choice": "", "test": "",
+                "null_name": "",
+            })  # fmt: skip
+        return rows
 
 
 def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
@@ -520,7 +555,7 @@ def run_audit(
     :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
     as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
-    from scfm_audit.pipeline._output import OutputTransaction
+    from scfm_audit.pipeline._output import OutputTransaction, OutputWriteError, no_space
     from scfm_audit.pipeline._validate import input_checks, raise_on_failures
 
     started = time.perf_counter()
@@ -545,9 +580,24 @@ def run_audit(
                 tx.close()
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        run = _run_analyses(cfg, params, resources, progress)
-        run.total_seconds = time.perf_counter() - started
-        write_outputs(run, report=report, folder=tx.staging)
+        try:
+            with _routed_warnings() as caught:
+                run = _run_analyses(cfg, params, resources, progress)
+                run.total_seconds = time.perf_counter() - started
+                run.warnings = caught
+                write_outputs(run, report=report, folder=tx.staging)
+        except (OSError, OutputWriteError) as e:
+            full = e if isinstance(e, OutputWriteError) else no_space(e, tx.staging)
+            if full is None:
+                raise
+            tx.close()  # removes the staging folder; the previous outputs stay
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise full from None
+        if run.warnings:
+            n = sum(run.warnings.values())
+            progress.say(f"{n} warning{'s' if n > 1 else ''} while computing (numpy / scipy "
+                         "and others): counted in run.json, logged at debug level")  # fmt: skip
         with progress.status("swapping the new outputs in"):
             tx.commit()
         return run
@@ -555,9 +605,30 @@ def run_audit(
         tx.close()
 
 
+@contextlib.contextmanager
+def _routed_warnings() -> Iterator[dict[str, int]]:
+    """Every warning raised inside goes to the ``scfm_audit`` log (debug level) and is
+    counted by "Category: message" instead of reaching the console mid-progress."""
+    import warnings
+
+    counts: dict[str, int] = {}
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        key = f"{category.__name__}: {str(message).strip()}"[:300]
+        counts[key] = counts.get(key, 0) + 1
+        log.debug("warning %s (%s:%s)", key, filename, lineno)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield counts
+
+
 def _run_analyses(
     cfg: AuditConfig, params: dict[str, Any], resources: Resources, progress: Progress
 ) -> RunResult:
+    from scfm_audit.pipeline._output import OutputWriteError, no_space
+
     registry = TestRegistry(alpha=cfg.alpha)
     results: dict[str, AnalysisResult] = {}
     specs: dict[str, AnalysisSpec] = {}
@@ -572,7 +643,12 @@ def _run_analyses(
         n_before = len(registry)
         try:
             results[name] = spec.run(ctx, p)
+        except OutputWriteError:
+            raise  # a full disk: the remaining analyses could not be kept either
         except Exception as e:  # one failing analysis must not lose the others
+            full = no_space(e, Path(cfg.output))
+            if full is not None:
+                raise full from None
             # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
             debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
             log.log(logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name,
@@ -671,6 +747,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
         "n_tests": len(run.tests),
         "errors": run.errors,
         "cache": {"hits": len(run.cache_hits), "misses": len(run.cache_misses)},
+        "warnings": {"n": sum(run.warnings.values()), "by_message": run.warnings},
     }
     atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
     if report:
