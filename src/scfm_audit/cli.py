@@ -180,8 +180,8 @@ def _finish(run, started: float) -> None:
     problems = [f"analysis {name} failed: {e}" for name, e in run.errors.items()]
     if len(tests) == 0:
         problems.append(
-            "the run registered no statistical test (see the report's notes: e.g. "
-            "references too small for min_positives, or no usable edge source)"
+            "the run registered no statistical test; each analysis' n/a line on the "
+            "scorecard above says why"
         )
     for p in problems:
         err.print(f"[bold red]error:[/] {escape(p)}", soft_wrap=True)

@@ -75,7 +75,8 @@ def design_checks(
 def _check(name: str, detail: str) -> Check:
     from scfm_audit.pipeline._validate import Check
 
-    return Check(name, False, detail)
+    # the check's name is printed before its detail: say the key once
+    return Check(name, False, detail.removeprefix(f"{name}: "))
 
 
 def _datasets_of(cfg: AuditConfig, p: Any) -> list[str]:
@@ -227,8 +228,8 @@ def _size_checks(name: str, p: Any) -> list[Check]:
         if not isinstance(v, list | tuple):
             continue
         if len(v) == 0:
-            out.append(_check(f"analyses.{name}.{f}", f"analyses.{name}.{f} is empty; give at "
-                              "least one size (or leave the key out for the default)."))  # fmt: skip
+            out.append(_check(f"analyses.{name}.{f}", "empty; give at least one size (or "
+                              "leave the key out for the default)."))  # fmt: skip
             continue
         bad = [x for x in v if isinstance(x, int | float) and x < 1]
         if bad:
@@ -252,8 +253,8 @@ def _strata_checks(
         hint = [c for c in cols if any(k in c.lower() for k in ("state", "type", "cluster",
                                                                   "leiden", "louvain"))]  # fmt: skip
         out.append(_check(f"analyses.{name}.strata", (
-            f"analyses.{name}.strata is 'annotation' but dataset {ds!r} names no cell-state "
-            f"column (datasets.{ds}.cell_state is not set)"
+            f"'annotation' stratifies by the dataset's cell-state column, but dataset {ds!r} "
+            f"names none (datasets.{ds}.cell_state is not set)"
             + (f"; its obs has {', '.join(repr(h) for h in hint)}" if hint else "")
             + ". Set datasets." + ds + ".cell_state, or choose another strata; a "
             "pre-declared stratification is never replaced by clustering.")))  # fmt: skip
@@ -320,7 +321,8 @@ def _perturbation_checks(
         for r in orphan.itertuples():
             out.append(_check(f"analyses.{name} on {ds}", (
                 f"dataset {ds!r}: modality arm {r.arm!r} has {r.perturbed} perturbed cells "
-                f"({r.perturbations} perturbations) but no control cell of its own (obs"
+                f"({r.perturbations} perturbation{'s' if r.perturbations != 1 else ''}) but no "
+                f"control cell of its own (obs"
                 f"[{d.modality!r}] of the controls is never {r.arm!r}); each arm is compared "
                 "with its own controls, so this arm would drop out of every result. Label "
                 f"that arm's controls {r.arm!r} in obs[{d.modality!r}], or remove the arm's "
