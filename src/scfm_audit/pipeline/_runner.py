@@ -607,8 +607,10 @@ def run_audit(
 
 @contextlib.contextmanager
 def _routed_warnings() -> Iterator[dict[str, int]]:
-    """Every warning raised inside goes to the ``scfm_audit`` log (debug level) and is
-    counted by "Category: message" instead of reaching the console mid-progress."""
+    """Every warning raised inside (numpy / scipy ``RuntimeWarning``, ``OptimizeWarning``,
+    ``UserWarning``, ...; library deprecations aside) goes to the ``scfm_audit`` log (debug
+    level) and is counted by "Category: message" instead of reaching the console
+    mid-progress."""
     import warnings
 
     counts: dict[str, int] = {}
@@ -620,6 +622,8 @@ def _routed_warnings() -> Iterator[dict[str, int]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        for dev in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", dev)  # for developers of the libraries, not users
         warnings.showwarning = show
         yield counts
 
