@@ -583,3 +583,25 @@ def test_full_disk_names_the_path_and_cleans_up(bench, tmp_path):
     assert "rc=1" in p.stdout, p.stdout + p.stderr
     assert "no space left to write " + str(disk) in p.stderr
     assert p.stdout.strip().splitlines()[-1] == "0", p.stdout  # nothing left behind
+
+
+def test_layer_index_checked_against_what_it_indexes():
+    """A verdict_layer indexes the layers a source scored (an attention source's `layers`
+    option); an mlp_layers index, the model's own layers. Neither wraps round."""
+    from types import SimpleNamespace
+
+    from scfm_audit.pipeline._config import config_from_dict
+    from scfm_audit.pipeline._design import design_checks
+
+    cfg = config_from_dict({
+        "datasets": {"d": {"path": "d.h5ad"}},
+        "references": {"r": {"format": "table", "path": "r.tsv"}},
+        "models": {"m": {"family": "scgpt", "path": "m"}},
+        "edges": {"attn": {"scorer": "attention", "model": "m", "layers": [0]}},
+        "analyses": {"grn_recovery": {"verdict_layer": 1},
+                     "head_ablation": {"mlp_layers": [1], "prediction_layer": -2}},
+    })  # fmt: skip
+    m = SimpleNamespace(n_layers=2, family="scgpt")
+    failed = design_checks(cfg, cfg.analysis_params(), {}, {}, {"m": m})
+    assert [c.name for c in failed] == ["analyses.grn_recovery.verdict_layer"], failed
+    assert "edge source 'attn', which has 1 layer " in failed[0].detail

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scfm_audit.models._base import CheckpointError
+
 #: written next to the weights by models/_train.py (a constant here avoids importing torch)
 TRAIN_LOG = "train_log.json"
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     """The checkpoint's config contradicts its weights or its training log."""
 
 

@@ -104,21 +104,28 @@ def _edge_sources(cfg: AuditConfig, p: Any) -> list[str]:
     return out
 
 
-def _layered_sources(cfg: AuditConfig, p: Any, models: dict[str, Any]) -> dict[str, int]:
-    """Layer count of every layered source the analysis reads: attention sources (their
-    ``layers`` option, else their model's layers) and the models it names (``models``)."""
+def _layered_sources(
+    cfg: AuditConfig, p: Any, models: dict[str, Any], *, of_sources: bool
+) -> dict[str, int]:
+    """Layer counts an index of the analysis is checked against. ``of_sources`` (a
+    ``verdict_layer``, which indexes the layers a source scored): each attention source's
+    ``layers`` option, else its model's layers. Otherwise (an index into the model itself,
+    e.g. ``mlp_layers``): the layers of each model its attention sources read. Plus the
+    models it names (``models``)."""
     out: dict[str, int] = {}
     for e in _edge_sources(cfg, p):
         m = cfg.edges[e].model
         if m is None or m not in models:
             continue
         layers = cfg.edges[e].options().get("layers")
-        if isinstance(layers, list | tuple):
+        if of_sources and isinstance(layers, list | tuple):
             out[f"edge source {e!r}"] = len(layers)
-        elif isinstance(layers, int):
+        elif of_sources and isinstance(layers, int):
             out[f"edge source {e!r}"] = 1
-        else:
+        elif of_sources:
             out[f"edge source {e!r} (model {m!r})"] = int(models[m].n_layers)
+        else:
+            out[f"model {m!r}"] = int(models[m].n_layers)
     if "models" in type(p).model_fields:
         for m in getattr(p, "models", None) or list(cfg.models):
             if m in models:
@@ -150,9 +157,9 @@ def _layer_checks(cfg: AuditConfig, name: str, p: Any, models: dict[str, Any]) -
     fields = [f for f in type(p).model_fields if "layer" in f]
     if not fields:
         return []
-    sources = _layered_sources(cfg, p, models)
     out = []
     for f in fields:
+        sources = _layered_sources(cfg, p, models, of_sources=f.startswith("verdict"))
         values = _layer_values(getattr(p, f))
         if not values or not sources:
             continue
@@ -329,7 +336,7 @@ def _perturbation_checks(
                 f"that arm's controls {r.arm!r} in obs[{d.modality!r}], or remove the arm's "
                 "cells.")))  # fmt: skip
         usable[ds] = arms[(arms["perturbed"] > 0) & (arms["controls"] > 0)]
-    if used and not usable and not explicit and not out:
+    if used and not usable and not explicit and not out and all(ds in data for ds in used):
         out.append(_check(f"analyses.{name}", (
             f"analysis {name!r} compares perturbed cells with controls, but no dataset it "
             f"uses ({', '.join(used)}) has both (a perturbation column with perturbed and "
