@@ -96,8 +96,8 @@ def _table(
         out.flush()
         return
     t = Table(title=title)
-    for c in columns:
-        t.add_column(c, overflow="fold" if fold else "ellipsis")
+    for i, c in enumerate(columns):  # the first column (a name) never wraps
+        t.add_column(c, overflow="fold" if fold else "ellipsis", no_wrap=i == 0)
     for i, r in enumerate(rows):
         t.add_row(*(markup[i] if markup is not None else [escape(str(v)) for v in r]))
     console.print(t)

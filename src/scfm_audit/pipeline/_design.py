@@ -326,15 +326,17 @@ def _perturbation_checks(
                     f"leave {ds!r} out of analyses.{name}.datasets.")))  # fmt: skip
             continue
         orphan = arms[(arms["perturbed"] > 0) & (arms["controls"] == 0)]
+        ctrl_arms = ", ".join(f"{a!r} ({n})" for a, n in
+                              zip(arms["arm"], arms["controls"], strict=True) if n)  # fmt: skip
         for r in orphan.itertuples():
             out.append(_check(f"analyses.{name} on {ds}", (
                 f"dataset {ds!r}: modality arm {r.arm!r} has {r.perturbed} perturbed cells "
                 f"({r.perturbations} perturbation{'s' if r.perturbations != 1 else ''}) but no "
-                f"control cell of its own (obs"
-                f"[{d.modality!r}] of the controls is never {r.arm!r}); each arm is compared "
-                "with its own controls, so this arm would drop out of every result. Label "
-                f"that arm's controls {r.arm!r} in obs[{d.modality!r}], or remove the arm's "
-                "cells.")))  # fmt: skip
+                f"control cell of its own (the controls' obs[{d.modality!r}]: "
+                f"{ctrl_arms or 'none'}; 'nan' controls are not shared between arms); each arm "
+                "is compared with its own controls, so this arm would drop out of every "
+                f"result. Label that arm's controls {r.arm!r} in obs[{d.modality!r}], or "
+                "remove the arm's cells.")))  # fmt: skip
         usable[ds] = arms[(arms["perturbed"] > 0) & (arms["controls"] > 0)]
     if used and not usable and not explicit and not out and all(ds in data for ds in used):
         out.append(_check(f"analyses.{name}", (
