@@ -457,6 +457,9 @@ def test_simulate_writes_an_audit_yaml_that_runs(tmp_path):
     r = runner.invoke(app, ["run", str(out / "audit.yaml"), "-q"], terminal_width=300)
     assert r.exit_code == 0, r.output
     assert (out / "results" / "report.html").is_file()
+    # not a terminal: the scorecard is plain lines too, one claim per line
+    assert "claim\tdataset\tanswer\tq\testimate [95% CI]\tlayer" in r.output
+    assert "┃" not in r.output and "│" not in r.output
 
 
 def test_sigterm_exits_143_and_keeps_the_previous_run(bench, tmp_path):
