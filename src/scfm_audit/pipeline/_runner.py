@@ -573,9 +573,9 @@ def run_audit(
         cache = ArtifactCache(out / "cache" if use_cache else None)
         resources = Resources(cfg, cache, progress)
         try:
-            with progress.status("checking the inputs"):
+            with progress.status("checking the inputs"), _routed_warnings() as checking:
                 raise_on_failures(input_checks(cfg, resources, params))
-        except Exception:
+        except BaseException:  # also Ctrl-C / SIGTERM while checking
             if created:  # leave no trace of a run that never started
                 tx.close()
                 shutil.rmtree(out, ignore_errors=True)
@@ -584,6 +584,8 @@ def run_audit(
             with _routed_warnings() as caught:
                 run = _run_analyses(cfg, params, resources, progress)
                 run.total_seconds = time.perf_counter() - started
+                for k, v in checking.items():
+                    caught[k] = caught.get(k, 0) + v
                 run.warnings = caught
                 write_outputs(run, report=report, folder=tx.staging)
         except (OSError, OutputWriteError) as e:
