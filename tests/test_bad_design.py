@@ -225,6 +225,10 @@ CASES = [
     Case("seed-bool", _set("seed", True), ("seed: expects an integer, got true",)),
     Case("edges-max-cells-bool", _set("edges.spearman.max_cells", True),
          ("edges.spearman.max_cells", "got true")),
+    Case("edges-option-bool", _set("edges.spearman.min_cells", True),
+         ("edges.spearman.min_cells: got true", "boolean")),
+    Case("model-option-bool", _all(SCGPT, _set("models.m.max_seq_len", True)),
+         ("models.m.max_seq_len: got true",)),
     # -- checkpoints whose config contradicts the weights or the training log
     Case("scgpt-heads-vs-train-log", _model("scgpt_heads_vs_log"),
          ("nheads=2", "n_heads=4", "train_log.json")),

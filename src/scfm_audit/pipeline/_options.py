@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,16 @@ def _check_values(
             hints.update(typing.get_type_hints(f))
         except Exception:  # unresolvable annotations (TYPE_CHECKING imports): skip values
             continue
+    from scfm_audit.pipeline._config import _accepts_bool, _holds_bool
+
+    booleans = [
+        f"{where}.{key}: got {json.dumps(v, default=str)}; a boolean is "
+        "not accepted here (it would be read as 1 or 0)."
+        for key, v in given.items()
+        if key in hints and _holds_bool(v) and not _accepts_bool(hints[key])
+    ]
+    if booleans:
+        return booleans
     fields = {}
     for key in given:
         ann = hints.get(key, Any)
