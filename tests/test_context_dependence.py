@@ -1,19 +1,20 @@
-"""Context dependence (catalogue 9): the interaction test is the stated classical test
-(paired Wilcoxon for two arms of one screen, Mann–Whitney for two unpaired contexts,
-Friedman for more than two paired contexts, Kruskal–Wallis for more than two unpaired
-ones), keeps its level on exchangeable scorers, finds a planted gap, and one context
-gives n/a with a reason instead of a crash."""
+"""Context dependence (catalogue 9): the interaction claim is the exact within-block
+permutation test of context labels (the sign-flip test for two arms over the same
+perturbations; one block when unpaired), keeps its level where Friedman's chi-square
+approximation did not, its CI inverts the test (it covers 0 whenever the test does not
+reject, under H0 too), it finds a planted gap, and one context gives n/a with a reason
+instead of a crash."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from conftest import TINY_SIM, tiny_config
 from scfm_audit.analyses._calibration import CALIBRATIONS
 from scfm_audit.analyses.context_dependence import gap_interaction
+from scfm_audit.stats import sign_flip_test, within_block_permutation
 
 
 def _gaps(k, n=20, shift=0.0, seed=0):
@@ -22,29 +23,30 @@ def _gaps(k, n=20, shift=0.0, seed=0):
     return {f"c{j}": pd.Series(rng.normal(shift * j, 0.1, n), index=idx) for j in range(k)}
 
 
-def test_interaction_tests_are_the_classical_ones():
+def test_interaction_is_the_within_block_permutation_of_context_labels():
     g = _gaps(2, shift=0.05)
-    r = gap_interaction(g, paired=True, n_boot=200, seed=0)
-    assert r["p"] == pytest.approx(stats.wilcoxon(g["c0"] - g["c1"]).pvalue)
-    r = gap_interaction(g, paired=False, n_boot=200, seed=0)
-    assert r["p"] == pytest.approx(stats.mannwhitneyu(g["c0"], g["c1"]).pvalue)
+    r = gap_interaction(g, seed=0, n_perm=9999)
+    flip = sign_flip_test(g["c0"] - g["c1"], seed=1, stages=(9999,))
+    assert r.p == pytest.approx(flip.p, abs=0.01)
+    assert r.effect == pytest.approx(abs(g["c0"].mean() - g["c1"].mean()))
     g3 = _gaps(3, shift=0.05)
-    r = gap_interaction(g3, paired=False, n_boot=200, seed=0)
-    assert r["p"] == pytest.approx(stats.kruskal(*g3.values()).pvalue)
     means = [v.mean() for v in g3.values()]
-    assert r["effect"] == pytest.approx(max(means) - min(means))
-    assert r["ci_low"] <= r["effect"] <= r["ci_high"]
+    for pairing, blocks in (("auto", np.tile(np.arange(20), 3)), ("unpaired", np.zeros(60))):
+        r = gap_interaction(g3, pairing=pairing, seed=0)
+        want = within_block_permutation(np.concatenate(list(g3.values())),
+                                        np.repeat(list(g3), 20), blocks, seed=0)  # fmt: skip
+        assert r.p == want.p and r.effect == pytest.approx(max(means) - min(means))
+        assert r.alternative == "greater" and r.null_name == "context_interaction"
+        # the CI inverts the test: it excludes 0 exactly when the test rejects
+        assert (r.ci_low > 0) == (r.p <= 0.05) and r.ci_low <= r.effect <= r.ci_high
 
 
-def test_more_than_two_paired_contexts_use_friedman_over_shared_perturbations():
+def test_paired_keeps_the_shared_perturbations_and_auto_keeps_them_all():
     g3 = _gaps(3, shift=0.05)
     g3["c2"] = g3["c2"].iloc[:-3]  # three perturbations missing from one context
-    r = gap_interaction(g3, paired=True, n_boot=200, seed=0)
-    shared = g3["c2"].index
-    want = stats.friedmanchisquare(*[g3[k][shared] for k in g3])
-    assert r["test"].startswith("Friedman") and r["statistic_name"] == "chi-square"
-    assert r["p"] == pytest.approx(want.pvalue) and r["statistic"] == pytest.approx(want.statistic)
-    assert r["n"] == len(shared) == 17
+    assert gap_interaction(g3, pairing="paired", seed=0).n == 3 * 17
+    r = gap_interaction(g3, pairing="auto", seed=0)
+    assert r.n == 20 + 20 + 17 and "20 blocks with ≥ 2 groups" in r.test
 
 
 def _blocked_gaps(seed: int, shift: float, n: int = 20) -> dict:
@@ -58,22 +60,21 @@ def _blocked_gaps(seed: int, shift: float, n: int = 20) -> dict:
             for j in range(3)}  # fmt: skip
 
 
-def test_friedman_keeps_its_level_and_recovers_the_power_kruskal_wallis_loses():
-    """H0 (no shift): contexts exchangeable within each perturbation. Kruskal–Wallis
-    ignores the pairing, so the perturbations' own spread swamps a context shift.
-    Measured over 1,000 replicates: Friedman rejects 6.0 % under H0 (Kruskal–Wallis 0 %)
-    and 34 % at shift 0.03 (Kruskal–Wallis 0.9 %)."""
+def test_within_block_permutation_keeps_its_level_and_the_power_pairing_gives():
+    """H0 (no shift): contexts exchangeable within each perturbation; the permutation test
+    is exact (Friedman's chi-square approximation rejected 6.0 % of 1,000). Ignoring the
+    blocks (one block), the perturbations' own spread swamps a context shift."""
     from scipy.stats import binomtest
 
-    def rate(shift, paired):
-        ps = [gap_interaction(_blocked_gaps(s, shift), paired=paired, n_boot=1, seed=0)["p"]
-              for s in range(1000)]  # fmt: skip
-        return int(np.sum(np.array(ps) < 0.05))
+    def rate(shift, pairing, n=300):
+        ps = [gap_interaction(_blocked_gaps(s, shift), pairing=pairing, seed=s, n_perm=199).p
+              for s in range(n)]  # fmt: skip
+        return int(np.sum(np.array(ps) <= 0.05))
 
-    k_null = rate(0.0, True)
-    assert binomtest(k_null, 1000, 0.05, alternative="greater").pvalue > 0.001
-    friedman, kruskal = rate(0.03, True), rate(0.03, False)
-    assert friedman >= 250 and friedman >= 10 * max(kruskal, 1)
+    k_null = rate(0.0, "auto")
+    assert binomtest(k_null, 300, 0.05, alternative="greater").pvalue > 0.01
+    blocked, pooled = rate(0.03, "auto", 100), rate(0.03, "unpaired", 100)
+    assert blocked >= 25 and blocked >= 5 * max(pooled, 1)
 
 
 def test_calibration_keeps_level_and_finds_a_planted_gap():
@@ -84,6 +85,8 @@ def test_calibration_keeps_level_and_finds_a_planted_gap():
     strong = max(big, key=lambda s: s.strength)
     out = [cal.replicate(strong, s) for s in range(4)]
     assert sum(o.p < 0.05 for o in out) >= 1 and np.mean([o.estimate for o in out]) > 0.1
+    null = [cal.replicate(cal.scenario("context_exchangeable_null"), s) for s in range(3)]
+    assert all((o.ci_low <= 0.0) == (o.p > 0.05) for o in null)  # the CI can cover 0
 
 
 def test_one_context_gives_na_with_a_reason(tmp_path):

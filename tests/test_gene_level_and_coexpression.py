@@ -77,11 +77,11 @@ def test_mantel_detects_shared_structure_and_not_independent_matrices():
     rng = np.random.default_rng(2)
     g = rng.normal(size=(40, 5))
     a = g @ g.T
-    rho, p, floor = mantel_spearman(a + rng.normal(size=a.shape), a, n_perm=99, seed=0)
-    assert rho > 0.5 and p <= 0.02 and floor == pytest.approx(0.02)
+    res = mantel_spearman(a + rng.normal(size=a.shape), a, n_perm=99, seed=0)
+    assert res.effect > 0.5 and res.p <= 0.02 and res.p_floor == pytest.approx(0.02)
+    assert res.side == "greater" and abs(res.null_value) < 0.1
     b = rng.normal(size=a.shape)
-    _, p0, _ = mantel_spearman(b, a, n_perm=99, seed=0)
-    assert p0 > 0.05
+    assert mantel_spearman(b, a, n_perm=99, seed=0).p > 0.05
 
 
 # ------------------------------------------------------------ known answers (verdict tests)

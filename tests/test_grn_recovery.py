@@ -16,10 +16,11 @@ from scfm_audit.evaluate._recovery import (
     nan_lowest_ranks,
     pair_scores,
     rank_matrix,
+    recovery_result,
     relabelled_auroc_null,
     weighted_auroc,
 )
-from scfm_audit.stats import four_valued_answer, permute_within_classes
+from scfm_audit.stats import StatTestResult, answer_result, permute_within_classes
 
 
 def _ref(edges, directed=True):
@@ -142,11 +143,10 @@ def test_strong_effect_is_not_lost_to_the_permutation_floor(planted):
     assert r["p_floor"] == pytest.approx(2 / 10_000)
     no_refinement = edge_recovery(rho, pairs, n_boot=20, n_perm=19, n_perm_max=0, seed=0)
     assert no_refinement["p"] == pytest.approx(0.1)
-    # at its floor and not significant after correction: n/a with the reason, never "no"
-    answer, reason = four_valued_answer(
-        p=0.1, q=0.2, alpha=0.05, effect=0.7, null_value=0.5, p_floor=0.1
-    )
-    assert answer == "n/a" and "n_perm" in reason
+    # its floor (0.1) cannot reach alpha: n/a with the reason, never "no evidence"
+    answer, reason = answer_result(recovery_result(no_refinement))
+    assert answer == "n/a" and "smallest p" in reason
+    assert answer_result(recovery_result(r))[0] == "yes"
 
 
 def test_anti_recovery_reads_opposite(planted):
@@ -156,9 +156,8 @@ def test_anti_recovery_reads_opposite(planted):
         flipped, candidate_pairs(rho.genes, bench.grn), n_boot=100, transform="raw", seed=0
     )
     assert r["auroc"] < 0.4 and r["p"] < 0.001
-    answer, _ = four_valued_answer(
-        p=r["p"], q=r["p"], alpha=0.05, effect=r["auroc"], null_value=0.5
-    )
+    assert r["p_less"] < r["p_greater"]
+    answer, _ = answer_result(recovery_result(r))
     assert answer == "opposite"
 
 
@@ -169,32 +168,27 @@ def test_zero_variance_regulators_are_not_assessable(planted):
     d[np.unique(pairs.source), :] = np.nan  # what Spearman gives for constant regulators
     r = edge_recovery(EdgeScores(d, rho.genes, method="flat"), pairs, n_boot=20, seed=0)
     assert np.isnan(r["p"]) and "zero variance" in r["not_assessable"]
-    answer, reason = four_valued_answer(
-        p=r["p"],
-        q=np.nan,
-        alpha=0.05,
-        effect=r["auroc"],
-        null_value=0.5,
-        reason=r["not_assessable"],
-    )
+    answer, reason = answer_result(recovery_result(r))
     assert answer == "n/a" and "zero variance" in reason
 
 
 @pytest.mark.parametrize(
-    ("p", "q", "effect", "claimed", "expected"),
+    ("p", "p_greater", "p_less", "claimed", "expected"),
     [
-        (0.001, 0.01, 0.7, "greater", "yes"),
-        (0.001, 0.01, 0.3, "greater", "opposite"),
-        (0.001, 0.01, 0.3, "less", "yes"),
-        (0.2, 0.4, 0.7, "greater", "no evidence"),
-        (np.nan, np.nan, 0.7, "greater", "n/a"),
+        (0.002, 0.001, 0.999, "greater", "yes"),
+        (0.002, 0.999, 0.001, "greater", "opposite"),
+        (0.002, 0.999, 0.001, "less", "yes"),
+        (0.4, 0.2, 0.8, "greater", "no evidence"),
+        (np.nan, np.nan, np.nan, "greater", "n/a"),
     ],
 )
-def test_four_valued_answers(p, q, effect, claimed, expected):
-    answer, _ = four_valued_answer(
-        p=p, q=q, alpha=0.05, effect=effect, null_value=0.5, claimed=claimed, p_floor=1e-4
-    )
-    assert answer == expected
+def test_four_valued_answers(p, p_greater, p_less, claimed, expected):
+    """The side is the tested statistic's (its tails), whatever the estimate says: here
+    the estimate 0.7 lies above 0.5 in every row."""
+    res = StatTestResult(0.7, p, 0.7, 100, "t", "AUROC", "AUROC", "two-sided",
+                         p_greater=p_greater, p_less=p_less, null_value=0.5,
+                         p_floor=1e-4)  # fmt: skip
+    assert answer_result(res, claimed=claimed)[0] == expected
 
 
 def test_null_simulation_gives_no_systematic_small_p_values():

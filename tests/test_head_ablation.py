@@ -86,11 +86,14 @@ def test_cached_runner_equals_full_forward(tiny, tiny_bench):
 
 
 def test_calibration_type_one_and_power():
-    summ, _ = calibrate(
+    summ, reps = calibrate(
         "head_ablation",
         n_replicates=60,
-        scenarios=["hub_null_random_regulatory_set", "planted_regulatory_shift_8.0"],
-    )
+        scenarios=["hub_null_random_regulatory_set", "planted_regulatory_shift_8.0",
+                   "hub_null_one_head_of_16"],
+    )  # fmt: skip
+    one = reps[reps["scenario"] == "hub_null_one_head_of_16"]
+    assert (one["p"] >= 2 / 16 - 1e-12).all()  # the exact test's floor
     null = summ.set_index("scenario").loc["hub_null_random_regulatory_set"]
     planted = summ.set_index("scenario").loc["planted_regulatory_shift_8.0"]
     assert null["rate_low"] <= 0.05  # the level lies within the CI of the type-I error
@@ -142,7 +145,10 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     assert rnd.groupby("channel").size().to_dict() == {"mean": 3, "uniform": 3, "zero": 3}
     assert any("exact permutation test" in n and "cannot reach 0.05" in n for n in res.notes)
     heads = res.tables["heads"]
-    assert heads["selected"].sum() == 1 and (heads["selected_by"] == "top-1 AUROC").sum() == 1
+    assert heads["selected"].sum() == 1
+    assert (heads["selected_by"] == "top-1 AUROC above its null centre").sum() == 1
+    chosen = heads[heads["selected"]]
+    assert (chosen["auroc"] > chosen["auroc_null_mean"]).all()  # never an anti-recovering head
     pred = res.tables["prediction"]
     last_mlp = pred[pred["condition"].str.startswith("MLP 2")]
     assert last_mlp["structurally_unable"].all() and last_mlp["change"].isna().all()
@@ -151,12 +157,15 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     assert not early["structurally_unable"].any() and early["change"].notna().all()
     (v,) = res.verdicts
     assert v.claim == "tiny: ablating regulatory heads degrades the model"
-    assert v.record.family == "confirmatory" and v.record.null_value == 0.5
-    assert 2 / 4 <= v.record.p <= 1 and np.isnan(v.record.p_floor)  # exact, not Monte Carlo
-    assert "smallest attainable two-sided p is 0.5" in v.reason
+    assert v.record.family == "claim" and v.record.null_value == 0.5
+    assert 2 / 4 <= v.record.p <= 1 and v.record.p_floor == 0.5  # exact: 4 sets, 2/4
     card = run.verdicts()
     card = card[card["analysis"] == "head_ablation"]
-    assert card["answer"].tolist() == ["no evidence"]
+    assert card["answer"].tolist() == ["n/a"]  # cannot reach 0.05: not "no evidence"
+    reason = card["reason"].iloc[0]
+    assert "only 4 distinct 1-head sets" in reason and "random_sets: any" in reason
+    tests = run.tests[run.tests["analysis"] == "head_ablation"]
+    assert (tests["family"] == "claim").sum() == 1
     assert res.tables["cost"]["saved"].iloc[0] > 0  # layer-matched sets skip lower layers
     assert "ablation_sim_tiny" in res.figures
 
@@ -187,23 +196,23 @@ def test_bad_parameters_say_what_to_fix(tmp_path, tiny):
         run_audit(config_from_dict(cfg), quiet=True)
 
 
-def test_every_head_regulatory_gives_na(tmp_path, tiny):
-    from scfm_audit.pipeline import config_from_dict, run_audit
+def test_every_head_regulatory_gives_na():
+    from types import SimpleNamespace
 
-    path, _ = tiny
-    cfg = tiny_config(tmp_path)
-    cfg["datasets"] = {"sim": cfg["datasets"]["sim"]}
-    cfg["references"] = {"grn": cfg["references"]["grn"]}
-    cfg["models"] = {"tiny": {"family": "scgpt", "path": str(path)}}
-    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 30,
-                             "per_head": True}}  # fmt: skip
-    cfg["analyses"] = {"head_ablation": {
-        "selection": "top_auroc", "selection_k": 12, "channels": ["zero"], "ks": [2],
-        "n_entropy_matched": 0, "n_cells": 4, "n_reference_cells": 4, "n_boot": 50,
-        "selection_n_perm": 19, "selection_n_perm_max": 0, "prediction": False,
-        "in_silico": False,
-    }}  # fmt: skip
-    run = run_audit(config_from_dict(cfg), quiet=True)
-    card = run.verdicts()
-    row = card[card["analysis"] == "head_ablation"].iloc[0]
-    assert row["answer"] == "n/a" and "every one of the 12 heads" in row["reason"]
+    from scfm_audit.analyses._contract import Unit
+    from scfm_audit.analyses.head_ablation import HeadAblationParams, _set_tests
+    from scfm_audit.evaluate._ablation import random_set_design
+    from test_claim_path_heads import _answers, _Ctx
+
+    heads = tuple(all_heads(3, 4))
+    design = random_set_design(heads, heads, 19, np.random.default_rng(0))
+    assert design == ([], 1, True)
+    ctx = _Ctx()
+    res = SimpleNamespace(loss=np.ones((1, 4)), baseline=np.zeros(4))
+    p = HeadAblationParams(channels=["zero"], n_entropy_matched=0)
+    conds = [Condition("regulatory", "zero", heads)]
+    rows = _set_tests(ctx, p, Unit("sim", "tiny", "grn"), "attn", conds, res, design, heads,
+                      "FDR", {})  # fmt: skip
+    assert rows == []
+    (row,) = _answers(ctx).itertuples()
+    assert row.answer == "n/a" and "every one of the 12 heads" in row.reason

@@ -91,6 +91,12 @@ def test_shuffled_label_test_finds_planted_specificity_and_not_gene_level_patter
     t = tests["spearman"]
     assert t.p < 0.01 and t.effect > 0 and t.ci_low > 0
     assert t.n_draws > 999  # the adaptive second stage ran for a small p
+    r = t.result  # the typed result the claim is recorded from
+    assert r.side == "greater" and r.p_greater < 0.01 < r.p_less and r.p == t.p
+    assert r.p_floor == t.p_floor and r.null_value == 0.0 and r.effect == t.effect
+    reversed_ = gene_level - 0.5 * own  # anti-specific: the side comes from the tails
+    _, tests, _ = compare_in_silico(*frames(reversed_), signed=True, n_boot=50, seed=0)
+    assert tests["spearman"].result.side == "less"
 
 
 def test_permutations_stay_within_arms():
@@ -99,6 +105,9 @@ def test_permutations_stay_within_arms():
     M[:3, :3], M[3:, 3:] = 1.0, 0.0
     t = in_silico_test(M, np.array(list("aaabbb")), stages=(199,), n_boot=50, seed=0)
     assert np.allclose(t.null, 0.5) and t.p == 1.0 and t.effect == 0.0
+    assert t.result.p_floor == 1.0  # a point-mass null: nothing can be extreme
+    few = in_silico_test(M[:2, :2], np.array(list("aa")), stages=(19,), n_boot=0, seed=0)
+    assert np.isnan(few.result.p) and "fewer than 3" in few.result.reason
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +287,10 @@ def test_analysis_reports_genes_outside_the_vocabulary(tmp_path, tiny_bench):
     assert "TF001" not in set(per["perturbation"]) and len(per) == 7
     assert (per["n_cells"] <= 24).all() and (per["n_cells"] > 0).all()
     (v,) = res.verdicts
-    assert v.record.family == "confirmatory" and v.record.null
+    assert v.record.family == "claim" and v.record.null and v.direction == "greater"
+    assert not np.isnan(v.record.p_greater) and not np.isnan(v.record.p_floor)
+    tests = run.tests[run.tests["analysis"] == "in_silico_perturbation"]
+    assert (tests["family"] == "claim").sum() == 1 and (tests["family"] == "descriptive").sum()
 
 
 def test_two_arm_screen_maps_arms_to_modes_and_refuses_an_unmapped_arm(tmp_path, tiny_bench):

@@ -251,7 +251,8 @@ def test_propensity_matching_is_within_perturbation_without_reuse_and_in_caliper
 def test_no_incremental_value_when_the_edge_is_gene_level_only():
     """(i) Responders predictable from gene-level statistics (predictability 1) and an
     edge score that is the candidate's mean plus noise: no incremental value."""
-    from scfm_audit.analyses.incremental_value import calibration_rows, incremental_test
+    from scfm_audit.analyses._perturbation_sim import calibration_rows
+    from scfm_audit.analyses.incremental_value import incremental_test
 
     rows = calibration_rows({"edge": "candidate_mean", "gene_level_predictability": 1.0}, 0)
     rows["|edge|"] = rows["edge"].abs()
@@ -264,7 +265,8 @@ def test_no_incremental_value_when_the_edge_is_gene_level_only():
 def test_correlation_edges_add_value_when_pairwise_regulation_carries_signal():
     """(ii) No gene-level predictability, strong regulation, TF perturbations: Spearman
     co-expression of perturbed gene and candidate on control cells adds value."""
-    from scfm_audit.analyses.incremental_value import calibration_rows, incremental_test
+    from scfm_audit.analyses._perturbation_sim import calibration_rows
+    from scfm_audit.analyses.incremental_value import incremental_test
 
     params = {"edge": "coexpression", "gene_level_predictability": 0.0, "regulation_strength": 1.5}
     rows = calibration_rows(params, 0)

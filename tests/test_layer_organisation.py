@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from scfm_audit.analyses import calibrate
-from scfm_audit.analyses.layer_organisation import _layered_scores, depth_trend
-from scfm_audit.stats import four_valued_answer
+from scfm_audit.analyses.layer_organisation import _layered_scores, depth_trend, trend_results
+from scfm_audit.stats import answer_result
 
 
 @pytest.mark.parametrize(("beta", "expected"), [(0.4, "yes"), (-0.4, "opposite")])
@@ -17,9 +17,9 @@ def test_planted_trend_is_found_with_its_sign(beta, expected):
     t = depth_trend(layers, ppi, tf, n_boot=200, seed=0, transform="raw")
     assert np.sign(t["slope"]) == -np.sign(beta)
     assert t["slope_ci"][0] <= t["slope"] <= t["slope_ci"][1]
-    answer, _ = four_valued_answer(
-        p=t["p"], q=t["p"], alpha=0.05, effect=t["slope"], null_value=0.0, claimed="less"
-    )
+    slope, _ = trend_results(t, n_layers=len(layers), n_boot=200, n=len(layers[0].genes))
+    assert slope.side == ("less" if beta > 0 else "greater")
+    answer, _ = answer_result(slope, claimed="less")
     assert answer == expected
     # the per-layer difference itself moves from PPI-favoured to TF-favoured (or back)
     assert np.sign(t["d"][0] - t["d"][-1]) == np.sign(beta)

@@ -21,11 +21,11 @@ from scfm_audit.analyses.perturbation_prediction import (
     cv_layer_auroc,
 )
 from scfm_audit.evaluate._perturbation import (
-    PairedComparison,
     combine_intersection_union,
     paired_comparison,
     ranking_metrics,
 )
+from scfm_audit.stats._tests import StatTestResult
 
 
 def _groups(seed=0):
@@ -81,19 +81,34 @@ def test_paired_comparison_is_scipy_wilcoxon_over_perturbations():
     assert c.p == pytest.approx(stats.wilcoxon(a[ok], b[ok]).pvalue)
     assert c.mean_delta == pytest.approx(np.mean(a[ok] - b[ok]))
     assert c.ci_low < c.mean_delta < c.ci_high
+    assert c.hl_ci_low <= c.hodges_lehmann <= c.hl_ci_high and c.result.p == c.p
     assert c == paired_comparison(a, b, n_boot=500, seed=0)  # seeded
 
 
-def _pc(delta, p):
-    return PairedComparison(10, 0.7, 0.7 - delta, delta, delta, delta - 0.1, delta + 0.1,
-                            5, p, 1.0, 0.0)  # fmt: skip
+def _r(effect, p):
+    """A two-sided result whose ranks lie on the side of ``effect``."""
+    tail = p / 2 if effect > 0 else 1 - p / 2
+    return StatTestResult(1.0, p, effect, 10, "wilcoxon", "T", "HL", "two-sided",
+                          p_greater=tail, p_less=1 - tail)  # fmt: skip
 
 
 def test_intersection_union_needs_every_baseline_and_reports_the_weakest():
-    p, i = combine_intersection_union([_pc(0.2, 0.001), _pc(0.05, 0.03), _pc(0.1, 0.01)])
-    assert (p, i) == (0.03, 1)  # all lead: max p, weakest lead reported
-    p, i = combine_intersection_union([_pc(0.2, 0.001), _pc(-0.05, 0.01), _pc(0.1, 0.01)])
-    assert i == 1 and p == pytest.approx(0.03)  # one loses: Bonferroni for "opposite"
+    res, i = combine_intersection_union([_r(0.2, 0.001), _r(0.05, 0.03), _r(0.1, 0.01)])
+    assert i == 1 and res.p == pytest.approx(0.03)  # all lead: max p, weakest reported
+    assert res.side == "greater"
+    res, i = combine_intersection_union([_r(0.2, 0.001), _r(-0.05, 0.01), _r(0.1, 0.01)])
+    assert i == 1 and res.p == pytest.approx(0.03) and res.side == "less"  # Bonferroni
+
+
+def test_intersection_union_reads_sides_from_the_tests_not_the_mean():
+    """Defect 3: a component whose mean Δ is positive but whose ranks say 'less' is a
+    loser; the combined side is 'less', never 'yes' for the claim."""
+    skew = np.r_[np.linspace(-0.015, -0.005, 27), [0.21, 0.22, 0.23]]
+    att = np.full(30, 0.7)
+    c = paired_comparison(att + skew, att, n_boot=200, seed=0)
+    assert c.mean_delta > 0 and c.result.side == "less"
+    res, i = combine_intersection_union([c.result, _r(0.1, 0.001)])
+    assert i == 0 and res.side == "less" and res.p < 0.05
 
 
 def test_nested_cv_chooses_the_layer_without_the_held_out_perturbations():
@@ -141,14 +156,15 @@ def _known_answer(gene_level_predictability, regulation_strength):
 def test_gene_level_baselines_win_when_responders_are_gene_level_predictable():
     w = _known_answer(1.0, 1.0)  # (i) targets enriched among highly expressed genes
     for scorer in ("spearman", "attention"):
-        comp, p, _ = baseline_claim(w, w[scorer].to_numpy(), "variance", n_boot=200, seed=0)
-        assert comp.mean_delta > 0.1 and p < 0.05
+        comp, res, _ = baseline_claim(w, w[scorer].to_numpy(), "variance", n_boot=200, seed=0)
+        assert comp.mean_delta > 0.1 and res.p < 0.05 and res.side == "greater"
 
 
 def test_coexpression_wins_when_pairwise_regulation_carries_the_signal():
     w = _known_answer(0.0, 2.0)  # (ii) targets uniform, strong regulation, TF perturbations
-    comp, p, _ = baseline_claim(w, w["spearman"].to_numpy(), "variance", n_boot=200, seed=0)
-    assert comp.mean_delta < -0.05 and p < 0.05  # the claim's answer is "opposite"
+    comp, res, _ = baseline_claim(w, w["spearman"].to_numpy(), "variance", n_boot=200, seed=0)
+    assert comp.mean_delta < -0.05 and res.p < 0.05  # the claim's answer is "opposite"
+    assert res.side == "less" and res.effect < 0
 
 
 def test_all_baselines_claim_is_the_intersection_union_of_the_three_wilcoxons():
@@ -157,9 +173,9 @@ def test_all_baselines_claim_is_the_intersection_union_of_the_three_wilcoxons():
     wide = pd.DataFrame({"mean": att + rng.uniform(0.0, 0.2, 25),
                          "variance": att + rng.uniform(0.05, 0.3, 25),
                          "detection": att + rng.uniform(-0.05, 0.15, 25)})  # fmt: skip
-    comp, p, name = baseline_claim(wide, att, "all", n_boot=100, seed=0)
+    comp, res, name = baseline_claim(wide, att, "all", n_boot=100, seed=0)
     ps = {b: stats.wilcoxon(wide[b], att).pvalue for b in ("mean", "variance", "detection")}
-    assert p == pytest.approx(max(ps.values()))
+    assert res.p == pytest.approx(max(ps.values())) and res.side == "greater"
     assert name == "detection" and comp.mean_delta == pytest.approx(np.mean(wide[name] - att))
-    comp, p, name = baseline_claim(wide, att, "variance", n_boot=100, seed=0)
-    assert name == "variance" and p == pytest.approx(ps["variance"])
+    comp, res, name = baseline_claim(wide, att, "variance", n_boot=100, seed=0)
+    assert name == "variance" and res.p == pytest.approx(ps["variance"])

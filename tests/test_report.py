@@ -67,6 +67,7 @@ def fake_run(output: Path, *, seed: int = 0) -> RunResult:
     rng = np.random.default_rng(seed)
     reg = TestRegistry(alpha=0.05)
     rec_yes = reg.add(
+        family="claim",
         analysis="grn_recovery",
         hypothesis="attention ranks TRRUST edges",
         test="label-shuffle permutation (999)",
@@ -86,6 +87,7 @@ def fake_run(output: Path, *, seed: int = 0) -> RunResult:
         layer=3,
     )
     rec_no = reg.add(
+        family="claim",
         analysis="grn_recovery",
         hypothesis="spearman ranks TRRUST edges",
         test="label-shuffle permutation (999)",
@@ -103,6 +105,7 @@ def fake_run(output: Path, *, seed: int = 0) -> RunResult:
         method="spearman",
     )
     rec_nan = reg.add(
+        family="claim",
         analysis="grn_recovery",
         hypothesis="attention ranks STRING edges",
         test="label-shuffle permutation (999)",
@@ -137,6 +140,7 @@ def fake_run(output: Path, *, seed: int = 0) -> RunResult:
             family="descriptive",
         )
     rec_inc = reg.add(
+        family="claim",
         analysis="incremental_value",
         hypothesis="edges add to gene-level",
         test="likelihood-ratio",
@@ -154,6 +158,7 @@ def fake_run(output: Path, *, seed: int = 0) -> RunResult:
         direction="greater",
     )
     rec_opp = reg.add(
+        family="claim",
         analysis="incremental_value",
         hypothesis="attention beats gene-level",
         test="paired DeLong",
@@ -271,7 +276,7 @@ def test_scorecard_on_top_with_badges_and_q(report):
     assert fmt_p(q_yes) in scorecard
     assert fmt_p(v.loc["edge features add to gene-level features", "q"]) in scorecard
     assert "BH" in scorecard or "Benjamini" in scorecard
-    assert "across <b>all" in scorecard
+    assert "claim tests only" in scorecard and "5 claim tests" in scorecard
     # groups by model / dataset
     assert scorecard.count('class="group"') == 3
     # effect with CI
@@ -281,7 +286,8 @@ def test_scorecard_on_top_with_badges_and_q(report):
     table = scorecard[scorecard.index("<table>") :]
     assert table.count('<span class="badge opp">⇄ opposite</span>') == 1
     # family-definition sensitivity
-    assert "confirmatory only (BH)" in scorecard and "per analysis (BH)" in scorecard
+    assert "claims only (BH; answers the scorecard)" in scorecard
+    assert "per analysis (BH)" in scorecard
 
 
 def test_user_text_is_escaped(report):

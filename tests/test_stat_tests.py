@@ -32,7 +32,11 @@ def test_paired_wilcoxon_and_rank_biserial() -> None:
     assert paired_wilcoxon(b, a).effect == pytest.approx(-(20 - 1) / 21)
     fields = res.registry_fields()
     assert fields["direction"] == "greater" and fields["effect_name"] == "rank_biserial"
-    TestRegistry().add(analysis="x", hypothesis="h", null="H0", **fields)
+    assert fields["null"] == "paired differences symmetric about 0"
+    rec = TestRegistry().add(analysis="x", hypothesis="h", **fields)
+    assert rec.p_greater == pytest.approx(ref.pvalue) and rec.p_less > 0.5
+    # the attainable floor: every one of the 6 differences positive, exact: 1/2^6
+    assert res.p_floor == pytest.approx(1 / 64)
     assert np.isnan(paired_wilcoxon([1.0, 2.0], [1.0, 2.0]).p)
 
 

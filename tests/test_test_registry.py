@@ -35,23 +35,23 @@ def test_registry_q_values_per_family() -> None:
     rng = np.random.default_rng(1)
     n = 30
     ps = np.r_[rng.uniform(0, 0.004, 8), rng.uniform(size=n - 8)]
-    families = ["confirmatory" if i % 3 else "descriptive" for i in range(n)]
+    families = ["claim" if i % 3 else "descriptive" for i in range(n)]
     analyses = [f"a{i % 4}" for i in range(n)]
     ps[5] = np.nan
     reg = _registry(ps, families, analyses)
     df = reg.to_frame()
     assert list(df.columns[: len(TEST_COLUMNS)]) == list(TEST_COLUMNS)
     ok = ~np.isnan(ps)
-    # run-wide
+    # run-wide (sensitivity only)
+    expected_run = np.full(n, np.nan)
+    expected_run[ok] = multipletests(ps[ok], method="fdr_bh")[1]
+    np.testing.assert_allclose(df["q_run"], expected_run)
+    # q: within the test's own family (claims with claims, descriptive with descriptive)
     expected = np.full(n, np.nan)
-    expected[ok] = multipletests(ps[ok], method="fdr_bh")[1]
+    for fam in ("claim", "descriptive"):
+        sel = (np.array(families) == fam) & ok
+        expected[sel] = multipletests(ps[sel], method="fdr_bh")[1]
     np.testing.assert_allclose(df["q"], expected)
-    # confirmatory family only (NaN for descriptive tests and NaN p)
-    conf = np.array(families) == "confirmatory"
-    sel = conf & ok
-    expected_c = np.full(n, np.nan)
-    expected_c[sel] = multipletests(ps[sel], method="fdr_bh")[1]
-    np.testing.assert_allclose(df["q_confirmatory"], expected_c)
     # per analysis
     for a in set(analyses):
         sel = (np.array(analyses) == a) & ok
@@ -66,22 +66,15 @@ def test_registry_q_values_per_family() -> None:
 
 def test_family_sensitivity_counts() -> None:
     ps = [0.001, 0.01, 0.02, 0.045, 0.3, math.nan]
-    fams = [
-        "confirmatory",
-        "confirmatory",
-        "descriptive",
-        "descriptive",
-        "confirmatory",
-        "confirmatory",
-    ]
+    fams = ["claim", "claim", "descriptive", "descriptive", "claim", "claim"]
     anas = ["a", "a", "b", "b", "b", "a"]
     sens = _registry(ps, fams, anas).family_sensitivity().set_index("family_definition")
     # uncorrected: 4 of 5 computable p < 0.05
     assert sens.loc["uncorrected"].tolist() == [5, 4]
     # all tests BH over 5: q = [.005, .025, .0333, .05625, .3] -> 3 below 0.05
     assert sens.loc["all tests (BH)"].tolist() == [5, 3]
-    # confirmatory: [.001, .01, .3] -> q = [.003, .015, .3] -> 2
-    assert sens.loc["confirmatory only (BH)"].tolist() == [3, 2]
+    # claims: [.001, .01, .3] -> q = [.003, .015, .3] -> 2
+    assert sens.loc["claims only (BH; answers the scorecard)"].tolist() == [3, 2]
     # per analysis: a: [.001, .01] -> 2; b: [.02, .045, .3] -> q = [.06, .0675, .3] -> 0
     assert sens.loc["per analysis (BH)"].tolist() == [5, 2]
 

@@ -15,28 +15,17 @@ Families (see each module's docstring):
 * E. Quality control — :mod:`~scfm_audit.analyses.synthetic_controls` (the calibration
   harness inside an audit)
 
-Beside them: the analysis contract (:mod:`._contract`: spec, context, result, verdict,
+Adding an analysis is one file: every public module of this folder (a name without a
+leading underscore) is imported here and registers itself with ``@register_analysis`` and
+``register_calibration``. Beside them: the analysis contract (:mod:`._contract`: spec, context, result, verdict,
 registration) and the calibration harness (:mod:`._calibration`) that every analysis
 registers its null and planted scenarios with. Analyses use the kernels below them
 (``evaluate``, ``stats``, ``edges``, ``data``) and never the pipeline, report or CLI.
 """
 
-from scfm_audit.analyses import (  # noqa: F401  (registers each analysis)
-    attention_vs_coexpression,
-    context_dependence,
-    cssi,
-    gene_level_null,
-    grn_recovery,
-    head_ablation,
-    head_specialisation,
-    in_silico_perturbation,
-    incremental_value,
-    layer_organisation,
-    perturbation_prediction,
-    perturbation_responders,
-    scaling,
-    synthetic_controls,
-)
+import importlib
+import pkgutil
+
 from scfm_audit.analyses._calibration import (
     CALIBRATIONS,
     Calibration,
@@ -68,3 +57,15 @@ __all__ = [
     "register_analysis",
     "register_calibration",
 ]
+
+
+def _discover() -> list[str]:
+    """Import every public module of this package (each registers its analysis), in
+    name order so registration does not depend on the file system's listing order."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
+
+
+MODULES = _discover()

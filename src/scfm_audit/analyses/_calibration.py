@@ -60,8 +60,10 @@ class Scenario:
 
 @dataclass(frozen=True)
 class ReplicateOutcome:
-    """One replicate: the verdict test's ``p``, the ``estimate`` with its CI, and the
-    value of the estimate under H0 (``null_value``; its side gives the direction)."""
+    """One replicate: the verdict test's ``p``, the ``estimate`` with its CI, the value
+    of the estimate under H0 (``null_value``, the null's own centre) and ``side``, the
+    side of the tested statistic ("greater" / "less" / "none"; from the test's tails —
+    :meth:`of` fills it from a typed result; empty: the estimate against ``null_value``)."""
 
     p: float
     estimate: float
@@ -69,6 +71,26 @@ class ReplicateOutcome:
     ci_high: float = math.nan
     null_value: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)  # other tests' p, for comparison
+    side: str = ""
+
+    @classmethod
+    def of(cls, result: Any, extra: dict[str, float] | None = None) -> ReplicateOutcome:
+        """The outcome of the claim's own typed test (a ``StatTestResult``): its p, its
+        estimate and CI, its null's centre and its tested side."""
+        return cls(
+            p=result.p,
+            estimate=result.effect,
+            ci_low=result.ci_low,
+            ci_high=result.ci_high,
+            null_value=result.null_value,
+            extra=dict(extra or {}),
+            side=result.side,
+        )
+
+    def tested_side(self) -> str:
+        from scfm_audit.stats._tests import tested_side
+
+        return self.side or tested_side(math.nan, math.nan, self.estimate, self.null_value)
 
 
 @dataclass(frozen=True)
@@ -161,14 +183,15 @@ def calibrate(
         if progress is not None:
             it = progress(it, description=f"calibrating {analysis}: {sc.name}")
         outs = [cal.replicate(sc, int(seeds[i])) for i in it]
-        df = pd.DataFrame([{**o.__dict__, **o.extra} for o in outs]).drop(columns="extra")
+        df = pd.DataFrame(
+            [{**o.__dict__, "side": o.tested_side(), **o.extra} for o in outs]
+        ).drop(columns="extra")
         df.insert(0, "scenario", sc.name)
         reps.append(df)
         valid = df["p"].notna()
         sig = valid & (df["p"] < alpha)
-        if sc.kind == "planted":
-            side = np.sign(df["estimate"] - df["null_value"])
-            sig &= side == (1 if cal.claimed == "greater" else -1)
+        if sc.kind == "planted":  # power: significant on the planted side of the test
+            sig &= df["side"] == cal.claimed
         n = int(valid.sum())
         k = int(sig.sum())
         lo, hi = clopper_pearson(k, n)

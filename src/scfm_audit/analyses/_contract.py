@@ -2,9 +2,12 @@
 
 An analysis is a function ``run(ctx: AnalysisContext, params) -> AnalysisResult``
 registered with :func:`register_analysis`. It asks the context for what it needs
-(datasets, references, edge scores — resolved once per run and cached), registers every
-statistical test with ``ctx.add_test`` and returns tables, figures and scorecard verdicts.
-The runner does the rest (caching, FDR across the run, writing, the report).
+(datasets, references, edge scores — resolved once per run and cached), computes typed
+test results (:class:`~scfm_audit.stats._tests.StatTestResult`) and records them:
+``ctx.claim(result, unit, claim=...)`` for the one test that answers a scorecard line,
+``ctx.describe(result, unit, hypothesis=...)`` for every other test. It returns tables,
+figures and notes. ``stats/_verdict.py`` alone turns claims into answers (family, side,
+floor); the runner does the rest (caching, FDR, writing, the report).
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scfm_audit._registry import Registry
 
@@ -30,12 +33,56 @@ if TYPE_CHECKING:
     from scfm_audit.evaluate._recovery import CandidatePairs
     from scfm_audit.models._base import ModelAdapter
     from scfm_audit.stats._registry import TestRecord
+    from scfm_audit.stats._tests import StatTestResult
 
 
 class AnalysisParams(BaseModel):
     """Base of every analysis' parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UnitParams(AnalysisParams):
+    """The fields every analysis over datasets × edge sources × references repeats, and
+    what they resolve to in a run (None: all of the run's)."""
+
+    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
+    references: list[str] | None = Field(None, description="references (default: all)")
+    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
+
+    def datasets_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.datasets or ctx.dataset_names())
+
+    def references_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.references if self.references is not None else ctx.reference_names())
+
+    def edges_in(self, ctx: AnalysisContext) -> list[str]:
+        return list(self.edges or ctx.edge_names())
+
+    def evaluable(
+        self, ctx: AnalysisContext, genes: pd.Index, *, where: str, notes: list[str]
+    ) -> dict[str, CandidatePairs]:
+        """Candidate pairs of each reference over ``genes`` that has at least
+        ``min_positives`` edges among them (a note for each that has not)."""
+        out = {}
+        for ref_name in self.references_in(ctx):
+            pairs = evaluable_pairs(genes, ctx.reference(ref_name), where=f"{where}/{ref_name}",
+                                    min_positives=self.min_positives, notes=notes)  # fmt: skip
+            if pairs is not None:
+                out[ref_name] = pairs
+        return out
+
+
+class LayerClaimParams(AnalysisParams):
+    """``verdict_layer``: the layer a claim about a layered source rests on."""
+
+    verdict_layer: int | Literal["best"] = Field(
+        "best",
+        description="layer behind the scorecard answer of a layered source: an index fixed a "
+        "priori (negative counts from the last), or 'best' (largest null-standardised "
+        "effect, p × number of layers: Bonferroni for the selection)",
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +94,10 @@ class AnalysisSpec:
     version: str
     category: str = ""
     reference: str = ""  # where the design comes from (paper section / catalogue number)
+    #: parameters that keep a run on the toy simulator short (the contract test's)
+    quick: dict[str, Any] = field(default_factory=dict)
+    #: the demo's block: ``demo(quick=..., models=...)`` -> parameters, or None (not run)
+    demo: Callable[..., dict[str, Any] | None] | None = None
 
 
 def parameter_table(params: type[BaseModel]) -> list[dict[str, str]]:
@@ -81,8 +132,12 @@ def register_analysis(
     version: str,
     category: str = "",
     reference: str = "",
+    quick: dict[str, Any] | None = None,
+    demo: Callable[..., dict[str, Any] | None] | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``."""
+    """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``;
+    ``quick``: the parameters of a short run on the toy simulator (the contract test);
+    ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it)."""
 
     def deco(fn: Callable) -> Callable:
         ANALYSES.add(
@@ -95,6 +150,8 @@ def register_analysis(
                 version=version,
                 category=category,
                 reference=reference,
+                quick=dict(quick or {}),
+                demo=demo,
             ),
         )
         return fn
@@ -120,6 +177,118 @@ class Verdict:
     direction: str = "greater"
     layer_choice: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a test is about: dataset, model, reference, method (an edge source's label),
+    layer and head; any may be None."""
+
+    dataset: str | None = None
+    model: str | None = None
+    reference: str | None = None
+    method: str | None = None
+    layer: int | None = None
+    head: int | None = None
+
+    @classmethod
+    def of(cls, es: EdgeScores, dataset: str | None, reference: str | None = None) -> Unit:
+        """The unit of one edge-score set on ``dataset`` against ``reference``."""
+        return cls(dataset, es.model, reference, es.label, es.layer, es.head)
+
+    def fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("dataset", "model", "reference", "method",
+                                              "layer", "head")}  # fmt: skip
+
+
+class ClaimRecorder:
+    """``claim`` and ``describe``: the only ways an analysis records a test. Mixed into
+    the runner's context (which provides ``add_test`` and the ``claims`` list)."""
+
+    claims: list[Verdict]
+
+    def add_test(self, **fields: Any) -> TestRecord:  # provided by the context
+        raise NotImplementedError
+
+    def _record(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        hypothesis: str,
+        family: str,
+        extra: dict[str, Any] | None,
+    ) -> TestRecord:
+        more = dict(extra or {})
+        if result.reason:
+            more.setdefault("reason", result.reason)
+        return self.add_test(
+            hypothesis=hypothesis,
+            family=family,
+            extra=more,
+            **result.registry_fields(),
+            **unit.fields(),
+        )
+
+    def claim(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        claim: str,
+        hypothesis: str | None = None,
+        direction: str = "greater",
+        layer_choice: str = "",
+        reason: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Verdict:
+        """Record ``result`` as the one test answering ``claim`` (a scorecard line) about
+        ``unit``; ``direction``: the side the claim asserts ("greater": the tested
+        statistic above its null centre). The answer is decided by
+        :func:`scfm_audit.stats._verdict.answer_claims`, not here."""
+        if direction not in ("greater", "less"):
+            raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
+        more = dict(extra or {})
+        if layer_choice:
+            more.setdefault("layer_choice", layer_choice)
+        rec = self._record(
+            result, unit, hypothesis=hypothesis or claim, family="claim", extra=more
+        )
+        v = Verdict(claim, rec, unit.model, unit.dataset, direction, layer_choice, reason)
+        self.claims.append(v)
+        return v
+
+    def describe(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        hypothesis: str,
+        extra: dict[str, Any] | None = None,
+    ) -> TestRecord:
+        """Record ``result`` as a descriptive test (its own BH family; answers nothing)."""
+        return self._record(result, unit, hypothesis=hypothesis, family="descriptive",
+                            extra=extra)  # fmt: skip
+
+    def not_assessable(
+        self,
+        unit: Unit,
+        *,
+        claim: str,
+        reason: str,
+        test: str = "",
+        h0: str = "",
+        direction: str = "greater",
+    ) -> Verdict:
+        """A claim that cannot be tested here (n/a with ``reason``): it keeps its
+        scorecard line instead of vanishing; ``test`` and ``h0`` name the test that could
+        not run."""
+        from scfm_audit.stats._tests import StatTestResult
+
+        nan = math.nan
+        empty = StatTestResult(nan, nan, nan, 0, test or "not run", "", "", "two-sided",
+                               reason=reason, h0=h0 or f"not tested: {reason}")  # fmt: skip
+        return self.claim(empty, unit, claim=claim, direction=direction, reason=reason)
 
 
 @dataclass
@@ -148,10 +317,17 @@ class AnalysisContext(Protocol):
     def reference(self, name: str) -> ReferenceNetwork: ...
     def edge_names(self) -> list[str]: ...
     def edge_scores(self, edges: str, dataset: str) -> list[EdgeScores]: ...
+    def edge_source(self, edges: str) -> Any: ...
+    def edge_cells(self, edges: str, dataset: str) -> np.ndarray: ...
     def model_names(self) -> list[str]: ...
     def model(self, name: str) -> ModelAdapter: ...
     def rng(self, *keys: Any) -> np.random.Generator: ...
     def add_test(self, **fields: Any) -> TestRecord: ...
+    def claim(self, result: StatTestResult, unit: Unit, *, claim: str, **kw: Any) -> Verdict: ...
+    def describe(self, result: StatTestResult, unit: Unit, *, hypothesis: str,
+                 **kw: Any) -> TestRecord: ...  # fmt: skip
+    def not_assessable(self, unit: Unit, *, claim: str, reason: str, **kw: Any) -> Verdict: ...
+    def seed_for(self, *keys: Any) -> int: ...
     def progress(self, iterable, *, description: str, total: int | None = None): ...
     def cached(
         self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str, shared: bool = False
@@ -165,43 +341,6 @@ def source_label(es: EdgeScores) -> str:
     if es.model:
         return f"{es.method} [{es.model}]"
     return str(es.params.get("edges", es.method))
-
-
-def estimate_fields(
-    es: EdgeScores,
-    dataset: str,
-    reference: str | None,
-    *,
-    estimate: float,
-    ci: tuple[float, float],
-    n: int,
-    name: str = "AUROC",
-    null_value: float = 0.5,
-) -> dict[str, Any]:
-    """The fields every test about one score set shares (provenance, the estimate on its
-    natural scale with its CI and its value under H0, two-sided), for ``ctx.add_test``."""
-    return dict(
-        model=es.model,
-        dataset=dataset,
-        reference=reference,
-        method=es.label,
-        layer=es.layer,
-        head=es.head,
-        n=n,
-        statistic_name=name,
-        statistic=estimate,
-        effect_name=name,
-        effect=estimate,
-        null_value=null_value,
-        ci_low=ci[0],
-        ci_high=ci[1],
-        direction="two-sided",
-    )
-
-
-def bonferroni(p: float, k: int) -> float:
-    """``min(1, k·p)``; NaN stays NaN (a test that was not computed is not "p = 1")."""
-    return p if math.isnan(p) else min(1.0, p * k)
 
 
 def select_layer(
@@ -231,25 +370,57 @@ def select_layer(
     return i, 1, f"layer {layers[i]} fixed a priori (verdict_layer: {verdict_layer})"
 
 
-def register_selected_layer(
-    ctx: AnalysisContext, rec: TestRecord, *, why: str, mult: int, hypothesis: str
-) -> TestRecord:
-    """Register the confirmatory test of the layer :func:`select_layer` chose: the chosen
-    layer's own (descriptive) test ``rec`` with its p and floor multiplied by ``mult`` and
-    the layer choice recorded."""
-    import dataclasses
+def choose_layer(
+    items: list[tuple[int, StatTestResult]],
+    verdict_layer: int | str,
+    *,
+    claimed: str = "greater",
+) -> tuple[int, StatTestResult, str]:
+    """The layer a claim about a layered source rests on, from per-layer typed results
+    ``(layer, result)``: fixed a priori (``verdict_layer`` an index, negative from the
+    last), or ``"best"``: the largest null-standardised effect on the claimed side, its
+    p, tails and floor × number of layers (Bonferroni: valid whatever the selection).
+    Returns the position in ``items`` (sorted by layer), the result to claim with, and why."""
+    items = sorted(items, key=lambda x: x[0])
+    layers = [lay for lay, _ in items]
+    sign = 1.0 if claimed == "greater" else -1.0
+    scores = [sign * r.standardised for _, r in items]
+    i, mult, why = select_layer(layers, scores, verdict_layer,
+                                what="null-standardised effect")  # fmt: skip
+    return i, items[i][1].times(mult, why=why if mult > 1 else ""), why
 
-    skip = {"analysis", "seed", "hypothesis", "test", "p", "p_floor", "family", "extra"}
-    same = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in skip}
-    return ctx.add_test(
-        hypothesis=hypothesis,
-        test=f"{rec.test}; {why}",
-        p=bonferroni(rec.p, mult),
-        p_floor=bonferroni(rec.p_floor, mult),
-        family="confirmatory",
-        extra={"layer_choice": why, **rec.extra},
-        **same,
+
+def best_of(
+    results: list[StatTestResult], *, claimed: str = "greater", what: str
+) -> tuple[int, StatTestResult, str]:
+    """"Some member of a set shows the effect" (e.g. some head recovers): the member with
+    the smallest one-sided p on the claimed side, that p × the set's size (Bonferroni),
+    as a one-sided test of the claimed side (an anti-effect of one member cannot turn the
+    answer into "opposite"). Returns the member's position, the result, and why."""
+    from dataclasses import replace
+
+    tails = np.array([r.one_sided(claimed) for r in results], dtype=float)
+    k = len(results)
+    if not np.isfinite(tails).any():
+        return 0, results[0], f"no {what} could be tested"
+    i = int(np.nanargmin(tails))
+    r = results[i]
+    # an untestable member (NaN floor) must not hide the others' floors
+    floors = np.array([x.p_floor if x.alternative != "two-sided" else x.p_floor / 2
+                       for x in results], dtype=float)  # fmt: skip
+    floor = float(np.nanmin(floors)) if np.isfinite(floors).any() else 1.0
+    why = f"smallest one-sided p of {k} {what}s (× {k}, Bonferroni)"
+    nan = math.nan
+    best = replace(
+        r,
+        p=min(1.0, float(tails[i]) * k),
+        p_greater=min(1.0, float(tails[i]) * k) if claimed == "greater" else nan,
+        p_less=min(1.0, float(tails[i]) * k) if claimed == "less" else nan,
+        p_floor=min(1.0, floor * k),
+        alternative=claimed,
+        test=f"{r.test}; {why}",
     )
+    return i, best, why
 
 
 def evaluable_pairs(

@@ -8,17 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from scfm_audit.analyses._contract import AnalysisContext
 
-def edge_setup(ctx, en: str, ds: str) -> tuple[str, str | None, dict[str, Any], np.ndarray]:
-    """The edge source's scorer, model, options and cells (those the pooled scores used).
-    Contexts without the runner's resources: co-expression with the pooled method, all
-    cells."""
-    res = getattr(ctx, "resources", None)
-    if res is not None and hasattr(res, "edge_cells"):
-        e = res.cfg.edges[en]
-        return e.scorer, e.model, dict(e.options()), res.edge_cells(en, ds)
-    pooled = ctx.edge_scores(en, ds)[0]  # contexts without the runner: all cells
-    return "coexpression", None, {"method": pooled.method}, np.arange(ctx.dataset(ds).n_obs)
+
+def edge_setup(
+    ctx: AnalysisContext, en: str, ds: str
+) -> tuple[str, str | None, dict[str, Any], np.ndarray]:
+    """The edge source's scorer, model, options and cells (those the pooled scores used)."""
+    e = ctx.edge_source(en)
+    return e.scorer, e.model, dict(e.options()), ctx.edge_cells(en, ds)
 
 
 _READOUT = ("normalisation", "symmetrise", "correction")

@@ -4,42 +4,32 @@ candidate-pair vectors, and the stated layer choice behind a scorecard answer.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scfm_audit.analyses._contract import select_layer
+from scfm_audit.analyses._contract import AnalysisContext
 from scfm_audit.evaluate._recovery import CandidatePairs
 
 
-def edge_cells(ctx: Any, edges: str, dataset: str) -> np.ndarray | None:
-    """Obs positions an edge source uses, when the context can tell (the runner's
-    ``Resources.edge_cells``: controls or all cells, subsampled with the run seed); None
-    otherwise."""
-    fn = getattr(ctx, "edge_cells", None)
-    if fn is None:
-        fn = getattr(getattr(ctx, "resources", None), "edge_cells", None)
-    return None if fn is None else np.asarray(fn(edges, dataset))
+def edge_cells(ctx: AnalysisContext, edges: str, dataset: str) -> np.ndarray:
+    """Obs positions an edge source uses (controls or all cells, subsampled with the run
+    seed)."""
+    return np.asarray(ctx.edge_cells(edges, dataset))
 
 
-def same_cells(ctx: Any, a: str, b: str, dataset: str, n_a: int, n_b: int) -> str | None:
+def same_cells(ctx: AnalysisContext, a: str, b: str, dataset: str) -> str | None:
     """None when edge sources ``a`` and ``b`` were computed on the same cells of
-    ``dataset``, else the reason they were not (cell sets compared when the context exposes
-    them, otherwise the sources' ``n_cells``)."""
+    ``dataset`` (their cell sets compared), else the reason they were not."""
     ca, cb = edge_cells(ctx, a, dataset), edge_cells(ctx, b, dataset)
-    if ca is not None and cb is not None:
-        if len(ca) == len(cb) and np.array_equal(ca, cb):
-            return None
-        shared = len(np.intersect1d(ca, cb))
-        return (
-            f"{a} uses {len(ca)} cells and {b} {len(cb)} ({shared} shared): give both edge "
-            "sources the same 'cells' and 'max_cells' so they use the same cells"
-        )
-    if n_a != n_b:
-        return f"{a} was computed on {n_a} cells and {b} on {n_b}"
-    return None
+    if len(ca) == len(cb) and np.array_equal(ca, cb):
+        return None
+    shared = len(np.intersect1d(ca, cb))
+    return (
+        f"{a} uses {len(ca)} cells and {b} {len(cb)} ({shared} shared): give both edge "
+        "sources the same 'cells' and 'max_cells' so they use the same cells"
+    )
 
 
 def gene_stats(ctx: Any, edges: str, dataset: str) -> pd.DataFrame:
@@ -49,10 +39,7 @@ def gene_stats(ctx: Any, edges: str, dataset: str) -> pd.DataFrame:
 
     adata = ctx.dataset(dataset)
     cells = edge_cells(ctx, edges, dataset)
-    spec_fn = getattr(ctx, "dataset_spec", None)
-    counts = spec_fn(dataset).counts if spec_fn is not None else "X"
-    sub = adata if cells is None else adata[cells]
-    return gene_statistics(sub, counts=counts)
+    return gene_statistics(adata[cells], counts=ctx.dataset_spec(dataset).counts)
 
 
 def scores_from_pairs(values: np.ndarray, pairs: CandidatePairs, method: str):
@@ -66,25 +53,6 @@ def scores_from_pairs(values: np.ndarray, pairs: CandidatePairs, method: str):
     if not pairs.directed:
         m[pairs.target, pairs.source] = values
     return EdgeScores(m, pairs.genes, method=method, directed=pairs.directed)
-
-
-def choose_layer(
-    items: list[dict[str, Any]],
-    *,
-    verdict_layer: int | str,
-    key: Callable[[dict[str, Any]], float],
-    what: str,
-) -> tuple[dict[str, Any], int, str]:
-    """The layer behind a scorecard answer, from per-layer ``items`` (dicts with
-    ``layer``), by :func:`~scfm_audit.analyses._contract.select_layer`; an unlayered
-    source is its single item. Returns ``(item, Bonferroni multiplier, why)``."""
-    if len(items) == 1 and items[0]["layer"] is None:
-        return items[0], 1, "unlayered source"
-    items = sorted(items, key=lambda x: x["layer"])
-    i, mult, why = select_layer(
-        [x["layer"] for x in items], [key(x) for x in items], verdict_layer, what=what
-    )
-    return items[i], mult, why
 
 
 def pooled_sets(score_sets: list) -> list:

@@ -8,7 +8,7 @@ analysis' resolved parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -16,6 +16,8 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import AnalysisParams
+from scfm_audit.analyses._pairs_common import same_cells
+from scfm_audit.evaluate._perturbation import ranking_metrics
 
 
 class ResponderParams(AnalysisParams):
@@ -187,3 +189,179 @@ def candidate_table(
         rows[col] = es.lookup(rows["perturbation"].to_numpy(), rows["candidate"].to_numpy())
         scores[col] = {"edges": en, **es.meta(), "label": es.label}
     return CandidateTable(rows=rows, scores=scores, excluded=excluded, genes=genes)
+
+
+# ------------------------------------------------------- the scorers of families B and C
+#: the paper's gene-level features (competitors of the claim)
+BASELINES = ("mean", "variance", "detection")
+#: gene-level scorers reported beside them: a competitor, and the negative control
+EXTRA_GENE_LEVEL = ("responsiveness_loo",)
+NEGATIVE_CONTROL = "tf_outdegree"
+WILCOXON_H0 = (
+    "the per-perturbation differences of AUROC between the two scorers are symmetric "
+    "about 0 (perturbations independent)"
+)
+DELONG_H0 = (
+    "equal pooled AUROC of the two scorers over all (perturbation, candidate) rows "
+    "(DeLong; treats rows as independent although they share perturbations and genes: "
+    "anti-conservative, descriptive)"
+)
+
+
+class ScorerParams(ResponderParams):
+    """What perturbation prediction and context dependence share: the responder
+    definition, the scorers and how edge scores are read."""
+
+    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
+    attention: list[str] | None = Field(
+        None, description="attention edge sources (default: every source with a model)"
+    )
+    coexpression: str | None = Field(
+        "spearman",
+        description="co-expression edge source computed on the attention's cells (None: "
+        "no co-expression scorer)",
+    )
+    allow_different_cells: bool = Field(
+        False, description="compare with co-expression computed on other cells than attention"
+    )
+    score_transform: Literal["abs", "raw"] = Field(
+        "abs", description="'abs': magnitude of edge scores; 'raw': as is"
+    )
+    n_boot: int = Field(2000, ge=50, description="bootstrap draws over perturbations")
+
+
+@dataclass
+class PredictionData:
+    """Per-perturbation metrics of every scorer for one dataset × attention source.
+
+    ``metrics``: long table (``arm, perturbation, scorer, kind, layer, head, n, n_pos,
+    auroc, auprc, recall@k``); ``kind`` ∈ attention / coexpression / gene_level /
+    negative_control. ``rows``: the candidate table's rows with the transformed scores;
+    ``attention_layers``: (layer, scorer) of the head-mean attention, ascending;
+    ``coexpression``: its scorer name or None (with ``coexp_reason``)."""
+
+    dataset: str
+    edges: str
+    model: str | None
+    metrics: pd.DataFrame
+    rows: pd.DataFrame
+    scores: dict[str, np.ndarray]
+    attention_layers: list[tuple[int | None, str]]
+    coexpression: str | None
+    coexp_reason: str = ""
+    excluded: list[dict] = field(default_factory=list)
+
+
+def attention_sources(ctx, names: list[str] | None) -> list[str]:
+    """The attention edge sources: ``names`` or every configured source with a model."""
+    if names is not None:
+        return list(names)
+    return [n for n in ctx.edge_names() if ctx.edge_source(n).model is not None]
+
+
+def prediction_data(
+    ctx,
+    ds: str,
+    edges: str,
+    p: ResponderParams,
+    *,
+    coexpression: str | None,
+    allow_different_cells: bool,
+    reference: str | None,
+    score_transform: str,
+    heads: bool = False,
+    top_k: tuple[int, ...] = (10, 50, 100),
+    notes: list[str],
+) -> PredictionData | None:
+    """Score every candidate of every perturbation of ``ds`` (see the module docstring);
+    None (with a note) when the source has no score sets on ``ds``."""
+    sets = [s for s in ctx.edge_scores(edges, ds) if s.head is None]
+    if not sets:
+        notes.append(f"{ds}/{edges}: no score sets; not evaluated.")
+        return None
+    reason = ""
+    use = [edges]
+    if coexpression is None:
+        reason = "no co-expression source configured"
+    elif coexpression not in ctx.edge_names():
+        reason = f"co-expression source {coexpression!r} is not configured"
+    else:
+        c_sets = [s for s in ctx.edge_scores(coexpression, ds) if s.head is None]
+        why = (
+            same_cells(ctx, edges, coexpression, ds)
+            if c_sets
+            else None
+        )
+        if not c_sets:
+            reason = f"co-expression source {coexpression!r} has no score sets on {ds}"
+        elif why and not allow_different_cells:
+            reason = f"not compared with {coexpression}: {why}"
+        else:
+            if why:
+                notes.append(f"{ds}/{edges}: co-expression on other cells — {why}.")
+            use.append(coexpression)
+    if reason:
+        notes.append(f"{ds}/{edges}: {reason}.")
+    cand = candidate_table(ctx, ds, p, edges=use, reference=reference, heads=heads)
+    notes.extend(f"{ds}/{edges}: {e}" for e in cand.excluded)
+    rows = cand.rows
+    if reference is not None and len(rows) and not (rows["tf_outdegree"] > 0).any():
+        notes.append(
+            f"{ds}/{edges}: reference {reference} has no edge among the candidate genes; "
+            "the tf_outdegree negative control is 0 for every candidate."
+        )
+    scores: dict[str, np.ndarray] = {}
+    meta: dict[str, dict] = {}
+    for f in (*BASELINES, *EXTRA_GENE_LEVEL):
+        scores[f] = rows[f].to_numpy(float)
+        meta[f] = {"kind": "gene_level", "layer": None, "head": None}
+    if reference is not None:
+        scores[NEGATIVE_CONTROL] = rows[NEGATIVE_CONTROL].to_numpy(float)
+        meta[NEGATIVE_CONTROL] = {"kind": "negative_control", "layer": None, "head": None}
+    att_layers, coexp_col = [], None
+    for col, info in cand.scores.items():
+        v = rows[col].to_numpy(float)
+        scores[col] = np.abs(v) if score_transform == "abs" else v
+        kind = "attention" if info["edges"] == edges else "coexpression"
+        meta[col] = {"kind": kind, "layer": info.get("layer"), "head": info.get("head")}
+        if kind == "attention" and info.get("head") is None:
+            att_layers.append((info.get("layer"), col))
+        elif kind == "coexpression" and info.get("head") is None:
+            coexp_col = col
+    att_layers.sort(key=lambda x: -1 if x[0] is None else x[0])
+    frames = []
+    excluded = []
+    for arm, idx in rows.groupby("arm", sort=True).indices.items():
+        sub = rows.iloc[idx]
+        m = ranking_metrics(
+            sub["perturbation"].to_numpy(),
+            sub["responder"].to_numpy(bool),
+            {k: v[idx] for k, v in scores.items()},
+            top_k=tuple(top_k),
+        )
+        m.insert(0, "arm", arm)
+        frames.append(m)
+        first = m[m["scorer"] == next(iter(scores))]
+        for r in first.itertuples():
+            if r.n_pos == 0 or r.n_pos == r.n:
+                why = "no responder" if r.n_pos == 0 else "every candidate responds"
+                excluded.append(
+                    {"dataset": ds, "edges": edges, "arm": arm, "perturbation": r.perturbation,
+                     "reason": why}
+                )  # fmt: skip
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not metrics.empty:
+        info = pd.DataFrame.from_dict(meta, orient="index")
+        metrics = metrics.join(info, on="scorer")
+        metrics.insert(0, "edges", edges)
+        metrics.insert(0, "dataset", ds)
+    model = sets[0].model
+    return PredictionData(
+        ds, edges, model, metrics, rows, scores, att_layers, coexp_col, reason, excluded
+    )
+
+
+def auroc_wide(metrics: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Perturbations × scorers AUROC of one arm."""
+    sub = metrics[metrics["arm"] == arm]
+    return sub.pivot(index="perturbation", columns="scorer", values="auroc")

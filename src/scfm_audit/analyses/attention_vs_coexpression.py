@@ -56,17 +56,15 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
-    Verdict,
-    estimate_fields,
-    evaluable_pairs,
+    LayerClaimParams,
+    Unit,
+    UnitParams,
+    choose_layer,
     register_analysis,
-    register_selected_layer,
     source_label,
 )
 from scfm_audit.analyses._pairs_common import (
-    choose_layer,
     gene_stats,
     pooled_sets,
     same_cells,
@@ -74,7 +72,6 @@ from scfm_audit.analyses._pairs_common import (
 )
 from scfm_audit.evaluate._pairwise import pair_covariates, rank_normal, residualise
 from scfm_audit.evaluate._recovery import (
-    NULL_H0,
     edge_recovery,
     pair_scores,
     vertex_bootstrap_auroc,
@@ -91,9 +88,7 @@ PARTIAL_H0 = (
 )
 
 
-class AttentionVsCoexpressionParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class AttentionVsCoexpressionParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources to test (default: every source but `coexpression`)"
     )
@@ -114,22 +109,15 @@ class AttentionVsCoexpressionParams(AnalysisParams):
     n_mantel: int = Field(199, ge=19, description="gene permutations of the Mantel test")
     cv_folds: int = Field(5, ge=2, description="cross-fitting folds (grouped by source gene)")
     gbm_max_iter: int = Field(100, ge=10, description="boosting iterations of the residual fit")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer: an index fixed a priori, or 'best' "
-        "(highest residual AUROC, p × number of layers)",
-    )
 
 
-def mantel_spearman(
-    a: np.ndarray, b: np.ndarray, *, n_perm: int, seed: int
-) -> tuple[float, float, float]:
+def mantel_spearman(a: np.ndarray, b: np.ndarray, *, n_perm: int, seed: int):
     """Spearman ρ between the off-diagonal entries of two ``genes × genes`` matrices and
-    its Mantel permutation p (two-sided, ``(1 + #)/(B + 1)``): the genes of ``a`` are
-    permuted jointly on rows and columns. NaN entries rank lowest. Returns
-    ``(rho, p, p_floor)``."""
+    its Mantel permutation test (two-sided, ``(1 + #)/(B + 1)``): the genes of ``a`` are
+    permuted jointly on rows and columns. NaN entries rank lowest. Returns a typed
+    :class:`~scfm_audit.stats._tests.StatTestResult` (ρ against the null's centre)."""
     from scfm_audit.evaluate._recovery import nan_lowest_ranks
+    from scfm_audit.stats._montecarlo import adaptive_mc_pvalue
 
     n = len(a)
     off = ~np.eye(n, dtype=bool)
@@ -146,11 +134,14 @@ def mantel_spearman(
         return float(((ra[np.ix_(perm, perm)] - mu) * Rb).sum() / sd)
 
     obs = rho(np.arange(n))
-    rng = np.random.default_rng(seed)
-    null = np.array([rho(rng.permutation(n)) for _ in range(n_perm)])
-    g = (1 + np.sum(null >= obs)) / (n_perm + 1)
-    ll = (1 + np.sum(null <= obs)) / (n_perm + 1)
-    return obs, float(min(1.0, 2 * min(g, ll))), float(min(1.0, 2 / (n_perm + 1)))
+    mc = adaptive_mc_pvalue(
+        lambda k, rng: np.array([rho(rng.permutation(n)) for _ in range(k)]),
+        obs,
+        stages=(n_perm,),
+        seed=seed,
+    )
+    return mc.result(obs, test="Mantel gene permutation", effect_name="Spearman rho",
+                     h0=MANTEL_H0, null_name="mantel", n=int(off.sum()))  # fmt: skip
 
 
 @register_analysis(
@@ -167,8 +158,7 @@ def mantel_spearman(
 def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> AnalysisResult:
     from scfm_audit.plotting import hexbin_figure, metric_by_layer_figure
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
+    datasets = p.datasets_in(ctx)
     all_edges = ctx.edge_names()
     notes: list[str] = []
     if p.coexpression not in all_edges:
@@ -176,7 +166,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
             notes=[f"co-expression source {p.coexpression!r} is not among the edge sources."]
         )
     sources = [e for e in (p.edges or all_edges) if e != p.coexpression]
-    corr_rows, rec_rows, verdicts, figures = [], [], [], {}
+    corr_rows, rec_rows, figures = [], [], {}
     for ds in datasets:
         coexp = next(s for s in ctx.edge_scores(p.coexpression, ds) if s.head is None)
         stats = gene_stats(ctx, p.coexpression, ds)
@@ -184,7 +174,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
             sets = pooled_sets(ctx.edge_scores(en, ds))
             if not sets:
                 continue
-            why = same_cells(ctx, en, p.coexpression, ds, sets[0].n_cells, coexp.n_cells)
+            why = same_cells(ctx, en, p.coexpression, ds)
             if why:
                 if not p.allow_different_cells:
                     notes.append(f"{ds}/{en}: not evaluated — {why}.")
@@ -200,7 +190,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
                 if p.score_transform == "abs":
                     a_m = np.abs(a_m)
                 c_m = np.abs(c_sub.dense().astype(float))
-                rho, p_m, floor = mantel_spearman(
+                mantel = mantel_spearman(
                     a_m, c_m, n_perm=p.n_mantel, seed=ctx.seed_for(ds, es.label, "mantel")
                 )
                 off = ~np.eye(len(genes), dtype=bool)
@@ -214,31 +204,16 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
                         "edges": en,
                         **es.meta(),
                         "n_genes": len(genes),
-                        "spearman_abs_coexpression": rho,
+                        "spearman_abs_coexpression": mantel.effect,
                         "spearman_signed_coexpression": rho_signed,
-                        "p_mantel": p_m,
+                        "p_mantel": mantel.p,
                     }
                 )
-                ctx.add_test(
+                ctx.describe(
+                    mantel,
+                    Unit.of(es, ds),
                     hypothesis=f"{es.label} is rank-correlated with |{p.coexpression}| "
                     "(every gene pair, same cells)",
-                    test=f"Mantel gene permutation ({p.n_mantel} draws, two-sided)",
-                    null=MANTEL_H0,
-                    null_name="mantel",
-                    p=p_m,
-                    p_floor=floor,
-                    statistic_name="Spearman rho",
-                    statistic=rho,
-                    effect_name="Spearman rho",
-                    effect=rho,
-                    null_value=0.0,
-                    n=int(ok.sum()),
-                    direction="two-sided",
-                    family="descriptive",
-                    model=es.model,
-                    dataset=ds,
-                    method=es.label,
-                    layer=es.layer,
                 )
                 hex_panels[f"L{es.layer}" if es.layer is not None else es.label] = (
                     c_m[ok],
@@ -250,17 +225,7 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
                 ylabel=f"{en} score",
                 title=f"{en} vs |{p.coexpression}| on {ds} (same cells), per layer",
             )
-            for ref_name in references:
-                ref = ctx.reference(ref_name)
-                pairs = evaluable_pairs(
-                    genes,
-                    ref,
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is None:
-                    continue
+            for ref_name, pairs in p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes).items():
                 c = pair_scores(c_sub, pairs, transform="abs")
                 X = pair_covariates(stats, pairs)
                 Xc = np.column_stack([X, rank_normal(c)])
@@ -336,21 +301,13 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
                             **_auc(resid_ols, pairs, p.n_boot, seed, raw=True),
                         }
                     )
-                    rec = _register_beyond(ctx, p, es, ds, ref_name, r, pairs)
-                    _register_partial(ctx, p, es, ds, ref_name, a, pairs, Xc)
-                    items.append(
-                        {
-                            "layer": es.layer,
-                            "p": r["p"],
-                            "p_floor": r["p_floor"],
-                            "auroc": r["auroc"],
-                            "es": es,
-                            "r": r,
-                            "rec": rec,
-                        }
-                    )
+                    beyond = _beyond_result(r)
+                    ctx.describe(beyond, Unit.of(es, ds, ref_name),
+                                 hypothesis=_beyond_hypothesis(es.label, ref_name, p))  # fmt: skip
+                    _describe_partial(ctx, p, es, ds, ref_name, a, pairs, Xc)
+                    items.append((es, beyond))
                 if items:
-                    verdicts.append(_verdict(ctx, p, items, ds, ref_name))
+                    _claim(ctx, p, items, ds, ref_name)
     corr = pd.DataFrame(corr_rows)
     rec = pd.DataFrame(rec_rows)
     if not rec.empty:
@@ -372,7 +329,6 @@ def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> Anal
         tables=tables,
         figures=figures,
         summary=_summary(corr, rec),
-        verdicts=verdicts,
         notes=notes,
     )
 
@@ -410,77 +366,57 @@ def _auc(z, pairs, n_boot, seed, raw=False) -> dict:
     }
 
 
-def _register_beyond(ctx, p, es, ds, ref_name, r, pairs):
-    reason = {"reason": r["not_assessable"]} if r["not_assessable"] else {}
-    return ctx.add_test(
-        hypothesis=f"{es.label} ranks {ref_name} edges after residualising on "
-        f"|{p.coexpression}| and gene covariates (cross-fitted boosting)",
-        test=f"degree permutation of the reference ({r['n_null_draws']} draws, two-sided) on "
-        "the cross-fitted residual",
-        null=NULL_H0["degree_permutation"],
-        null_name="degree_permutation",
-        p=r["p"],
-        p_floor=r["p_floor"],
-        family="descriptive" if es.layer is not None else "confirmatory",
-        extra={"n_positives": pairs.n_pos, **reason},
-        **estimate_fields(
-            es,
-            ds,
-            ref_name,
-            estimate=r["auroc"],
-            ci=(r["auroc_ci_low"], r["auroc_ci_high"]),
-            n=r["n_candidates"],
-            name="AUROC of residual",
-        ),
+def _beyond_result(r: dict):
+    """The residual recovery test: AUROC of the cross-fitted residual against the
+    degree-permutation null's own centre."""
+    from dataclasses import replace
+
+    from scfm_audit.evaluate._recovery import recovery_result
+
+    res = recovery_result(r, null="degree_permutation")
+    return replace(res, effect_name="AUROC of residual", statistic_name="AUROC of residual",
+                   test=f"{res.test} on the cross-fitted residual")  # fmt: skip
+
+
+def _beyond_hypothesis(label: str, ref_name: str, p) -> str:
+    return (
+        f"{label} ranks {ref_name} edges after residualising on |{p.coexpression}| and gene "
+        "covariates (cross-fitted boosting)"
     )
 
 
-def _register_partial(ctx, p, es, ds, ref_name, a, pairs, Xc) -> None:
+def _describe_partial(ctx, p, es, ds, ref_name, a, pairs, Xc) -> None:
+    from dataclasses import replace
+
     from scfm_audit.stats._tests import partial_spearman
 
     ok = np.isfinite(a)
     if ok.sum() < Xc.shape[1] + 5 or pairs.label[ok].all() or not pairs.label[ok].any():
         return
     t = partial_spearman(a[ok], pairs.label[ok].astype(float), Xc[ok])
-    ctx.add_test(
-        hypothesis=f"{es.label} is associated with {ref_name} labels given |{p.coexpression}| "
-        "and gene covariates",
-        test="partial Spearman (t approximation, pairs treated as independent)",
-        null=PARTIAL_H0,
-        null_name="partial_spearman_independent_pairs",
-        p=t.p,
-        statistic_name="partial Spearman rho",
-        statistic=t.statistic,
-        effect_name="partial Spearman rho",
-        effect=t.statistic,
-        null_value=0.0,
-        n=int(ok.sum()),
-        direction="two-sided",
-        family="descriptive",
-        model=es.model,
-        dataset=ds,
-        reference=ref_name,
-        method=es.label,
-        layer=es.layer,
+    ctx.describe(
+        replace(t, test="partial Spearman (t approximation, pairs treated as independent)",
+                h0=PARTIAL_H0, null_name="partial_spearman_independent_pairs"),
+        Unit.of(es, ds, ref_name),
+        hypothesis=f"{es.label} is associated with {ref_name} labels given "
+        f"|{p.coexpression}| and gene covariates",
     )
 
 
-def _verdict(ctx, p, items, ds, ref_name) -> Verdict:
-    it, mult, why = choose_layer(
-        items, verdict_layer=p.verdict_layer, key=lambda x: x["auroc"], what="residual AUROC"
-    )
-    es, rec = it["es"], it["rec"]
-    claim = f"{source_label(es)} carries {ref_name} signal beyond co-expression"
-    if es.layer is not None:
-        rec = register_selected_layer(
-            ctx,
-            rec,
-            why=why,
-            mult=mult,
-            hypothesis=f"{es.method} (selected layer) ranks {ref_name} edges after "
-            f"residualising on |{p.coexpression}| and gene covariates",
-        )
-    return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
+def _claim(ctx, p, items: list[tuple], ds: str, ref_name: str) -> None:
+    """One scorecard line per source: the residual recovery test of one layer (fixed a
+    priori, or the largest null-standardised effect with p × number of layers)."""
+    es0 = items[0][0]
+    claim = f"{source_label(es0)} carries {ref_name} signal beyond co-expression"
+    if es0.layer is None:
+        ctx.claim(items[0][1], Unit.of(es0, ds, ref_name), claim=claim,
+                  hypothesis=_beyond_hypothesis(es0.label, ref_name, p))  # fmt: skip
+        return
+    by_layer = sorted(items, key=lambda x: x[0].layer)
+    i, res, why = choose_layer([(es.layer, r) for es, r in by_layer], p.verdict_layer)
+    es = by_layer[i][0]
+    ctx.claim(res, Unit.of(es, ds, ref_name), claim=claim, layer_choice=why,
+              hypothesis=_beyond_hypothesis(f"{es.method} (selected layer)", ref_name, p))  # fmt: skip
 
 
 def _summary(corr: pd.DataFrame, rec: pd.DataFrame) -> str:
@@ -586,14 +522,7 @@ def _calibration_replicate(sc, seed: int, *, n_perm: int = 199, max_iter: int = 
         transform="raw",
         seed=seed,
     )
-    return ReplicateOutcome(
-        p=r["p"],
-        estimate=r["auroc"],
-        ci_low=r["auroc_ci_low"],
-        ci_high=r["auroc_ci_high"],
-        null_value=0.5,
-        extra={"p_ols_residual": ols["p"]},
-    )
+    return ReplicateOutcome.of(_beyond_result(r), extra={"p_ols_residual": ols["p"]})
 
 
 def _register_calibration() -> None:

@@ -8,60 +8,67 @@ scorers, same responder definition, one attention layer per source: fixed a prio
 ``verdict_layer``, or "best" by attention's mean AUROC pooled over contexts with p × the
 number of layers).
 
-Tests (perturbations are the units):
+Tests (perturbations are the units; each claim is ``ctx.claim`` of one typed test):
 
-* interaction — does the attention–correlation gap (per perturbation: AUROC_attention −
-  AUROC_co-expression) depend on the context? Two contexts: Wilcoxon signed-rank of the
-  paired gap differences over the perturbations both contexts share when they are the
-  two arms of one dataset (the same perturbed genes: a paired design), otherwise
-  Mann–Whitney U; more than two contexts: Friedman over the perturbations all contexts
-  share when paired (all contexts of one dataset, or ``pairing: paired``; perturbations
-  are the blocks), otherwise Kruskal–Wallis. H0: the gap has the same distribution in
-  every context (paired: within each perturbation, the contexts' gaps are
-  exchangeable). Effect: the range (max − min) of the contexts' mean gaps, with a
-  percentile bootstrap CI resampling perturbations within each context (≥ 0; a claim
-  without a direction). One context: n/a with the reason.
-* gene-level dominance per context — ΔAUROC = pre-declared baseline (``verdict_baseline``)
-  − attention per context (Wilcoxon over perturbations, bootstrap CI; descriptive) and the
-  claim "gene-level baselines beat attention in every context": intersection–union over
-  contexts (p = max p when the baseline leads everywhere, else Bonferroni over the
-  contexts where attention leads).
+* interaction (claim) — does the attention–correlation gap (per perturbation:
+  AUROC_attention − AUROC_co-expression) depend on the context? H0: within each
+  perturbation the contexts' gaps are exchangeable (the context labels can be permuted
+  within a perturbation). Exact within-block permutation test
+  (:func:`~scfm_audit.stats._paired.within_block_permutation`, Monte-Carlo with
+  ``n_perm`` draws, extended ×10 while p < 0.05): perturbations matched by perturbed gene
+  are the blocks (``pairing: auto``: the arms of one dataset, and other datasets where the
+  same gene is perturbed; a perturbation seen in one context keeps its context, so
+  contexts sharing no perturbation add no permutations); ``paired``: only the
+  perturbations every context shares; ``unpaired``: one block (every gap exchangeable:
+  independent perturbations in every context). Gaps are centred on their perturbation's
+  mean (its difficulty cancels); with two contexts it is the sign-flip test of the paired
+  gap differences over the perturbations both hold (valid whatever the two arms'
+  spreads). Statistic and effect: the range (max − min) of the contexts' mean centred
+  gaps (= the range of their mean gaps when every context has every perturbation),
+  one-sided (large ranges);
+  its CI inverts the same test, ``[max(0, R − c), R + c]`` with ``c`` the permutation
+  null's 95% quantile of the range, so it excludes 0 exactly when the test rejects. One
+  context: n/a with the reason.
+* gene-level dominance per context — the pre-declared baseline (``verdict_baseline``)
+  against attention per context (Wilcoxon signed-rank over perturbations with its
+  Hodges–Lehmann ΔAUROC; descriptive) and the claim "gene-level baselines beat attention
+  in every context": intersection–union over contexts (claimed side: max of the
+  one-sided p; other side: Bonferroni), sides from the tests' own tails.
 
 Incremental value per context is left to ``incremental_value``.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from scipy import stats
 
 from scfm_audit.analyses._contract import (
     AnalysisResult,
-    Verdict,
-    bonferroni,
+    Unit,
     register_analysis,
     select_layer,
     source_label,
 )
-from scfm_audit.analyses.perturbation_prediction import (
+from scfm_audit.analyses._perturbation_common import (
     BASELINES,
     WILCOXON_H0,
     ScorerParams,
     attention_sources,
     auroc_wide,
-    comparison_fields,
     prediction_data,
 )
 from scfm_audit.evaluate._perturbation import combine_intersection_union, paired_comparison
+from scfm_audit.stats._paired import within_block_permutation
+from scfm_audit.stats._tests import StatTestResult
 
 INTERACTION_H0 = (
-    "the per-perturbation attention − co-expression AUROC gap has the same distribution in "
-    "every context (perturbations independent within a context)"
+    "within each perturbation, the attention − co-expression AUROC gaps of the contexts "
+    "are exchangeable (the gap does not depend on the context)"
 )
 
 
@@ -76,69 +83,50 @@ class ContextParams(ScorerParams):
     )
     pairing: Literal["auto", "paired", "unpaired"] = Field(
         "auto",
-        description="paired: over the perturbations all contexts share (Wilcoxon for two "
-        "contexts, Friedman for more); unpaired: Mann-Whitney / Kruskal-Wallis; 'auto': "
-        "paired when all contexts are arms of one dataset",
+        description="blocks of the interaction's permutation test: 'auto' every "
+        "perturbation, matched by perturbed gene across contexts; 'paired' only the "
+        "perturbations all contexts share; 'unpaired' one block (all gaps exchangeable)",
+    )
+    n_perm: int = Field(
+        999, ge=99, description="Monte-Carlo draws of the interaction test (×10 while p < 0.05)"
     )
     min_perturbations: int = Field(
         5, ge=2, description="contexts with fewer evaluable perturbations are left out"
     )
 
 
-def gap_interaction(gaps: dict[str, pd.Series], *, paired: bool, n_boot: int, seed: int) -> dict:
+def gap_interaction(
+    gaps: dict[str, pd.Series], *, pairing: str = "auto", seed: int, n_perm: int = 999
+) -> StatTestResult:
     """Test of "the gap depends on the context" (see the module docstring). ``gaps``:
-    context → per-perturbation gap (indexed by perturbation, NaN dropped). Returns test,
-    statistic, p, effect (range of mean gaps) with its bootstrap CI, n."""
+    context → per-perturbation gap (indexed by perturbed gene, NaN dropped)."""
     gaps = {k: v.dropna() for k, v in gaps.items()}
-    names = list(gaps)
-    means = np.array([gaps[k].mean() for k in names])
-    rng = np.random.default_rng(seed)
-    boot = np.empty((n_boot, len(names)))
-    for j, k in enumerate(names):
-        v = gaps[k].to_numpy(float)
-        boot[:, j] = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    rang = boot.max(axis=1) - boot.min(axis=1)
-    out = {
-        "effect": float(means.max() - means.min()),
-        "ci_low": float(np.quantile(rang, 0.025)),
-        "ci_high": float(np.quantile(rang, 0.975)),
-        "n": int(sum(len(v) for v in gaps.values())),
-    }
-
-    def result(test: str, name: str, stat: float, p: float, n: int | None = None) -> dict:
-        return {**out, "test": test, "statistic_name": name, "statistic": stat, "p": p,
-                "n": out["n"] if n is None else n}  # fmt: skip
-
-    if paired:  # perturbations are the blocks: a perturbation's own difficulty cancels
-        shared = gaps[names[0]].index
-        for k in names[1:]:
-            shared = shared.intersection(gaps[k].index)
-        block = np.column_stack([gaps[k][shared].to_numpy(float) for k in names])
-        two = len(names) == 2
-        test, name = ("Wilcoxon signed-rank", "W") if two else ("Friedman chi-square", "chi-square")
-        if len(shared) < 2 or not (block != block[:, :1]).any():
-            return result(f"{test} (paired)", name, math.nan, math.nan, len(shared))
-        if two:
-            r = stats.wilcoxon(block[:, 0] - block[:, 1])
-            test = f"{test} of paired gap differences"
-        else:
-            r = stats.friedmanchisquare(*block.T)
-            test = f"{test} over shared perturbations"
-        return result(test, name, float(r.statistic), float(r.pvalue), len(shared))
-    if len(names) == 2:
-        r = stats.mannwhitneyu(gaps[names[0]], gaps[names[1]], alternative="two-sided")
-        return result("Mann-Whitney U", "U", float(r.statistic), float(r.pvalue))
-    r = stats.kruskal(*[gaps[k] for k in names])
-    return result("Kruskal-Wallis H", "H", float(r.statistic), float(r.pvalue))
+    if pairing == "paired":
+        shared = gaps[next(iter(gaps))].index
+        for v in gaps.values():
+            shared = shared.intersection(v.index)
+        gaps = {k: v[shared] for k, v in gaps.items()}
+    values = np.concatenate([v.to_numpy(float) for v in gaps.values()])
+    groups = np.concatenate([[k] * len(v) for k, v in gaps.items()])
+    blocks = np.concatenate([v.index.astype(str) for v in gaps.values()])
+    if pairing == "unpaired":
+        blocks = np.zeros(len(values), dtype=int)
+    r = within_block_permutation(values, groups, blocks, seed=seed,
+                                 stages=(n_perm, 10 * (n_perm + 1) - 1), h0=INTERACTION_H0)  # fmt: skip
+    design = {"auto": "blocks: perturbations matched by gene",
+              "paired": "blocks: perturbations every context shares",
+              "unpaired": "one block"}[pairing]  # fmt: skip
+    return replace(r, test=f"{r.test}; {design}", null_name="context_interaction")
 
 
 @register_analysis(
     "context_dependence",
     description="Perturbation prediction across contexts (datasets, CRISPRi/CRISPRa arms): "
-    "interaction test for the attention–co-expression gap, and gene-level dominance per "
-    "context (bootstrap CIs, intersection-union over contexts)",
+    "within-block permutation test of the attention–co-expression gap's context "
+    "dependence, and gene-level dominance per context (signed-rank, intersection-union "
+    "over contexts)",
     params=ContextParams,
-    version="1.0",
+    version="1.1",
     category="B. Does it predict causal effects?",
     reference="Catalogue 9; preprint: K562, RPE1, Adamson, Shifrut, Tian contexts",
 )
@@ -146,37 +134,19 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
     from scfm_audit.plotting import distribution_figure
 
     notes: list[str] = []
-    per_rows, ctx_rows, verdicts = [], [], []
-    datasets = p.datasets or ctx.dataset_names()
-    if not attention_sources(ctx, p.attention):
+    per_rows, ctx_rows = [], []
+    sources = attention_sources(ctx, p.attention)
+    if not sources:
         notes.append(
             "No attention edge source configured (an edge source with a model); nothing to evaluate."
         )
-    sources = attention_sources(ctx, p.attention)
     for en in sources:
-        contexts = {}  # name -> (dataset, arm, wide, PredictionData)
-        who, model = en, None
-        for ds in datasets:
-            d = prediction_data(
-                ctx, ds, en, p, coexpression=p.coexpression,
-                allow_different_cells=p.allow_different_cells, reference=None,
-                score_transform=p.score_transform, notes=notes,
-            )  # fmt: skip
-            if d is None or d.metrics.empty:
-                continue
-            who, model = source_label(ctx.edge_scores(en, ds)[0]), d.model
-            for arm in sorted(d.metrics["arm"].unique()):
-                wide = auroc_wide(d.metrics, arm).dropna(subset=list(BASELINES))
-                name = f"{ds} · {arm}"
-                if len(wide) < p.min_perturbations:
-                    notes.append(
-                        f"{en}: context {name} has {len(wide)} evaluable perturbations "
-                        f"(< {p.min_perturbations}); left out."
-                    )
-                    continue
-                contexts[name] = (ds, arm, wide, d)
-        dom_claim = f"gene-level baseline ({p.verdict_baseline}) beats {who} in every context"
+        contexts, who, model = _contexts(ctx, p, en, notes)
+        bl = p.verdict_baseline
+        dom_claim = f"gene-level baseline ({bl}) beats {who} in every context"
         gap_claim = f"the {who} − co-expression gap depends on the context"
+        dom_unit = Unit(None, model, None, f"{bl} − attention")
+        gap_unit = Unit(None, model, None, "attention − co-expression gap")
         if len(contexts) < 2:
             # nothing to compare across: both claims are n/a with the reason (one context's
             # dominance is perturbation_prediction's claim, not a context effect)
@@ -187,23 +157,10 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
                 "is perturbation_prediction's claim)"
             )
             notes.append(f"{en}: {reason}.")
-            for claim, null, name, method in (
-                (dom_claim, WILCOXON_H0, "intersection_union_wilcoxon",
-                 f"{p.verdict_baseline} − attention"),
-                (gap_claim, INTERACTION_H0, "context_interaction", "attention − co-expression gap"),
-            ):  # fmt: skip
-                rec = ctx.add_test(
-                    hypothesis=claim,
-                    test="not computed: fewer than two contexts",
-                    null=null,
-                    null_name=name,
-                    p=float("nan"),
-                    model=model,
-                    family="confirmatory",
-                    method=method,
-                    direction="greater",
-                )
-                verdicts.append(Verdict(claim, rec, model, None, reason=reason))
+            ctx.not_assessable(dom_unit, claim=dom_claim, reason=reason, h0=WILCOXON_H0,
+                           test="intersection-union of signed-rank tests over contexts")
+            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+                           test="within-block permutation over contexts")  # fmt: skip
             if not contexts:
                 continue
         layers = next(iter(contexts.values()))[3].attention_layers
@@ -212,29 +169,19 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
         for name, (ds, arm, wide, d) in contexts.items():
             att = wide[col].to_numpy(float)
             seed = ctx.seed_for(en, ds, arm, "context")
-            c = paired_comparison(
-                wide[p.verdict_baseline].to_numpy(float), att, n_boot=p.n_boot, seed=seed
-            )
-            doms.append(c)
-            rec = ctx.add_test(
-                hypothesis=f"{p.verdict_baseline} beats {who} at predicting responders in {name}",
-                test=f"Wilcoxon signed-rank over perturbations (two-sided); {why}",
-                null=WILCOXON_H0,
-                null_name="wilcoxon_signed_rank",
-                p=c.p,
-                family="descriptive",
-                model=model,
-                dataset=ds,
-                method=f"{p.verdict_baseline} − attention",
-                layer=layer,
-                extra={"arm": arm, "context": name},
-                **comparison_fields(c),
-            )
+            c = paired_comparison(wide[bl].to_numpy(float), att, n_boot=p.n_boot, seed=seed,
+                                  h0=WILCOXON_H0)  # fmt: skip
+            doms.append(c.result)
+            ctx.describe(c.result, Unit(ds, model, None, f"{bl} − attention", layer),
+                         hypothesis=f"{bl} beats {who} at predicting responders in {name}",
+                         extra={"arm": arm, "context": name, "mean_delta": c.mean_delta})  # fmt: skip
             row = {"edges": en, "context": name, "dataset": ds, "arm": arm, "layer": layer,
                    "n_perturbations": len(wide), "auroc_attention": float(np.nanmean(att)),
-                   f"auroc_{p.verdict_baseline}": c.mean_a, "dominance_delta": c.mean_delta,
+                   f"auroc_{bl}": c.mean_a, "dominance_delta": c.mean_delta,
                    "dominance_ci_low": c.ci_low, "dominance_ci_high": c.ci_high,
-                   "dominance_p": rec.p}  # fmt: skip
+                   "dominance_hodges_lehmann": c.hodges_lehmann,
+                   "dominance_hl_ci_low": c.hl_ci_low, "dominance_hl_ci_high": c.hl_ci_high,
+                   "dominance_p": c.p}  # fmt: skip
             if d.coexpression is not None:
                 gap = pd.Series(att - wide[d.coexpression].to_numpy(float), index=wide.index)
                 gaps[name] = gap
@@ -248,73 +195,27 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
         if len(contexts) < 2:
             continue
         # claim 1: gene-level dominance in every context (intersection-union)
-        pd_, i = combine_intersection_union(doms)
-        c = doms[max(i, 0)]
-        rec = ctx.add_test(
-            hypothesis=f"{p.verdict_baseline} beats {who} at predicting responders in every "
-            f"context ({', '.join(contexts)})",
-            test="Wilcoxon signed-rank over perturbations per context, intersection-union "
-            f"over {len(doms)} contexts; {why}",
-            null=WILCOXON_H0 + " in at least one context",
-            null_name="intersection_union_wilcoxon",
-            p=bonferroni(pd_, mult),
-            family="confirmatory",
-            model=model,
-            method=f"{p.verdict_baseline} − attention",
-            layer=layer,
-            extra={"contexts": list(contexts), "layer_choice": why},
-            **{
-                **comparison_fields(c),
-                "effect_name": "mean ΔAUROC (reported context)",
-                "n": sum(x.n for x in doms),
-            },
-        )
-        verdicts.append(Verdict(dom_claim, rec, model, None, direction="greater", layer_choice=why))
+        res, i = combine_intersection_union(doms)
+        ctx.claim(res.times(mult, why=why), replace(dom_unit, layer=layer), claim=dom_claim,
+                  hypothesis=f"{bl} beats {who} at predicting responders in every context "
+                  f"({', '.join(contexts)})", direction="greater", layer_choice=why,
+                  extra={"contexts": list(contexts), "reported_context": list(contexts)[i]})  # fmt: skip
         # claim 2: the attention - co-expression gap depends on the context
-        claim = gap_claim
-        reason = ""
         if len(gaps) < 2:
             reason = (
                 f"only {len(gaps)} context(s) with a co-expression comparison "
                 f"({', '.join(gaps) or 'none'}): an interaction needs two or more"
             )
-        if reason:
             notes.append(f"{en}: {reason}.")
-            rec = ctx.add_test(
-                hypothesis=claim, test="context interaction of the gap", null=INTERACTION_H0,
-                null_name="context_interaction", p=float("nan"), model=model,
-                method="attention − co-expression gap", direction="greater",
-            )  # fmt: skip
-            verdicts.append(Verdict(claim, rec, model, None, reason=reason))
+            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
+                           test="within-block permutation over contexts")  # fmt: skip
             continue
-        names = list(gaps)
-        same_ds = len({contexts[k][0] for k in names}) == 1
-        paired = p.pairing == "paired" or (p.pairing == "auto" and same_ds)
-        r = gap_interaction(
-            gaps, paired=paired, n_boot=p.n_boot, seed=ctx.seed_for(en, "interaction")
-        )
-        rec = ctx.add_test(
-            hypothesis=claim + f" ({', '.join(names)})",
-            test=f"{r['test']} over perturbations; {why}",
-            null=INTERACTION_H0,
-            null_name="context_interaction",
-            p=bonferroni(r["p"], mult),
-            statistic_name=r["statistic_name"],
-            statistic=r["statistic"],
-            effect_name="range of mean gaps (ΔAUROC)",
-            effect=r["effect"],
-            ci_low=r["ci_low"],
-            ci_high=r["ci_high"],
-            null_value=0.0,
-            n=r["n"],
-            direction="greater",
-            family="confirmatory",
-            model=model,
-            method="attention − co-expression gap",
-            layer=layer,
-            extra={"contexts": names, "paired": paired, "layer_choice": why},
-        )
-        verdicts.append(Verdict(claim, rec, model, None, direction="greater", layer_choice=why))
+        r = gap_interaction(gaps, pairing=p.pairing, seed=ctx.seed_for(en, "interaction"),
+                            n_perm=p.n_perm)  # fmt: skip
+        ctx.claim(r.times(mult, why=why), replace(gap_unit, layer=layer), claim=gap_claim,
+                  hypothesis=f"{gap_claim} ({', '.join(gaps)})", direction="greater",
+                  layer_choice=why, extra={"contexts": list(gaps), "pairing": p.pairing,
+                  "mean_gaps": [float(g.mean()) for g in gaps.values()]})  # fmt: skip
     tables = {
         k: v
         for k, v in {"contexts": pd.DataFrame(ctx_rows), "gaps": pd.DataFrame(per_rows)}.items()
@@ -332,18 +233,42 @@ def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
         notes.append("No context had enough evaluable perturbations (see notes).")
     summary = "; ".join(
         f"{r['edges']} in {r['context']}: {p.verdict_baseline} − attention "
-        f"{r['dominance_delta']:+.3f} [{r['dominance_ci_low']:+.3f}, "
-        f"{r['dominance_ci_high']:+.3f}]"
-        + (f", attention − co-expression {r['mean_gap']:+.3f}" if "mean_gap" in r else "")
+        f"{r['dominance_hodges_lehmann']:+.3f} [{r['dominance_hl_ci_low']:+.3f}, "
+        f"{r['dominance_hl_ci_high']:+.3f}] (Hodges–Lehmann)"
+        + (f", attention − co-expression {r['mean_gap']:+.3f} (mean)" if "mean_gap" in r else "")
         for r in ctx_rows
     )
     return AnalysisResult(
         tables=tables,
         figures=figures,
         summary=(summary + ".") if summary else "No context could be evaluated (see notes).",
-        verdicts=verdicts,
         notes=notes,
     )
+
+
+def _contexts(ctx, p: ContextParams, en: str, notes: list[str]):
+    """The contexts of source ``en``: name → (dataset, arm, AUROC wide table, data)."""
+    contexts, who, model = {}, en, None
+    for ds in p.datasets or ctx.dataset_names():
+        d = prediction_data(
+            ctx, ds, en, p, coexpression=p.coexpression,
+            allow_different_cells=p.allow_different_cells, reference=None,
+            score_transform=p.score_transform, notes=notes,
+        )  # fmt: skip
+        if d is None or d.metrics.empty:
+            continue
+        who, model = source_label(ctx.edge_scores(en, ds)[0]), d.model
+        for arm in sorted(d.metrics["arm"].unique()):
+            wide = auroc_wide(d.metrics, arm).dropna(subset=list(BASELINES))
+            name = f"{ds} · {arm}"
+            if len(wide) < p.min_perturbations:
+                notes.append(
+                    f"{en}: context {name} has {len(wide)} evaluable perturbations "
+                    f"(< {p.min_perturbations}); left out."
+                )
+                continue
+            contexts[name] = (ds, arm, wide, d)
+    return contexts, who, model
 
 
 def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None, int, str]:
@@ -364,7 +289,7 @@ def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None
 
 
 # ---------------------------------------------------------------------------- calibration
-# The interaction test on synthetic scorers over a simulated two-arm screen (CRISPRi and
+# The interaction claim's test on synthetic scorers over a simulated two-arm screen (CRISPRi and
 # CRISPRa, the same perturbed genes: the paired design). Nulls: in both arms attention
 # and co-expression are the same signal plus independent noise of equal SD (the gap is
 # symmetric about 0 everywhere); the hub null concentrates responders on hub TFs'
@@ -374,16 +299,16 @@ def _layer(contexts: dict, layers: list, verdict_layer) -> tuple[str, int | None
 
 def _context_scenarios():
     from scfm_audit.analyses._calibration import Scenario
-    from scfm_audit.analyses.perturbation_prediction import CAL_HUB
+    from scfm_audit.analyses._perturbation_sim import CAL_HUB
 
     both = {"modality": "both"}
     out = [
         Scenario("context_exchangeable_null", "null",
-                 "two arms; attention and co-expression exchangeable in both",
+                 "two arms; attention and co-expression exchangeable in both", truth=0.0,
                  params={"sim": both, "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
         Scenario("context_hub_null", "null",
                  "two arms, responders concentrated on 12 hub TFs' targets; exchangeable",
-                 params={"sim": {**both, **CAL_HUB},
+                 truth=0.0, params={"sim": {**both, **CAL_HUB},
                          "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
     ]  # fmt: skip
     for s in (2.0, 4.0):
@@ -396,9 +321,9 @@ def _context_scenarios():
     return out
 
 
-def _context_replicate(sc, seed: int, *, n_boot: int = 400):
+def _context_replicate(sc, seed: int, *, n_perm: int = 999):
     from scfm_audit.analyses._calibration import ReplicateOutcome
-    from scfm_audit.analyses.perturbation_prediction import calibration_screen
+    from scfm_audit.analyses._perturbation_sim import calibration_screen
     from scfm_audit.evaluate._perturbation import ranking_metrics
 
     rows = calibration_screen(sc.params["sim"], seed)
@@ -415,9 +340,10 @@ def _context_replicate(sc, seed: int, *, n_boot: int = 400):
         )  # fmt: skip
         w = m.pivot(index="perturbation", columns="scorer", values="auroc").dropna()
         gaps[arm] = w["attention"] - w["coexpression"]
-    r = gap_interaction(gaps, paired=True, n_boot=n_boot, seed=seed)
+    # the claim's own test and CI (truth 0 under the nulls: the contexts' true range)
+    r = gap_interaction(gaps, seed=seed, n_perm=n_perm)
     return ReplicateOutcome(
-        p=r["p"], estimate=r["effect"], ci_low=r["ci_low"], ci_high=r["ci_high"], null_value=0.0
+        p=r.p, estimate=r.effect, ci_low=r.ci_low, ci_high=r.ci_high, null_value=r.null_value
     )
 
 

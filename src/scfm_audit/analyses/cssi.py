@@ -37,13 +37,12 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
-    Verdict,
-    evaluable_pairs,
+    LayerClaimParams,
+    Unit,
+    UnitParams,
+    choose_layer,
     register_analysis,
-    register_selected_layer,
-    select_layer,
     source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options
@@ -67,9 +66,7 @@ H0_SHUFFLE = "strata carry no information about edges beyond their sizes (labels
 SCORERS = ("coexpression", "attention")
 
 
-class CSSIParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class CSSIParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources (default: all co-expression and attention sources)"
     )
@@ -89,11 +86,6 @@ class CSSIParams(AnalysisParams):
     verdict_metric: Literal["auroc", "f1"] = Field(
         "auroc", description="metric of the verdict test (the other is reported with its CI)"
     )
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the verdict of a layered source: an index fixed a priori, "
-        "or 'best' (largest improvement; p × number of layers, Bonferroni)",
-    )
     k_scan: list[int] = Field(
         [2, 3, 4, 6, 8, 12, 16, 20], description="K of the descriptive k-means scan"
     )
@@ -101,7 +93,6 @@ class CSSIParams(AnalysisParams):
     n_perm: int = Field(999, ge=19, description="draws of the paired permutation test")
     n_boot: int = Field(500, ge=10, description="vertex-bootstrap draws for the CIs")
     n_hvg: int = Field(2000, ge=10, description="HVGs of the PCA representation")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
     batch_size: int = Field(32, ge=1, description="cells per forward pass (embeddings)")
 
 
@@ -225,11 +216,10 @@ class _Source:
     reference="Catalogue 13; paper: CSSI (kNN k = 15, Leiden 1.0, max / prevalence-weighted mean)",
 )
 def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
+    datasets = p.datasets_in(ctx)
+    edge_names = p.edges_in(ctx)
     rows, scan_rows, null_rows, strata_rows = [], [], [], []
-    verdicts, notes, figures = [], [], {}
+    notes, figures = [], {}
     for ds in datasets:
         for en in edge_names:
             pooled = [s for s in ctx.edge_scores(en, ds) if s.head is None]
@@ -241,17 +231,7 @@ def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
                     f"{ds}/{en}: scorer '{src.scorer}' is not stratified (only {SCORERS})."
                 )
                 continue
-            refs = {}
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    src.genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is not None:
-                    refs[ref_name] = pairs
+            refs = p.evaluable(ctx, src.genes, where=f"{ds}/{en}", notes=notes)
             if not refs:
                 continue
             raw, how = src.labels(p.strata)
@@ -353,33 +333,15 @@ def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
                             }
                         )
                     row["null_mean_diff"] = float(np.mean(null_d)) if null_d else np.nan
-                    rec = _register(ctx, p, base, ds, ref_name, pairs, row, comp, how)
+                    res = comparison_result(p, row, comp, how, n=pairs.n_pos)
+                    unit = Unit(ds, base.model, ref_name, f"cssi_{p.variant}:{base.label}", L)
+                    ctx.describe(res, unit, hypothesis=_hypothesis(p, base.label, ref_name),
+                                 extra={"n_strata": row["n_strata"], "strata": how})  # fmt: skip
                     if null_d:
-                        obs = comp["diff"]
-                        ctx.add_test(
-                            hypothesis=f"CSSI-{p.variant} of {base.label} beats shuffled-label "
-                            f"strata on {ref_name}",
-                            test=f"label shuffle of the strata ({len(null_d)} draws, one-sided)",
-                            null=H0_SHUFFLE,
-                            null_name="strata_label_shuffle",
-                            p=(1 + sum(d >= obs for d in null_d)) / (len(null_d) + 1),
-                            p_floor=1 / (len(null_d) + 1),
-                            family="descriptive",
-                            statistic_name=f"Δ{p.verdict_metric.upper()}",
-                            statistic=obs,
-                            effect_name=f"Δ{p.verdict_metric.upper()} (CSSI − pooled)",
-                            effect=obs,
-                            null_value=float(np.mean(null_d)),
-                            direction="greater",
-                            model=base.model,
-                            dataset=ds,
-                            reference=ref_name,
-                            method=f"cssi_{p.variant}:{base.label}",
-                            layer=L,
-                            n=pairs.n_pos,
-                        )
+                        _describe_shuffle(ctx, p, unit, comp["diff"], np.array(null_d), base,
+                                          ref_name, n=pairs.n_pos)  # fmt: skip
                     rows.append(row)
-                    items.append((base, row, rec))
+                    items.append((base, res))
                     for K, (k_kept, agg) in scans.items():
                         for v in ("mean", "max"):
                             m = recovery_metrics(pair_scores(agg[(L, v)], pairs), pairs)
@@ -399,7 +361,7 @@ def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
                                         "pooled": m_pool[metric],
                                     }
                                 )
-                verdicts.append(_verdict(ctx, p, items, ds, ref_name))
+                _claim(ctx, p, items, ds, ref_name)
     table = pd.DataFrame(rows)
     scan = pd.DataFrame(scan_rows)
     figures.update(_figures(table, scan, p))
@@ -412,7 +374,7 @@ def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
         notes.append("No edge source could be evaluated with CSSI (see the other notes).")
         tables = {"cssi": pd.DataFrame({"note": ["nothing evaluated"]})}
     return AnalysisResult(
-        tables=tables, figures=figures, summary=_summary(table, p), verdicts=verdicts, notes=notes
+        tables=tables, figures=figures, summary=_summary(table, p), notes=notes
     )
 
 
@@ -425,59 +387,65 @@ def _effect(p: CSSIParams, row: dict) -> tuple[str, float, float, float, float]:
     return name, row[k], row[f"{k}_ci_low"], row[f"{k}_ci_high"], nv
 
 
-def _register(ctx, p, base: EdgeScores, ds, ref_name, pairs, row, comp, how):
+def comparison_result(p: CSSIParams, row: dict, comp: dict, how: str, *, n: int):
+    """The paired permutation over source genes (CSSI vs pooled) as a typed result: the
+    effect (ΔAUROC, or the F1 ratio against 1) with its CI, the tails of the tested
+    difference, the floor."""
+    from scfm_audit.stats._tests import StatTestResult
+
     name, eff, lo, hi, nv = _effect(p, row)
-    return ctx.add_test(
-        hypothesis=f"CSSI-{p.variant} of {base.label} ranks {ref_name} edges differently "
-        "from pooled scoring",
+    return StatTestResult(
+        statistic=comp["diff"],
+        p=comp["p"],
+        effect=eff,
+        n=n,
         test=f"paired permutation over source genes ({comp['n_perm']} draws, two-sided), "
         f"{p.verdict_metric.upper()}; strata: {how}",
-        null=H0_PAIRED,
-        null_name="paired_source_permutation",
-        p=comp["p"],
-        p_floor=comp["p_floor"],
-        family="descriptive" if base.layer is not None else "confirmatory",
         statistic_name=f"Δ{p.verdict_metric.upper()}",
-        statistic=comp["diff"],
         effect_name=name,
-        effect=eff,
+        alternative="two-sided",
         ci_low=lo,
         ci_high=hi,
+        p_greater=comp["p_greater"],
+        p_less=comp["p_less"],
         null_value=nv,
-        direction="two-sided",
-        model=base.model,
-        dataset=ds,
-        reference=ref_name,
-        method=f"cssi_{p.variant}:{base.label}",
-        layer=base.layer,
-        n=pairs.n_pos,
-        extra={"n_strata": row["n_strata"], "strata": how},
+        p_floor=comp["p_floor"],
+        h0=H0_PAIRED,
+        null_name="paired_source_permutation",
     )
 
 
-def _verdict(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> Verdict:
-    base0, _row0, rec0 = items[0]
-    who = source_label(base0)
-    claim = f"CSSI improves over pooled ({who}, {ref_name})"
+def _hypothesis(p: CSSIParams, label: str, ref_name: str) -> str:
+    return f"CSSI-{p.variant} of {label} ranks {ref_name} edges differently from pooled scoring"
+
+
+def _describe_shuffle(ctx, p, unit, obs: float, null: np.ndarray, base, ref_name, *, n):
+    from scfm_audit.stats._montecarlo import attainable_floor
+    from scfm_audit.stats._tests import StatTestResult
+
+    M = p.verdict_metric.upper()
+    pg = float((1 + np.sum(null >= obs)) / (len(null) + 1))
+    res = StatTestResult(obs, pg, obs, n, f"label shuffle of the strata ({len(null)} draws, "
+                         "one-sided)", f"Δ{M}", f"Δ{M} (CSSI − pooled)", "greater",
+                         p_greater=pg, null_value=float(np.mean(null)),
+                         p_floor=attainable_floor(null, "greater"), h0=H0_SHUFFLE,
+                         null_name="strata_label_shuffle")  # fmt: skip
+    ctx.describe(res, unit, hypothesis=f"CSSI-{p.variant} of {base.label} beats shuffled-label "
+                 f"strata on {ref_name}")  # fmt: skip
+
+
+def _claim(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> None:
+    base0 = items[0][0]
+    claim = f"CSSI improves over pooled ({source_label(base0)}, {ref_name})"
     if base0.layer is None:
-        return Verdict(claim, rec0, base0.model, ds, direction="greater")
-    items = sorted(items, key=lambda x: x[0].layer)
-    i, mult, why = select_layer(
-        [x[0].layer for x in items],
-        [_effect(p, r)[1] for _, r, _ in items],
-        p.verdict_layer,
-        what="improvement",
-    )
-    base, _row, rec = items[i]
-    sel = register_selected_layer(
-        ctx,
-        rec,
-        why=why,
-        mult=mult,
-        hypothesis=f"CSSI-{p.variant} of {base.method} (selected layer) ranks {ref_name} edges "
-        "differently from pooled scoring",
-    )
-    return Verdict(claim, sel, base.model, ds, direction="greater", layer_choice=why)
+        i, res, why = 0, items[0][1], ""
+    else:
+        items = sorted(items, key=lambda x: x[0].layer)
+        i, res, why = choose_layer([(b.layer, r) for b, r in items], p.verdict_layer)
+    base = items[i][0]
+    unit = Unit(ds, base.model, ref_name, f"cssi_{p.variant}:{base.label}", base.layer)
+    ctx.claim(res, unit, claim=claim, layer_choice=why,
+              hypothesis=_hypothesis(p, f"{base.method} (selected layer)", ref_name))  # fmt: skip
 
 
 def _figures(table: pd.DataFrame, scan: pd.DataFrame, p: CSSIParams) -> dict:
@@ -606,6 +574,7 @@ def _cal_replicate(sc, seed: int):
     from scfm_audit.data._hub_reference import hub_reference, place_reference
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.edges._coexpression import coexpression
+    from scfm_audit.stats._tests import tested_side
 
     bench = simulate_perturbseq(**_CAL_SIM, **sc.params["sim"], seed=seed)
     ad, genes = bench.adata, bench.adata.var_names
@@ -639,6 +608,7 @@ def _cal_replicate(sc, seed: int):
         ci_high=c["diff_ci_high"],
         null_value=0.0,
         extra={"f1_ratio": f1["ratio"]},
+        side=tested_side(c["p_greater"], c["p_less"], c["diff"], 0.0),
     )
 
 

@@ -43,18 +43,17 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
-    Verdict,
-    estimate_fields,
-    evaluable_pairs,
+    LayerClaimParams,
+    Unit,
+    UnitParams,
+    choose_layer,
     register_analysis,
-    register_selected_layer,
     source_label,
 )
-from scfm_audit.analyses._pairs_common import choose_layer, gene_stats, pooled_sets
+from scfm_audit.analyses._pairs_common import gene_stats, pooled_sets
 from scfm_audit.evaluate._pairwise import (
-    bootstrap_p,
+    bootstrap_tails,
     matched_negatives,
     paired_vertex_bootstrap,
 )
@@ -81,10 +80,7 @@ DELONG_H0 = (
 )
 
 
-class GeneLevelNullParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
-    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+class GeneLevelNullParams(UnitParams, LayerClaimParams):
     score_transform: Literal["abs", "raw"] = Field(
         "abs", description="'abs': magnitude of scores; 'raw': as is"
     )
@@ -95,12 +91,6 @@ class GeneLevelNullParams(AnalysisParams):
     verdict_baselines: list[str] = Field(
         list(EXPRESSION_BASELINES),
         description="baselines the score must beat (undirected: target_<f> reads min_<f>)",
-    )
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer: an index fixed a priori, or 'best' "
-        "(highest ΔAUROC, p × number of layers)",
     )
 
 
@@ -149,7 +139,7 @@ def compare_to_baselines(
     per = []
     for k in baselines:
         d = draws["score"] - draws[k]
-        pk, floor = bootstrap_p(d.to_numpy())
+        pg, pl, floor = bootstrap_tails(d.to_numpy())
         lo, hi = np.nanquantile(d, [0.025, 0.975]) if d.notna().any() else (np.nan, np.nan)
         per.append(
             {
@@ -158,8 +148,10 @@ def compare_to_baselines(
                 "delta_auroc": auc["score"] - auc[k],
                 "delta_ci_low": lo,
                 "delta_ci_high": hi,
-                "p": pk,
-                "p_floor": floor,
+                "p": min(1.0, 2 * min(pg, pl)),
+                "p_greater": pg,
+                "p_less": pl,
+                "p_floor": min(1.0, 2 * floor),
                 "in_verdict": k in verdict,
             }
         )
@@ -175,17 +167,19 @@ def compare_to_baselines(
             "ci_low": nan,
             "ci_high": nan,
             "p": nan,
+            "p_greater": nan,
+            "p_less": nan,
             "p_floor": nan,
         }, per
     best = comp.loc[comp["auroc_baseline"].idxmax()]
     dmax = draws["score"] - draws[list(comp["baseline"])].max(axis=1)
     lo, hi = np.nanquantile(dmax, [0.025, 0.975])
+    # "beats every baseline": intersection-union (the largest one-sided p); "some baseline
+    # beats it": the smallest one-sided p × k (Bonferroni); two-sided: twice the smaller
     k = len(comp)
-    if (comp["delta_auroc"] > 0).all():
-        p, floor = comp["p"].max(), comp["p_floor"].max()  # intersection-union
-    else:
-        losers = comp[comp["delta_auroc"] <= 0]
-        p, floor = min(1.0, k * losers["p"].min()), min(1.0, k * losers["p_floor"].min())
+    pg = float(comp["p_greater"].max())
+    pl = min(1.0, k * float(comp["p_less"].min()))
+    one = float(comp["p_floor"].min()) / 2
     return {
         **out,
         "best": best["baseline"],
@@ -193,9 +187,36 @@ def compare_to_baselines(
         "delta": auc["score"] - best["auroc_baseline"],
         "ci_low": float(lo),
         "ci_high": float(hi),
-        "p": float(p),
-        "p_floor": float(floor),
+        "p": min(1.0, 2 * min(pg, pl)),
+        "p_greater": pg,
+        "p_less": pl,
+        "p_floor": min(1.0, 2 * one),
     }, per
+
+
+def comparison_result(summ: dict, *, n_boot: int):
+    """The claim's test of one :func:`compare_to_baselines` summary, typed: ΔAUROC against
+    the best baseline with its CI, both tails of the combined test, its floor."""
+    from scfm_audit.stats._tests import StatTestResult
+
+    return StatTestResult(
+        statistic=summ["delta"],
+        p=summ["p"],
+        effect=summ["delta"],
+        n=int(summ["n_rows"]),
+        test=f"paired two-way vertex bootstrap of ΔAUROC ({n_boot} draws; every baseline: "
+        "intersection-union, some baseline: Bonferroni; two-sided)",
+        statistic_name="ΔAUROC",
+        effect_name="ΔAUROC",
+        alternative="two-sided",
+        ci_low=summ["ci_low"],
+        ci_high=summ["ci_high"],
+        p_greater=summ["p_greater"],
+        p_less=summ["p_less"],
+        p_floor=summ["p_floor"],
+        h0=DELTA_H0,
+        null_name="vertex_bootstrap_delta",
+    )
 
 
 @register_analysis(
@@ -212,10 +233,9 @@ def compare_to_baselines(
 def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
     from scfm_audit.plotting import forest_figure
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
-    rows, base_rows, match_rows, verdicts, notes, figures = [], [], [], [], [], {}
+    datasets = p.datasets_in(ctx)
+    edge_names = p.edges_in(ctx)
+    rows, base_rows, match_rows, notes, figures = [], [], [], [], {}
     settings = ("unmatched", "matched") if p.matched else ("unmatched",)
     for ds in datasets:
         for en in edge_names:
@@ -224,16 +244,7 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
                 continue
             stats = gene_stats(ctx, en, ds)
             genes = sets[0].genes.intersection(stats.index, sort=False)
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is None:
-                    continue
+            for ref_name, pairs in p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes).items():
                 baselines = gene_level_pair_baselines(stats, pairs)
                 verdict_names = [
                     b if pairs.directed else b.replace("target_", "min_")
@@ -299,33 +310,13 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
                         }
                         base_rows.extend({**meta, **r} for r in per.to_dict("records"))
                         rows.append({**meta, **{k: v for k, v in summ.items()}})
-                        rec = _register(
-                            ctx,
-                            p,
-                            es,
-                            ds,
-                            ref_name,
-                            setting,
-                            summ,
-                            score,
-                            pairs,
-                            baselines,
-                            sub_rows,
-                        )
-                        items[setting].append(
-                            {
-                                "layer": es.layer,
-                                "p": summ["p"],
-                                "p_floor": summ["p_floor"],
-                                "delta": summ["delta"],
-                                "es": es,
-                                "summ": summ,
-                                "rec": rec,
-                            }
-                        )
+                        res = comparison_result(summ, n_boot=p.n_boot)
+                        _describe(ctx, es, ds, ref_name, setting, summ, res, score, pairs,
+                                  baselines, sub_rows)
+                        items[setting].append((es, res))
                 for setting, its in items.items():
                     if its:
-                        verdicts.append(_verdict(ctx, p, its, ds, ref_name, setting))
+                        _claim(ctx, p, its, ds, ref_name, setting)
     table = pd.DataFrame(rows)
     if not table.empty:
         for (ds, ref_name), sub in table.groupby(["dataset", "reference"]):
@@ -356,83 +347,50 @@ def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
         if not v.empty
     }
     return AnalysisResult(
-        tables=tables, figures=figures, summary=_summary(table), verdicts=verdicts, notes=notes
+        tables=tables, figures=figures, summary=_summary(table), notes=notes
     )
 
 
-def _register(ctx, p, es, ds, ref_name, setting, summ, score, pairs, baselines, rows):
-    from scfm_audit.stats._delong import delong_test
-
+def _hypothesis(label: str, ref_name: str, setting: str) -> str:
     neg = "expression-matched negatives" if setting == "matched" else "all candidate pairs"
-    rec = ctx.add_test(
-        hypothesis=f"{es.label} ranks {ref_name} edges better than every gene-level "
-        f"baseline ({neg})",
-        test=f"paired two-way vertex bootstrap of ΔAUROC ({p.n_boot} draws, two-sided)",
-        null=DELTA_H0,
-        null_name="vertex_bootstrap_delta",
-        p=summ["p"],
-        p_floor=summ["p_floor"],
-        family="descriptive" if es.layer is not None else "confirmatory",
-        extra={
-            "best_baseline": summ["best"],
-            "negatives": setting,
-            "n_positives": summ["n_positives"],
-        },
-        **estimate_fields(
-            es,
-            ds,
-            ref_name,
-            estimate=summ["delta"],
-            ci=(summ["ci_low"], summ["ci_high"]),
-            n=summ["n_rows"],
-            name="ΔAUROC",
-            null_value=0.0,
-        ),
-    )
-    if summ["best"] is not None:
-        r = np.arange(len(pairs)) if rows is None else rows
-        d = delong_test(pairs.label[r], score[r], baselines[summ["best"]][r])
-        ctx.add_test(
-            hypothesis=f"{es.label} vs {summ['best']} on {ref_name} ({neg})",
-            test="DeLong paired AUROC test",
-            null=DELONG_H0,
-            null_name="delong_independent_pairs",
-            p=d.p,
-            statistic_name="z",
-            statistic=d.z,
-            effect_name="ΔAUROC",
-            effect=summ["delta"],
-            null_value=0.0,
-            n=len(r),
-            direction="two-sided",
-            family="descriptive",
-            model=es.model,
-            dataset=ds,
-            reference=ref_name,
-            method=es.label,
-            layer=es.layer,
-        )
-    return rec
+    return f"{label} ranks {ref_name} edges better than every gene-level baseline ({neg})"
 
 
-def _verdict(ctx, p, items, ds, ref_name, setting) -> Verdict:
-    it, mult, why = choose_layer(
-        items, verdict_layer=p.verdict_layer, key=lambda x: x["delta"], what="ΔAUROC"
-    )
-    es, rec = it["es"], it["rec"]
-    claim = f"{source_label(es)} beats gene-level baselines on {ref_name}"
+def _describe(ctx, es, ds, ref_name, setting, summ, res, score, pairs, baselines, rows):
+    """Per layer: the comparison itself (the claim rests on one layer) and DeLong against
+    the best baseline (treats pairs as independent: descriptive only)."""
+    from scfm_audit.stats._delong import delong_test
+    from scfm_audit.stats._tests import StatTestResult
+
+    unit = Unit.of(es, ds, ref_name)
+    ctx.describe(res, unit, hypothesis=_hypothesis(es.label, ref_name, setting),
+                 extra={"best_baseline": summ["best"], "negatives": setting,
+                        "n_positives": summ["n_positives"]})  # fmt: skip
+    if summ["best"] is None:
+        return
+    r = np.arange(len(pairs)) if rows is None else rows
+    d = delong_test(pairs.label[r], score[r], baselines[summ["best"]][r])
+    neg = "expression-matched negatives" if setting == "matched" else "all candidate pairs"
+    delong = StatTestResult(d.z, d.p, summ["delta"], len(r), "DeLong paired AUROC test", "z",
+                            "ΔAUROC", "two-sided", h0=DELONG_H0,
+                            null_name="delong_independent_pairs")  # fmt: skip
+    ctx.describe(delong, unit, hypothesis=f"{es.label} vs {summ['best']} on {ref_name} ({neg})")
+
+
+def _claim(ctx, p, items: list[tuple], ds: str, ref_name: str, setting: str) -> None:
+    es0 = items[0][0]
+    claim = f"{source_label(es0)} beats gene-level baselines on {ref_name}"
     if setting == "matched":
         claim += " (expression-matched negatives)"
-    if es.layer is not None:
-        rec = register_selected_layer(
-            ctx,
-            rec,
-            why=why,
-            mult=mult,
-            hypothesis=f"{es.method} (selected layer) beats every gene-level baseline on "
-            f"{ref_name} ({setting} negatives)",
-        )
-    return Verdict(claim, rec, es.model, ds, direction="greater", layer_choice=why)
+    if es0.layer is None:
+        ctx.claim(items[0][1], Unit.of(es0, ds, ref_name), claim=claim,
+                  hypothesis=_hypothesis(es0.label, ref_name, setting))  # fmt: skip
+        return
+    by_layer = sorted(items, key=lambda x: x[0].layer)
+    i, res, why = choose_layer([(es.layer, r) for es, r in by_layer], p.verdict_layer)
+    es = by_layer[i][0]
+    ctx.claim(res, Unit.of(es, ds, ref_name), claim=claim, layer_choice=why,
+              hypothesis=_hypothesis(f"{es.method} (selected layer)", ref_name, setting))  # fmt: skip
 
 
 def _summary(table: pd.DataFrame) -> str:
@@ -498,13 +456,7 @@ def _calibration_replicate(sc, seed: int, *, n_boot: int = 400, matched: bool = 
     summ, _ = compare_to_baselines(
         d["attn"], baselines, pairs, verdict=names, rows=rows, n_boot=n_boot, seed=seed
     )
-    return ReplicateOutcome(
-        p=summ["p"],
-        estimate=summ["delta"],
-        ci_low=summ["ci_low"],
-        ci_high=summ["ci_high"],
-        null_value=0.0,
-    )
+    return ReplicateOutcome.of(comparison_result(summ, n_boot=n_boot))
 
 
 def _register_calibration() -> None:

@@ -37,13 +37,12 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
-    Verdict,
-    estimate_fields,
+    LayerClaimParams,
+    Unit,
+    UnitParams,
+    choose_layer,
     register_analysis,
-    register_selected_layer,
-    select_layer,
     source_label,
 )
 from scfm_audit.edges._scores import EdgeScores
@@ -51,20 +50,17 @@ from scfm_audit.edges._scores import EdgeScores
 if TYPE_CHECKING:
     from scfm_audit.data._simulate import SimulatedBenchmark
 from scfm_audit.evaluate._recovery import (
-    NULL_H0,
     CandidatePairs,
     NullName,
     candidate_pairs,
     edge_recovery,
     nan_lowest_ranks,
     pair_scores,
+    recovery_result,
 )
 
 
-class GRNRecoveryParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
-    edges: list[str] | None = Field(None, description="edge sources (default: all)")
+class GRNRecoveryParams(UnitParams, LayerClaimParams):
     per_head: bool = Field(True, description="also evaluate every head (descriptive tests)")
     n_boot: int = Field(1000, ge=10, description="vertex-bootstrap draws for the AUROC CI")
     n_perm: int = Field(999, ge=19, description="null draws of every permutation test")
@@ -80,13 +76,6 @@ class GRNRecoveryParams(AnalysisParams):
     )
     score_transform: Literal["abs", "raw"] = Field(
         "abs", description="'abs': magnitude of scores (either sign counts); 'raw': as is"
-    )
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the scorecard answer of a layered source: an index fixed a "
-        "priori (negative counts from the last), or 'best' (highest AUROC, p × number of "
-        "layers: Bonferroni for the selection)",
     )
 
 
@@ -108,10 +97,10 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
         roc_pr_figure,
     )
 
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    edge_names = p.edges or ctx.edge_names()
-    rows, verdicts, notes, figures = [], [], [], {}
+    datasets = p.datasets_in(ctx)
+    references = p.references_in(ctx)
+    edge_names = p.edges_in(ctx)
+    rows, notes, figures = [], [], {}
     for ds in datasets:
         for ref_name in references:
             ref = ctx.reference(ref_name)
@@ -119,7 +108,7 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
             for en in edge_names:
                 score_sets = [s for s in ctx.edge_scores(en, ds) if p.per_head or s.head is None]
                 pairs_cache: dict[int, CandidatePairs] = {}
-                pooled: dict[str, list[tuple]] = {}  # source label -> [(es, result, record)]
+                pooled: dict[str, list[tuple]] = {}  # source label -> [(es, result)]
                 for es in ctx.progress(score_sets, description=f"{en} vs {ref_name}"):
                     key = id(es.genes)
                     if key not in pairs_cache:
@@ -154,12 +143,11 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
                     rows.append(row)
                     if r["not_assessable"]:
                         notes.append(f"{ds}/{es.label}/{ref_name}: {r['not_assessable']}.")
-                    rec = _register(ctx, p, es, ds, ref_name, r, is_head)
+                    _describe(ctx, p, es, ds, ref_name, r)
                     if not is_head:
-                        pooled.setdefault(es.method, []).append((es, r, rec))
+                        pooled.setdefault(es.method, []).append((es, r))
                 for items in pooled.values():
-                    v, es, r = _verdict(ctx, p, items, ds, ref_name)
-                    verdicts.append(v)
+                    es, r = _claim(ctx, p, items, ds, ref_name)
                     null_panels[es.label] = (
                         r["auroc"],
                         {k[5:]: x for k, x in r.items() if k.startswith("null_")},
@@ -202,41 +190,24 @@ def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
             )
     summary = _summary(table)
     return AnalysisResult(
-        tables={"recovery": table}, figures=figures, summary=summary, verdicts=verdicts, notes=notes
+        tables={"recovery": table}, figures=figures, summary=summary, notes=notes
     )
 
 
-def _recovery_fields(es: EdgeScores, ds: str, ref_name: str, r: dict) -> dict:
-    ci = (r["auroc_ci_low"], r["auroc_ci_high"])
-    return estimate_fields(es, ds, ref_name, estimate=r["auroc"], ci=ci, n=r["n_candidates"])
-
-
-def register_recovery_test(
-    ctx, es: EdgeScores, ds: str, ref_name: str, r: dict, *, family: str, null: str
-):
-    """Register the verdict-null test of one :func:`edge_recovery` result ``r`` (its
-    ``p`` under ``null``, AUROC with its CI; the reason when not assessable)."""
-    draws = f"{r['n_null_draws']} draws" if r["n_null_draws"] else "not run"
-    return ctx.add_test(
+def describe_recovery(ctx, es: EdgeScores, ds: str, ref_name: str, r: dict) -> None:
+    """Register the verdict-null test of one :func:`edge_recovery` result ``r`` as a
+    descriptive test (per layer, per head: the claim rests on one layer)."""
+    ctx.describe(
+        recovery_result(r),
+        Unit.of(es, ds, ref_name),
         hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
-        test=f"{null.replace('_', ' ')} ({draws}, two-sided)",
-        null=NULL_H0[null],
-        null_name=null,
-        p=r["p"],
-        p_floor=r["p_floor"],
-        family=family,
-        extra={"reason": r["not_assessable"]} if r["not_assessable"] else {},
-        **_recovery_fields(es, ds, ref_name, r),
     )
 
 
-def _register(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict, is_head: bool):
-    """Register the verdict-null test and the descriptive ones; returns the verdict test's
-    record. Layered pooled sources register their per-layer tests as descriptive: the
-    confirmatory test is the layer chosen by ``verdict_layer`` (see :func:`_verdict`)."""
-    family = "descriptive" if (is_head or es.layer is not None) else "confirmatory"
-    rec = register_recovery_test(ctx, es, ds, ref_name, r, family=family, null=p.verdict_null)
-    common = _recovery_fields(es, ds, ref_name, r)
+def _describe(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict) -> None:
+    """Every score set's tests are descriptive: the verdict null's, and the other nulls'
+    (label shuffle ignores the dependence among edges: never a claim)."""
+    describe_recovery(ctx, es, ds, ref_name, r)
     described = {
         "degree_permutation": ("p_degree_permutation", p.n_perm),
         "node_permutation": ("p_node_permutation", p.n_perm),
@@ -246,47 +217,43 @@ def _register(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict, is
     for name, (key, n) in described.items():
         if name == p.verdict_null or np.isnan(r[key]):
             continue
-        ctx.add_test(
+        draws = r.get(f"null_{name}")
+        res = recovery_result({**r, "p": r[key], "p_floor": 2 / (n + 1), "n_null_draws": n,
+                               "p_greater": np.nan, "p_less": np.nan,
+                               "auroc_null_mean": float(np.mean(draws)) if draws is not None
+                               else np.nan, "auroc_null_sd": np.nan},
+                              null=name)  # fmt: skip
+        ctx.describe(
+            res,
+            Unit.of(es, ds, ref_name),
             hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges [{name}]",
-            test=f"{name.replace('_', ' ')} ({n} draws, two-sided)",
-            null=NULL_H0[name],
-            null_name=name,
-            p=r[key],
-            p_floor=2 / (n + 1),
-            family="descriptive",
-            **common,
         )
-    return rec
 
 
-def _verdict(
+def _claim(
     ctx, p: GRNRecoveryParams, items: list[tuple], ds: str, ref_name: str
-) -> tuple[Verdict, EdgeScores, dict]:
-    """The scorecard line of one pooled source: the unlayered test, or the layer chosen by
-    ``verdict_layer`` — fixed a priori, or the best layer with its p multiplied by the
-    number of layers (Bonferroni, valid whatever the selection rule)."""
-    es0, r0, rec0 = items[0]
+) -> tuple[EdgeScores, dict]:
+    """The scorecard line of one pooled source: its verdict-null test, for a layered
+    source at the layer chosen by ``verdict_layer`` (fixed a priori, or the largest
+    null-standardised effect with p × number of layers)."""
+    es0, r0 = items[0]
     # a model's source by its method and model; a co-expression source by its config name
-    who = source_label(es0)
-    claim = f"{who} recovers {ref_name}"
+    claim = f"{source_label(es0)} recovers {ref_name}"
     if es0.layer is None:
-        return Verdict(claim, rec0, es0.model, ds, direction="greater"), es0, r0
+        ctx.claim(recovery_result(r0), Unit.of(es0, ds, ref_name), claim=claim)
+        return es0, r0
     items = sorted(items, key=lambda x: x[0].layer)
-    i, mult, why = select_layer(
-        [x[0].layer for x in items],
-        [x[1]["auroc"] for x in items],
-        p.verdict_layer,
-        what="AUROC",
-    )
-    es, r, rec = items[i]
-    sel = register_selected_layer(
-        ctx,
-        rec,
-        why=why,
-        mult=mult,
+    i, res, why = choose_layer([(es.layer, recovery_result(r)) for es, r in items],
+                               p.verdict_layer)  # fmt: skip
+    es, r = items[i]
+    ctx.claim(
+        res,
+        Unit.of(es, ds, ref_name),
+        claim=claim,
         hypothesis=f"{es.method} (selected layer) ranks {ref_name} edges apart from non-edges",
+        layer_choice=why,
     )
-    return Verdict(claim, sel, es.model, ds, direction="greater", layer_choice=why), es, r
+    return es, r
 
 
 def _summary(table: pd.DataFrame) -> str:
@@ -418,12 +385,8 @@ def _calibration_replicate(sc, seed: int):
     r = edge_recovery(
         es, pairs, n_boot=200, n_perm=999, n_perm_max=0, transform=transform, seed=seed
     )
-    return ReplicateOutcome(
-        p=r["p"],
-        estimate=r["auroc"],
-        ci_low=r["auroc_ci_low"],
-        ci_high=r["auroc_ci_high"],
-        null_value=0.5,
+    return ReplicateOutcome.of(
+        recovery_result(r),
         extra={
             "p_node_permutation": r["p_node_permutation"],
             "p_label_shuffle": r["p_shuffle"],
@@ -438,3 +401,4 @@ def _register_calibration() -> None:
 
 
 _register_calibration()
+

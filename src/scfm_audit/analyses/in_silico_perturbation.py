@@ -23,8 +23,8 @@ shared responder definition, :func:`~scfm_audit.analyses._perturbation_common.da
 per perturbation Spearman(predicted, log2fc) over genes, sign agreement on responders and
 AUROC of |predicted| for responders, the perturbed genes excluded.
 
-Test behind the verdict ("the model's in-silico perturbations predict the observed
-effects", one per model × dataset). H0: the prediction made for perturbation j is no more
+Claim ("the model's in-silico perturbations predict the observed effects", one per
+model × dataset; n/a with the reason when nothing could be compared). H0: the prediction made for perturbation j is no more
 like j's observed profile than like another perturbation's of the same arm. Statistic:
 mean over perturbations of the matched statistic (``verdict_statistic``: Spearman by
 default); null: shuffled perturbation labels — predicted profile of j against observed
@@ -33,7 +33,9 @@ the independent units; the permutation keeps every gene-level pattern, e.g. "var
 move in every perturbation", so such patterns do not count). p: two-sided adaptive
 Monte-Carlo (``n_perm``, then ``n_perm_max`` draws while p < 0.05). Effect: matched −
 mismatched mean statistic (perturbation specificity, 0 under H0) with a percentile
-bootstrap CI over perturbations. The other statistics get the same test, descriptive.
+bootstrap CI over perturbations. The side is read from the test's own tails and its
+floor from the Monte-Carlo draws (the kernel's typed result). The other statistics get
+the same test, descriptive.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Verdict, register_analysis
+from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams, dataset_responders
 
 STAT_LABEL = {
@@ -52,13 +54,6 @@ STAT_LABEL = {
     "sign_agreement": "sign agreement on responders",
     "auroc": "AUROC of |predicted| for responders",
 }
-SHUFFLE_H0 = (
-    "the in-silico prediction for each perturbation is no more like its own observed "
-    "profile than like the observed profile of another perturbation of the same arm "
-    "(predicted/observed pairing exchangeable; shuffled perturbation labels, within arm)"
-)
-
-
 class InSilicoParams(ResponderParams):
     """Parameters of ``in_silico_perturbation`` (responder definition inherited)."""
 
@@ -144,7 +139,7 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
         notes.append("no model in the run: nothing to perturb in silico.")
     if not datasets:
         notes.append("no dataset with a perturbation column: nothing to compare with.")
-    per_rows, sum_rows, skip_rows, verdicts, figures = [], [], [], [], {}
+    per_rows, sum_rows, skip_rows, figures = [], [], [], {}
     for ds in datasets:
         if ctx.dataset_spec(ds).perturbation is None:
             notes.append(f"{ds}: no perturbation column; skipped.")
@@ -153,10 +148,12 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
         for m in models:
             out = _one(ctx, p, m, ds, de, notes, skip_rows)
             if out is None:
+                ctx.not_assessable(Unit(ds, m), claim=_claim(m), reason="no perturbation "
+                                   "could be perturbed in silico and compared (see notes)")  # fmt: skip
                 continue
             table, tests, meta = out
             per_rows.append(table.assign(model=m, dataset=ds))
-            recs = _register(ctx, p, m, ds, tests, meta)
+            _record(ctx, p, m, ds, tests, meta)
             for s, t in tests.items():
                 sum_rows.append(
                     {
@@ -173,6 +170,8 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
                         "ci_low": t.ci_low,
                         "ci_high": t.ci_high,
                         "p": t.p,
+                        "p_greater": t.result.p_greater,
+                        "p_less": t.result.p_less,
                         "p_floor": t.p_floor,
                         "n_draws": t.n_draws,
                         "n_perturbations": t.n,
@@ -181,20 +180,6 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
                 )
             v = p.verdict_statistic
             t = tests.get(v)
-            reason = ""
-            if t is None or not np.isfinite(t.p):
-                reason = "fewer than 3 perturbations could be compared"
-            verdicts.append(
-                Verdict(
-                    f"{m}'s in-silico perturbations predict the observed effects",
-                    recs[v],
-                    m,
-                    ds,
-                    direction="greater",
-                    layer_choice=f"model output ({meta['readout']} readout), no layer selection",
-                    reason=reason,
-                )
-            )
             if meta["panels"]:
                 from scfm_audit.plotting import hexbin_figure
 
@@ -232,7 +217,6 @@ def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
         tables=tables,
         figures=figures,
         summary=_summary(pd.DataFrame(sum_rows), p),
-        verdicts=verdicts,
         notes=notes,
     )
 
@@ -398,10 +382,16 @@ def _scatter_panels(pred, de, table, signed, k: int = 4) -> dict:
     return panels
 
 
-def _register(ctx, p: InSilicoParams, m: str, ds: str, tests, meta) -> dict:
-    """One test per statistic; the verdict statistic's is confirmatory."""
-    recs = {}
-    nan = float("nan")
+def _claim(m: str) -> str:
+    return f"{m}'s in-silico perturbations predict the observed effects"
+
+
+def _record(ctx, p: InSilicoParams, m: str, ds: str, tests, meta) -> None:
+    """One test per statistic, from the kernel's typed result: the verdict statistic's
+    answers the claim, the others are descriptive."""
+    from dataclasses import replace
+
+    unit = Unit(ds, m, method=f"in_silico_{meta['readout']}")
     for s in ("spearman", "sign_agreement", "auroc"):
         t = tests.get(s)
         if t is None:
@@ -409,36 +399,22 @@ def _register(ctx, p: InSilicoParams, m: str, ds: str, tests, meta) -> dict:
         label = STAT_LABEL[s]
         if s == "spearman" and not meta["signed"]:
             label = "Spearman(predicted shift, observed |log2FC|)"
-        recs[s] = ctx.add_test(
-            hypothesis=f"{m}'s in-silico perturbations predict the observed effects "
-            f"({label}, matched above shuffled perturbations)",
-            test=f"shuffled perturbation labels within arm ({t.n_draws} draws, adaptive, "
-            f"two-sided); mean per-perturbation {label}",
-            null=SHUFFLE_H0,
-            null_name="shuffled_perturbation_labels",
-            p=t.p if np.isfinite(t.p) else nan,
-            p_floor=t.p_floor,
+        r = replace(
+            t.result,
+            test=t.result.test.replace("statistic", label),
             statistic_name=f"mean matched {s}",
-            statistic=t.statistic,
             effect_name=f"{s}: matched − mismatched",
-            effect=t.effect,
-            null_value=0.0,
-            ci_low=t.ci_low,
-            ci_high=t.ci_high,
-            n=t.n,
-            direction="two-sided",
-            family="confirmatory" if s == p.verdict_statistic else "descriptive",
-            model=m,
-            dataset=ds,
-            method=f"in_silico_{meta['readout']}",
-            extra={
-                "shuffled_mean": t.null_mean,
-                "matched_ci": [t.stat_ci_low, t.stat_ci_high],
-                "modes": meta["modes"],
-                "signed": meta["signed"],
-            },
         )
-    return recs
+        hyp = (f"{m}'s in-silico perturbations predict the observed effects ({label}, "
+               "matched above shuffled perturbations)")  # fmt: skip
+        extra = {"shuffled_mean": t.null_mean, "matched_ci": [t.stat_ci_low, t.stat_ci_high],
+                 "modes": meta["modes"], "signed": meta["signed"]}  # fmt: skip
+        if s == p.verdict_statistic:
+            ctx.claim(r, unit, claim=_claim(m), hypothesis=hyp, direction="greater",
+                      layer_choice=f"model output ({meta['readout']} readout), no layer "
+                      "selection", extra=extra)  # fmt: skip
+        else:
+            ctx.describe(r, unit, hypothesis=hyp, extra=extra)
 
 
 def _summary(df: pd.DataFrame, p: InSilicoParams) -> str:
@@ -577,13 +553,13 @@ def _calibration_replicate(sc, seed: int, *, n_perm: int = 499, n_boot: int = 20
         n_boot=n_boot,
         seed=seed,
     )
-    t = tests["spearman"]
+    r = tests["spearman"].result  # the claim's own result: its side is the tested side
     return ReplicateOutcome(
-        p=t.p,
-        estimate=t.effect,
-        ci_low=t.ci_low,
-        ci_high=t.ci_high,
-        null_value=0.0,
+        p=r.p,
+        estimate=r.effect,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        null_value=r.null_value,
         extra={"auroc": tests["auroc"].p},
     )
 

@@ -30,11 +30,11 @@ from pydantic import Field
 from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
-    Verdict,
+    Unit,
     register_analysis,
     source_label,
 )
-from scfm_audit.analyses.grn_recovery import register_recovery_test
+from scfm_audit.analyses.grn_recovery import describe_recovery
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._recovery import (
     _SortedScores,
@@ -111,9 +111,13 @@ def depth_trend(
         boot.append(_slope(ab[:, 0] - ab[:, 1], layers))
     boot = np.concatenate(boot)
     boot = boot[np.isfinite(boot)]
-    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())) if len(boot) else math.nan
-    p_floor = 2 / len(boot) if len(boot) else math.nan
-    p = max(p, p_floor)  # a bootstrap p is never reported as 0
+    nan = math.nan
+    # test inversion: P*(slope ≤ 0) is the one-sided p of "slope > 0"; never reported as 0
+    one = 1 / len(boot) if len(boot) else nan
+    p_greater = max(float((boot <= 0).mean()), one) if len(boot) else nan
+    p_less = max(float((boot >= 0).mean()), one) if len(boot) else nan
+    p = min(1.0, 2 * min(p_greater, p_less)) if len(boot) else nan
+    p_floor = 2 * one
     lo, hi = np.quantile(boot, [0.025, 0.975]) if len(boot) else (math.nan, math.nan)
 
     from scipy.stats import spearmanr
@@ -131,7 +135,7 @@ def depth_trend(
         p_perm = min(1.0, 2 * min(g, le))
         perm_floor = 2 / len(null)
     else:
-        p_perm = perm_floor = math.nan
+        g = le = p_perm = perm_floor = math.nan
     return {
         "layers": layers,
         "auroc_ppi": a[0],
@@ -140,11 +144,57 @@ def depth_trend(
         "slope": slope,
         "slope_ci": (float(lo), float(hi)),
         "p": float(p),
+        "p_greater": float(p_greater),
+        "p_less": float(p_less),
         "p_floor": float(p_floor),
         "spearman": rho,
         "p_layer_permutation": float(p_perm),
+        "p_layer_permutation_greater": float(g),
+        "p_layer_permutation_less": float(le),
         "p_layer_permutation_floor": float(perm_floor),
     }
+
+
+def trend_results(t: dict, *, n_layers: int, n_boot: int, n: int):
+    """The two tests of one :func:`depth_trend`: the slope's joint vertex bootstrap (the
+    claim) and the layer-order permutation of Spearman's ρ (descriptive)."""
+    from scfm_audit.stats._tests import StatTestResult
+
+    slope = StatTestResult(
+        statistic=t["slope"],
+        p=t["p"],
+        effect=t["slope"],
+        n=n,
+        test=f"OLS slope over {n_layers} layers, joint vertex bootstrap ({n_boot} draws, "
+        "two-sided)",
+        statistic_name="slope of ΔAUROC per layer",
+        effect_name="slope of ΔAUROC per layer",
+        alternative="two-sided",
+        ci_low=t["slope_ci"][0],
+        ci_high=t["slope_ci"][1],
+        p_greater=t["p_greater"],
+        p_less=t["p_less"],
+        p_floor=t["p_floor"],
+        h0="the slope of the PPI − TF AUROC difference on layer depth is 0 (genes resampled "
+        "jointly for every layer and both references)",
+        null_name="vertex_bootstrap",
+    )
+    rho = StatTestResult(
+        statistic=t["spearman"],
+        p=t["p_layer_permutation"],
+        effect=t["spearman"],
+        n=n,
+        test=f"Spearman ρ over {n_layers} layers, permutation of layer order",
+        statistic_name="Spearman ρ",
+        effect_name="Spearman ρ",
+        alternative="two-sided",
+        p_greater=t["p_layer_permutation_greater"],
+        p_less=t["p_layer_permutation_less"],
+        p_floor=t["p_layer_permutation_floor"],
+        h0="layers exchangeable (no depth order); ignores that adjacent layers are correlated",
+        null_name="layer_permutation",
+    )
+    return slope, rho
 
 
 @register_analysis(
@@ -163,7 +213,7 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
     refs = {name: ctx.reference(name) for name in ctx.reference_names()}
     ppi_refs = p.ppi_references or [n for n, r in refs.items() if not r.directed]
     tf_refs = p.tf_references or [n for n, r in refs.items() if r.directed]
-    rows, trend_rows, verdicts, notes, figures = [], [], [], [], {}
+    rows, trend_rows, notes, figures = [], [], [], {}
     if not ppi_refs or not tf_refs:
         notes.append(
             "layer_organisation needs an undirected (PPI-type) and a directed (TF) reference; "
@@ -210,15 +260,7 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
                                 **{k: v for k, v in r.items() if not k.startswith("null_")},
                             }
                         )
-                        register_recovery_test(
-                            ctx,
-                            es,
-                            ds,
-                            ref_name,
-                            r,
-                            family="descriptive",
-                            null="degree_permutation",
-                        )
+                        describe_recovery(ctx, es, ds, ref_name, r)
                 t = depth_trend(
                     pooled,
                     ppi,
@@ -228,60 +270,21 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
                     transform=p.score_transform,
                 )
                 model = pooled[0].model
-                common = dict(
-                    model=model,
-                    dataset=ds,
-                    reference=f"{ppi_name} vs {tf_name}",
-                    method=pooled[0].method,
-                    n=len(genes),
-                )
-                rec = ctx.add_test(
+                slope, rho = trend_results(t, n_layers=len(pooled), n_boot=p.n_boot,
+                                           n=len(genes))  # fmt: skip
+                unit = Unit(ds, model, f"{ppi_name} vs {tf_name}", pooled[0].method)
+                ctx.claim(
+                    slope,
+                    unit,
+                    claim=f"{source_label(pooled[0])}: {ppi_name} recovered early, {tf_name} late",
                     hypothesis=f"{en}: AUROC({ppi_name}) − AUROC({tf_name}) changes with depth",
-                    test=f"OLS slope over {len(pooled)} layers, joint vertex bootstrap "
-                    f"({p.n_boot} draws, two-sided)",
-                    null="the slope of the PPI − TF AUROC difference on layer depth is 0 "
-                    "(genes resampled jointly for every layer and both references)",
-                    null_name="vertex_bootstrap",
-                    p=t["p"],
-                    p_floor=t["p_floor"],
-                    statistic_name="slope of ΔAUROC per layer",
-                    statistic=t["slope"],
-                    effect_name="slope of ΔAUROC per layer",
-                    effect=t["slope"],
-                    ci_low=t["slope_ci"][0],
-                    ci_high=t["slope_ci"][1],
-                    null_value=0.0,
-                    direction="two-sided",
-                    family="confirmatory",
-                    **common,
+                    direction="less",
+                    layer_choice=f"all {len(pooled)} layers (trend)",
                 )
-                ctx.add_test(
+                ctx.describe(
+                    rho,
+                    unit,
                     hypothesis=f"{en}: AUROC({ppi_name}) − AUROC({tf_name}) is monotone in depth",
-                    test=f"Spearman ρ over {len(pooled)} layers, permutation of layer order",
-                    null="layers exchangeable (no depth order); ignores that adjacent layers "
-                    "are correlated",
-                    null_name="layer_permutation",
-                    p=t["p_layer_permutation"],
-                    p_floor=t["p_layer_permutation_floor"],
-                    statistic_name="Spearman ρ",
-                    statistic=t["spearman"],
-                    effect_name="Spearman ρ",
-                    effect=t["spearman"],
-                    null_value=0.0,
-                    direction="two-sided",
-                    family="descriptive",
-                    **common,
-                )
-                who = source_label(pooled[0])
-                verdicts.append(
-                    Verdict(
-                        f"{who}: {ppi_name} recovered early, {tf_name} late",
-                        rec,
-                        model,
-                        ds,
-                        direction="less",
-                        layer_choice=f"all {len(pooled)} layers (trend)",
-                    )
                 )
                 trend_rows.append(
                     {
@@ -346,7 +349,7 @@ def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
     )
     tables = {"by_layer": table, "trend": trends} if len(table) else {}
     return AnalysisResult(
-        tables=tables, figures=figures, summary=summary, verdicts=verdicts, notes=notes
+        tables=tables, figures=figures, summary=summary, notes=notes
     )
 
 
@@ -414,14 +417,8 @@ def _calibration_replicate(sc, seed: int):
 
     layers, pp, tp = _layered_scores(seed, sc.params["beta"])
     t = depth_trend(layers, pp, tp, n_boot=200, seed=seed, transform="raw")
-    return ReplicateOutcome(
-        p=t["p"],
-        estimate=t["slope"],
-        ci_low=t["slope_ci"][0],
-        ci_high=t["slope_ci"][1],
-        null_value=0.0,
-        extra={"p_layer_permutation": t["p_layer_permutation"]},
-    )
+    slope, _ = trend_results(t, n_layers=len(layers), n_boot=200, n=len(layers[0].genes))
+    return ReplicateOutcome.of(slope, extra={"p_layer_permutation": t["p_layer_permutation"]})
 
 
 def _register_calibration() -> None:

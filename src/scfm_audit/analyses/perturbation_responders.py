@@ -25,23 +25,25 @@ controls):
    beyond the data are capped and flagged.
 
 Tests. Per perturbation with a measured target: the DE test of its target gene
-(descriptive). Per dataset × arm (confirmatory, the scorecard claim "perturbations knock
-down (CRISPRi) / activate (CRISPRa) their targets"): Wilcoxon signed-rank over
-perturbations — the independent units — of the on-target log2 FC, H0: symmetric about 0,
-two-sided; every perturbation with a measured target enters (excluding QC failures would
-make the test circular). Effect: median on-target log2 FC with a bootstrap CI over
-perturbations.
+(``ctx.describe``). Per dataset × arm (``ctx.claim``, the scorecard line "perturbations
+knock down (CRISPRi) / activate (CRISPRa) their targets", claimed side "less" / "greater"):
+Wilcoxon signed-rank over perturbations — the independent units — of the on-target log2
+FC, H0: symmetric about 0, two-sided; every perturbation with a measured target enters
+(excluding QC failures would make the test circular). Effect: the Hodges–Lehmann
+on-target log2 FC with the CI from inverting the same test (its side is the side of the
+ranks); the median with a bootstrap CI over perturbations is reported beside it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Verdict, register_analysis
+from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.evaluate._de import (
     DE_COLUMNS,
@@ -56,7 +58,10 @@ from scfm_audit.evaluate._responders import (
     on_target_qc,
     on_target_test,
     responder_sweep,
+    target_test,
 )
+from scfm_audit.stats._paired import signed_rank
+from scfm_audit.stats._tests import StatTestResult
 
 #: the responders table: the DE columns without the per-perturbation cell counts
 RESPONDER_COLUMNS = [c for c in DE_COLUMNS if c not in ("n_perturbed", "n_control")]
@@ -149,7 +154,7 @@ def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> Analysi
     tables: dict[str, list[pd.DataFrame]] = {
         k: [] for k in ("summary", "responders", "on_target", "sweep", "tests_by_arm")
     }
-    figures, verdicts, notes = {}, [], []
+    figures, notes = {}, []
     datasets = _datasets(ctx, p)
     if not datasets:
         notes.append("No dataset has a perturbation column; nothing to analyse.")
@@ -182,7 +187,7 @@ def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> Analysi
         )
         summ = _summary_table(de, qc, ds)
         tables["summary"].append(summ)
-        _register_tests(ctx, p, ds, de, qc, verdicts, tables["tests_by_arm"])
+        _register_tests(ctx, p, ds, de, qc, tables["tests_by_arm"])
         figures[f"responders_{ds}"] = perturbation_bars_figure(
             summ,
             value="n_responders",
@@ -233,9 +238,7 @@ def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> Analysi
         + (f", pseudobulk by {p.pseudobulk_by} (units are replicates)" if p.pseudobulk_by else "")
         + ". The full DE table is not written (responders only)."
     )
-    return AnalysisResult(
-        tables=out, figures=figures, summary=_summary(out), verdicts=verdicts, notes=notes
-    )
+    return AnalysisResult(tables=out, figures=figures, summary=_summary(out), notes=notes)
 
 
 def _summary_table(de: pd.DataFrame, qc: pd.DataFrame, ds: str) -> pd.DataFrame:
@@ -260,83 +263,55 @@ def _summary_table(de: pd.DataFrame, qc: pd.DataFrame, ds: str) -> pd.DataFrame:
     return s
 
 
-def _register_tests(ctx, p, ds, de, qc, verdicts, arm_rows) -> None:
+def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
     test_name = "Welch t" if p.de_method == "welch" else "Mann–Whitney U (normal approx.)"
     if p.pseudobulk_by:
         test_name += f" on pseudobulk by {p.pseudobulk_by}"
     h0 = WELCH_H0 if p.de_method == "welch" else WILCOXON_H0
     for r in qc.dropna(subset=["p"]).itertuples():
         verb = "knocks down" if r.expected == "down" else "activates"
-        ctx.add_test(
-            hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
-            test=f"{test_name} of the target gene, perturbed vs control, two-sided",
-            null=h0,
-            null_name=f"on_target_{p.de_method}",
-            p=float(r.p),
-            statistic_name="t" if p.de_method == "welch" else "z",
-            statistic=float(r.statistic),
-            effect_name="on-target log2FC",
-            effect=float(r.on_target_log2fc),
-            null_value=0.0,
-            n=int(r.n_perturbed),
-            direction="two-sided",
-            family="descriptive",
-            dataset=ds,
-            method=f"on_target_{p.de_method}",
-            extra={"arm": r.arm, "perturbation": r.perturbation, "qc_status": r.status},
-        )
+        res = target_test(r, test=f"{test_name} of the target gene, perturbed vs control, "
+                          "two-sided", statistic_name="t" if p.de_method == "welch" else "z",
+                          h0=h0, null_name=f"on_target_{p.de_method}")  # fmt: skip
+        ctx.describe(res, Unit(ds, method=f"on_target_{p.de_method}"),
+                     hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
+                     extra={"arm": r.arm, "perturbation": r.perturbation,
+                            "qc_status": r.status})  # fmt: skip
     for arm, sub in qc.groupby("arm"):
         direction = expected_direction(arm, other=p.other_direction)
         verb = "knock down" if direction == "down" else "activate"
-        res = on_target_test(
-            sub["on_target_log2fc"], n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target")
-        )
-        rec = ctx.add_test(
-            hypothesis=f"perturbations of the {arm} arm of {ds} {verb} their targets",
-            test="Wilcoxon signed-rank over perturbations of the on-target log2FC, two-sided",
-            null=ON_TARGET_H0,
-            null_name="on_target_signed_rank",
-            p=res["p"],
-            statistic_name="W",
-            statistic=res["statistic"],
-            effect_name="median on-target log2FC",
-            effect=res["median"],
-            ci_low=res["ci_low"],
-            ci_high=res["ci_high"],
-            null_value=0.0,
-            n=res["n"],
-            direction="two-sided",
-            family="confirmatory",
-            dataset=ds,
-            method="on_target",
-            extra={"arm": arm, "n_unmeasured": int(sub["on_target_log2fc"].isna().sum())},
-        )
-        arm_rows.append(
-            pd.DataFrame(
-                [
-                    {
-                        "dataset": ds,
-                        "arm": arm,
-                        "expected": direction,
-                        **res,
-                        "n_pass": int((sub["status"] == "pass").sum()),
-                        "n_fail": int((sub["status"] == "fail").sum()),
-                        "n_unmeasured": int((sub["status"] == "target not measured").sum()),
-                    }
-                ]
-            )
-        )
-        reason = "" if res["n"] >= 2 else "fewer than 2 perturbations with a measured target"
-        verdicts.append(
-            Verdict(
-                f"perturbations {verb} their targets ({arm})",
-                rec,
-                None,
-                ds,
-                direction="less" if direction == "down" else "greater",
-                reason=reason,
-            )
-        )
+        lfc = sub["on_target_log2fc"]
+        res = on_target_test(lfc, n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target"))
+        claim = on_target_claim(lfc)
+        arm_rows.append(pd.DataFrame([{
+            "dataset": ds, "arm": arm, "expected": direction, **res,
+            "hodges_lehmann": claim.effect, "hl_ci_low": claim.ci_low,
+            "hl_ci_high": claim.ci_high,
+            "n_pass": int((sub["status"] == "pass").sum()),
+            "n_fail": int((sub["status"] == "fail").sum()),
+            "n_unmeasured": int((sub["status"] == "target not measured").sum()),
+        }]))  # fmt: skip
+        what = f"perturbations {verb} their targets ({arm})"
+        unit = Unit(ds, method="on_target")
+        side = "less" if direction == "down" else "greater"
+        if res["n"] < 2:
+            ctx.not_assessable(unit, claim=what, direction=side, test=claim.test, h0=ON_TARGET_H0,
+                           reason="fewer than 2 perturbations with a measured target")  # fmt: skip
+            continue
+        ctx.claim(claim, unit, claim=what, direction=side,
+                  hypothesis=f"perturbations of the {arm} arm of {ds} {verb} their targets",
+                  extra={"arm": arm, "n_unmeasured": int(lfc.isna().sum()),
+                         "median": res["median"]})  # fmt: skip
+
+
+def on_target_claim(lfc) -> StatTestResult:
+    """The claim's test: Wilcoxon signed-rank over perturbations of the on-target log2FC
+    (H0: symmetric about 0), effect the Hodges–Lehmann log2FC with the inverted-test CI
+    (its side is the side of the ranks; the median is reported beside it)."""
+    x = np.asarray(lfc, float)
+    res = signed_rank(x[np.isfinite(x)], h0=ON_TARGET_H0, name="on-target log2FC")
+    return replace(res, test="Wilcoxon signed-rank over perturbations of the on-target "
+                   "log2FC, two-sided", null_name="on_target_signed_rank")  # fmt: skip
 
 
 def _sweep(ctx, p, ds, keep: pd.DataFrame) -> pd.DataFrame | None:
@@ -378,9 +353,9 @@ def _summary(out: dict[str, pd.DataFrame]) -> str:
         s = summ[(summ["dataset"] == r.dataset) & (summ["arm"] == r.arm)]
         parts.append(
             f"{r.dataset}/{r.arm}: {len(s)} perturbations, median {np.median(s['n_responders']):.0f}"
-            f" responders; on-target median log2FC {r.median:+.2f} [{r.ci_low:+.2f}, "
-            f"{r.ci_high:+.2f}] (signed-rank p {r.p:.2g}; QC pass {r.n_pass}, fail {r.n_fail}, "
-            f"unmeasured {r.n_unmeasured})"
+            f" responders; on-target log2FC (Hodges–Lehmann) {r.hodges_lehmann:+.2f} "
+            f"[{r.hl_ci_low:+.2f}, {r.hl_ci_high:+.2f}], median {r.median:+.2f} (signed-rank p "
+            f"{r.p:.2g}; QC pass {r.n_pass}, fail {r.n_fail}, unmeasured {r.n_unmeasured})"
         )
     return "; ".join(parts) + "."
 
@@ -457,14 +432,9 @@ def _calibration_replicate(sc, seed: int):
         ad, DatasetSpec(perturbation="perturbation", modality="modality"), genes=targets
     )
     qc = on_target_qc(de)
-    res = on_target_test(qc["on_target_log2fc"], n_boot=200, seed=seed)
-    return ReplicateOutcome(
-        p=res["p"],
-        estimate=res["median"],
-        ci_low=res["ci_low"],
-        ci_high=res["ci_high"],
-        null_value=0.0,
-    )
+    res = on_target_claim(qc["on_target_log2fc"])  # the claim's own typed result
+    return ReplicateOutcome(p=res.p, estimate=res.effect, ci_low=res.ci_low,
+                            ci_high=res.ci_high, null_value=res.null_value)  # fmt: skip
 
 
 def _register_calibration() -> None:

@@ -41,19 +41,18 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
-    AnalysisParams,
     AnalysisResult,
-    Verdict,
-    evaluable_pairs,
+    LayerClaimParams,
+    Unit,
+    UnitParams,
+    choose_layer,
     register_analysis,
-    register_selected_layer,
-    select_layer,
     source_label,
 )
 from scfm_audit.analyses._edge_source import attention_options, edge_setup
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import hvg_pca, recovery_metrics, stratify
-from scfm_audit.evaluate._recovery import CandidatePairs, candidate_pairs, pair_scores
+from scfm_audit.evaluate._recovery import candidate_pairs, pair_scores
 from scfm_audit.evaluate._scaling import (
     decline_test,
     fit_curves,
@@ -73,9 +72,7 @@ H0_SIGN = (
 )
 
 
-class ScalingParams(AnalysisParams):
-    datasets: list[str] | None = Field(None, description="datasets to use (default: all)")
-    references: list[str] | None = Field(None, description="references (default: all)")
+class ScalingParams(UnitParams, LayerClaimParams):
     edges: list[str] | None = Field(
         None, description="edge sources (default: all co-expression and attention sources)"
     )
@@ -93,13 +90,7 @@ class ScalingParams(AnalysisParams):
     verdict_metric: Literal["f1", "auroc"] = Field(
         "f1", description="metric of the decline test behind the verdict (the other: descriptive)"
     )
-    verdict_layer: int | Literal["best"] = Field(
-        "best",
-        description="layer behind the verdict of a layered source: an index fixed a priori, "
-        "or 'best' (largest decline; p × number of layers, Bonferroni)",
-    )
     n_boot: int = Field(500, ge=20, description="vertex-bootstrap draws of the decline test")
-    min_positives: int = Field(5, ge=1, description="fewer reference edges: not evaluated")
 
 
 def _states(ctx, p: ScalingParams, ds: str, adata, counts: str) -> tuple[np.ndarray, str]:
@@ -160,11 +151,10 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     "AUROC rises",
 )
 def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
-    datasets = p.datasets or ctx.dataset_names()
-    references = p.references if p.references is not None else ctx.reference_names()
-    rows, fit_rows, test_rows, verdicts, notes = [], [], [], [], []
+    datasets = p.datasets_in(ctx)
+    rows, fit_rows, test_rows, notes = [], [], [], []
     for ds in datasets:
-        for en in p.edges or ctx.edge_names():
+        for en in p.edges_in(ctx):
             pooled = [s for s in ctx.edge_scores(en, ds) if s.head is None]
             if not pooled:
                 continue
@@ -173,17 +163,7 @@ def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
                 notes.append(f"{ds}/{en}: scorer '{scorer}' is not rescored (only {SCORERS}).")
                 continue
             genes, layers = pooled[0].genes, [s.layer for s in pooled]
-            refs: dict[str, CandidatePairs] = {}
-            for ref_name in references:
-                pairs = evaluable_pairs(
-                    genes,
-                    ctx.reference(ref_name),
-                    min_positives=p.min_positives,
-                    where=f"{ds}/{en}/{ref_name}",
-                    notes=notes,
-                )
-                if pairs is not None:
-                    refs[ref_name] = pairs
+            refs = p.evaluable(ctx, genes, where=f"{ds}/{en}", notes=notes)
             if not refs:
                 continue
             grid = sorted({int(g) for g in p.grid if g <= len(cells)})
@@ -250,10 +230,10 @@ def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
                         t = _decline(ctx, p, per, vals, grid, pairs, metric, (ds, en, ref_name, L))
                         t.update(dataset=ds, reference=ref_name, edges=en, layer=L, metric=metric)
                         test_rows.append(t)
-                        rec = _register(ctx, p, base, ds, ref_name, pairs, t, metric, how)
+                        res = _register(ctx, base, ds, ref_name, pairs, t, metric, how)
                         if metric == p.verdict_metric:
-                            items.append((base, t, rec))
-                verdicts.append(_verdict(ctx, p, items, ds, ref_name))
+                            items.append((base, res))
+                _claim(ctx, p, items, ds, ref_name)
     table = pd.DataFrame(rows)
     fits = pd.DataFrame(fit_rows)
     tests = pd.DataFrame(test_rows)
@@ -278,7 +258,6 @@ def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
         tables={"scaling": table, "curve": curve, "fits": fits, "decline": tests},
         figures=_figures(curve, fits),
         summary=_summary(tests, fits, p),
-        verdicts=verdicts,
         notes=notes,
     )
 
@@ -313,6 +292,8 @@ def _decline(ctx, p, per, vals, grid, pairs, metric, key) -> dict:
         "ci_high": c["ci_high"],
         "p_unadjusted": c["p"],
         "p": min(1.0, c["p"] * (m - 1)) if np.isfinite(c["p"]) else math.nan,
+        "p_greater": min(1.0, c["p_greater"] * (m - 1)),
+        "p_less": min(1.0, c["p_less"] * (m - 1)),
         "p_floor": min(1.0, c["p_floor"] * (m - 1)),
         "n_boot": c["n_boot"],
         "repeats_best_higher": pos,
@@ -321,75 +302,82 @@ def _decline(ctx, p, per, vals, grid, pairs, metric, key) -> dict:
     }
 
 
-def _register(ctx, p, base: EdgeScores, ds, ref_name, pairs, t, metric, how):
+def decline_result(t: dict, metric: str, how: str = ""):
+    """The decline test of one series (:func:`_decline`), typed: Δmetric (best smaller
+    grid point − largest) with its vertex-bootstrap CI and tails, Bonferroni over the
+    m − 1 candidate grid points."""
+    from scfm_audit.stats._tests import StatTestResult
+
     M = metric.upper()
-    common = dict(
-        model=base.model, dataset=ds, reference=ref_name, method=f"scaling:{base.label}",
-        layer=base.layer, n=pairs.n_pos,
-    )  # fmt: skip
-    ctx.add_test(
-        hypothesis=f"{M} of {base.label} on {ref_name}: best of {t['n_grid'] - 1} smaller grid "
-        f"points vs the largest, per repeat",
-        test="two-sided sign test across repeats (repeats share cells: descriptive only)",
-        null=H0_SIGN,
-        null_name="sign_test_repeats",
-        p=t["p_sign"],
-        family="descriptive",
-        statistic_name="repeats with best > largest",
-        statistic=t["repeats_best_higher"],
-        effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
-        effect=t["diff"],
-        null_value=0.0,
-        direction="two-sided",
-        **common,
-    )
-    layered = base.layer is not None
-    return ctx.add_test(
-        hypothesis=f"{M} of {base.label} on {ref_name} at its best cell count ({t['best_n']}) "
-        f"differs from that at the largest ({t['largest_n']})",
-        test=f"vertex bootstrap over genes ({t['n_boot']} draws, two-sided), best of "
-        f"{t['n_grid'] - 1} grid points, p × {t['n_grid'] - 1} (Bonferroni); states: {how}",
-        null=H0_DECLINE,
-        null_name="vertex_bootstrap",
-        p=t["p"],
-        p_floor=t["p_floor"],
-        family="descriptive" if layered or metric != p.verdict_metric else "confirmatory",
-        statistic_name=f"Δ{M} (best − largest)",
+    states = f"; states: {how}" if how else ""
+    return StatTestResult(
         statistic=t["diff"],
-        effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
+        p=t["p"],
         effect=t["diff"],
+        n=0,
+        test=f"vertex bootstrap over genes ({t['n_boot']} draws, two-sided), best of "
+        f"{t['n_grid'] - 1} grid points, p × {t['n_grid'] - 1} (Bonferroni){states}",
+        statistic_name=f"Δ{M} (best − largest)",
+        effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
+        alternative="two-sided",
         ci_low=t["ci_low"],
         ci_high=t["ci_high"],
-        null_value=0.0,
-        direction="two-sided",
-        extra={"best_n": t["best_n"], "largest_n": t["largest_n"], "selection": "Bonferroni"},
-        **common,
+        p_greater=t["p_greater"],
+        p_less=t["p_less"],
+        p_floor=t["p_floor"],
+        h0=H0_DECLINE,
+        null_name="vertex_bootstrap",
     )
 
 
-def _verdict(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> Verdict:
-    base0, _t0, rec0 = items[0]
-    who = source_label(base0)
+def _register(ctx, base: EdgeScores, ds, ref_name, pairs, t, metric, how):
+    """Describe one series' decline test and its sign test across repeats; returns the
+    decline test (the claim rests on the verdict metric at one layer)."""
+    from dataclasses import replace
+
+    from scfm_audit.stats._tests import sign_test
+
+    M = metric.upper()
+    unit = Unit(ds, base.model, ref_name, f"scaling:{base.label}", base.layer)
+    pos, neg = t["repeats_best_higher"], t["repeats_largest_higher"]
+    sign = replace(sign_test(pos, pos + neg), effect=t["diff"], null_value=0.0,
+                   effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
+                   test="two-sided sign test across repeats (repeats share cells: "
+                   "descriptive only)", h0=H0_SIGN, null_name="sign_test_repeats")  # fmt: skip
+    ctx.describe(sign, unit, hypothesis=f"{M} of {base.label} on {ref_name}: best of "
+                 f"{t['n_grid'] - 1} smaller grid points vs the largest, per repeat")  # fmt: skip
+    res = replace(decline_result(t, metric, how), n=pairs.n_pos)
+    ctx.describe(res, unit, hypothesis=_hypothesis(base.label, ref_name, t, metric),
+                 extra={"best_n": t["best_n"], "largest_n": t["largest_n"],
+                        "selection": "Bonferroni"})  # fmt: skip
+    return res
+
+
+def _hypothesis(label: str, ref_name: str, t: dict, metric: str) -> str:
+    return (
+        f"{metric.upper()} of {label} on {ref_name} at its best cell count ({t['best_n']}) "
+        f"differs from that at the largest ({t['largest_n']})"
+    )
+
+
+def _claim(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> None:
+    base0 = items[0][0]
     claim = (
         f"{p.verdict_metric.upper()} recovery declines beyond its best cell count "
-        f"({who}, {ref_name})"
+        f"({source_label(base0)}, {ref_name})"
     )
     sel_why = "best grid point, Bonferroni over grid points"
     if base0.layer is None:
-        return Verdict(claim, rec0, base0.model, ds, direction="greater", layer_choice=sel_why)
-    items = sorted(items, key=lambda x: x[0].layer)
-    i, mult, why = select_layer(
-        [x[0].layer for x in items],
-        [t["diff"] for _, t, _ in items],
-        p.verdict_layer,
-        what="decline",
-    )
-    base, _t, rec = items[i]
-    why = f"{why}; {sel_why}"
-    sel = register_selected_layer(
-        ctx, rec, why=why, mult=mult, hypothesis=rec.hypothesis + " (selected layer)"
-    )
-    return Verdict(claim, sel, base.model, ds, direction="greater", layer_choice=why)
+        i, res, why = 0, items[0][1], sel_why
+    else:
+        items = sorted(items, key=lambda x: x[0].layer)
+        i, res, why = choose_layer([(b.layer, r) for b, r in items], p.verdict_layer)
+        why = f"{why}; {sel_why}"
+    base = items[i][0]
+    ctx.claim(res, Unit(ds, base.model, ref_name, f"scaling:{base.label}", base.layer),
+              claim=claim, layer_choice=why,
+              hypothesis=f"{p.verdict_metric.upper()} of {base.label} on {ref_name}: best "
+              "cell count differs from the largest (selected layer)")  # fmt: skip
 
 
 def _figures(curve: pd.DataFrame, fits: pd.DataFrame) -> dict:
@@ -488,13 +476,11 @@ def _cal_replicate(sc, seed: int):
     m = len(_CAL_GRID)
     j = int(np.nanargmax(vals.mean(0)[:-1]))
     c = decline_test([r[j] for r in per], [r[-1] for r in per], pairs, n_boot=200, seed=seed)
-    return ReplicateOutcome(
-        p=min(1.0, c["p"] * (m - 1)),
-        estimate=c["diff"],
-        ci_low=c["ci_low"],
-        ci_high=c["ci_high"],
-        null_value=0.0,
-        extra={"p_unadjusted": c["p"], "best_n": float(_CAL_GRID[j])},
+    t = {**c, "n_grid": m, "best_n": _CAL_GRID[j], "largest_n": _CAL_GRID[-1]}
+    for k in ("p", "p_greater", "p_less", "p_floor"):
+        t[k] = min(1.0, c[k] * (m - 1))
+    return ReplicateOutcome.of(
+        decline_result(t, "f1"), extra={"p_unadjusted": c["p"], "best_n": float(_CAL_GRID[j])}
     )
 
 

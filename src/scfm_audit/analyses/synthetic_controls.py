@@ -23,7 +23,7 @@ from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT, calibrate
 from scfm_audit.analyses._contract import (
     AnalysisParams,
     AnalysisResult,
-    Verdict,
+    Unit,
     register_analysis,
 )
 
@@ -47,12 +47,13 @@ class SyntheticControlsParams(AnalysisParams):
     reference="Calibration on simulated nulls and planted effects",
 )
 def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
-    from scipy.stats import binomtest
+    from dataclasses import replace
 
     from scfm_audit.plotting import forest_figure
+    from scfm_audit.stats._tests import sign_test
 
     names = p.analyses or [n for n in CALIBRATIONS.names() if n not in EXEMPT]
-    tables, replicates, verdicts, figures = [], [], [], {}
+    tables, replicates, figures = [], [], {}
     for name in names:
         cal = CALIBRATIONS.get(name)
         scen = [s.name for s in cal.scenarios if p.scenarios is None or s.name in p.scenarios]
@@ -70,33 +71,27 @@ def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
         replicates.append(reps)
         for r in df.itertuples():
             null = r.kind == "null"
-            test = binomtest(r.rejections, r.n, p.alpha, alternative="greater")
-            rec = ctx.add_test(
-                hypothesis=f"{name} {'over-rejects on' if null else 'detects'} {r.scenario}",
-                test=f"exact binomial, {r.rejections}/{r.n} replicates rejected at α = {p.alpha}",
-                null=f"the verdict test rejects at rate ≤ {p.alpha} "
+            res = replace(
+                sign_test(int(r.rejections), int(r.n), p0=p.alpha, alternative="greater"),
+                test=f"exact binomial, {r.rejections}/{r.n} replicates rejected at "
+                f"α = {p.alpha} (one-sided)",
+                h0=f"the verdict test rejects at rate ≤ {p.alpha} "
                 + ("(keeps its level)" if null else "(no power)"),
                 null_name="binomial",
-                p=float(test.pvalue),
-                statistic_name="rejection rate",
-                statistic=r.rate,
                 effect_name="type-I error" if null else "power",
-                effect=r.rate,
-                ci_low=r.rate_low,
-                ci_high=r.rate_high,
-                null_value=p.alpha,
-                n=r.n,
-                direction="greater",
-                family="descriptive",
-                method=name,
-                extra={"scenario": r.scenario},
             )
             claim = (
                 f"{name}: type-I error exceeds α on {r.scenario}"
                 if null
                 else f"{name}: detects the planted effect in {r.scenario}"
             )
-            verdicts.append(Verdict(claim, rec, direction="greater"))
+            ctx.claim(
+                res,
+                Unit(method=name),
+                claim=claim,
+                hypothesis=f"{name} {'over-rejects on' if null else 'detects'} {r.scenario}",
+                extra={"scenario": r.scenario},
+            )
         figures[f"rates_{name}"] = forest_figure(
             df.assign(label=df["scenario"] + " (" + df["kind"] + ")"),
             label="label",
@@ -147,6 +142,5 @@ def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
         else {},
         figures=figures,
         summary=f"Rejection rates at α = {p.alpha} over {p.n_replicates} replicates: {summary}.",
-        verdicts=verdicts,
         notes=notes,
     )

@@ -15,7 +15,10 @@ The verdict statistic (:func:`set_vs_random`): the degradation of a head set
 the set S is exchangeable with the random sets (its ablation is no more harmful than
 ablating a random set of equal size). Rank p ``(1 + #{D(R_i) ≥ D(S)}) / (1 + n)``, and
 the two-sided version ``min(1, 2 · min(p_greater, p_less))`` for the four-valued
-answer; exact under H0 (the rank of an exchangeable draw is uniform).
+answer; exact under H0 (the rank of an exchangeable draw is uniform). Its attainable
+floor: with every other set of the rule compared (exact enumeration of ``N`` sets), the
+share of sets tied at the most extreme D (``1/N`` without ties); with ``n`` i.i.d.
+random sets, ``1/(n+1)`` raised by ties at the extreme (doubled two-sided).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import torch
 from scfm_audit.models._hooks import site_name
 from scfm_audit.models._interventions import Intervention, ablate_heads, zero_mlp
 from scfm_audit.models._masked import MaskedBatch, masked_loss_per_cell
+from scfm_audit.stats._montecarlo import attainable_floor
 from scfm_audit.stats._resampling import bootstrap_ci, empirical_p
+from scfm_audit.stats._tests import StatTestResult
 
 __all__ = [
     "CHANNELS",
@@ -45,6 +50,7 @@ __all__ = [
     "mean_difference_ci",
     "n_head_sets",
     "random_head_sets",
+    "random_set_design",
     "set_vs_random",
 ]
 
@@ -169,6 +175,29 @@ def every_head_set(
     ex = None if exclude is None else tuple(sorted(tuple(map(int, h)) for h in exclude))
     sets = [s for s in sets if s != ex]
     return [sets[i] for i in rng.permutation(len(sets))]
+
+
+def random_set_design(
+    heads: Sequence[Head],
+    selected: Sequence[Head],
+    n_random: int,
+    rng: np.random.Generator,
+    *,
+    layer_matched: bool = False,
+) -> tuple[list[tuple[Head, ...]], int, bool]:
+    """The sets ``selected`` is compared with: ``n_random`` i.i.d. random sets of its size
+    (``layer_matched``: as many per layer), or — when at most ``n_random`` other sets
+    exist — every other one (the exact permutation test). Returns (sets, number of
+    distinct sets the rule can draw, exhaustive)."""
+    match = selected if layer_matched else None
+    n_distinct = n_head_sets(heads, len(selected), layer_matched=match)
+    if n_distinct <= 1:
+        return [], n_distinct, True
+    if n_distinct - 1 <= n_random:
+        sets = every_head_set(heads, len(selected), rng, layer_matched=match, exclude=selected)
+        return sets, n_distinct, True
+    sets = random_head_sets(heads, len(selected), n_random, rng, layer_matched=match)
+    return sets, n_distinct, False
 
 
 def entropy_matched_sets(
@@ -350,7 +379,10 @@ def set_vs_random(
     *,
     n_boot: int = 0,
     seed: int = 0,
-) -> dict[str, float]:
+    exact: bool = False,
+    against: str = "random head sets",
+    h0: str = SET_VS_RANDOM_H0,
+) -> dict:
     """The empirical test of a head set against random sets of equal size.
 
     ``loss_set`` (n_cells,) per-cell loss with the set ablated; ``loss_random``
@@ -362,7 +394,11 @@ def set_vs_random(
     than random sets), with a percentile bootstrap CI over cells (``ci_low``,
     ``ci_high``: the same cells resampled for the set and every random set, so the CI
     shows the uncertainty from the readout cells, not from the finite number of random
-    sets; ``n_boot`` = 0: no CI).
+    sets; ``n_boot`` = 0: no CI). ``p_floor``: the smallest two-sided p attainable
+    (``exact``: the random sets are every other set of the rule, see the module
+    docstring); ``result``: all of it as a typed
+    :class:`~scfm_audit.stats._tests.StatTestResult` (effect: the quantile, whose null
+    centre is 0.5; the tested side from the tails) named with ``against`` and ``h0``.
     """
     base = np.asarray(baseline, float)
     ls = np.asarray(loss_set, float)
@@ -394,7 +430,33 @@ def set_vs_random(
             idx = rng.integers(0, n, n)
             draws[i] = _quantile(ds[idx].mean(), dr[:, idx].mean(1))
         out["ci_low"], out["ci_high"] = (float(x) for x in np.quantile(draws, [0.025, 0.975]))
+    out["p_floor"] = _set_floor(d_set, d_rand, exact=exact)
+    kind = f"all {len(d_rand)} other" if exact else f"{len(d_rand)}"
+    out["result"] = StatTestResult(
+        statistic=d_set, p=out["p"], effect=out["quantile"], n=out["n_cells"],
+        test=f"rank of the mean masked-loss increase among {kind} {against}; two-sided"
+        + (" (exact permutation test)" if exact else ""),
+        statistic_name="mean masked-loss increase",
+        effect_name="quantile of the increase among the compared sets",
+        alternative="two-sided", ci_low=out["ci_low"], ci_high=out["ci_high"],
+        p_greater=out["p_greater"], p_less=out["p_less"], null_value=0.5,
+        p_floor=out["p_floor"], h0=h0, null_name=against.replace(" ", "_"),
+    )  # fmt: skip
     return out
+
+
+def _set_floor(d_set: float, d_rand: np.ndarray, *, exact: bool) -> float:
+    """The smallest two-sided p of :func:`set_vs_random`: exact enumeration — the share
+    of the ``N`` sets tied at the most extreme D (``1/N`` without ties); i.i.d. random
+    sets — the Monte-Carlo floor ``1/(n+1)``, raised by ties at the extreme."""
+    if not exact:
+        return attainable_floor(np.asarray(d_rand, float), "two-sided")
+    d = np.append(np.asarray(d_rand, float), d_set)
+    d = d[np.isfinite(d)]
+    tol = 100 * np.finfo(np.float64).eps * max(1.0, float(np.abs(d).max()))
+    up = np.sum(d >= d.max() - tol) / d.size
+    lo = np.sum(d <= d.min() + tol) / d.size
+    return float(min(1.0, 2 * min(up, lo)))
 
 
 # -- attention-based perturbation prediction ---------------------------------------------------

@@ -231,7 +231,9 @@ def paired_comparison(
 
     Output: ``metric_a, metric_b, diff`` (a − b), ``ratio`` (a / b), their vertex-bootstrap
     95% CIs (``diff_ci_low/high``, ``ratio_ci_low/high``), ``p`` (two-sided paired
-    permutation over source genes, see the module docstring), ``p_floor``, ``n_perm``.
+    permutation over source genes, see the module docstring) with its tails ``p_greater``
+    / ``p_less``, ``p_floor`` (raised when few source genes give few distinct swaps),
+    ``n_perm``.
     """
     label = pairs.label
     ma, mb = _metric(metric, a, label), _metric(metric, b, label)
@@ -250,13 +252,16 @@ def paired_comparison(
             metric, np.where(flip, ra, rb), label
         )
     obs = _metric(metric, ra, label) - _metric(metric, rb, label)  # = diff up to ties
+    nan = float("nan")
     if np.isfinite(obs) and n_perm:
-        ge = (1 + np.sum(null >= obs - 1e-12)) / (n_perm + 1)
-        le = (1 + np.sum(null <= obs + 1e-12)) / (n_perm + 1)
-        out["p"] = float(min(1.0, 2 * min(ge, le)))
+        from scfm_audit.stats._montecarlo import attainable_floor
+
+        ge = float((1 + np.sum(null >= obs - 1e-12)) / (n_perm + 1))
+        le = float((1 + np.sum(null <= obs + 1e-12)) / (n_perm + 1))
+        out.update(p=min(1.0, 2 * min(ge, le)), p_greater=ge, p_less=le,
+                   p_floor=attainable_floor(null, "two-sided"))  # fmt: skip
     else:
-        out["p"] = float("nan")
-    out["p_floor"] = 2 / (n_perm + 1) if n_perm else float("nan")
+        out.update(p=nan, p_greater=nan, p_less=nan, p_floor=nan)
     out["n_perm"] = int(n_perm)
     # -- two-way vertex bootstrap, the same gene weights for both score sets
     role = gene_roles(pairs, match="role")

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from scfm_audit.evaluate._pairwise import bootstrap_p
+from scfm_audit.stats._tests import StatTestResult
 
 Grouping = Literal["perturbation", "candidate", "joint"]
 Model = Literal["logistic", "gbm"]
@@ -57,7 +58,9 @@ __all__ = [
     "MatchedRows",
     "compare_predictions",
     "cross_validated_predictions",
+    "delta_test",
     "grouped_folds",
+    "lrt_test",
     "nested_lrt",
     "propensity_matched",
 ]
@@ -560,6 +563,18 @@ def compare_predictions(
     return pd.DataFrame(mrows), pd.DataFrame(drows)
 
 
+def delta_test(row: dict, *, test: str, h0: str, null_name: str) -> StatTestResult:
+    """A ``deltas`` row of :func:`compare_predictions` (``alternative="greater"``) as the
+    typed one-sided test of H0: ΔAUROC ≤ 0 — one tail only, so a claim resting on it
+    cannot read "opposite" (the bootstrap holds the fitted models fixed, see
+    :func:`compare_predictions`); its floor is the bootstrap's ``1 / (B + 1)``."""
+    return StatTestResult(
+        row["delta_auroc"], row["p"], row["delta_auroc"], int(row["n_rows"]), test, "ΔAUROC",
+        "ΔAUROC", "greater", row["delta_auroc_ci_low"], row["delta_auroc_ci_high"],
+        p_greater=row["p"], null_value=0.0, p_floor=row["p_floor"], h0=h0, null_name=null_name,
+    )  # fmt: skip
+
+
 def _greater_p(draws: np.ndarray) -> tuple[float, float]:
     """One-sided bootstrap p of H0: Δ ≤ 0, ``(1 + #{d ≤ 0}) / (B + 1)``, and its floor."""
     d = np.asarray(draws, float)
@@ -622,6 +637,16 @@ class MatchedRows:
     n_negatives: int
     n_per: int
     caliper: float
+
+
+def lrt_test(r: dict, *, h0: str) -> StatTestResult:
+    """A :func:`nested_lrt` result as a typed test: upper tail of χ²(df), the statistic's
+    null centre ``df``."""
+    return StatTestResult(
+        r["lr"], r["p"], r["lr"], int(r["n"]), f"likelihood-ratio test of nested logistic "
+        f"models (χ², df {r['df']})", "LR", "LR", "greater", p_greater=r["p"],
+        null_value=float(r["df"]), h0=h0, null_name="nested_lrt_independent_rows",
+    )  # fmt: skip
 
 
 def propensity_matched(

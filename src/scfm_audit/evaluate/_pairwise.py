@@ -152,6 +152,19 @@ def bootstrap_p(draws: np.ndarray, null_value: float = 0.0) -> tuple[float, floa
     return float(min(1.0, 2 * min(lo, hi))), float(min(1.0, 2 / (len(d) + 1)))
 
 
+def bootstrap_tails(draws: np.ndarray, null_value: float = 0.0) -> tuple[float, float, float]:
+    """One-sided bootstrap p-values by test inversion: ``p_greater`` (H1: estimand >
+    ``null_value``) ``= (1 + #{d ≤ v}) / (B + 1)``, ``p_less`` ``= (1 + #{d ≥ v}) / (B + 1)``,
+    and their floor ``1 / (B + 1)``; NaN without finite draws. :func:`bootstrap_p` is
+    twice the smaller."""
+    d = np.asarray(draws, float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return float("nan"), float("nan"), float("nan")
+    b = len(d) + 1
+    return (1 + np.sum(d <= null_value)) / b, (1 + np.sum(d >= null_value)) / b, 1 / b
+
+
 @dataclass
 class MatchedNegatives:
     """Rows of the matched evaluation set (indices into the candidate pairs, positives
@@ -227,6 +240,7 @@ __all__ = [
     "COVARIATE_STATS",
     "MatchedNegatives",
     "bootstrap_p",
+    "bootstrap_tails",
     "matched_negatives",
     "pair_covariates",
     "paired_vertex_bootstrap",

@@ -14,19 +14,21 @@ no AUROC (NaN) and is counted by :func:`ranking_metrics` as not evaluable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from scfm_audit.stats._paired import rank_biserial, signed_rank
 from scfm_audit.stats._resampling import Seed, _rng
-from scfm_audit.stats._tests import paired_wilcoxon
+from scfm_audit.stats._tests import StatTestResult
 
 __all__ = [
     "PairedComparison",
     "combine_intersection_union",
     "group_ranks",
     "paired_comparison",
+    "pooled_delong",
     "ranking_metrics",
 ]
 
@@ -145,9 +147,13 @@ class PairedComparison:
     """Scorer ``a`` against scorer ``b`` over perturbations (ΔAUROC = a − b per
     perturbation, perturbations with both AUROCs only).
 
-    ``mean_delta`` with a percentile bootstrap CI over perturbations (``ci_low``,
-    ``ci_high``); ``median_delta``; ``n_a_wins`` / ``n``; Wilcoxon signed-rank (two-sided)
-    ``p`` with its statistic ``T`` and rank-biserial effect."""
+    The test (``result``): Wilcoxon signed-rank, two-sided, whose effect is the
+    Hodges–Lehmann pseudo-median ΔAUROC with the CI from inverting the same test
+    (``hodges_lehmann``, ``hl_ci_low``, ``hl_ci_high``): its side is the side of the
+    ranks. Described beside it, for tables: ``mean_delta`` with a percentile bootstrap CI
+    over perturbations (``ci_low``, ``ci_high``; not what the test tests: skewed
+    differences can put the mean on the other side), ``median_delta``, ``n_a_wins`` /
+    ``n``, ``p``, the statistic ``T`` and the rank-biserial correlation."""
 
     n: int
     mean_a: float
@@ -160,17 +166,26 @@ class PairedComparison:
     p: float
     statistic: float
     rank_biserial: float
+    hodges_lehmann: float = float("nan")
+    hl_ci_low: float = float("nan")
+    hl_ci_high: float = float("nan")
+    result: StatTestResult | None = field(default=None, repr=False, compare=False)
+
+    def row(self) -> dict:
+        """The table columns (everything but the typed result)."""
+        return {k: v for k, v in self.__dict__.items() if k != "result"}
 
 
 def paired_comparison(
-    auc_a: np.ndarray, auc_b: np.ndarray, *, n_boot: int, seed: Seed
+    auc_a: np.ndarray, auc_b: np.ndarray, *, n_boot: int, seed: Seed, h0: str = ""
 ) -> PairedComparison:
     """Compare two scorers' per-perturbation AUROCs (aligned arrays; NaN pairs dropped).
 
-    Test: Wilcoxon signed-rank, two-sided. H0: the per-perturbation differences
-    ``AUROC_a − AUROC_b`` are symmetric about 0 (perturbations independent). The mean
-    ΔAUROC gets a percentile bootstrap CI resampling perturbations (the independent
-    units: candidate genes within a perturbation share its cells and are not resampled).
+    Test: Wilcoxon signed-rank, two-sided (:func:`~scfm_audit.stats._paired.signed_rank`).
+    H0: the per-perturbation differences ``AUROC_a − AUROC_b`` are symmetric about 0
+    (perturbations independent). The mean ΔAUROC gets a percentile bootstrap CI
+    resampling perturbations (the independent units: candidate genes within a
+    perturbation share its cells and are not resampled); description only.
     """
     a, b = np.asarray(auc_a, float), np.asarray(auc_b, float)
     ok = ~(np.isnan(a) | np.isnan(b))
@@ -178,9 +193,9 @@ def paired_comparison(
     d = a - b
     n = len(d)
     nan = float("nan")
+    res = signed_rank(d, h0=h0, name="ΔAUROC")
     if n == 0:
-        return PairedComparison(0, nan, nan, nan, nan, nan, nan, 0, nan, nan, nan)
-    w = paired_wilcoxon(a, b)
+        return PairedComparison(0, nan, nan, nan, nan, nan, nan, 0, nan, nan, nan, result=res)
     rng = _rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     boot = d[idx].mean(axis=1)
@@ -194,34 +209,74 @@ def paired_comparison(
         ci_low=float(lo),
         ci_high=float(hi),
         n_a_wins=int((d > 0).sum()),
-        p=w.p,
-        statistic=w.statistic,
-        rank_biserial=w.effect,
+        p=res.p,
+        statistic=res.statistic,
+        rank_biserial=rank_biserial(d),
+        hodges_lehmann=res.effect,
+        hl_ci_low=res.ci_low,
+        hl_ci_high=res.ci_high,
+        result=res,
     )
 
 
 def combine_intersection_union(
-    comparisons: list[PairedComparison], *, claimed: str = "greater"
-) -> tuple[float, int]:
-    """One p for "``a`` beats every ``b``" from per-``b`` two-sided tests.
+    results: list[StatTestResult], *, claimed: str = "greater"
+) -> tuple[StatTestResult, int]:
+    """One test of "``a`` beats every ``b``" from per-``b`` typed results (e.g. signed-rank
+    over perturbations), with sides read from each test's own tails, never from an
+    estimate it did not test.
 
-    When every ΔAUROC lies on the claimed side, the intersection–union p = max p (valid
-    without correction: the claim needs every component). Otherwise the answer can only
-    be "opposite" or "no evidence": p = K · min p over the components on the other side
-    (Bonferroni). Returns ``(p, index of the comparison whose mean Δ is reported)``: the
-    weakest component on the claimed side, else the strongest on the other side.
+    Claimed side: intersection–union, p = max of the components' one-sided p for the
+    claimed side (valid without correction: the claim needs every component). Other side
+    ("some ``b`` beats ``a``"): K · min of the components' one-sided p for that side
+    (Bonferroni). Two-sided p: twice the smaller of the two (capped at 1). Returns the
+    combined result (the reported component's effect and CI) and that component's index:
+    the weakest on the claimed side when every component lies on it, else the strongest
+    on the other side.
     """
-    if not comparisons:
-        return float("nan"), -1
-    sign = 1.0 if claimed == "greater" else -1.0
-    d = np.array([c.mean_delta for c in comparisons]) * sign
-    p = np.array([c.p for c in comparisons])
-    if np.isnan(d).any() or np.isnan(p).any():
-        return float("nan"), -1
-    if (d > 0).all():
-        i = int(np.argmin(d))
-        return float(p.max()), i
-    k = len(comparisons)
-    losers = np.flatnonzero(d <= 0)
-    i = int(losers[np.argmin(p[losers])])
-    return float(min(1.0, k * p[i])), i
+    if not results:
+        raise ValueError("combine_intersection_union needs at least one result")
+    other = "less" if claimed == "greater" else "greater"
+    mine = np.array([r.one_sided(claimed) for r in results], float)
+    theirs = np.array([r.one_sided(other) for r in results], float)
+    k = len(results)
+    if np.isnan(mine).any() or np.isnan(theirs).any():
+        bad = int(np.flatnonzero(np.isnan(mine) | np.isnan(theirs))[0])
+        return results[bad], bad
+    p_mine, p_theirs = float(mine.max()), float(min(1.0, k * theirs.min()))
+    sides = [r.side for r in results]
+    if all(s == claimed for s in sides):
+        i = int(np.argmax(mine))
+    else:
+        i = int(np.argmin(theirs))
+    floors = np.array([r.p_floor / 2 if r.alternative == "two-sided" else r.p_floor
+                       for r in results], float)  # fmt: skip
+    floor = min(1.0, 2 * min(float(floors.max()), k * float(floors.min())))
+    tails = {claimed: p_mine, other: p_theirs}
+    return replace(
+        results[i],
+        p=min(1.0, 2 * min(p_mine, p_theirs)),
+        p_greater=tails["greater"],
+        p_less=tails["less"],
+        p_floor=floor,
+        alternative="two-sided",
+        test=f"{results[i].test}, intersection-union over {k}",
+    ), i
+
+
+def pooled_delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, h0: str
+                  ) -> StatTestResult:  # fmt: skip
+    """DeLong's paired test of two scorers' AUROC on pooled (perturbation, candidate) rows
+    as a typed result: normal tails of z, effect the pooled ΔAUROC (a − b) with the Wald
+    CI. Treats rows as independent (they share perturbations and genes): descriptive."""
+    from scipy.stats import norm
+
+    from scfm_audit.stats._delong import delong_test
+
+    dl = delong_test(y, score_a, score_b)
+    return StatTestResult(
+        dl.z, dl.p, dl.delta, len(y), "DeLong paired AUROC test on pooled (perturbation, "
+        "candidate) rows", "z", "pooled ΔAUROC", dl.alternative, dl.ci_low, dl.ci_high,
+        p_greater=float(norm.sf(dl.z)), p_less=float(norm.cdf(dl.z)), h0=h0,
+        null_name="delong_independent_rows",
+    )  # fmt: skip

@@ -303,7 +303,9 @@ def edge_recovery(
     Returns a dict: ``auroc`` with ``auroc_ci_low/high`` (two-way vertex bootstrap),
     ``auprc``, ``positive_rate``, ``epr``, ``n_candidates``, ``n_positives``,
     ``n_scored`` (non-NaN); the verdict test: ``p`` (two-sided, under ``null``), ``null``
-    (its name), ``p_floor`` (smallest p its draws allow), ``n_null_draws``, ``auroc_null_mean``;
+    (its name), ``p_floor`` (smallest p its draws allow), ``p_greater`` / ``p_less`` (its
+    one-sided tails), ``n_null_draws``, ``auroc_null_mean`` and ``auroc_null_sd`` (the
+    null's centre and spread; :func:`recovery_result` makes the typed result);
     and every null's two-sided p: ``p_degree_permutation``, ``p_node_permutation``,
     ``p_rewire`` (NaN when ``n_rewire`` = 0 and it is not the verdict null),
     ``p_shuffle``; the draws as ``null_<name>``. ``not_assessable`` gives the reason when
@@ -333,8 +335,11 @@ def edge_recovery(
         "p": nan,
         "null": null,
         "p_floor": nan,
+        "p_greater": nan,
+        "p_less": nan,
         "n_null_draws": 0,
         "auroc_null_mean": nan,
+        "auroc_null_sd": nan,
         "p_degree_permutation": nan,
         "p_node_permutation": nan,
         "p_rewire": nan,
@@ -379,7 +384,42 @@ def edge_recovery(
             out.update(
                 p=mc.p,
                 p_floor=mc.p_floor,
+                p_greater=mc.p_greater,
+                p_less=mc.p_less,
                 n_null_draws=mc.n_draws,
                 auroc_null_mean=float(mc.null.mean()),
+                auroc_null_sd=float(mc.null.std()),
             )
     return out
+
+
+def recovery_result(r: dict, *, null: str | None = None):
+    """The verdict test of one :func:`edge_recovery` result as a typed
+    :class:`~scfm_audit.stats._tests.StatTestResult`: AUROC with its vertex-bootstrap CI
+    against the verdict null's own centre (its draws' mean: a null that keeps hubs is not
+    centred on 0.5), both Monte-Carlo tails, the attainable floor, the reason when not
+    assessable."""
+    from scfm_audit.stats._tests import StatTestResult
+
+    null = null or r["null"]
+    draws = f"{r['n_null_draws']} draws" if r["n_null_draws"] else "not run"
+    return StatTestResult(
+        statistic=r["auroc"],
+        p=r["p"],
+        effect=r["auroc"],
+        n=int(r["n_candidates"]),
+        test=f"{null.replace('_', ' ')} ({draws}, two-sided)",
+        statistic_name="AUROC",
+        effect_name="AUROC",
+        alternative="two-sided",
+        ci_low=r["auroc_ci_low"],
+        ci_high=r["auroc_ci_high"],
+        p_greater=r["p_greater"],
+        p_less=r["p_less"],
+        null_value=r["auroc_null_mean"],
+        p_floor=r["p_floor"],
+        null_scale=r["auroc_null_sd"],
+        h0=NULL_H0[null],
+        null_name=null,
+        reason=r["not_assessable"] or "",
+    )

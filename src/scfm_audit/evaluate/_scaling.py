@@ -183,7 +183,8 @@ def decline_test(
 
     Output: ``metric_first, metric_second`` (means over repeats), ``diff`` (first −
     second), its 95% vertex-bootstrap CI ``ci_low, ci_high``, the two-sided bootstrap ``p``
-    (H0: diff = 0; see the module docstring), ``p_floor``, ``n_boot``.
+    (H0: diff = 0; see the module docstring) with its one-sided tails ``p_greater`` /
+    ``p_less``, ``p_floor``, ``n_boot``.
     """
     if len(first) != len(second) or not len(first):
         raise ValueError("first and second need the same, non-zero number of repeats.")
@@ -211,10 +212,13 @@ def decline_test(
     d = d[np.isfinite(d)]
     out = {"metric_first": ma, "metric_second": mb, "diff": ma - mb, "n_boot": int(n_boot)}
     if len(d):
-        p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
-        out["p_floor"] = 2 / len(d)
-        out["p"] = float(max(p, out["p_floor"]))
+        one = 1 / len(d)  # a bootstrap p is never reported as 0
+        out["p_greater"] = float(max((d <= 0).mean(), one))
+        out["p_less"] = float(max((d >= 0).mean(), one))
+        out["p"] = min(1.0, 2 * min(out["p_greater"], out["p_less"]))
+        out["p_floor"] = 2 * one
         out["ci_low"], out["ci_high"] = map(float, np.quantile(d, [0.025, 0.975]))
     else:
-        out.update(p=math.nan, p_floor=math.nan, ci_low=math.nan, ci_high=math.nan)
+        out.update(p=math.nan, p_floor=math.nan, p_greater=math.nan, p_less=math.nan,
+                   ci_low=math.nan, ci_high=math.nan)  # fmt: skip
     return out

@@ -38,7 +38,8 @@ from rich.markup import escape
 
 from scfm_audit import __version__
 from scfm_audit._io import atomic_path, atomic_write_text, write_table
-from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec
+from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec, ClaimRecorder
+from scfm_audit.analyses._run import RunResult
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
     AuditConfig,
@@ -323,7 +324,7 @@ class Progress:
 
 
 @dataclass
-class RunContext:
+class RunContext(ClaimRecorder):
     """The :class:`~scfm_audit.analyses._contract.AnalysisContext` the runner gives one
     analysis."""
 
@@ -333,6 +334,7 @@ class RunContext:
     registry: TestRegistry
     progress_: Progress
     alpha: float = 0.05
+    claims: list = field(default_factory=list)
 
     def dataset_names(self) -> list[str]:
         return list(self.resources.cfg.datasets)
@@ -358,6 +360,14 @@ class RunContext:
 
     def edge_scores(self, edges: str, dataset: str) -> list:
         return self.resources.edge_scores(edges, dataset)
+
+    def edge_source(self, edges: str):
+        """The edge source's config entry (scorer, model, cells, options())."""
+        return self.resources.cfg.edges[edges]
+
+    def edge_cells(self, edges: str, dataset: str) -> np.ndarray:
+        """Obs positions of ``dataset`` that edge source ``edges`` is computed on."""
+        return self.resources.edge_cells(edges, dataset)
 
     def model_names(self) -> list[str]:
         return list(self.resources.cfg.models)
@@ -397,87 +407,29 @@ class RunContext:
 
 
 @dataclass
-class RunResult:
-    """Everything one run produced (also written to ``output``)."""
+class AuditRun(RunResult):
+    """The runner's :class:`~scfm_audit.analyses._run.RunResult`: also the warnings raised
+    while computing, and a scorecard on which every requested analysis shows."""
 
-    config: AuditConfig
-    output: Path
-    specs: dict[str, AnalysisSpec]
-    params: dict[str, Any]
-    results: dict[str, AnalysisResult]
-    tests: pd.DataFrame
-    family_sensitivity: pd.DataFrame
-    timings: dict[str, float]
-    files: dict[str, list[Path]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-    alpha: float = 0.05
-    cache_hits: list[str] = field(default_factory=list)
-    cache_misses: list[str] = field(default_factory=list)
-    total_seconds: float | None = None
-    #: models whose training log says they did not learn (name -> why): their claims are n/a
-    unlearned_models: dict[str, str] = field(default_factory=dict)
-    #: warnings raised while computing (numpy / scipy RuntimeWarning, OptimizeWarning, ...):
-    #: "Category: message" -> count; logged, not printed mid-progress, and in run.json
+    #: warnings raised while checking and computing (numpy / scipy RuntimeWarning,
+    #: OptimizeWarning, ...): "Category: message" -> count; logged, not printed
+    #: mid-progress, and in run.json
     warnings: dict[str, int] = field(default_factory=dict)
 
     def verdicts(self) -> pd.DataFrame:
-        """Scorecard rows, one per claim: the four-valued answer (yes / opposite /
-        no evidence / n/a) from its test's run-wide BH q, the estimate with its CI on its
-        natural scale, the layer it rests on and why, and the reason for an n/a."""
-        from scfm_audit.stats._verdict import four_valued_answer
-
-        tests = self.tests
-        rows = []
-        for name, res in self.results.items():
-            for v in res.verdicts:
-                rec = v.record
-                match = tests[
-                    (tests["analysis"] == rec.analysis) & (tests["hypothesis"] == rec.hypothesis)
-                ]
-                for col in ("model", "dataset", "reference", "method", "layer", "head"):
-                    val = getattr(rec, col)
-                    match = match[match[col].isna()] if val is None else match[match[col] == val]
-                q = float(match["q"].iloc[0]) if len(match) else float("nan")
-                model = v.model or rec.model
-                if model in self.unlearned_models:  # nothing learned: attention says nothing
-                    q = float("nan")
-                answer, reason = four_valued_answer(
-                    p=rec.p,
-                    q=q,
-                    alpha=self.alpha,
-                    effect=rec.effect,
-                    null_value=rec.null_value,
-                    claimed=v.direction,
-                    p_floor=rec.p_floor,
-                    reason=self.unlearned_models.get(model)
-                    or v.reason
-                    or str(rec.extra.get("reason") or ""),
-                )
-                rows.append(
-                    {
-                        "analysis": name,
-                        "claim": v.claim,
-                        "model": model,
-                        "dataset": v.dataset or rec.dataset or self._datasets_of(name),
-                        "reference": rec.reference,
-                        "answer": answer,
-                        "reason": reason,
-                        "q": q,
-                        "p": rec.p,
-                        "effect_name": rec.effect_name,
-                        "effect": rec.effect,
-                        "ci_low": rec.ci_low,
-                        "ci_high": rec.ci_high,
-                        "null_value": rec.null_value,
-                        "layer": rec.layer,
-                        "layer_choice": v.layer_choice,
-                        "test": rec.test,
-                        "null_name": rec.null_name,
-                    }
-                )
-        rows += self._unanswered()
-        return pd.DataFrame(rows)
+        """The claims' scorecard rows (:meth:`RunResult.verdicts`), a claim over several
+        datasets naming them (not "None"), and one ``n/a`` line with the reason for each
+        requested analysis that answered no claim (it failed, or evaluated nothing)."""
+        sc = super().verdicts()
+        if len(sc):
+            missing = sc["dataset"].isna()
+            if missing.any():
+                sc.loc[missing, "dataset"] = [self._datasets_of(a) for a in sc["analysis"][missing]]
+        extra = self._unanswered()
+        if not extra:
+            return sc
+        rows = pd.DataFrame(extra).reindex(columns=sc.columns)
+        return pd.concat([sc, rows], ignore_index=True) if len(sc) else rows
 
     def _datasets_of(self, name: str) -> str | None:
         """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
@@ -486,9 +438,6 @@ class RunResult:
         return ", ".join(names) if names else None
 
     def _unanswered(self) -> list[dict[str, Any]]:
-        """One ``n/a`` line, with the reason, for each requested analysis that answered no
-        claim (it failed, or evaluated nothing): a requested analysis always shows on the
-        scorecard."""
         rows = []
         for name in self.params:
             res = self.results.get(name)
@@ -648,7 +597,11 @@ def _run_analyses(
         progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
         n_before = len(registry)
         try:
-            results[name] = spec.run(ctx, p)
+            res = spec.run(ctx, p)
+            # claims recorded through ctx.claim, then any a result still lists itself
+            known = {id(v) for v in ctx.claims}
+            res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
+            results[name] = res
         except OutputWriteError:
             raise  # a full disk: the remaining analyses could not be kept either
         except Exception as e:  # one failing analysis must not lose the others
@@ -669,7 +622,7 @@ def _run_analyses(
             "every analysis failed (nothing was written):\n"
             + "\n".join(f"  {k}: {v}" for k, v in errors.items())
         )
-    return RunResult(
+    return AuditRun(
         config=cfg,
         output=Path(cfg.output),
         specs=specs,
@@ -741,6 +694,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
     scorecard = run.verdicts()
     write_table(scorecard, out / "scorecard")
     atomic_write_text(out / "config.resolved.yaml", config_to_yaml(run.config))
+    caught = getattr(run, "warnings", {})  # an AuditRun's; a hand-built RunResult has none
     meta = {
         "version": __version__,
         "seed": run.config.seed,
@@ -753,7 +707,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
         "n_tests": len(run.tests),
         "errors": run.errors,
         "cache": {"hits": len(run.cache_hits), "misses": len(run.cache_misses)},
-        "warnings": {"n": sum(run.warnings.values()), "by_message": run.warnings},
+        "warnings": {"n": sum(caught.values()), "by_message": caught},
     }
     atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
     if report:

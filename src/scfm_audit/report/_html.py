@@ -19,15 +19,14 @@ from datetime import datetime
 from importlib import resources
 from numbers import Integral, Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from scfm_audit._io import atomic_write_text
-
-if TYPE_CHECKING:
-    from scfm_audit.pipeline._runner import RunResult
+from scfm_audit.analyses._run import RunResult
+from scfm_audit.stats._verdict import FAMILY_SENTENCE
 
 log = logging.getLogger("scfm_audit")
 
@@ -176,6 +175,8 @@ def _header(run: RunResult, path: Path) -> dict[str, Any]:
         "n_tests": len(tests),
         "n_tests_p": n_p,
         "n_sig": n_sig,
+        "n_claims": int((tests["family"] == "claim").sum()) if "family" in tests else 0,
+        "n_descriptive": int((tests["family"] == "descriptive").sum()) if "family" in tests else 0,
         "runtime": fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING,
         "n_analyses": len(_analysis_order(run)),
         "n_failed": len(run.errors),
@@ -670,6 +671,7 @@ def render_report(run: RunResult, path: str | Path) -> Path:
         h=_header(run, path),
         scorecard=_scorecard(run),
         family=_family_sensitivity(run),
+        family_sentence=FAMILY_SENTENCE,
         toc=_toc(sections),
         sections=sections,
         config_yaml=_config_yaml(run),

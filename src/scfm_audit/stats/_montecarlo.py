@@ -30,7 +30,7 @@ import numpy as np
 
 from scfm_audit.stats._resampling import Alternative, Seed, _check_alternative, _rng
 
-__all__ = ["MonteCarloP", "adaptive_mc_pvalue", "permute_within_classes"]
+__all__ = ["MonteCarloP", "adaptive_mc_pvalue", "attainable_floor", "permute_within_classes"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class MonteCarloP:
     smallest p these draws can give (doubled for two-sided); ``at_floor``: no null draw was
     as extreme as the observed value, so the true p may be smaller than reported;
     ``null`` the draws themselves.
+
+    The floor accounts for a null with an atom at its extreme (a degenerate null: e.g. a
+    degree-matched relabelling where every class is a singleton gives every draw equal to
+    the observed value): the observed statistic is itself a value of the permutation
+    distribution, so no p can fall below the share of draws tied at the null's most
+    extreme value (:func:`attainable_floor`).
     """
 
     p: float
@@ -52,6 +58,64 @@ class MonteCarloP:
     at_floor: bool
     null: np.ndarray
     alternative: Alternative
+
+    def result(
+        self,
+        observed: float,
+        *,
+        test: str,
+        effect_name: str,
+        h0: str,
+        null_name: str = "",
+        ci: tuple[float, float] = (float("nan"), float("nan")),
+        n: int = 0,
+        reason: str = "",
+    ):
+        """This p-value as a typed :class:`~scfm_audit.stats._tests.StatTestResult`: the
+        estimate ``observed`` against the null's own centre (the draws' mean, not a
+        textbook value: a null that keeps hubs is not centred on AUROC 0.5), both tails,
+        the attainable floor and the null's spread."""
+        from scfm_audit.stats._tests import StatTestResult
+
+        valid = self.null[~np.isnan(self.null)] if self.null.size else self.null
+        centre = float(valid.mean()) if valid.size else float("nan")
+        scale = float(valid.std()) if valid.size > 1 else float("nan")
+        return StatTestResult(
+            statistic=float(observed),
+            p=self.p,
+            effect=float(observed),
+            n=n,
+            test=f"{test} ({self.n_draws} draws, {self.alternative})",
+            statistic_name=effect_name,
+            effect_name=effect_name,
+            alternative=self.alternative,
+            ci_low=ci[0],
+            ci_high=ci[1],
+            p_greater=self.p_greater,
+            p_less=self.p_less,
+            null_value=centre,
+            p_floor=self.p_floor,
+            null_scale=scale,
+            h0=h0,
+            null_name=null_name,
+            reason=reason,
+        )
+
+
+def attainable_floor(null: np.ndarray, alternative: Alternative) -> float:
+    """The smallest p a Monte-Carlo test with these draws can give: ``1/(B+1)`` per tail,
+    raised to the share of draws tied at the null's extreme value when several are (an
+    atom; a point-mass null gives 1), doubled for two-sided."""
+    valid = null[~np.isnan(null)]
+    n = valid.size
+    if n == 0:
+        return float("nan")
+    up = max(1.0, float(np.sum(valid >= valid.max()))) / (n + 1.0)
+    lo = max(1.0, float(np.sum(valid <= valid.min()))) / (n + 1.0)
+    if float(valid.max()) == float(valid.min()):  # a point mass: nothing can be extreme
+        up = lo = 1.0
+    floor = {"greater": up, "less": lo, "two-sided": 2 * min(up, lo)}[alternative]
+    return min(1.0, floor)
 
 
 def _tails(observed: float, null: np.ndarray) -> tuple[float, float, int]:
@@ -94,6 +158,8 @@ def adaptive_mc_pvalue(
     if np.isnan(observed):
         nan = float("nan")
         return MonteCarloP(nan, nan, nan, 0, nan, False, np.empty(0), alternative)
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater/less/two-sided, got {alternative!r}")
     rng = _rng(seed)
     chunks: list[np.ndarray] = []
     have = 0
@@ -103,9 +169,11 @@ def adaptive_mc_pvalue(
         null = np.concatenate(chunks)
         g, ll, n = _tails(observed, null)
         p = {"greater": g, "less": ll, "two-sided": min(1.0, 2 * min(g, ll))}[alternative]
-        floor = min(1.0, (2.0 if alternative == "two-sided" else 1.0) / (n + 1.0))
+        floor = attainable_floor(null, alternative)
         at_floor = p <= floor * (1 + 1e-9)
-        if p > extend_below and not at_floor:
+        # more draws lower the count floor 1/(B+1), never an atom's share
+        count_floor = (2.0 if alternative == "two-sided" else 1.0) / (n + 1.0)
+        if p > extend_below and not p <= count_floor * (1 + 1e-9):
             break
     return MonteCarloP(p, g, ll, n, floor, bool(at_floor), null, alternative)
 

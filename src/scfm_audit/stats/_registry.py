@@ -1,5 +1,5 @@
 """The run's test registry: every p-value of every analysis, one row each, BH-corrected
-across the run."""
+within its family: the claim tests (one per scorecard line) and the descriptive tests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from scfm_audit.stats._fdr import bh_fdr
 
-Family = Literal["confirmatory", "descriptive"]
+Family = Literal["claim", "descriptive"]
 Direction = Literal["greater", "less", "two-sided"]
 
 TEST_COLUMNS = (
@@ -35,13 +35,16 @@ TEST_COLUMNS = (
     "ci_high",
     "null_value",
     "p",
+    "p_greater",
+    "p_less",
     "p_floor",
+    "null_scale",
     "n",
     "direction",
     "family",
     "seed",
     "q",
-    "q_confirmatory",
+    "q_run",
     "q_analysis",
     "passed",
 )
@@ -56,10 +59,13 @@ class TestRecord:
     alternative ("greater": effect above ``null_value``; "two-sided"). ``effect`` is the
     effect on its natural scale (e.g. AUROC, ΔAUROC, Cohen's d) with a CI (``ci_low``,
     ``ci_high``) when one was computed, and ``null_value`` its value under H0 (e.g. 0.5
-    for an AUROC, 0 for a difference). ``p_floor`` is the smallest p the test could give
-    (Monte-Carlo tests: ``1/(B+1)``, doubled when two-sided; NaN for analytic tests): a p
-    at its floor that is not significant after BH means "too few draws", not "no effect". ``family`` is "confirmatory" (a pre-declared hypothesis that feeds a verdict)
-    or "descriptive". q-values are filled in by :meth:`TestRegistry.finalise`.
+    for an AUROC under label exchange, the permutation null's mean for a null that keeps
+    hubs, 0 for a difference). ``p_greater`` / ``p_less``: the one-sided tails of the
+    same statistic (they give the tested side). ``p_floor`` is the smallest p the test
+    could give (exact tests: from the number of distinct outcomes; Monte-Carlo tests:
+    the staged floor, raised by atoms of the null): a test whose floor cannot reach α
+    answers ``n/a``. ``family`` is "claim" (the one test answering a scorecard line,
+    registered through ``ctx.claim``) or "descriptive" (``ctx.describe``).
     """
 
     __test__ = False  # not a pytest class
@@ -78,9 +84,12 @@ class TestRecord:
     null_value: float = 0.0
     null_name: str = ""
     p_floor: float = math.nan
+    p_greater: float = math.nan
+    p_less: float = math.nan
+    null_scale: float = math.nan
     n: int = 0
-    direction: Direction = "greater"
-    family: Family = "confirmatory"
+    direction: Direction = "two-sided"
+    family: Family = "descriptive"
     model: str | None = None
     dataset: str | None = None
     reference: str | None = None
@@ -97,8 +106,8 @@ class TestRecord:
                     f"Test {self.analysis}/{self.hypothesis}: p={self.p!r} is not a "
                     "probability in [0, 1]."
                 )
-        if self.family not in ("confirmatory", "descriptive"):
-            raise ValueError(f"family must be 'confirmatory' or 'descriptive', got {self.family!r}")
+        if self.family not in ("claim", "descriptive"):
+            raise ValueError(f"family must be 'claim' or 'descriptive', got {self.family!r}")
         if self.direction not in ("greater", "less", "two-sided"):
             raise ValueError(f"direction must be greater/less/two-sided, got {self.direction!r}")
         self.p = float(self.p)
@@ -107,10 +116,11 @@ class TestRecord:
 class TestRegistry:
     """Collects :class:`TestRecord`s from every analysis of a run.
 
-    BH-FDR is applied by :meth:`finalise` across the whole run (``q``), within the
-    confirmatory family (``q_confirmatory``) and within each analysis (``q_analysis``) so
-    that the sensitivity of conclusions to the family definition can be reported.
-    Tests with NaN p (not computable, e.g. too few observations) are kept with NaN q.
+    BH-FDR (:meth:`to_frame`): ``q`` within the test's own family (claims with claims,
+    descriptive with descriptive: the only q that answers anything), and for the
+    sensitivity of conclusions to the family definition ``q_run`` over every test of the
+    run and ``q_analysis`` within each analysis. Tests with NaN p (not computable, e.g.
+    too few observations) are kept with NaN q.
     """
 
     __test__ = False
@@ -144,7 +154,7 @@ class TestRegistry:
         return [r for r in self._records if analysis is None or r.analysis == analysis]
 
     def to_frame(self) -> pd.DataFrame:
-        """All tests with q-values (BH) and ``passed`` (q < alpha on the run-wide family)."""
+        """All tests with q-values (BH) and ``passed`` (q < alpha within its own family)."""
         rows = []
         for r in self._records:
             d = asdict(r)
@@ -154,11 +164,12 @@ class TestRegistry:
         df = pd.DataFrame(rows)
         if df.empty:
             return pd.DataFrame(columns=list(TEST_COLUMNS))
-        df["q"] = bh_fdr(df["p"].to_numpy())
-        conf = (df["family"] == "confirmatory").to_numpy()
-        qc = np.full(len(df), np.nan)
-        qc[conf] = bh_fdr(df.loc[conf, "p"].to_numpy())
-        df["q_confirmatory"] = qc
+        q = np.full(len(df), np.nan)
+        for fam in ("claim", "descriptive"):
+            sel = (df["family"] == fam).to_numpy()
+            q[sel] = bh_fdr(df.loc[sel, "p"].to_numpy())
+        df["q"] = q
+        df["q_run"] = bh_fdr(df["p"].to_numpy())
         df["q_analysis"] = df.groupby("analysis")["p"].transform(lambda p: bh_fdr(p.to_numpy()))
         df["passed"] = df["q"] < self.alpha
         cols = [c for c in TEST_COLUMNS if c in df] + [c for c in df if c not in TEST_COLUMNS]
@@ -172,11 +183,11 @@ class TestRegistry:
         ok = df["p"].notna()
         rows = [
             ("uncorrected", int(ok.sum()), int((df["p"] < self.alpha).sum())),
-            ("all tests (BH)", int(ok.sum()), int((df["q"] < self.alpha).sum())),
+            ("all tests (BH)", int(ok.sum()), int((df["q_run"] < self.alpha).sum())),
             (
-                "confirmatory only (BH)",
-                int((ok & (df["family"] == "confirmatory")).sum()),
-                int((df["q_confirmatory"] < self.alpha).sum()),
+                "claims only (BH; answers the scorecard)",
+                int((ok & (df["family"] == "claim")).sum()),
+                int(((df["q"] < self.alpha) & (df["family"] == "claim")).sum()),
             ),
             ("per analysis (BH)", int(ok.sum()), int((df["q_analysis"] < self.alpha).sum())),
         ]

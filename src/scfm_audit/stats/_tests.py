@@ -41,12 +41,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StatTestResult:
-    """Result of one classical test.
+    """The typed result of one test: everything the claim path needs to answer with it.
 
-    ``statistic`` (named ``statistic_name``), raw ``p`` for ``alternative``, ``effect`` on
-    its natural scale (named ``effect_name``) with an optional CI (``ci_low``,
-    ``ci_high``), ``n`` the number of observations (pairs, cells, items) used, ``test`` the
-    test's name.
+    ``statistic`` (named ``statistic_name``), raw ``p`` for ``alternative`` and both
+    one-sided tails ``p_greater`` / ``p_less`` of the same statistic (NaN where the test
+    has none); ``effect`` on its natural scale (named ``effect_name``) with an optional CI
+    and ``null_value``, the centre of the effect under H0 (0 for a difference or a
+    correlation, 0.5 for a proportion under p0 = 0.5, the permutation null's mean for a
+    Monte-Carlo test). ``p_floor``: the smallest p this test can give for these sample
+    sizes (exact tests: the p of the most extreme data; Monte-Carlo: its staged floor,
+    raised when the null has an atom at its extreme; 0 for a continuous test).
+    ``null_scale``: spread of the effect under H0 where known (Monte-Carlo: the null's
+    standard deviation), for null-standardised comparisons. ``h0`` the null hypothesis in
+    words, ``null_name`` a short name of the null model, ``reason`` why a NaN p could not
+    be computed. ``n`` the number of observations (pairs, cells, items) used.
+
+    The tested side (:attr:`side`) is read from the tails, never from an estimate the
+    test did not test (a signed-rank test's side is not the sign of the mean).
     """
 
     statistic: float
@@ -59,6 +70,56 @@ class StatTestResult:
     alternative: str
     ci_low: float = math.nan
     ci_high: float = math.nan
+    p_greater: float = math.nan
+    p_less: float = math.nan
+    null_value: float = 0.0
+    p_floor: float = 0.0
+    null_scale: float = math.nan
+    h0: str = ""
+    null_name: str = ""
+    reason: str = ""
+
+    @property
+    def side(self) -> str:
+        """"greater", "less" or "none": the side the tested statistic lies on, from its
+        one-sided tails when both exist, else the effect against ``null_value``."""
+        return tested_side(self.p_greater, self.p_less, self.effect, self.null_value)
+
+    @property
+    def standardised(self) -> float:
+        """``(effect − null_value) / null_scale`` (the raw difference when no scale)."""
+        d = self.effect - self.null_value
+        scale = self.null_scale
+        return d / scale if math.isfinite(scale) and scale > 0 else d
+
+    def one_sided(self, direction: str) -> float:
+        """The one-sided p for ``direction`` ("greater"/"less"): its tail when the test
+        computed it; from a two-sided p, half of it on the tested side (1 − half
+        otherwise)."""
+        tail = self.p_greater if direction == "greater" else self.p_less
+        if not math.isnan(tail):
+            return tail
+        if self.alternative == direction:
+            return self.p
+        if self.alternative == "two-sided" and not math.isnan(self.p):
+            return self.p / 2 if self.side == direction else 1 - self.p / 2
+        return math.nan
+
+    def times(self, k: int, *, why: str = "") -> StatTestResult:
+        """Bonferroni for a selection among ``k``: p, tails and floor × k (capped at 1)."""
+        from dataclasses import replace
+
+        def b(x: float) -> float:
+            return x if math.isnan(x) else min(1.0, x * k)
+
+        return replace(
+            self,
+            p=b(self.p),
+            p_greater=b(self.p_greater),
+            p_less=b(self.p_less),
+            p_floor=b(self.p_floor),
+            test=f"{self.test}; {why}" if why else self.test,
+        )
 
     def registry_fields(self) -> dict[str, Any]:
         """The fields of a :class:`scfm_audit.stats._registry.TestRecord` this result fills."""
@@ -70,10 +131,41 @@ class StatTestResult:
             "effect": self.effect,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
+            "null_value": self.null_value,
             "p": self.p,
+            "p_greater": self.p_greater,
+            "p_less": self.p_less,
+            "p_floor": self.p_floor,
+            "null_scale": self.null_scale,
             "n": self.n,
             "direction": self.alternative,
+            "null": self.h0,
+            "null_name": self.null_name,
         }
+
+
+def tested_side(p_greater: float, p_less: float, effect: float, null_value: float) -> str:
+    """The side a test's statistic lies on: the smaller one-sided tail when both are
+    known (they are of the statistic tested), else ``effect`` against ``null_value``."""
+    if not (math.isnan(p_greater) or math.isnan(p_less)) and p_greater != p_less:
+        return "greater" if p_greater < p_less else "less"
+    if math.isnan(effect) or math.isnan(null_value) or effect == null_value:
+        return "none"
+    return "greater" if effect > null_value else "less"
+
+
+def _tails_of(fn, *args, **kw) -> tuple[float, float]:
+    """``fn(*args, alternative=...)``'s p for "greater" and "less" (scipy results)."""
+    return (
+        float(fn(*args, alternative="greater", **kw).pvalue),
+        float(fn(*args, alternative="less", **kw).pvalue),
+    )
+
+
+def _floor(p_extreme: float, alternative: str) -> float:
+    """The attainable p for ``alternative`` given the one-sided p of the most extreme
+    data (doubled, capped at 1, for two-sided)."""
+    return min(1.0, 2 * p_extreme) if alternative == "two-sided" else p_extreme
 
 
 def _check_alternative(alternative: str) -> None:
@@ -142,8 +234,14 @@ def paired_wilcoxon(
             "T",
             "rank_biserial",
             alternative,
+            p_floor=1.0,
+            h0="paired differences symmetric about 0",
+            reason="every paired difference is zero",
         )
     res = stats.wilcoxon(x, y, zero_method=zero_method, alternative=alternative)
+    pg, pl = _tails_of(stats.wilcoxon, x, y, zero_method=zero_method)
+    # the most extreme data of these sizes: every difference positive
+    extreme = stats.wilcoxon(np.abs(d), zero_method=zero_method, alternative="greater")
     r = stats.rankdata(np.abs(nz))
     t_plus, t_minus = r[nz > 0].sum(), r[nz < 0].sum()
     return StatTestResult(
@@ -155,6 +253,10 @@ def paired_wilcoxon(
         statistic_name="T",
         effect_name="rank_biserial",
         alternative=alternative,
+        p_greater=pg,
+        p_less=pl,
+        p_floor=_floor(float(extreme.pvalue), alternative),
+        h0="paired differences symmetric about 0",
     )
 
 
@@ -184,6 +286,7 @@ def welch_t(
             math.nan, math.nan, math.nan, n, "welch_t", "t", "mean_difference", alternative
         )
     res = stats.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    pg, pl = _tails_of(stats.ttest_ind, x, y, equal_var=False)
     interval = res.confidence_interval(confidence_level=ci)
     return StatTestResult(
         statistic=float(res.statistic),
@@ -196,6 +299,9 @@ def welch_t(
         alternative=alternative,
         ci_low=float(interval.low),
         ci_high=float(interval.high),
+        p_greater=pg,
+        p_less=pl,
+        h0="equal means",
     )
 
 
@@ -227,6 +333,11 @@ def mann_whitney(
             math.nan, math.nan, math.nan, n, "mann_whitney_u", "U", "rank_biserial", alternative
         )
     res = stats.mannwhitneyu(x, y, alternative=alternative, method=method)
+    pg, pl = _tails_of(stats.mannwhitneyu, x, y, method=method)
+    # the most extreme data of these sizes: every value of a above every value of b
+    extreme = stats.mannwhitneyu(
+        np.arange(x.size) + y.size, np.arange(y.size), alternative="greater", method=method
+    )
     u = float(res.statistic)
     return StatTestResult(
         statistic=u,
@@ -237,6 +348,10 @@ def mann_whitney(
         statistic_name="U",
         effect_name="rank_biserial",
         alternative=alternative,
+        p_greater=pg,
+        p_less=pl,
+        p_floor=_floor(float(extreme.pvalue), alternative),
+        h0="P(A > B) = P(A < B)",
     )
 
 
@@ -266,9 +381,13 @@ def sign_test(
         raise ValueError(f"need 0 <= n_pos <= n, got n_pos={n_pos}, n={n}.")
     if n == 0:
         return StatTestResult(
-            float(n_pos), math.nan, math.nan, 0, "sign_test", "n_pos", "proportion", alternative
+            float(n_pos), math.nan, math.nan, 0, "sign_test", "n_pos", "proportion", alternative,
+            null_value=p0, reason="no trials",
         )
     res = stats.binomtest(int(n_pos), int(n), p=p0, alternative=alternative)
+    pg = float(stats.binomtest(int(n_pos), int(n), p=p0, alternative="greater").pvalue)
+    pl = float(stats.binomtest(int(n_pos), int(n), p=p0, alternative="less").pvalue)
+    ends = [stats.binomtest(k, int(n), p=p0, alternative=alternative).pvalue for k in (0, n)]
     interval = res.proportion_ci(confidence_level=ci, method="exact")
     return StatTestResult(
         statistic=float(n_pos),
@@ -281,6 +400,11 @@ def sign_test(
         alternative=alternative,
         ci_low=float(interval.low),
         ci_high=float(interval.high),
+        p_greater=pg,
+        p_less=pl,
+        null_value=p0,
+        p_floor=float(min(ends)),
+        h0=f"success probability {p0}",
     )
 
 
@@ -348,6 +472,8 @@ def spearman_trend(
         )
     res = stats.spearmanr(xv, yv, alternative=alternative)
     rho, p = float(res.statistic), float(res.pvalue)
+    pg, pl = _tails_of(stats.spearmanr, xv, yv)
+    p_floor = 0.0
     if n_perm is not None:
         if seed is None:
             raise ValueError("spearman_trend with n_perm needs an explicit seed.")
@@ -356,16 +482,24 @@ def spearman_trend(
         def rho_of(xs: np.ndarray) -> float:
             return float(stats.pearsonr(stats.rankdata(xs), ry).statistic)
 
-        perm = stats.permutation_test(
-            (xv,),
-            rho_of,
-            permutation_type="pairings",
-            n_resamples=int(n_perm),
-            alternative=alternative,
-            vectorized=False,
-            rng=_rng(seed),
-        )
-        p = float(perm.pvalue)
+        def perm_p(alt: str) -> float:
+            return float(
+                stats.permutation_test(
+                    (xv,),
+                    rho_of,
+                    permutation_type="pairings",
+                    n_resamples=int(n_perm),
+                    alternative=alt,
+                    vectorized=False,
+                    rng=_rng(seed),
+                ).pvalue
+            )
+
+        p, pg, pl = perm_p(alternative), perm_p("greater"), perm_p("less")
+        # exact enumeration: 1/n! (ties raise it); Monte-Carlo: 1/(B+1)
+        n_orders = math.factorial(n) if n <= 20 else math.inf
+        one = 1 / n_orders if n_orders <= n_perm else 1 / (n_perm + 1)
+        p_floor = _floor(one, alternative)
     return StatTestResult(
         statistic=rho,
         p=p,
@@ -375,6 +509,10 @@ def spearman_trend(
         statistic_name="rho",
         effect_name="rho",
         alternative=alternative,
+        p_greater=pg,
+        p_less=pl,
+        p_floor=p_floor,
+        h0="no monotone association (rho = 0)",
     )
 
 
@@ -433,12 +571,10 @@ def partial_spearman(
     r = float(np.clip(res[:, 0] @ res[:, 1] / (sx * sy), -1.0, 1.0))
     t = math.copysign(math.inf, r) if abs(r) == 1.0 else r * math.sqrt(df / (1.0 - r * r))
     dist = stats.t(df)
-    if alternative == "two-sided":
-        p = float(2.0 * dist.sf(abs(t)))
-    elif alternative == "greater":
-        p = float(dist.sf(t))
-    else:
-        p = float(dist.cdf(t))
+    pg, pl = float(dist.sf(t)), float(dist.cdf(t))
+    p = {"two-sided": min(1.0, float(2.0 * dist.sf(abs(t)))), "greater": pg, "less": pl}[
+        alternative
+    ]
     return StatTestResult(
         statistic=float(t),
         p=p,
@@ -448,6 +584,9 @@ def partial_spearman(
         statistic_name="t",
         effect_name="partial_rho",
         alternative=alternative,
+        p_greater=pg,
+        p_less=pl,
+        h0="no partial association given the covariates",
     )
 
 
@@ -478,6 +617,8 @@ def fisher_exact(
         raise ValueError("table must hold non-negative integer counts.")
     tab = tab.astype(np.int64)
     res = stats.fisher_exact(tab, alternative=alternative)
+    pg = float(stats.fisher_exact(tab, alternative="greater").pvalue)
+    pl = float(stats.fisher_exact(tab, alternative="less").pvalue)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         orr = stats.contingency.odds_ratio(tab, kind="conditional")
@@ -493,4 +634,8 @@ def fisher_exact(
         alternative=alternative,
         ci_low=float(interval.low),
         ci_high=float(interval.high),
+        p_greater=pg,
+        p_less=pl,
+        null_value=1.0,
+        h0="independence (odds ratio 1) given the margins",
     )

@@ -1,0 +1,86 @@
+"""What one run produced, and its scorecard: the result the runner hands to the report.
+
+It lives below ``report/`` and ``pipeline/`` so the report renders it without importing the
+layer that orchestrates runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from scfm_audit.analyses._contract import AnalysisResult, AnalysisSpec
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced (also written to ``output``)."""
+
+    config: Any  # the pipeline's AuditConfig
+    output: Path
+    specs: dict[str, AnalysisSpec]
+    params: dict[str, Any]
+    results: dict[str, AnalysisResult]
+    tests: pd.DataFrame
+    family_sensitivity: pd.DataFrame
+    timings: dict[str, float]
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    alpha: float = 0.05
+    cache_hits: list[str] = field(default_factory=list)
+    cache_misses: list[str] = field(default_factory=list)
+    total_seconds: float | None = None
+    #: models whose training log says they did not learn (name -> why): their claims are n/a
+    unlearned_models: dict[str, str] = field(default_factory=dict)
+
+    def verdicts(self) -> pd.DataFrame:
+        """Scorecard rows, one per claim, answered by
+        :func:`scfm_audit.stats._verdict.answer_claims`: the four-valued answer from the
+        claim's one test, with q from BH over the run's claim tests only, the tested side
+        against the null's own centre, n/a where the test cannot reach α; the estimate
+        with its CI, the layer it rests on and why."""
+        from scfm_audit.stats._verdict import answer_claims
+
+        rows = []
+        for name, res in self.results.items():
+            for v in res.verdicts:
+                rec = v.record
+                model = v.model or rec.model
+                unlearned = self.unlearned_models.get(model or "")
+                rows.append(
+                    {
+                        "analysis": name,
+                        "claim": v.claim,
+                        "model": model,
+                        "dataset": v.dataset or rec.dataset,
+                        "reference": rec.reference,
+                        "claimed": v.direction,
+                        # nothing learned: attention says nothing, whatever its test says
+                        "p": float("nan") if unlearned else rec.p,
+                        "reason": unlearned or v.reason or str(rec.extra.get("reason") or ""),
+                        "effect_name": rec.effect_name,
+                        "effect": rec.effect,
+                        "ci_low": rec.ci_low,
+                        "ci_high": rec.ci_high,
+                        "null_value": rec.null_value,
+                        "p_greater": rec.p_greater,
+                        "p_less": rec.p_less,
+                        "p_floor": rec.p_floor,
+                        "direction": rec.direction,
+                        "layer": rec.layer,
+                        "layer_choice": v.layer_choice,
+                        "test": rec.test,
+                        "null_name": rec.null_name,
+                    }
+                )
+        cols = ["analysis", "claim", "model", "dataset", "reference", "answer", "reason",
+                "q", "p", "effect_name", "effect", "ci_low", "ci_high", "null_value",
+                "side", "claimed", "p_floor", "q_at_floor", "layer", "layer_choice",
+                "test", "null_name"]  # fmt: skip
+        if not rows:
+            return pd.DataFrame(columns=cols)
+        answered = answer_claims(pd.DataFrame(rows), alpha=self.alpha)
+        return answered[cols]
