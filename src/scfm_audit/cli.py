@@ -10,18 +10,26 @@ Exit codes (also in the README):
 3   the output folder is locked by another run
 4   internal error (a bug: please report it; ``SCFM_AUDIT_DEBUG=1`` shows the
     traceback)
-130 interrupted (Ctrl-C)
+130 interrupted (Ctrl-C, SIGINT)
+143 terminated (SIGTERM: ``kill``, SLURM, Docker); like 130, the previous run
+    stays intact and the staging folder is removed
 ==  ==========================================================================
+
+Tables (the catalogue, parameters, validation, the scorecard) are rich tables on a
+terminal and plain tab-separated lines, one row per line, when stdout is a pipe or a
+file; ``--json`` gives machines the same rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import typer
@@ -39,6 +47,60 @@ err = Console(stderr=True)
 
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; unwinds like Ctrl-C (``finally`` blocks remove the staging folder
+    and release the lock) without being caught by ``except Exception``."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while a command works."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _plain() -> bool:
+    """Plain lines instead of rich tables: stdout is not a terminal (a pipe, a file)."""
+    return not console.is_terminal
+
+
+def _table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    markup: Sequence[Sequence[str]] | None = None,
+    fold: bool = False,
+) -> None:
+    """A table: rich on a terminal (``markup``: the cells with rich markup); elsewhere one
+    tab-separated line per row under a header line, never wrapped."""
+    if _plain():
+        out = sys.stdout
+        out.write("\t".join(columns) + "\n")
+        for r in rows:
+            out.write("\t".join(str(v).replace("\t", " ").replace("\n", " ") for v in r) + "\n")
+        out.flush()
+        return
+    t = Table(title=title)
+    for i, c in enumerate(columns):  # the first column (a name) never wraps
+        t.add_column(c, overflow="fold" if fold else "ellipsis", no_wrap=i == 0)
+    for i, r in enumerate(rows):
+        t.add_row(*(markup[i] if markup is not None else [escape(str(v)) for v in r]))
+    console.print(t)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -50,21 +112,27 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 def _clean_errors() -> Iterator[None]:
     """Turn every exception into one message and an exit code (see the module docstring);
     a traceback only with ``SCFM_AUDIT_DEBUG=1``."""
-    from scfm_audit.pipeline._output import OutputBusyError
+    from scfm_audit.pipeline._output import OutputBusyError, OutputWriteError
     from scfm_audit.pipeline._runner import RunFailedError
 
     try:
-        yield
+        with _sigterm_unwinds():
+            yield
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
         _fail("interrupted; the output folder still holds the previous run.", EXIT_INTERRUPTED)
+    except Terminated:
+        _fail(
+            "terminated (SIGTERM); the output folder still holds the previous run.",
+            EXIT_TERMINATED,
+        )
     except Exception as e:
         if os.environ.get("SCFM_AUDIT_DEBUG"):
             raise
         if isinstance(e, OutputBusyError):
             _fail(str(e), EXIT_BUSY)
-        if isinstance(e, RunFailedError):
+        if isinstance(e, RunFailedError | OutputWriteError):
             _fail(str(e), EXIT_INCOMPLETE)
         if isinstance(e, ValueError | OSError):  # our input errors are ValueErrors
             _fail(str(e), EXIT_BAD_INPUT)
@@ -86,30 +154,34 @@ def _finish(run, started: float) -> None:
     )
     sc = run.verdicts()
     if len(sc):
-        t = Table(title="Scorecard", show_lines=False)
-        for c in ("claim", "dataset", "answer", "q", "estimate [95% CI]", "layer"):
-            t.add_column(c)
         colours = {"yes": "green", "opposite": "magenta", "no evidence": "red"}
+        rows, markup = [], []
         for r in sc.itertuples():
             colour = colours.get(r.answer, "yellow")
             est = "" if pd.isna(r.effect) else f"{r.effect_name} {r.effect:.3f}"
             if not (pd.isna(r.ci_low) or pd.isna(r.ci_high)):
                 est += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
-            t.add_row(
-                escape(r.claim),
-                escape(str(r.dataset)),
+            layer = "" if pd.isna(r.layer) else str(int(r.layer))
+            answer = r.answer + (f" ({r.reason})" if r.reason else "")
+            rows.append([r.claim, str(r.dataset), answer, f"{r.q:.3g}", est, layer])
+            markup.append([
+                escape(r.claim), escape(str(r.dataset)),
                 f"[{colour}]{r.answer}[/]" + (f"\n[dim]{escape(r.reason)}[/]" if r.reason else ""),
-                f"{r.q:.3g}",
-                escape(est),
-                "" if pd.isna(r.layer) else str(int(r.layer)),
-            )
-        console.print(t)
-    console.print(f"report: [bold]{escape(str(run.output / 'report.html'))}[/]")
+                f"{r.q:.3g}", escape(est), layer,
+            ])  # fmt: skip
+        _table(
+            "Scorecard",
+            ("claim", "dataset", "answer", "q", "estimate [95% CI]", "layer"),
+            rows,
+            markup=markup,
+            fold=True,
+        )
+    console.print(f"report: [bold]{escape(str(run.output / 'report.html'))}[/]", soft_wrap=True)
     problems = [f"analysis {name} failed: {e}" for name, e in run.errors.items()]
     if len(tests) == 0:
         problems.append(
-            "the run registered no statistical test (see the report's notes: e.g. "
-            "references too small for min_positives, or no usable edge source)"
+            "the run registered no statistical test; each analysis' n/a line on the "
+            "scorecard above says why"
         )
     for p in problems:
         err.print(f"[bold red]error:[/] {escape(p)}", soft_wrap=True)
@@ -140,7 +212,7 @@ def demo(
 
     started = time.perf_counter()
     with _clean_errors():
-        out = check_output_path(out)
+        out = check_output_path(out, fix="choose another folder (--out)")
         models = None
         if not no_models:
             with console.status("preparing the demo models"):
@@ -170,6 +242,7 @@ def run(
 def validate(
     config: Path = typer.Argument(..., help="Audit YAML."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Check this output instead."),
+    as_json: bool = typer.Option(False, "--json", help="The checks as JSON on stdout."),
 ) -> None:
     """Check a config, its files, dataset columns, references, models and output folder
     without running anything (exit code 2 if anything is wrong)."""
@@ -177,14 +250,15 @@ def validate(
 
     with _clean_errors():
         checks = validate_config(config, output=out)
-    t = Table(title=f"Validation of {escape(str(config))}")
-    for c in ("check", "status", "detail"):
-        t.add_column(c)
-    for c in checks:
-        colour = "green" if c.ok else "red"
-        detail = c.detail if c.ok else "see below"
-        t.add_row(escape(c.name), f"[{colour}]{'ok' if c.ok else 'FAIL'}[/]", escape(detail))
-    console.print(t)
+    if as_json:
+        print(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]))
+    else:
+        rows = [[c.name, "ok" if c.ok else "FAIL", c.detail if c.ok else "see below"]
+                for c in checks]  # fmt: skip
+        markup = [[escape(r[0]), f"[{'green' if r[1] == 'ok' else 'red'}]{r[1]}[/]",
+                   escape(r[2])] for r in rows]  # fmt: skip
+        _table(f"Validation of {escape(str(config))}", ("check", "status", "detail"), rows,
+               markup=markup)  # fmt: skip
     failed = [c for c in checks if not c.ok]
     for c in failed:  # full messages, unwrapped by the table
         err.print(f"[bold red]error:[/] {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
@@ -195,27 +269,64 @@ def validate(
 @app.command()
 def analyses(
     name: str | None = typer.Argument(None, help="Show this analysis' parameters."),
+    as_json: bool = typer.Option(False, "--json", help="The catalogue (or parameters) as JSON."),
 ) -> None:
-    """List the analysis catalogue, or every parameter of one analysis."""
+    """List the analysis catalogue, one line each (name, category, description), or every
+    parameter of one analysis. On a pipe: plain tab-separated lines."""
     from scfm_audit.analyses._contract import ANALYSES, parameter_table
 
     if name is None:
-        t = Table(title="Analyses (scfm-audit analyses NAME: its parameters)")
-        for c in ("name", "version", "category", "description"):
-            t.add_column(c, overflow="fold")
-        for n, spec in ANALYSES.items():
-            t.add_row(n, spec.version, spec.category, escape(spec.description))
-        console.print(t)
+        rows = [[n, spec.version, spec.category, spec.description] for n, spec in ANALYSES.items()]
+        if as_json:
+            keys = ("name", "version", "category", "description")
+            print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=1))
+            return
+        _table("Analyses (scfm-audit analyses NAME: its parameters)",
+               ("name", "version", "category", "description"), rows, fold=True)  # fmt: skip
         return
     with _clean_errors():
         spec = ANALYSES.get(name)
-    console.print(f"[bold]{name}[/] v{spec.version}: {escape(spec.description)}")
-    t = Table(title=f"Parameters (config: analyses: {{{name}: {{...}}}})")
-    for c in ("parameter", "type", "default", "description"):
-        t.add_column(c, overflow="fold")
-    for row in parameter_table(spec.params):
-        t.add_row(*(escape(str(v)) for v in row.values()))
-    console.print(t)
+    params = [{k: str(v) for k, v in row.items()} for row in parameter_table(spec.params)]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": spec.version,
+                    "category": spec.category,
+                    "description": spec.description,
+                    "parameters": params,
+                },
+                indent=1,
+            )
+        )
+        return  # fmt: skip
+    if _plain():
+        print(f"# {name} v{spec.version}: {spec.description}")
+    else:
+        console.print(f"[bold]{name}[/] v{spec.version}: {escape(spec.description)}")
+    _table(f"Parameters (config: analyses: {{{name}: {{...}}}})",
+           ("parameter", "type", "default", "description"),
+           [list(r.values()) for r in params], fold=True)  # fmt: skip
+
+
+#: ``audit.yaml`` written by ``scfm-audit simulate``: runs as is on the files beside it.
+BENCHMARK_AUDIT = """\
+# The audit of the files beside this one (scfm-audit simulate); run it with
+#   scfm-audit validate audit.yaml && scfm-audit run audit.yaml
+output: results
+datasets:
+  bench: {path: perturbseq.h5ad, perturbation: perturbation, control: non-targeting,
+          modality: modality, cell_state: cell_state, batch: donor,
+          gene_id_column: ensembl_id}
+references:
+  grn: {format: table, path: grn.tsv}     # the TSVs carry a `directed` column
+  ppi: {format: table, path: ppi.tsv}     # → loaded as undirected
+edges:
+  spearman: {scorer: coexpression, method: spearman}
+analyses:
+  grn_recovery: {references: [grn, ppi]}
+"""
 
 
 @app.command()
@@ -227,11 +338,12 @@ def simulate(
     seed: int = typer.Option(0),
     regulation_strength: float = typer.Option(1.0, help="0 gives a null benchmark."),
 ) -> None:
-    """Write the synthetic Perturb-seq benchmark (.h5ad + reference TSVs)."""
+    """Write the synthetic Perturb-seq benchmark (.h5ad + reference TSVs) and an
+    ``audit.yaml`` that runs as is on them."""
     from pydantic import ValidationError
 
+    from scfm_audit._io import atomic_write_text
     from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq, write_benchmark
-    from scfm_audit.pipeline._config import _format_errors
     from scfm_audit.pipeline._output import check_output_path
 
     try:
@@ -243,14 +355,23 @@ def simulate(
             regulation_strength=regulation_strength,
         )
     except ValidationError as e:
-        _fail("invalid option: " + "; ".join(_format_errors(e, model=SimulationParams)))
+        lines = []
+        for x in e.errors():
+            opt = "--" + str(x["loc"][0]).replace("_", "-") + ": " if x["loc"] else ""
+            lines.append(opt + x["msg"].removeprefix("Value error, "))
+        _fail("invalid option: " + "; ".join(lines))
     with _clean_errors():
-        out = check_output_path(out, what="benchmark folder")
+        out = check_output_path(out, what="benchmark folder", fix="choose another folder (--out)")
         with console.status(f"simulating {n_cells} cells × {n_genes} genes"):
             bench = simulate_perturbseq(params, out_path=None)
             files = write_benchmark(bench, out)
+            files["audit"] = out / "audit.yaml"
+            atomic_write_text(files["audit"], BENCHMARK_AUDIT)
     for k, v in files.items():
-        console.print(f"{k}: {v}")
+        console.print(f"{k}: {v}", soft_wrap=True, highlight=False)
+    console.print(
+        f"run it: scfm-audit run {escape(str(files['audit']))}", soft_wrap=True, highlight=False
+    )
 
 
 @app.command("train-demo-models")
@@ -261,8 +382,6 @@ def train_demo_models_command(
 ) -> None:
     """Train small scGPT and Geneformer models on the demo benchmark (masked value /
     masked gene modelling) and save them in the real checkpoint layouts."""
-    import json
-
     from scfm_audit.data._simulate import simulate_perturbseq
     from scfm_audit.models._train import LOG_FILE, train_demo_models
     from scfm_audit.pipeline._demo import DEMO_SIMULATION, QUICK_SIMULATION, write_provenance
@@ -271,29 +390,27 @@ def train_demo_models_command(
     started = time.perf_counter()
     sim = QUICK_SIMULATION if quick else DEMO_SIMULATION
     with _clean_errors():
-        out = check_output_path(out, what="models folder")
+        out = check_output_path(out, what="models folder", fix="choose another folder (--out)")
         with console.status(f"simulating {sim['n_cells']} cells × {sim['n_genes']} genes"):
             bench = simulate_perturbseq(**sim)
         paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
     command = f"scfm-audit train-demo-models --out {out.name} --seed {seed}"
     write_provenance(out, quick=quick, seed=seed, command=command + (" --quick" if quick else ""))
-    t = Table(title="Demo models")
     columns = ("model", "epochs", "steps", "loss: first → last epoch",
                "held-out masked loss: untrained → trained", "chance", "baseline",
                "learned", "seconds")  # fmt: skip
-    for c in columns:
-        t.add_column(c)
+    rows = []
     for family, path in paths.items():
         log = json.loads((Path(path) / LOG_FILE).read_text())
         losses = log["loss_per_epoch"]
-        t.add_row(
+        rows.append([
             family, str(log["epochs"]), str(log["steps"]),
             f"{losses[0]:.4g} → {losses[-1]:.4g}",
             f"{log['eval_loss_initial']:.4g} → {log['eval_loss_final']:.4g}",
             f"{log['chance_loss']:.4g}", f"{log['baseline_loss']:.4g} ({log['baseline']})",
             "yes" if log["learned"] else "NO", f"{log['seconds']:.1f}",
-        )  # fmt: skip
-    console.print(t)
+        ])  # fmt: skip
+    _table("Demo models", columns, rows)
     for family, path in paths.items():
         console.print(f"{family}: {path}")
     console.print(f"[bold green]done[/] in {time.perf_counter() - started:.1f}s")

@@ -66,7 +66,7 @@ class GRNRecoveryParams(UnitParams, LayerClaimParams):
     n_perm: int = Field(999, ge=19, description="null draws of every permutation test")
     n_perm_max: int = Field(
         19_999,
-        ge=19,
+        ge=0,
         description="the verdict null draws up to this many while p < 0.05 (0 = no refinement)",
     )
     n_rewire: int = Field(0, ge=0, description="Curveball rewiring draws (0 = not run)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import scipy.sparse as sp
 
 UNS_KEY = "scfm_audit"
 MODALITIES = ("CRISPRi", "CRISPRa")
-#: At most this many stored values are checked for sign, finiteness and integrality.
-MAX_CHECKED_VALUES = 1_000_000
+#: Stored values read per chunk by the (complete) count check.
+CHUNK_VALUES = 4_000_000
 #: Non-integer data whose maximum is below this looks log-normalised.
 LOG_MAX = 30.0
 
@@ -175,6 +175,10 @@ def load_dataset(
         name = name or "dataset"
     else:
         p = Path(path)
+        if p.is_dir():
+            raise DatasetError(
+                f"Dataset path {str(p)!r} is a folder, not a file; give the .h5ad file inside it."
+            )
         if p.suffix.lower() != ".h5ad":
             raise DatasetError(
                 f"{str(p)!r} is not an .h5ad file; convert it to AnnData first "
@@ -222,8 +226,8 @@ def validate_dataset(adata: ad.AnnData, spec: DatasetSpec | None = None) -> None
     Raises one :class:`DatasetError` listing every problem (with its fix): empty data,
     missing counts layer or columns, duplicated genes, missing/NaN/empty perturbation
     labels, no control cells, bad modality values, negative / non-finite / non-integer /
-    log-normalised counts. Counts are checked on a sample of at most
-    ``MAX_CHECKED_VALUES`` stored values (read in row chunks when backed).
+    log-normalised counts. Every stored count value is checked, in one streamed pass
+    (:func:`count_summary`; read in chunks when backed).
     """
     spec = spec if spec is not None else get_spec(adata)
     problems: list[str] = []
@@ -380,86 +384,124 @@ def _normalise_modality(adata: ad.AnnData, name: str) -> None:
     adata.obs[name] = pd.Categorical(norm, categories=[m for m in MODALITIES if (norm == m).any()])
 
 
-def _sample_counts(adata: ad.AnnData, spec: DatasetSpec) -> np.ndarray:
-    """Up to ``MAX_CHECKED_VALUES`` stored values of the counts matrix, as a 1-D array."""
+def _stored_chunks(X: Any, n_obs: int, n_vars: int) -> Iterator[np.ndarray]:
+    """Every stored value of a counts matrix, as 1-D chunks of about ``CHUNK_VALUES``:
+    the ``data`` array of a sparse matrix (in memory, or read from the file in slices when
+    backed), row blocks of a dense one (an HDF5 dataset is read block by block)."""
+    group = getattr(X, "group", None)  # a backed sparse matrix (anndata's CSR/CSC dataset)
+    data = group["data"] if group is not None and "data" in group else None
+    if data is None and sp.issparse(X):
+        data = X.data
+    if data is not None:
+        for start in range(0, int(data.shape[0]), CHUNK_VALUES):
+            yield np.asarray(data[start : start + CHUNK_VALUES])
+        return
+    rows = max(1, CHUNK_VALUES // max(n_vars, 1))
+    for start in range(0, n_obs, rows):
+        yield np.asarray(X[start : start + rows]).reshape(-1)
+
+
+@dataclass
+class CountSummary:
+    """What one streamed pass over every stored value of a counts matrix found."""
+
+    n_values: int = 0
+    n_nan: int = 0
+    n_inf: int = 0
+    n_negative: int = 0
+    n_non_integer: int = 0
+    min: float = float("inf")
+    max: float = float("-inf")
+    example_non_integer: float | None = None
+    dtype: str = ""
+    seconds: float = 0.0
+
+
+def count_summary(adata: ad.AnnData, spec: DatasetSpec | None = None) -> CountSummary:
+    """One streamed check of **every** stored value of the counts (``X`` or the spec's
+    layer; in memory or backed, read in chunks so memory stays flat): NaN, inf, negative
+    and non-integer values, min and max. :func:`validate_dataset` (and so ``validate``,
+    ``run`` and ``load_dataset``) reports from it."""
+    import time
+
+    spec = spec if spec is not None else get_spec(adata)
     X = adata.X if spec.counts == "X" else adata.layers[spec.counts]
-    rng = np.random.default_rng(0)
-    if adata.isbacked and spec.counts == "X":
-        return _sample_backed(X, adata.n_obs, adata.n_vars)
-    if sp.issparse(X):
-        data = np.asarray(X.data)
-        if data.size > MAX_CHECKED_VALUES:
-            data = data[rng.choice(data.size, MAX_CHECKED_VALUES, replace=False)]
-        return data
-    arr = np.asarray(X)
-    flat = arr.reshape(-1)
-    if flat.size > MAX_CHECKED_VALUES:
-        flat = flat[rng.choice(flat.size, MAX_CHECKED_VALUES, replace=False)]
-    return flat
-
-
-def _sample_backed(X: Any, n_obs: int, n_vars: int, n_blocks: int = 20) -> np.ndarray:
-    """Read evenly spaced row chunks of a backed matrix until enough values are gathered."""
-    rows = max(1, min(n_obs, MAX_CHECKED_VALUES // (n_blocks * max(n_vars, 1))))
-    starts = np.unique(np.linspace(0, max(n_obs - rows, 0), n_blocks).astype(int))
-    chunks: list[np.ndarray] = []
-    total = 0
-    for start in starts:
-        block = X[int(start) : int(start) + rows]
-        vals = np.asarray(block.data) if sp.issparse(block) else np.asarray(block).reshape(-1)
-        chunks.append(vals)
-        total += vals.size
-        if total >= MAX_CHECKED_VALUES:
-            break
-    out = np.concatenate(chunks) if chunks else np.empty(0)
-    return out[:MAX_CHECKED_VALUES]
+    out = CountSummary()
+    if X is None:
+        return out
+    t0 = time.perf_counter()
+    out.dtype = str(getattr(X, "dtype", ""))
+    for vals in _stored_chunks(X, adata.n_obs, adata.n_vars):
+        if vals.size == 0:
+            continue
+        if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(
+            vals.dtype, np.complexfloating
+        ):
+            out.dtype = str(vals.dtype)
+            out.n_values = -1  # not numbers: reported as a dtype problem
+            return out
+        out.n_values += vals.size
+        if np.issubdtype(vals.dtype, np.floating):
+            finite = np.isfinite(vals)
+            if not finite.all():
+                nan = int(np.isnan(vals).sum())
+                out.n_nan += nan
+                out.n_inf += int(vals.size - finite.sum()) - nan
+                vals = vals[finite]
+            if vals.size:
+                frac = vals != np.round(vals)
+                k = int(np.count_nonzero(frac))
+                if k:
+                    out.n_non_integer += k
+                    if out.example_non_integer is None:
+                        out.example_non_integer = float(vals[frac][0])
+        if vals.size:
+            out.n_negative += int(np.count_nonzero(vals < 0))
+            out.min = min(out.min, float(vals.min()))
+            out.max = max(out.max, float(vals.max()))
+    out.seconds = time.perf_counter() - t0
+    return out
 
 
 def _check_counts(adata: ad.AnnData, spec: DatasetSpec) -> list[str]:
     where = "X" if spec.counts == "X" else f"layer {spec.counts!r}"
-    vals = _sample_counts(adata, spec)
-    if vals.size == 0:
-        return []
-    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+    s = count_summary(adata, spec)
+    if s.n_values < 0:
         return [
-            f"Counts in {where} have dtype {vals.dtype}, not a real number type; store the "
+            f"Counts in {where} have dtype {s.dtype}, not a real number type; store the "
             "raw counts as integers or floats."
         ]
+    if s.n_values == 0 and s.n_nan == 0 and s.n_inf == 0:
+        return []
     problems = []
-    finite = np.isfinite(vals)
-    if not finite.all():
-        n_nan = int(np.isnan(vals).sum())
-        n_inf = int((~finite).sum()) - n_nan
-        found = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+    if s.n_nan or s.n_inf:
+        found = ", ".join(f"{n} {k}" for n, k in ((s.n_nan, "NaN"), (s.n_inf, "inf")) if n)
         problems.append(
-            f"Counts in {where} contain non-finite values ({found} in the checked sample). "
-            "Replace them (e.g. with 0) or point DatasetSpec(counts=...) at "
-            "the raw-count layer."
+            f"Counts in {where} contain non-finite values ({found} among all "
+            f"{s.n_values} stored values). Replace them (e.g. with 0) or "
+            "point DatasetSpec(counts=...) at the raw-count layer."
         )
-        vals = vals[finite]
-    if vals.size and vals.min() < 0:
+    if s.n_negative:
         problems.append(
-            f"Counts in {where} are negative (min {vals.min():.4g}); raw counts are >= 0. "
-            "This looks scaled or batch-corrected; point DatasetSpec(counts=...) at the "
-            "raw-count layer."
+            f"Counts in {where} are negative (min {s.min:.4g}) in {s.n_negative} value(s); "
+            "raw counts are >= 0. This looks scaled or batch-corrected; point "
+            "DatasetSpec(counts=...) at the raw-count layer."
         )
-    if spec.require_counts and vals.size and np.issubdtype(vals.dtype, np.floating):
-        frac = vals != np.round(vals)
-        if frac.any():
-            vmax = float(vals.max())
-            example = float(vals[frac][0])
-            if vmax < LOG_MAX:
-                problems.append(
-                    f"Counts in {where} are non-integer with max {vmax:.3g} (e.g. {example:.4g}): "
-                    "the data looks log-normalised; point `counts` at the raw-count layer "
-                    "(DatasetSpec(counts='counts') or similar)."
-                )
-            else:
-                problems.append(
-                    f"Counts in {where} are non-integer (e.g. {example:.4g}); raw counts are "
-                    "needed. Point `counts` at the raw-count layer, or set "
-                    "DatasetSpec(require_counts=False) if non-integer values are intended."
-                )
+    if spec.require_counts and s.n_non_integer:
+        example = s.example_non_integer
+        if s.max < LOG_MAX:
+            problems.append(
+                f"Counts in {where} are non-integer with max {s.max:.3g} (e.g. {example:.4g}): "
+                "the data looks log-normalised; point `counts` at the raw-count layer "
+                "(DatasetSpec(counts='counts') or similar)."
+            )
+        else:
+            problems.append(
+                f"Counts in {where} are non-integer ({s.n_non_integer} values, e.g. "
+                f"{example:.4g}); raw counts are needed. Point `counts` at the raw-count "
+                "layer, or set DatasetSpec(require_counts=False) if non-integer values are "
+                "intended."
+            )
     return problems
 
 

@@ -101,6 +101,10 @@ def load_reference(
 
 def _check_file(path: PathLike) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise FileNotFoundError(
+            f"Reference path {str(p)!r} is a folder, not a file; give the file inside it."
+        )
     if not p.is_file():
         raise FileNotFoundError(f"Reference file {str(p)!r} does not exist; check the path.")
     return p
@@ -167,7 +171,7 @@ def _read_delimited(path: Path, *, sep: str, fmt: str) -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError:
         raise ReferenceFormatError(
-            path, None, f"the file is empty; expected a {fmt} table."
+            path, None, f"the file is empty; expected {_a_table(fmt)}."
         ) from None
     except (pd.errors.ParserError, csv.Error):
         with _open_text(path) as fh:
@@ -181,11 +185,16 @@ def _read_delimited(path: Path, *, sep: str, fmt: str) -> pd.DataFrame:
         ) from None
     except UnicodeDecodeError as err:
         raise ReferenceFormatError(
-            path, None, f"not a text file ({err}); expected a {fmt} table (optionally .gz)."
+            path, None, f"not a text file ({err}); expected {_a_table(fmt)} (optionally .gz)."
         ) from None
     df.columns = [str(c).lstrip("#").strip() for c in df.columns]
     df["_line"] = np.arange(len(df)) + 2
     return df[df.drop(columns="_line").notna().any(axis=1)].reset_index(drop=True)
+
+
+def _a_table(fmt: str) -> str:
+    """'a table' for the generic format, 'a trrust table' for a named one."""
+    return "a table" if fmt == "table" else f"a {fmt} table"
 
 
 def _sep_name(sep: str) -> str:

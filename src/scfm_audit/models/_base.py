@@ -336,8 +336,13 @@ MODEL_FAMILIES: Registry[type[ModelAdapter]] = Registry(
 
 
 def load_model(family: str, path: str | Path, **kwargs: Any) -> ModelAdapter:
-    """Load a checkpoint of a registered family (``scgpt``, ``geneformer``, ...)."""
-    return MODEL_FAMILIES.get(family).load(path, **kwargs)
+    """Load a checkpoint of a registered family (``scgpt``, ``geneformer``, ...), after
+    checking its declared layers and heads against its weights (``models/_verify.py``)."""
+    from scfm_audit.models._verify import verify_checkpoint
+
+    cls = MODEL_FAMILIES.get(family)
+    verify_checkpoint(family, path)
+    return cls.load(path, **kwargs)
 
 
 def obs_gene_positions(adata, genes: list[str] | pd.Index) -> np.ndarray:

@@ -76,10 +76,19 @@ class ArtifactCache:
         obj = compute()
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _write(tmp, obj, codec)
-        (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
-        (tmp / "DONE").write_text("")
+        try:
+            tmp.mkdir(parents=True)
+            _write(tmp, obj, codec)
+            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
+            (tmp / "DONE").write_text("")
+        except OSError as e:  # e.g. a full disk: no half-written entry stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            from scfm_audit.pipeline._output import no_space
+
+            full = no_space(e, tmp)
+            if full is not None:
+                raise full from None
+            raise
         if final.exists():  # an incomplete folder from an older layout: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -182,12 +182,15 @@ class AuditConfig(_Strict):
                     "Run `scfm-audit analyses` for the list."
                 )
                 continue
+            model = ANALYSES.get(base).params
+            booleans = bool_errors(model, raw or {}, f"analyses.{name}")
+            if booleans:  # pydantic would read true as 1 (a layer index, a draw count)
+                errors.extend(booleans)
+                continue
             try:
-                out[name] = ANALYSES.get(base).params(**(raw or {}))
+                out[name] = model(**(raw or {}))
             except ValidationError as e:
-                errors.extend(
-                    _format_errors(e, prefix=f"analyses.{name}", model=ANALYSES.get(base).params)
-                )
+                errors.extend(_format_errors(e, prefix=f"analyses.{name}", model=model))
         if errors:
             raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
         return out
@@ -265,9 +268,15 @@ class AuditConfig(_Strict):
             except UnknownNameError as err:
                 errors.append(f"references.{name}.format: {err} (or 'simulated')")
                 continue
+            siblings = {
+                f"format {f!r}": [o for o in (keyword_parameters(fn) or {})
+                                  if o not in RESERVED["references"]]
+                for f, fn in REFERENCE_LOADERS.items() if f != r.format
+            }  # fmt: skip
             errors += check_options(
                 f"references.{name}", r.options(), keyword_parameters(loader), fn=loader,
                 owner=f"reference format {r.format!r}", reserved=RESERVED["references"],
+                elsewhere=siblings,
             )  # fmt: skip
         for name, m in self.models.items():
             try:
@@ -292,6 +301,67 @@ class AuditConfig(_Strict):
             f"{where}: {item!r} is not defined under '{section}'.{hint} "
             f"Defined: {', '.join(known) or '(none)'}."
         ]
+
+
+def bool_errors(model: type[BaseModel], raw: Any, prefix: str) -> list[str]:
+    """Error lines for ``true`` / ``false`` given where ``model``'s field takes no boolean
+    (pydantic reads ``true`` as 1, so ``verdict_layer: true`` would become layer 1 and
+    ``n_boot: true`` one draw). Looks into lists and mappings of values too."""
+    if not isinstance(raw, dict):
+        return []
+    out = []
+    for key, value in raw.items():
+        field = model.model_fields.get(str(key))
+        if field is None or not _holds_bool(value) or _accepts_bool(field.annotation):
+            continue
+        import json
+
+        out.append(
+            f"{prefix}.{key}: expects {_expected(field.annotation)}, got "
+            f"{json.dumps(value, default=str)}; a boolean is not accepted here (it would be "
+            "read as 1 or 0; YAML also reads yes / no / on / off as booleans)."
+        )
+    return out
+
+
+def _holds_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return True
+    if isinstance(v, list | tuple):
+        return any(isinstance(x, bool) for x in v)
+    if isinstance(v, dict):
+        return any(isinstance(x, bool) for x in v.values())
+    return False
+
+
+def _accepts_bool(ann: Any) -> bool:
+    import typing
+
+    if ann is bool or ann is Any:
+        return True
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(ann))
+    if origin is dict:
+        return _accepts_bool(typing.get_args(ann)[1])
+    args = typing.get_args(ann)
+    return bool(args) and any(_accepts_bool(a) for a in args if a is not Ellipsis)
+
+
+def _expected(ann: Any) -> str:
+    import typing
+
+    text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    if typing.get_origin(ann) in (typing.Union, type(int | None)):
+        text = " or ".join(
+            repr(a)
+            if not isinstance(a, type)
+            else {"int": "an integer"}.get(a.__name__, a.__name__)
+            for arg in typing.get_args(ann)
+            for a in (typing.get_args(arg) if typing.get_origin(arg) is Literal else [arg])
+            if a is not type(None)
+        )
+    return {"int": "an integer", "float": "a number"}.get(text, text)
 
 
 def analysis_base_name(name: str) -> str:
@@ -383,6 +453,15 @@ def load_config(path: str | Path) -> AuditConfig:
 def config_from_dict(raw: dict[str, Any], *, base: Path | None = None) -> AuditConfig:
     """Validate a config given as a dict; relative paths resolve against ``base`` (default:
     the working folder)."""
+    booleans = bool_errors(AuditConfig, raw, "").copy()
+    booleans = [b.lstrip(".") for b in booleans]
+    for section, model in (("edges", EdgeConfig), ("datasets", DatasetConfig)):
+        entries = raw.get(section)
+        if isinstance(entries, dict):
+            for name, entry in entries.items():
+                booleans += bool_errors(model, entry, f"{section}.{name}")
+    if booleans:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(booleans))
     try:
         cfg = AuditConfig(**raw)
     except ValidationError as e:

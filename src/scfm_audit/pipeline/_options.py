@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -86,10 +87,13 @@ def check_options(
     fn: Callable | list[Callable] | None = None,
     owner: str,
     reserved: frozenset[str] = frozenset(),
+    elsewhere: dict[str, list[str]] | None = None,
 ) -> list[str]:
     """Error lines for ``given`` options: unknown names (with "did you mean") and, where
     the function annotates its arguments, values of the wrong type or outside a
-    ``Literal``."""
+    ``Literal``. ``elsewhere``: options of sibling kinds (other reference formats) by
+    kind, so that an option of another kind is named as such rather than matched to an
+    unrelated option of this one."""
     if accepted is None:
         return []
     settable = {n: p for n, p in accepted.items() if n not in reserved}
@@ -97,8 +101,13 @@ def check_options(
     for key in given:
         if key in settable:
             continue
-        close = difflib.get_close_matches(key, list(settable), n=2, cutoff=0.6)
+        close = difflib.get_close_matches(key, list(settable), n=2, cutoff=0.75)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        if not close and elsewhere:
+            other = {o: kind for kind, opts in elsewhere.items() for o in opts}
+            near = difflib.get_close_matches(key, list(other), n=1, cutoff=0.75)
+            if near:
+                hint = f" {near[0]!r} is an option of {other[near[0]]}, not of this one."
         errors.append(
             f"{where}.{key}: unknown option for {owner}.{hint} "
             f"Accepted: {', '.join(sorted(settable)) or '(none)'}."
@@ -117,6 +126,16 @@ def _check_values(
             hints.update(typing.get_type_hints(f))
         except Exception:  # unresolvable annotations (TYPE_CHECKING imports): skip values
             continue
+    from scfm_audit.pipeline._config import _accepts_bool, _holds_bool
+
+    booleans = [
+        f"{where}.{key}: got {json.dumps(v, default=str)}; a boolean is "
+        "not accepted here (it would be read as 1 or 0)."
+        for key, v in given.items()
+        if key in hints and _holds_bool(v) and not _accepts_bool(hints[key])
+    ]
+    if booleans:
+        return booleans
     fields = {}
     for key in given:
         ann = hints.get(key, Any)

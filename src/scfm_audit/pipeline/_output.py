@@ -52,12 +52,39 @@ class OutputBusyError(RuntimeError):
     """Another run holds the output folder's lock."""
 
 
-def check_output_path(path: str | Path, *, what: str = "output folder") -> Path:
+class OutputWriteError(RuntimeError):
+    """Writing the run's files failed for want of space (full disk, quota, file too
+    large); the message names the path. The previous outputs are untouched and what this
+    run had staged is removed."""
+
+
+#: errno values that mean "no room to write" rather than a bad path
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_space(e: BaseException, where: Path) -> OutputWriteError | None:
+    """An :class:`OutputWriteError` naming the path for an out-of-space ``OSError`` (None for
+    any other error)."""
+    if not isinstance(e, OSError) or e.errno not in NO_SPACE:
+        return None
+    path = e.filename or where
+    return OutputWriteError(
+        f"no space left to write {path} ({e.strerror}); the run stopped, what it had "
+        f"written there is removed and the previous outputs are untouched. Free space on "
+        "that disk or choose an output folder on another one (config key `output`, or --out)."
+    )
+
+
+def check_output_path(
+    path: str | Path,
+    *,
+    what: str = "output folder",
+    fix: str = "choose another folder (config key `output`, or --out)",
+) -> Path:
     """The absolute folder path, after checking it is (or can become) a folder we can
-    write in; raises :class:`OutputFolderError` naming the problem and the fix. Creates
+    write in; raises :class:`OutputFolderError` naming the problem and ``fix``. Creates
     nothing."""
     p = Path(path).expanduser().absolute()
-    fix = "choose another folder (config key `output`, or --out)"
     if p.exists() and not p.is_dir():
         raise OutputFolderError(f"The {what} {p} is an existing file, not a folder; {fix}.")
     anc = p
@@ -71,6 +98,13 @@ def check_output_path(path: str | Path, *, what: str = "output folder") -> Path:
         raise OutputFolderError(
             f"The {what} {p} is inside {_pseudo_root(p)}, a kernel file system where "
             f"files cannot be written; {fix}."
+        )
+    if p.is_dir() and os.path.ismount(p):
+        raise OutputFolderError(
+            f"The {what} {p} is a mount point: a run stages its outputs beside the folder "
+            "and swaps them in with one rename, which a mount point cannot take (the run "
+            f"would be lost at the end); use a folder inside it (e.g. {p / 'results'}), or "
+            f"{fix.removeprefix('choose ')}."
         )
     if not os.access(anc, os.W_OK | os.X_OK):
         raise OutputFolderError(

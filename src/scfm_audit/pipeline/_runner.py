@@ -406,6 +406,60 @@ class RunContext(ClaimRecorder):
         )
 
 
+@dataclass
+class AuditRun(RunResult):
+    """The runner's :class:`~scfm_audit.analyses._run.RunResult`: also the warnings raised
+    while computing, and a scorecard on which every requested analysis shows."""
+
+    #: warnings raised while checking and computing (numpy / scipy RuntimeWarning,
+    #: OptimizeWarning, ...): "Category: message" -> count; logged, not printed
+    #: mid-progress, and in run.json
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    def verdicts(self) -> pd.DataFrame:
+        """The claims' scorecard rows (:meth:`RunResult.verdicts`), a claim over several
+        datasets naming them (not "None"), and one ``n/a`` line with the reason for each
+        requested analysis that answered no claim (it failed, or evaluated nothing)."""
+        sc = super().verdicts()
+        if len(sc):
+            missing = sc["dataset"].isna()
+            if missing.any():
+                sc.loc[missing, "dataset"] = [self._datasets_of(a) for a in sc["analysis"][missing]]
+        extra = self._unanswered()
+        if not extra:
+            return sc
+        rows = pd.DataFrame(extra).reindex(columns=sc.columns)
+        return pd.concat([sc, rows], ignore_index=True) if len(sc) else rows
+
+    def _datasets_of(self, name: str) -> str | None:
+        """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
+        p = self.params.get(name)
+        names = list(getattr(p, "datasets", None) or self.config.datasets)
+        return ", ".join(names) if names else None
+
+    def _unanswered(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.params:
+            res = self.results.get(name)
+            if res is not None and res.verdicts:
+                continue
+            if name in self.errors:
+                reason = f"the analysis failed: {self.errors[name]}"
+            else:
+                notes = "; ".join(res.notes[:2]) if res is not None and res.notes else ""
+                reason = "it evaluated nothing" + (f": {notes}" if notes else
+                                                   " (see its section of the report)")  # fmt: skip
+            rows.append({
+                "analysis": name, "claim": f"{name}: no claim answered", "model": None,
+                "dataset": self._datasets_of(name), "reference": None, "answer": "n/a",
+                "reason": reason, "q": float("nan"), "p": float("nan"), "effect_name": "",
+                "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "null_value": float("nan"), "layer": None, "layer_choice": "", "test": "",
+                "null_name": "",
+            })  # fmt: skip
+        return rows
+
+
 def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
     """Models trained by scfm-audit whose ``train_log.json`` says they did not beat their
     chance or baseline loss on held-out cells; what their internals show is not assessable."""
@@ -450,7 +504,7 @@ def run_audit(
     :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
     as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
-    from scfm_audit.pipeline._output import OutputTransaction
+    from scfm_audit.pipeline._output import OutputTransaction, OutputWriteError, no_space
     from scfm_audit.pipeline._validate import input_checks, raise_on_failures
 
     started = time.perf_counter()
@@ -468,16 +522,33 @@ def run_audit(
         cache = ArtifactCache(out / "cache" if use_cache else None)
         resources = Resources(cfg, cache, progress)
         try:
-            with progress.status("checking the inputs"):
+            with progress.status("checking the inputs"), _routed_warnings() as checking:
                 raise_on_failures(input_checks(cfg, resources, params))
-        except Exception:
+        except BaseException:  # also Ctrl-C / SIGTERM while checking
             if created:  # leave no trace of a run that never started
                 tx.close()
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        run = _run_analyses(cfg, params, resources, progress)
-        run.total_seconds = time.perf_counter() - started
-        write_outputs(run, report=report, folder=tx.staging)
+        try:
+            with _routed_warnings() as caught:
+                run = _run_analyses(cfg, params, resources, progress)
+                run.total_seconds = time.perf_counter() - started
+                for k, v in checking.items():
+                    caught[k] = caught.get(k, 0) + v
+                run.warnings = caught
+                write_outputs(run, report=report, folder=tx.staging)
+        except (OSError, OutputWriteError) as e:
+            full = e if isinstance(e, OutputWriteError) else no_space(e, tx.staging)
+            if full is None:
+                raise
+            tx.close()  # removes the staging folder; the previous outputs stay
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise full from None
+        if run.warnings:
+            n = sum(run.warnings.values())
+            progress.say(f"{n} warning{'s' if n > 1 else ''} while computing (numpy / scipy "
+                         "and others): counted in run.json, logged at debug level")  # fmt: skip
         with progress.status("swapping the new outputs in"):
             tx.commit()
         return run
@@ -485,9 +556,34 @@ def run_audit(
         tx.close()
 
 
+@contextlib.contextmanager
+def _routed_warnings() -> Iterator[dict[str, int]]:
+    """Every warning raised inside (numpy / scipy ``RuntimeWarning``, ``OptimizeWarning``,
+    ``UserWarning``, ...; library deprecations aside) goes to the ``scfm_audit`` log (debug
+    level) and is counted by "Category: message" instead of reaching the console
+    mid-progress."""
+    import warnings
+
+    counts: dict[str, int] = {}
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        key = f"{category.__name__}: {str(message).strip()}"[:300]
+        counts[key] = counts.get(key, 0) + 1
+        log.debug("warning %s (%s:%s)", key, filename, lineno)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for dev in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", dev)  # for developers of the libraries, not users
+        warnings.showwarning = show
+        yield counts
+
+
 def _run_analyses(
     cfg: AuditConfig, params: dict[str, Any], resources: Resources, progress: Progress
 ) -> RunResult:
+    from scfm_audit.pipeline._output import OutputWriteError, no_space
+
     registry = TestRegistry(alpha=cfg.alpha)
     results: dict[str, AnalysisResult] = {}
     specs: dict[str, AnalysisSpec] = {}
@@ -506,7 +602,12 @@ def _run_analyses(
             known = {id(v) for v in ctx.claims}
             res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
             results[name] = res
+        except OutputWriteError:
+            raise  # a full disk: the remaining analyses could not be kept either
         except Exception as e:  # one failing analysis must not lose the others
+            full = no_space(e, Path(cfg.output))
+            if full is not None:
+                raise full from None
             # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
             debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
             log.log(logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name,
@@ -521,7 +622,7 @@ def _run_analyses(
             "every analysis failed (nothing was written):\n"
             + "\n".join(f"  {k}: {v}" for k, v in errors.items())
         )
-    return RunResult(
+    return AuditRun(
         config=cfg,
         output=Path(cfg.output),
         specs=specs,
@@ -593,6 +694,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
     scorecard = run.verdicts()
     write_table(scorecard, out / "scorecard")
     atomic_write_text(out / "config.resolved.yaml", config_to_yaml(run.config))
+    caught = getattr(run, "warnings", {})  # an AuditRun's; a hand-built RunResult has none
     meta = {
         "version": __version__,
         "seed": run.config.seed,
@@ -605,6 +707,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
         "n_tests": len(run.tests),
         "errors": run.errors,
         "cache": {"hits": len(run.cache_hits), "misses": len(run.cache_misses)},
+        "warnings": {"n": sum(caught.values()), "by_message": caught},
     }
     atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
     if report:

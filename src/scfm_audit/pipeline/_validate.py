@@ -1,7 +1,9 @@
 """Checks of a config's inputs, shared by ``scfm-audit validate`` and by every run (which
-refuses to start computing until they pass): files, dataset columns and counts,
-references and their overlap with the data's genes, models, the cells each edge source
-gets and the output folder.
+refuses to start computing until they pass): files, dataset columns and counts (every
+stored value), references (with edges, sharing genes with the data), models (declared
+heads and layers against the weights), the cells each edge source gets, the output folder,
+and the design (:mod:`~scfm_audit.pipeline._design`: layer indices against the models,
+columns, sizes, strata, perturbations and references each analysis needs).
 """
 
 from __future__ import annotations
@@ -98,19 +100,33 @@ def input_checks(
     refs: dict[str, Any] = {}
     for name in cfg.references:
         try:
-            refs[name] = res.reference(name)
-            checks.append(Check(f"reference {name}", True, repr(refs[name])))
+            net = res.reference(name)
         except Exception as e:
             checks.append(Check(f"reference {name}", False, _message(e, f"references.{name}")))
+            continue
+        if len(net.edges) == 0:
+            where = cfg.references[name].path or f"the simulated {cfg.references[name].network}"
+            checks.append(Check(f"reference {name}", False, (
+                f"reference {name!r} ({where}) has no edges: the file has a header and no "
+                "edge line, or every line was filtered out (e.g. by min_score / "
+                "min_confidence). Give a reference with edges, or loosen its filter.")))  # fmt: skip
+            continue
+        refs[name] = net
+        checks.append(Check(f"reference {name}", True, repr(net)))
+    models: dict[str, Any] = {}
     for name in cfg.models:
         try:
             m = res.model(name)
+            models[name] = m
             checks.append(
                 Check(f"model {name}", True, f"{m.family}: {m.n_layers} layers × {m.n_heads} heads")
             )
         except Exception as e:
             checks.append(Check(f"model {name}", False, _message(e, f"models.{name}")))
     checks += _usage_checks(cfg, res, params, data, refs)
+    from scfm_audit.pipeline._design import design_checks
+
+    checks += design_checks(cfg, params, data, refs, models)
     for adata in data.values():
         if getattr(adata, "isbacked", False) and backed:
             adata.file.close()
