@@ -36,7 +36,12 @@ class RunResult:
     #: models whose training log says they did not learn (name -> why): their claims are n/a
     unlearned_models: dict[str, str] = field(default_factory=dict)
 
-    def verdicts(self) -> pd.DataFrame:
+    #: warnings raised while checking and computing (numpy / scipy RuntimeWarning,
+    #: OptimizeWarning, ...): "Category: message" -> count; logged, not printed
+    #: mid-progress, and in run.json
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    def _claim_rows(self) -> pd.DataFrame:
         """Scorecard rows, one per claim, answered by
         :func:`scfm_audit.stats._verdict.answer_claims`: the four-valued answer from the
         claim's one test, with q from BH over the run's claim tests only, the tested side
@@ -84,3 +89,46 @@ class RunResult:
             return pd.DataFrame(columns=cols)
         answered = answer_claims(pd.DataFrame(rows), alpha=self.alpha)
         return answered[cols]
+
+    def verdicts(self) -> pd.DataFrame:
+        """The claims' scorecard rows (:meth:`RunResult.verdicts`), a claim over several
+        datasets naming them (not "None"), and one ``n/a`` line with the reason for each
+        requested analysis that answered no claim (it failed, or evaluated nothing)."""
+        sc = self._claim_rows()
+        if len(sc):
+            missing = sc["dataset"].isna()
+            if missing.any():
+                sc.loc[missing, "dataset"] = [self._datasets_of(a) for a in sc["analysis"][missing]]
+        extra = self._unanswered()
+        if not extra:
+            return sc
+        rows = pd.DataFrame(extra).reindex(columns=sc.columns)
+        return pd.concat([sc, rows], ignore_index=True) if len(sc) else rows
+
+    def _datasets_of(self, name: str) -> str | None:
+        """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
+        p = self.params.get(name)
+        names = list(getattr(p, "datasets", None) or self.config.datasets)
+        return ", ".join(names) if names else None
+
+    def _unanswered(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.params:
+            res = self.results.get(name)
+            if res is not None and res.verdicts:
+                continue
+            if name in self.errors:
+                reason = f"the analysis failed: {self.errors[name]}"
+            else:
+                notes = "; ".join(res.notes[:2]) if res is not None and res.notes else ""
+                reason = "it evaluated nothing" + (f": {notes}" if notes else
+                                                   " (see its section of the report)")  # fmt: skip
+            rows.append({
+                "analysis": name, "claim": f"{name}: no claim answered", "model": None,
+                "dataset": self._datasets_of(name), "reference": None, "answer": "n/a",
+                "reason": reason, "q": float("nan"), "p": float("nan"), "effect_name": "",
+                "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "null_value": float("nan"), "layer": None, "layer_choice": "", "test": "",
+                "null_name": "",
+            })  # fmt: skip
+        return rows

@@ -406,60 +406,6 @@ class RunContext(ClaimRecorder):
         )
 
 
-@dataclass
-class AuditRun(RunResult):
-    """The runner's :class:`~scfm_audit.analyses._run.RunResult`: also the warnings raised
-    while computing, and a scorecard on which every requested analysis shows."""
-
-    #: warnings raised while checking and computing (numpy / scipy RuntimeWarning,
-    #: OptimizeWarning, ...): "Category: message" -> count; logged, not printed
-    #: mid-progress, and in run.json
-    warnings: dict[str, int] = field(default_factory=dict)
-
-    def verdicts(self) -> pd.DataFrame:
-        """The claims' scorecard rows (:meth:`RunResult.verdicts`), a claim over several
-        datasets naming them (not "None"), and one ``n/a`` line with the reason for each
-        requested analysis that answered no claim (it failed, or evaluated nothing)."""
-        sc = super().verdicts()
-        if len(sc):
-            missing = sc["dataset"].isna()
-            if missing.any():
-                sc.loc[missing, "dataset"] = [self._datasets_of(a) for a in sc["analysis"][missing]]
-        extra = self._unanswered()
-        if not extra:
-            return sc
-        rows = pd.DataFrame(extra).reindex(columns=sc.columns)
-        return pd.concat([sc, rows], ignore_index=True) if len(sc) else rows
-
-    def _datasets_of(self, name: str) -> str | None:
-        """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
-        p = self.params.get(name)
-        names = list(getattr(p, "datasets", None) or self.config.datasets)
-        return ", ".join(names) if names else None
-
-    def _unanswered(self) -> list[dict[str, Any]]:
-        rows = []
-        for name in self.params:
-            res = self.results.get(name)
-            if res is not None and res.verdicts:
-                continue
-            if name in self.errors:
-                reason = f"the analysis failed: {self.errors[name]}"
-            else:
-                notes = "; ".join(res.notes[:2]) if res is not None and res.notes else ""
-                reason = "it evaluated nothing" + (f": {notes}" if notes else
-                                                   " (see its section of the report)")  # fmt: skip
-            rows.append({
-                "analysis": name, "claim": f"{name}: no claim answered", "model": None,
-                "dataset": self._datasets_of(name), "reference": None, "answer": "n/a",
-                "reason": reason, "q": float("nan"), "p": float("nan"), "effect_name": "",
-                "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                "null_value": float("nan"), "layer": None, "layer_choice": "", "test": "",
-                "null_name": "",
-            })  # fmt: skip
-        return rows
-
-
 def _unlearned_models(cfg: AuditConfig) -> dict[str, str]:
     """Models trained by scfm-audit whose ``train_log.json`` says they did not beat their
     chance or baseline loss on held-out cells; what their internals show is not assessable."""
@@ -622,7 +568,7 @@ def _run_analyses(
             "every analysis failed (nothing was written):\n"
             + "\n".join(f"  {k}: {v}" for k, v in errors.items())
         )
-    return AuditRun(
+    return RunResult(
         config=cfg,
         output=Path(cfg.output),
         specs=specs,
@@ -694,7 +640,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
     scorecard = run.verdicts()
     write_table(scorecard, out / "scorecard")
     atomic_write_text(out / "config.resolved.yaml", config_to_yaml(run.config))
-    caught = getattr(run, "warnings", {})  # an AuditRun's; a hand-built RunResult has none
+    caught = run.warnings
     meta = {
         "version": __version__,
         "seed": run.config.seed,
