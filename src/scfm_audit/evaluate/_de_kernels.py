@@ -94,16 +94,18 @@ def fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, T):
 
 
 @numba.njit(**_JIT)
-def _search(a, x, lo, right):
-    """First index ≥ ``lo`` of sorted ``a`` with ``a[i] > x`` (``right``) or ``≥ x``."""
-    hi = a.size
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < x or (right and a[mid] == x):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _lower_bound(a, x, lo):
+    """First index ≥ ``lo`` of sorted ``a`` with ``a[i] ≥ x`` (branch-free halving: the
+    comparisons of a binary search over a run of controls are unpredictable)."""
+    n = a.size - lo
+    base = lo
+    while n > 1:
+        half = n >> 1
+        base += half * (a[base + half - 1] < x)
+        n -= half
+    if n == 1 and a[base] < x:
+        base += 1
+    return base
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -165,8 +167,10 @@ def rank_sums(vals, end, cnt, n, ctrl_of, g_off, u1, ties):
                 while j < b and vals[j] == v:
                     j += 1
                 p = np.float64(j - i)
-                lo = _search(ctrl, v, lo, False)
-                hi = _search(ctrl, v, lo, True)
+                lo = _lower_bound(ctrl, v, lo)
+                hi = lo
+                while hi < ctrl.size and ctrl[hi] == v:  # ties are few: scan
+                    hi += 1
                 e = np.float64(hi - lo)
                 u += p * (lo + 0.5 * e)
                 m = e + p
