@@ -24,7 +24,7 @@ Tools and their tests (all against the control group, two-sided):
   which equals scanpy's p bit for bit (tests/test_de_engine.py), and the table says so.
 * ``illico`` (``asymptotic_wilcoxon``: tie correction and continuity correction on),
   ``hpdex`` (``parallel_differential_expression``: tie and continuity correction),
-  ``pdex`` (Mann–Whitney via numba, tie-corrected), all on scanpy-normalised data in
+  ``pdex`` (Mann–Whitney via numba-mwu), all on scanpy-normalised data in
   memory (float32, as stored).
 * ``crispyx_ttest`` (Welch t, streaming) and ``crispyx_wilcoxon`` (tie-corrected), both on
   a log-normalised copy that ``crispyx.normalize_total_log1p`` writes first (its time is
@@ -78,7 +78,7 @@ TEST_NOTE = {
     "crispyx_wilcoxon": "MWU, tie-corrected",
     "illico": "MWU, tie + continuity corr.",
     "hpdex": "MWU, tie + continuity corr.",
-    "pdex": "MWU (scipy-style), tie-corrected",
+    "pdex": "MWU (numba-mwu)",
 }
 THREAD_VARS = [
     "OMP_NUM_THREADS",
@@ -432,10 +432,11 @@ def _table(results: dict, n_cells: int, a) -> None:
     print(f"\nreferences: t-tests vs scanpy t-test; Wilcoxons vs {ref_w_name}")
     hdr = (
         "| tool | test | wall s (runs) | test alone s | peak GiB | wall / ours | "
-        "Spearman p | max Δlog10 p | Jaccard q<0.05 mean / worst | responders (ref) |"
+        "Spearman p | max Δlog10 p | Jaccard q<0.05 mean / worst | responders (ref) | "
+        "vs ours, same family: max Δlog10 p, Jaccard mean |"
     )
     print(hdr)
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 11)
     ours = {
         "ttest": min(
             r["times"]["total"] for r in results.get("ours_welch", [{"times": {"total": np.nan}}])
@@ -457,6 +458,9 @@ def _table(results: dict, n_cells: int, a) -> None:
             if ag
             else "– | – | – | –"
         )
+        mine = results.get("ours_welch" if fam == "ttest" else "ours_wilcoxon", [{}])[0].get("P")
+        vs = _agreement(runs[0]["P"], mine) if mine is not None else {}
+        agree += f" | {vs['max_dlog10p']:.2g}, {vs['jaccard_mean']:.3f} |" if vs else " | – |"
         print(
             f"| {tool} | {TEST_NOTE.get(tool, '')} | {min(walls):.1f} "
             f"({', '.join(f'{w:.1f}' for w in walls)}) | {min(alone):.1f} | "
