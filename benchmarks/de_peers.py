@@ -250,7 +250,9 @@ def _worker(a) -> None:
             run_tool(a.worker, a.warmup, a.threads, a.tmp)
         except Exception as exc:  # reported; the timed run decides
             print(f"warm-up failed: {exc!r}", file=sys.stderr)
+    c0 = time.process_time()
     P, times = run_tool(a.worker, a.path, a.threads, a.tmp)
+    times["cpu"] = time.process_time() - c0  # all threads of this process
     np.save(a.out, P)
     kernels = {}
     try:
@@ -415,7 +417,8 @@ def main() -> None:
                 if r is not None:
                     results.setdefault(tool, []).append(r)
                     print(
-                        f"  run {rep + 1} {tool}: {r['times']['total']:.1f} s, "
+                        f"  run {rep + 1} {tool}: {r['times']['total']:.1f} s "
+                        f"(CPU {r['times'].get('cpu', float('nan')):.1f} s), "
                         f"{r['peak_gib']:.2f} GiB; pools {r['pools']}",
                         flush=True,
                     )
@@ -431,12 +434,12 @@ def _table(results: dict, n_cells: int, a) -> None:
         ref_w_name = "ours tie_correct=False (= scanpy's p bit for bit; scanpy skipped)"
     print(f"\nreferences: t-tests vs scanpy t-test; Wilcoxons vs {ref_w_name}")
     hdr = (
-        "| tool | test | wall s (runs) | test alone s | peak GiB | wall / ours | "
+        "| tool | test | wall s (runs) | test alone s | CPU s | peak GiB | wall / ours | "
         "Spearman p | max Δlog10 p | Jaccard q<0.05 mean / worst | responders (ref) | "
         "vs ours, same family: max Δlog10 p, Jaccard mean |"
     )
     print(hdr)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     ours = {
         "ttest": min(
             r["times"]["total"] for r in results.get("ours_welch", [{"times": {"total": np.nan}}])
@@ -464,6 +467,7 @@ def _table(results: dict, n_cells: int, a) -> None:
         print(
             f"| {tool} | {TEST_NOTE.get(tool, '')} | {min(walls):.1f} "
             f"({', '.join(f'{w:.1f}' for w in walls)}) | {min(alone):.1f} | "
+            f"{min(r['times'].get('cpu', np.nan) for r in runs):.1f} | "
             f"{max(r['peak_gib'] for r in runs):.2f} | {min(walls) / ours[fam]:.2f} | {agree}"
         )
 

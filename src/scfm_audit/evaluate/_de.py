@@ -178,21 +178,46 @@ def _chunks(
         yield a + used, block
 
 
+#: at most this many stored values per block read by the compiled passes (8 bytes each
+#: as float32 counts + int32 indices): the read buffer stays ~64 MiB whatever chunk_size
+MAX_BLOCK_NNZ = 1 << 23
+
+
 def _raw_chunks(
     adata, spec, keep: np.ndarray, chunk_size: int, progress, description: str
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """``(first_row, data, indices, indptr)``: the CSR arrays, as stored (no dtype change,
-    no copy of an in-memory CSR matrix, which is one chunk), of each contiguous chunk of
-    ``chunk_size`` cells holding a used cell (``keep``); rows not kept are in the chunk and
-    skipped by the kernels."""
+    """``(first_row, data, indices, indptr)``: the CSR arrays, as stored (no dtype change),
+    of contiguous row blocks holding a used cell (``keep``); rows not kept stay in the
+    block and are skipped by the kernels. An in-memory CSR matrix is one block, read in
+    place. A backed CSR matrix is read straight from its HDF5 / zarr arrays in blocks of
+    at most ``chunk_size`` rows and :data:`MAX_BLOCK_NNZ` values; anything else (CSC,
+    dense) in ``chunk_size`` rows converted to CSR."""
     X = _counts_source(adata, spec)
-    if sparse.issparse(X) and X.format == "csr" and not getattr(adata, "isbacked", False):
+    n = adata.n_obs
+    if sparse.issparse(X) and X.format == "csr":
         parts = [(0, X)]
         it = parts if progress is None else progress(parts, description=description)
         for a, M in it:
             yield a, M.data, M.indices, M.indptr
         return
-    n = adata.n_obs
+    group = getattr(X, "group", None)
+    if group is not None and getattr(X, "format", None) == "csr":
+        ptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        starts = []
+        a = 0
+        while a < n:
+            # rows a..b: at most chunk_size rows and MAX_BLOCK_NNZ values (≥ 1 row)
+            b = min(a + chunk_size, int(np.searchsorted(ptr, ptr[a] + MAX_BLOCK_NNZ, "right")) - 1)
+            b = max(b, a + 1)
+            if keep[a:b].any():
+                starts.append((a, b))
+            a = b
+        it = starts if progress is None else progress(starts, description=description)
+        data, indices = group["data"], group["indices"]
+        for a, b in it:
+            lo, hi = int(ptr[a]), int(ptr[b])
+            yield a, data[lo:hi], indices[lo:hi], ptr[a : b + 1] - lo
+        return
     starts = [a for a in range(0, n, chunk_size) if keep[a : a + chunk_size].any()]
     it = starts if progress is None else progress(starts, description=description)
     for a in it:
