@@ -179,8 +179,8 @@ def _chunks(
 
 
 #: at most this many stored values per block read by the compiled passes (8 bytes each
-#: as float32 counts + int32 indices): the read buffer stays ~64 MiB whatever chunk_size
-MAX_BLOCK_NNZ = 1 << 23
+#: as float32 counts + int32 indices): the read buffer stays ~16 MiB whatever chunk_size
+MAX_BLOCK_NNZ = 1 << 21
 
 
 def _raw_chunks(
