@@ -29,6 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
+	$(BIN)/pip install -e ".[bench]"
+	$(BIN)/python benchmarks/de_peers.py
 	$(BIN)/python benchmarks/coexpression.py
 	$(BIN)/python benchmarks/auroc.py
 	$(BIN)/python benchmarks/attention_extraction.py

@@ -59,8 +59,9 @@ def _scanpy(adata, method):
 @pytest.mark.parametrize(("ours", "theirs"), [("welch", "t-test"), ("wilcoxon", "wilcoxon")])
 def test_equals_scanpy_rank_genes_groups(small, ours, theirs):
     """Welch = scanpy method="t-test", Mann–Whitney = scanpy "wilcoxon" (same ties), both
-    with reference = control, on scanpy's own normalize_total + log1p."""
-    de = differential_expression(small.adata, SPEC, method=ours, chunk_size=128)
+    with reference = control, on scanpy's own normalize_total + log1p (scanpy's default:
+    no tie correction; both settings in tests/test_de_engine.py)."""
+    de = differential_expression(small.adata, SPEC, method=ours, chunk_size=128, tie_correct=False)
     r = _scanpy(small.adata, theirs)
     for pert in de["perturbation"].unique():
         d = de[de["perturbation"] == pert].set_index("gene")
@@ -244,12 +245,12 @@ def test_calibration_keeps_level_and_finds_a_25_percent_knockdown():
 
 
 def test_wilcoxon_per_arm_equals_scipy_u(both_arms):
-    """Each arm against its own controls: z from scipy's U (scipy's asymptotic p adds a
-    tie correction to the variance; scanpy's default, and ours, do not)."""
+    """Each arm against its own controls: z from scipy's U without tie correction (scanpy's
+    default; ``tie_correct=True`` is compared with scipy in tests/test_de_engine.py)."""
     from scfm_audit.evaluate._de import _log_normalise
 
     a = both_arms.adata
-    de = differential_expression(a, SPEC, method="wilcoxon", chunk_size=333)
+    de = differential_expression(a, SPEC, method="wilcoxon", chunk_size=333, tie_correct=False)
     Y = _log_normalise(a.X).toarray()
     lab, arm = (a.obs[c].astype(str).to_numpy() for c in ("perturbation", "modality"))
     assert set(de["arm"]) == {"CRISPRi", "CRISPRa"}

@@ -108,6 +108,11 @@ class PerturbationRespondersParams(ResponderParams):
     )
     n_boot: int = Field(2000, ge=20, description="bootstrap draws for the median's CI")
     chunk_size: int = Field(20000, ge=1, description="cells read per chunk")
+    tie_correct: bool = Field(
+        True,
+        description="wilcoxon: tie-corrected variance of U (scanpy tie_correct=True); "
+        "false reproduces scanpy's default",
+    )
 
 
 def _datasets(ctx, p) -> list[str]:
@@ -124,6 +129,7 @@ def _de(ctx, ds: str, p: PerturbationRespondersParams) -> pd.DataFrame:
             method=p.de_method,
             pseudobulk_by=p.pseudobulk_by,
             chunk_size=p.chunk_size,
+            tie_correct=p.tie_correct,
             progress=ctx.progress,
         )
 
@@ -132,6 +138,7 @@ def _de(ctx, ds: str, p: PerturbationRespondersParams) -> pd.DataFrame:
         "dataset": ctx.dataset_fingerprint(ds),
         "method": p.de_method,
         "pseudobulk_by": p.pseudobulk_by,
+        "tie_correct": p.tie_correct,
     }
     return ctx.cached(key, compute, kind="de")
 
@@ -341,6 +348,7 @@ def _sweep(ctx, p, ds, keep: pd.DataFrame) -> pd.DataFrame | None:
             fdr=p.fdr,
             scope=p.fdr_scope,
             method=p.de_method,
+            tie_correct=p.tie_correct,
             perturbations=sorted(set(keep["perturbation"])),
             seed=ctx.seed_for(ds, "sweep"),
             chunk_size=p.chunk_size,

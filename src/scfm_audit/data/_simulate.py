@@ -518,13 +518,34 @@ def _simulate_chunk(
 
 
 def _dense_to_csr(x: np.ndarray) -> sparse.csr_matrix:
-    """Dense integer counts → CSR float32 (several times faster than ``csr_matrix(x)``)."""
+    """Dense integer counts → CSR float32 (several times faster than ``csr_matrix(x)``),
+    ``indptr`` and ``indices`` of one dtype (int32 when the non-zeros fit)."""
     flat = np.flatnonzero(x)
-    indptr = np.zeros(x.shape[0] + 1, dtype=np.int64)
+    idx_dtype = _index_dtype(flat.size, x.shape[1])
+    indptr = np.zeros(x.shape[0] + 1, dtype=idx_dtype)
     np.cumsum(np.count_nonzero(x, axis=1), out=indptr[1:])
     data = x.ravel()[flat].astype(np.float32)
-    indices = (flat % x.shape[1]).astype(np.int32)
+    indices = (flat % x.shape[1]).astype(idx_dtype)
     return sparse.csr_matrix((data, indices, indptr), shape=x.shape)
+
+
+def _index_dtype(nnz: int, n_cols: int) -> type:
+    """int32 when ``nnz`` and ``n_cols`` fit in it, else int64 (for indptr *and* indices)."""
+    return np.int32 if max(nnz, n_cols) < np.iinfo(np.int32).max else np.int64
+
+
+def _set_dtype(grp, name: str, dtype) -> None:
+    """Rewrite the dataset ``grp[name]`` with ``dtype`` (after a streamed write whose final
+    size decides it), in slices so that memory stays bounded."""
+    old = grp[name]
+    if old.dtype == dtype:
+        return
+    tmp = grp.create_dataset(name + "__new", old.shape, dtype=dtype, chunks=old.chunks or True)
+    step = 1 << 24
+    for a in range(0, old.shape[0], step):
+        tmp[a : a + step] = old[a : a + step].astype(dtype)
+    del grp[name]
+    grp.move(name + "__new", name)
 
 
 # -- AnnData assembly ------------------------------------------------------------------------
@@ -600,7 +621,11 @@ def _stream_to_h5ad(
             indptr.append(x.indptr[1:].astype(np.int64) + nnz)
             nnz += x.nnz
             n_counts.append(np.asarray(x.sum(axis=1)).ravel())
-        grp.create_dataset("indptr", data=np.concatenate(indptr))
+        # one index dtype for indptr and indices (int32 when the nnz fit): anndata reads a
+        # mixed pair as is, and scipy's kernels behind scanpy's rank_genes_groups refuse it
+        idx_dtype = _index_dtype(nnz, len(var))
+        _set_dtype(grp, "indices", idx_dtype)
+        grp.create_dataset("indptr", data=np.concatenate(indptr).astype(idx_dtype))
         counts = np.concatenate(n_counts)
         obs = obs_without_counts.assign(n_counts=counts.astype(np.float64))
         del f["obs"]

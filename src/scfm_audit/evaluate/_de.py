@@ -24,20 +24,24 @@ Tests (per arm × perturbation × gene, two-sided):
 * ``welch`` — H0: equal mean log-normalised expression in perturbed and control cells;
   Welch t with Welch–Satterthwaite df (scanpy ``method="t-test"``, reference = control).
 * ``wilcoxon`` — H0: the perturbed and control log-normalised values are exchangeable
-  (Mann–Whitney U, normal approximation without tie correction in the variance, ties
-  counted half: scanpy ``method="wilcoxon"``, ``tie_correct=False``, reference = control).
-  ``statistic`` is the z score.
+  (Mann–Whitney U, normal approximation without continuity correction, ties counted half:
+  scanpy ``method="wilcoxon"``, reference = control). ``tie_correct=True`` (default)
+  corrects the variance of U for ties (scanpy ``tie_correct=True``, scipy's asymptotic
+  test); ``False`` is scanpy's default, conservative when most values are zeros (one
+  large tie block). The table says which (``attrs["de"]["tie_correct"]``). ``statistic``
+  is the z score; where every value of a gene ties (variance 0) z and p are NaN.
 
-Scale. Counts are read in contiguous row chunks (``chunk_size`` cells; backed ``.h5ad``
-never loads the whole matrix). Per chunk, rows are normalised and ``log1p``-ed, and per
-group n, sum and sum of squares are accumulated with one indicator product
-(groups × cells) @ (cells × genes), computed as a scatter-add of the chunk's non-zeros by
-(group, gene), so the cost is one pass over the non-zeros whatever the number of
-perturbations (no loop over genes or groups). The Wilcoxon option makes a second pass: the arm's control values
-of each gene are sorted once (zeros are one tie block and are never stored), and every
-non-zero perturbed value is placed among them with ``searchsorted`` (vectorised over the
-cells of a chunk, one call per gene); zeros of perturbed cells contribute half the
-control zeros each, in closed form.
+Scale. Counts are read once in contiguous row chunks (``chunk_size`` cells; backed
+``.h5ad`` never loads the whole matrix; an in-memory CSR matrix is read in place).
+Per chunk, one compiled pass over the stored non-zeros (``_de_kernels``, numba, genes
+split between threads) normalises and ``log1p``-s each value and adds it to the per
+(group, gene) sum, sum of squares and non-zero count — no intermediate the size of the
+chunk, and zeros cost nothing. Welch needs nothing else. The Wilcoxon option then
+scatters the non-zeros of the used cells, gene-major and group by group (one more pass
+over the chunks, in gene blocks of at most ``max_rank_values`` values), and ranks each
+gene on its own in parallel: every group's non-zeros sorted, each perturbed value placed
+among its controls by binary search, the zeros one tie block whose share of U (½ per
+perturbed-zero × control-zero pair) and of the tie term are closed form.
 
 Options: ``max_control_cells`` (a seeded subsample of each arm's controls),
 ``pseudobulk_by`` (an obs column such as guide or donor: counts are summed per
@@ -47,6 +51,7 @@ are the replicates of the test; every group needs ≥ ``min_units`` units).
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -173,6 +178,83 @@ def _chunks(
         yield a + used, block
 
 
+#: at most this many stored values per block read by the compiled passes (8 bytes each
+#: as float32 counts + int32 indices): the read buffer stays ~16 MiB whatever chunk_size
+MAX_BLOCK_NNZ = 1 << 21
+
+
+def _raw_chunks(
+    adata, spec, keep: np.ndarray, chunk_size: int, progress, description: str
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(first_row, data, indices, indptr)``: the CSR arrays, as stored (no dtype change),
+    of contiguous row blocks holding a used cell (``keep``); rows not kept stay in the
+    block and are skipped by the kernels. An in-memory CSR matrix is one block, read in
+    place. A backed CSR matrix is read straight from its HDF5 / zarr arrays in blocks of
+    at most ``chunk_size`` rows and :data:`MAX_BLOCK_NNZ` values; anything else (CSC,
+    dense) in ``chunk_size`` rows converted to CSR."""
+    X = _counts_source(adata, spec)
+    n = adata.n_obs
+    if sparse.issparse(X) and X.format == "csr":
+        parts = [(0, X)]
+        it = parts if progress is None else progress(parts, description=description)
+        for a, M in it:
+            yield a, M.data, M.indices, M.indptr
+        return
+    group = getattr(X, "group", None)
+    if group is not None and getattr(X, "format", None) == "csr":
+        ptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        starts = []
+        a = 0
+        while a < n:
+            # rows a..b: at most chunk_size rows and MAX_BLOCK_NNZ values (≥ 1 row)
+            b = min(a + chunk_size, int(np.searchsorted(ptr, ptr[a] + MAX_BLOCK_NNZ, "right")) - 1)
+            b = max(b, a + 1)
+            if keep[a:b].any():
+                starts.append((a, b))
+            a = b
+        it = starts if progress is None else progress(starts, description=description)
+        data, indices = group["data"], group["indices"]
+        for a, b in it:
+            lo, hi = int(ptr[a]), int(ptr[b])
+            yield a, data[lo:hi], indices[lo:hi], ptr[a : b + 1] - lo
+        return
+    starts = [a for a in range(0, n, chunk_size) if keep[a : a + chunk_size].any()]
+    it = starts if progress is None else progress(starts, description=description)
+    for a in it:
+        block = X[a : min(a + chunk_size, n)]
+        block = (
+            sparse.csr_matrix(block)
+            if sparse.issparse(block)
+            else sparse.csr_matrix(np.asarray(block))
+        )
+        yield a, block.data, block.indices, block.indptr
+
+
+def _threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def _log1p_inplace(x: np.ndarray) -> None:
+    """``np.log1p(x, out=x)`` in ``numba.get_num_threads()`` slices on a thread pool (the
+    ufunc releases the GIL); numpy's log1p, not libm's, so that values tie as in scanpy."""
+    T = _threads()
+    if T < 2 or x.size < 1 << 20:
+        np.log1p(x, out=x)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = np.linspace(0, x.size, T + 1).astype(np.int64)
+    with ThreadPoolExecutor(T) as ex:
+        list(
+            ex.map(
+                lambda ab: np.log1p(x[ab[0] : ab[1]], out=x[ab[0] : ab[1]]),
+                itertools.pairwise(cuts),
+            )
+        )
+
+
 def _log_normalise(X) -> sparse.csr_matrix | np.ndarray:
     """counts / (total / 1e4) → log1p, row by row (total over all columns of ``X``), as
     float64; the same arithmetic as scanpy's ``normalize_total(target_sum=1e4)`` so that
@@ -265,12 +347,19 @@ def _two_sided_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     return out
 
 
-def mann_whitney_z(u1, n1, n0) -> tuple[np.ndarray, np.ndarray]:
+def mann_whitney_z(u1, n1, n0, *, ties=None) -> tuple[np.ndarray, np.ndarray]:
     """z and two-sided p of the Mann–Whitney U of group 1 (``u1`` = #pairs with group 1
-    larger + ½ #ties) against ``n0`` controls; variance without tie correction (scanpy)."""
+    larger + ½ #ties) against ``n0`` controls, in scanpy's arithmetic (rank sum of group 1
+    minus its mean, over the standard deviation). ``ties``: Σ t³ − t over the tie groups
+    of the pooled sample, for the tie-corrected variance (scanpy ``tie_correct=True``,
+    scipy's asymptotic test); ``None``: no tie correction (scanpy's default). Where every
+    value ties (variance 0) z and p are NaN (scanpy reports z = 0, p = 1)."""
+    N = n1 + n0
     with np.errstate(divide="ignore", invalid="ignore"):
-        sd = np.sqrt(n1 * n0 * (n1 + n0 + 1) / 12.0)
-        z = (u1 - n1 * n0 / 2.0) / sd
+        r1 = u1 + n1 * (n1 + 1) / 2.0
+        tc = 1.0 if ties is None else np.maximum(1.0 - ties / (N**3 - N), 0.0)
+        sd = np.sqrt(tc * n1 * n0 * (N + 1) / 12.0)
+        z = (r1 - n1 * ((N + 1) / 2.0)) / sd
     return z, 2 * special.ndtr(-np.abs(z))
 
 
@@ -307,6 +396,8 @@ def differential_expression(
     pseudobulk_by: str | None = None,
     min_units: int = 2,
     chunk_size: int = 20000,
+    tie_correct: bool = True,
+    max_rank_values: int = 2**28,
     progress: Callable | None = None,
 ) -> pd.DataFrame:
     """DE of every perturbation (or ``perturbations``) against its arm's controls on
@@ -319,7 +410,11 @@ def differential_expression(
     ``seed`` and the arm (``n_control`` says how many were used). ``pseudobulk_by``: an obs
     column; counts are summed per (group, unit) and the units tested as replicates
     (``n_perturbed`` / ``n_control`` then count units); a group with fewer than
-    ``min_units`` units is an error. ``progress``: ``progress(iterable, description=...)``
+    ``min_units`` units is an error. ``tie_correct`` (Wilcoxon only): the variance of U
+    corrected for ties (scanpy's ``tie_correct=True``, scipy's asymptotic Mann–Whitney);
+    ``False`` is scanpy's default. ``max_rank_values`` (Wilcoxon only): at most this many
+    non-zero values (8 bytes each) held at once; more genes are ranked in blocks, one
+    pass over the data per block. ``progress``: ``progress(iterable, description=...)``
     wrapped around the chunks (e.g. a pipeline's progress bar).
     """
     from scfm_audit.data._dataset import get_spec
@@ -339,36 +434,39 @@ def differential_expression(
         return pd.DataFrame(columns=DE_COLUMNS)
     if pseudobulk_by is not None:
         return _pseudobulk(
-            adata, spec, lay, pseudobulk_by, method, gene_idx, min_units, chunk_size, progress
+            adata,
+            spec,
+            lay,
+            pseudobulk_by,
+            method,
+            gene_idx,
+            min_units,
+            chunk_size,
+            progress,
+            tie_correct,
         )
+    from scfm_audit.evaluate import _de_kernels as _k
+
     G, K = gene_idx.size, len(lay.groups)
-    n = np.zeros(K)
+    used = lay.group >= 0
+    n = np.bincount(lay.group[used], minlength=K).astype(float)
     s = np.zeros((K, G))
     ss = np.zeros((K, G))
-    is_ctrl = lay.groups["control"].to_numpy()
-    ctrl_blocks: dict[str, list] = {}
-    arm_of = lay.groups["arm"].to_numpy()
-    for rows, counts in _chunks(
-        adata, spec, lay.group >= 0, chunk_size, progress, f"DE ({method}): moments"
-    ):
-        Y = _log_normalise(counts)
-        if G < counts.shape[1]:
-            Y = Y[:, gene_idx]
-        codes = lay.group[rows]
-        nk, sk, ssk = _group_moments(Y, codes, K)
-        n += nk
-        s += sk
-        ss += ssk
-        if method == "wilcoxon":
-            cmask = is_ctrl[codes]
-            if cmask.any():
-                for arm in np.unique(arm_of[codes[cmask]]):
-                    sel = cmask & (arm_of[codes] == arm)
-                    ctrl_blocks.setdefault(arm, []).append(sparse.csr_matrix(Y[sel]))
-    u1 = None
+    cnt = np.zeros((K, G), dtype=np.int64)
+    gmap = np.full(adata.n_vars, -1, dtype=np.int64)
+    gmap[gene_idx] = np.arange(G)
+    desc = f"DE ({method}): moments"
+    for a, data, indices, indptr in _raw_chunks(adata, spec, used, chunk_size, progress, desc):
+        codes = lay.group[a : a + indptr.size - 1]
+        _k.moments_chunk(data, indices, indptr, codes, gmap, s, ss, cnt, _threads())
+    u1 = ties = None
     if method == "wilcoxon":
-        u1 = _rank_sums(adata, spec, lay, ctrl_blocks, n, gene_idx, chunk_size, progress)
-    return _assemble(lay, n, s, ss, u1, np.asarray(adata.var_names)[gene_idx], method)
+        u1, ties = _rank_sums(
+            adata, spec, lay, n, cnt, gene_idx, chunk_size, progress, max_rank_values
+        )
+    return _assemble(
+        lay, n, s, ss, u1, ties, np.asarray(adata.var_names)[gene_idx], method, tie_correct
+    )
 
 
 def _gene_index(adata, genes) -> np.ndarray:
@@ -386,60 +484,51 @@ def _gene_index(adata, genes) -> np.ndarray:
     return idx
 
 
-def _rank_sums(adata, spec, lay, ctrl_blocks, n, gene_idx, chunk_size, progress):
-    """Mann–Whitney U of every (perturbation group, gene) against its arm's controls."""
+def _rank_sums(adata, spec, lay, n, cnt, gene_idx, chunk_size, progress, max_values):
+    """Mann–Whitney U and tie term (Σ t³ − t of the pooled sample) of every (perturbation
+    group, gene) against its arm's controls, both (K, G).
+
+    Genes are taken in blocks whose non-zeros (``cnt``, from the moments pass) fit in
+    ``max_values`` float64 values; per block, one pass over the row chunks scatters the
+    log-normalised non-zeros gene-major and group by group, then each gene is ranked on
+    its own (in parallel): every group's non-zeros are sorted, each control value run
+    once, each perturbed value placed among its controls by binary search; zeros enter in
+    closed form."""
+    from scfm_audit.evaluate import _de_kernels as _k
+
     G, K = gene_idx.size, len(lay.groups)
-    arm_of = lay.groups["arm"].to_numpy()
     is_ctrl = lay.groups["control"].to_numpy()
-    sorted_ctrl: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for arm, blocks in ctrl_blocks.items():
-        C = sparse.vstack(blocks, format="csr")
-        blocks.clear()  # free the row blocks before the column copy
-        C = C.tocsc()
-        C.sort_indices()
-        data, ptr = C.data.copy(), C.indptr
-        for g in range(G):  # sort each gene's control non-zeros once
-            data[ptr[g] : ptr[g + 1]].sort()
-        zeros = C.shape[0] - np.diff(ptr)  # control zeros per gene (one tie block)
-        sorted_ctrl[arm] = (data, ptr, zeros.astype(float))
+    arm_of = lay.groups["arm"].to_numpy()
+    ctrl_row = {arm: k for k, arm in enumerate(arm_of) if is_ctrl[k]}
+    ctrl_of = np.array([ctrl_row[arm] for arm in arm_of], dtype=np.int64)
+    n_int = n.astype(np.int64)
     u1 = np.zeros((K, G))
-    nnz1 = np.zeros((K, G))
-    pert = lay.group >= 0
-    pert[lay.group >= 0] = ~is_ctrl[lay.group[lay.group >= 0]]
-    for rows, counts in _chunks(adata, spec, pert, chunk_size, progress, "DE (wilcoxon): ranks"):
-        Y = _log_normalise(counts)
-        if G < counts.shape[1]:
-            Y = Y[:, gene_idx]
-        codes = lay.group[rows]
-        for arm in np.unique(arm_of[codes]):
-            sel = arm_of[codes] == arm
-            Ya = sparse.csc_matrix(Y[sel])
-            Ya.sort_indices()
-            cd = codes[sel]
-            data, ptr, zeros = sorted_ctrl[arm]
-            contrib = np.empty_like(Ya.data)
-            yp = Ya.indptr
-            for g in range(G):  # one vectorised placement per gene over the chunk's cells
-                a, b = yp[g], yp[g + 1]
-                if a == b:
-                    continue
-                col = data[ptr[g] : ptr[g + 1]]
-                x = Ya.data[a:b]
-                lo = np.searchsorted(col, x, side="left")
-                hi = np.searchsorted(col, x, side="right")
-                contrib[a:b] = zeros[g] + 0.5 * (lo + hi)  # all control zeros are below x > 0
-            gene_of = np.repeat(np.arange(G), np.diff(yp))
-            key = cd[Ya.indices] * G + gene_of
-            u1 += np.bincount(key, weights=contrib, minlength=K * G).reshape(K, G)
-            nnz1 += np.bincount(key, minlength=K * G).reshape(K, G)
-    # zeros of the perturbed cells tie with the control zeros: ½ each
-    for arm, (_data, _ptr, zeros) in sorted_ctrl.items():
-        rows = np.flatnonzero((arm_of == arm) & ~is_ctrl)
-        u1[rows] += 0.5 * (n[rows, None] - nnz1[rows]) * zeros[None, :]
-    return u1
+    ties = np.zeros((K, G))
+    used = lay.group >= 0
+    per_gene = cnt.sum(axis=0)
+    g0 = 0
+    while g0 < G:
+        # the largest block from g0 whose values fit (at least one gene)
+        g1 = g0 + max(1, int(np.searchsorted(np.cumsum(per_gene[g0:]), max_values, "right")))
+        c = cnt[:, g0:g1].T  # (Gb, K)
+        end = np.cumsum(c.ravel()).reshape(c.shape)
+        cursor = end - c
+        vals = np.empty(int(end[-1, -1]) if end.size else 0)
+        gmap = np.full(adata.n_vars, -1, dtype=np.int64)
+        gmap[gene_idx[g0:g1]] = np.arange(g1 - g0)
+        desc = f"DE (wilcoxon): ranks of genes {g0 + 1}–{g1}"
+        for a, data, indices, indptr in _raw_chunks(adata, spec, used, chunk_size, progress, desc):
+            codes = lay.group[a : a + indptr.size - 1]
+            _k.fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, _threads())
+        del cursor
+        _log1p_inplace(vals)
+        _k.rank_sums(vals, end, cnt, n_int, ctrl_of, g0, u1, ties)
+        del vals, end
+        g0 = g1
+    return u1, ties
 
 
-def _assemble(lay, n, s, ss, u1, gnames, method) -> pd.DataFrame:
+def _assemble(lay, n, s, ss, u1, ties, gnames, method, tie_correct) -> pd.DataFrame:
     """The long table from the per-group moments (and rank sums): columns built as numpy
     arrays and the DataFrame made once, in :data:`DE_COLUMNS` order (at screen scale every
     pandas copy of 16 M rows costs seconds)."""
@@ -452,7 +541,7 @@ def _assemble(lay, n, s, ss, u1, gnames, method) -> pd.DataFrame:
         if method == "wilcoxon":
             with np.errstate(divide="ignore", invalid="ignore"):
                 m1, m0 = s[kp] / n1, s[k0] / n[k0]
-            t, p = mann_whitney_z(u1[kp], n1, n[k0])
+            t, p = mann_whitney_z(u1[kp], n1, n[k0], ties=ties[kp] if tie_correct else None)
         else:
             m1, m0, t, p = welch_from_moments(n1, s[kp], ss[kp], n[k0], s[k0], ss[k0])
         lfc = np.log2(np.expm1(m1) + 1e-9) - np.log2(np.expm1(m0) + 1e-9)
@@ -482,12 +571,22 @@ def _assemble(lay, n, s, ss, u1, gnames, method) -> pd.DataFrame:
         "null": WELCH_H0 if method == "welch" else WILCOXON_H0,
         "q_within": "BH over the genes of one perturbation",
         "q_screen": "BH over every (perturbation, gene) row of this result",
+        "tie_correct": bool(tie_correct) if method == "wilcoxon" else None,
+        "variance": (
+            None
+            if method != "wilcoxon"
+            else "tie-corrected (scanpy tie_correct=True)"
+            if tie_correct
+            else "without tie correction (scanpy's default)"
+        ),
         "controls_available": dict(lay.controls_available),
     }
     return out
 
 
-def _pseudobulk(adata, spec, lay, by, method, gene_idx, min_units, chunk_size, progress):
+def _pseudobulk(
+    adata, spec, lay, by, method, gene_idx, min_units, chunk_size, progress, tie_correct
+):
     """Sum counts per (group, unit), then DE on the pseudobulk samples (units = replicates)."""
     import anndata as ad
 
@@ -545,7 +644,11 @@ def _pseudobulk(adata, spec, lay, by, method, gene_idx, min_units, chunk_size, p
     )
     pspec = DatasetSpec(perturbation="perturbation", control=control_label, modality="arm")
     out = differential_expression(
-        pb, pspec, method=method, genes=list(np.asarray(adata.var_names)[gene_idx])
+        pb,
+        pspec,
+        method=method,
+        genes=list(np.asarray(adata.var_names)[gene_idx]),
+        tie_correct=tie_correct,
     )
     out.attrs["de"]["pseudobulk_by"] = by
     out.attrs["de"]["replicates"] = PSEUDOBULK_NOTE

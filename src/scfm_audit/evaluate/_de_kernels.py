@@ -1,0 +1,265 @@
+"""Compiled kernels of the DE engine (:mod:`scfm_audit.evaluate._de`), numba, parallel over
+genes on every thread numba is allowed (``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``).
+
+The kernels read a CSR row chunk as stored (any value dtype, int32 or int64 indices) and
+normalise inside the loop, the arithmetic of scanpy's ``normalize_total(target_sum=1e4)``
+in float64: ``x / (total / 1e4)`` with ``total`` over every stored value of the row (a
+row without counts is divided by 1), then ``log1p``. Nothing of the size of the chunk's
+non-zeros is allocated.
+
+``T``: the number of gene ranges (the caller passes ``numba.get_num_threads()``).
+
+Race freedom: a kernel that accumulates into (group, gene) cells splits the *genes* into one
+contiguous range per thread; each thread walks every non-zero of the chunk and handles
+those of its genes, so no two threads write the same cell (reads are duplicated, writes are
+not).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+_JIT = {"nogil": True, "cache": True}
+
+
+@numba.njit(**_JIT)
+def _row_divisors(data, indptr):
+    R = indptr.size - 1
+    div = np.empty(R)
+    for r in range(R):
+        tot = 0.0
+        for j in range(indptr[r], indptr[r + 1]):
+            tot += np.float64(data[j])
+        div[r] = tot / 1e4 if tot > 0 else 1.0
+    return div
+
+
+@numba.njit(parallel=True, **_JIT)
+def moments_chunk(data, indices, indptr, codes, gmap, s, ss, cnt, T):
+    """Add the chunk's per (group, gene) sums, sums of squares and non-zero counts of the
+    log-normalised values into ``s``, ``ss`` (float64) and ``cnt`` (int64), all (K, G).
+    ``codes``: each row's group (−1: not used); ``gmap``: each column's output gene (−1:
+    not selected)."""
+    div = _row_divisors(data, indptr)
+    G = s.shape[1]
+    R = indptr.size - 1
+    for t in prange(T):
+        g_lo = G * t // T
+        g_hi = G * (t + 1) // T
+        for r in range(R):
+            k = codes[r]
+            if k < 0:
+                continue
+            d = div[r]
+            for j in range(indptr[r], indptr[r + 1]):
+                g = gmap[indices[j]]
+                if g < g_lo or g >= g_hi or data[j] == 0:  # a stored zero is a zero
+                    continue
+                v = math.log1p(np.float64(data[j]) / d)
+                s[k, g] += v
+                ss[k, g] += v * v
+                cnt[k, g] += 1
+
+
+@numba.njit(parallel=True, **_JIT)
+def fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, T):
+    """Scatter the chunk's normalised non-zeros ``x / (total / 1e4)`` — before ``log1p``,
+    which the caller applies with numpy's own ``np.log1p`` so that ties are the ties of
+    scanpy's data bit for bit (numpy's SIMD log1p and libm's differ in the last bit on a
+    few % of values, and distinct quotients often round to one log value) — into
+    ``vals``, laid out gene-major and, within a gene, group by group: ``cursor[g, k]`` is
+    the next free slot of (gene g, group k) and is advanced."""
+    div = _row_divisors(data, indptr)
+    G = cursor.shape[0]
+    R = indptr.size - 1
+    for t in prange(T):
+        g_lo = G * t // T
+        g_hi = G * (t + 1) // T
+        for r in range(R):
+            k = codes[r]
+            if k < 0:
+                continue
+            d = div[r]
+            for j in range(indptr[r], indptr[r + 1]):
+                g = gmap[indices[j]]
+                if g < g_lo or g >= g_hi or data[j] == 0:
+                    continue
+                pos = cursor[g, k]
+                vals[pos] = np.float64(data[j]) / d
+                cursor[g, k] = pos + 1
+
+
+@numba.njit(**_JIT)
+def _sort_run(x):
+    """Sort ``x`` in place: insertion sort for short runs (a perturbation's non-zeros at
+    one gene are tens of values), numpy's sort otherwise."""
+    n = x.size
+    if n > 48:
+        x.sort()
+        return
+    for i in range(1, n):
+        v = x[i]
+        j = i - 1
+        while j >= 0 and x[j] > v:
+            x[j + 1] = x[j]
+            j -= 1
+        x[j + 1] = v
+
+
+@numba.njit(**_JIT)
+def _lower_bound(a, x, lo):
+    """First index ≥ ``lo`` of sorted ``a`` with ``a[i] ≥ x`` (branch-free halving: the
+    comparisons of a binary search over a run of controls are unpredictable)."""
+    n = a.size - lo
+    base = lo
+    while n > 1:
+        half = n >> 1
+        base += half * (a[base + half - 1] < x)
+        n -= half
+    if n == 1 and a[base] < x:
+        base += 1
+    return base
+
+
+@numba.njit(**_JIT)
+def _bucket(v, vmin, scale, nb):
+    b = int((v - vmin) * scale)
+    return 0 if b < 0 else (nb - 1 if b >= nb else b)
+
+
+@numba.njit(**_JIT)
+def _bucket_index(c):
+    """For sorted ``c``: ``nb`` equal-width value buckets over [c[0], c[-1]] (about four
+    values each) and ``idx[b]`` = first position whose bucket is ≥ b. The bucket of a value
+    is monotone in the value, so a value's lower bound lies in ``c[idx[b] : idx[b + 1]]``
+    (a few values) instead of a binary search over all controls (≈ 40 ns, latency-bound)."""
+    m = c.size
+    nb = 1
+    while nb * 4 < m:
+        nb *= 2
+    idx = np.empty(nb + 1, dtype=np.int64)
+    if m == 0:
+        idx[:] = 0
+        return idx, 0.0, 0.0, nb
+    vmin = c[0]
+    span = c[m - 1] - vmin
+    scale = nb / span if span > 0 else 0.0
+    j = 0
+    for b in range(nb + 1):
+        while j < m and _bucket(c[j], vmin, scale, nb) < b:
+            j += 1
+        idx[b] = j
+    idx[nb] = m
+    return idx, vmin, scale, nb
+
+
+@numba.njit(**_JIT)
+def _bucketed_lower_bound(c, v, idx, vmin, scale, nb):
+    """First index of sorted ``c`` with ``c[i] ≥ v`` (see :func:`_bucket_index`)."""
+    if c.size == 0 or v <= c[0]:
+        return 0
+    if v > c[c.size - 1]:
+        return c.size
+    b = _bucket(v, vmin, scale, nb)
+    return _lower_bound(c[: idx[b + 1]], v, idx[b])
+
+
+@numba.njit(**_JIT)
+def _upper_bound(c, v, lo):
+    """First index ≥ ``lo`` of sorted ``c`` with ``c[i] > v``: a short scan (ties are few),
+    then halving (a large tie block, e.g. binary data)."""
+    hi = lo
+    stop = min(lo + 8, c.size)
+    while hi < stop and c[hi] == v:
+        hi += 1
+    if hi < stop or hi == c.size or c[hi] != v:
+        return hi
+    n = c.size - hi
+    while n > 1:
+        half = n >> 1
+        hi += half * (c[hi + half - 1] <= v)
+        n -= half
+    if n == 1 and c[hi] <= v:
+        hi += 1
+    return hi
+
+
+@numba.njit(parallel=True, **_JIT)
+def rank_sums(vals, end, cnt, n, ctrl_of, g_off, u1, ties):
+    """Mann–Whitney U and the tie term of every (perturbation group, gene) against its
+    control group, from the non-zeros only.
+
+    ``vals[end[g, k] − cnt[k, g_off + g] : end[g, k]]``: the non-zero values of group k at
+    gene g of this block (sorted here, in place). ``n[k]``: cells of group k;
+    ``ctrl_of[k]``: its control group (k itself for a control). Zeros are one tie block: a
+    perturbed group's ``zk`` zeros each tie with the ``zc`` control zeros (½ each) and
+    every non-zero value lies above all ``zc`` control zeros. Writes, at column
+    ``g_off + g``: ``u1`` = #pairs (perturbed > control) + ½ #ties, and ``ties`` = Σ over
+    the tie groups of the pooled sample of t³ − t (scipy's ``tiecorrect`` numerator, the
+    one of scanpy's ``tie_correct``)."""
+    G = end.shape[0]
+    K = n.size
+    for g in prange(G):
+        for k in range(K):  # sort every group's run of this gene
+            b = end[g, k]
+            a = b - cnt[k, g_off + g]
+            if b - a > 1:
+                _sort_run(vals[a:b])
+        tc = np.zeros(K)  # per control group: Σ t³ − t over its non-zero tie groups
+        for k in range(K):
+            if ctrl_of[k] != k:
+                continue
+            b = end[g, k]
+            a = b - cnt[k, g_off + g]
+            i = a
+            acc = 0.0
+            while i < b:
+                j = i + 1
+                while j < b and vals[j] == vals[i]:
+                    j += 1
+                t = np.float64(j - i)
+                acc += t * t * t - t
+                i = j
+            tc[k] = acc
+        cur = -1
+        idx = np.empty(1, dtype=np.int64)
+        vmin = 0.0
+        scale = 0.0
+        nb = 1
+        for k in range(K):
+            c = ctrl_of[k]
+            if c == k:
+                continue
+            cb = end[g, c]
+            ca = cb - cnt[c, g_off + g]
+            ctrl = vals[ca:cb]
+            if c != cur:  # a bucket index into this gene's sorted controls
+                cur = c
+                idx, vmin, scale, nb = _bucket_index(ctrl)
+            zc = np.float64(n[c] - (cb - ca))
+            b = end[g, k]
+            a = b - cnt[k, g_off + g]
+            zk = np.float64(n[k] - (b - a))
+            u = 0.5 * zc * zk + (b - a) * zc
+            z = zc + zk
+            tie = tc[c] + z * z * z - z
+            i = a
+            while i < b:
+                v = vals[i]
+                j = i + 1
+                while j < b and vals[j] == v:
+                    j += 1
+                p = np.float64(j - i)
+                lo = _bucketed_lower_bound(ctrl, v, idx, vmin, scale, nb)
+                hi = _upper_bound(ctrl, v, lo)
+                e = np.float64(hi - lo)
+                u += p * (lo + 0.5 * e)
+                m = e + p
+                tie += (m * m * m - m) - (e * e * e - e)
+                i = j
+            u1[k, g_off + g] = u
+            ties[k, g_off + g] = tie
