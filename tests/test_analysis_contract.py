@@ -68,6 +68,14 @@ QUICK = {
         "n_perm": 49,
         "n_boot": 20,
     },
+    "detectability": {
+        "datasets": ["sim"],
+        "n_splits": 1,
+        "n_perm": 49,
+        "n_sim": 4,
+        "sim_effects": [0.1],
+        "sim_cells": [1.0],
+    },
     "scaling": {
         "datasets": ["sim"],
         "grid": [20, 40, 80],
