@@ -273,6 +273,7 @@ def simulated_recovery(
     n_cells: float,
     rng: np.random.Generator,
     n_perm: int = 199,
+    n_perm_max: int = 0,
     n_boot: int = 1,
 ) -> dict:
     """One replicate of the detectability scenario: planted binormal pair scores with the
@@ -289,7 +290,7 @@ def simulated_recovery(
     if not pairs.directed:
         M[pairs.target, pairs.source] = s
     es = EdgeScores(M, pairs.genes, method="simulated", directed=pairs.directed)
-    return edge_recovery(es, pairs, n_boot=n_boot, n_perm=n_perm, n_perm_max=0,
+    return edge_recovery(es, pairs, n_boot=n_boot, n_perm=n_perm, n_perm_max=n_perm_max,
                          transform="raw", seed=int(rng.integers(2**31)))  # fmt: skip
 
 
@@ -303,6 +304,7 @@ def simulate_power(
     alpha: float = 0.05,
     n_claims: int = 1,
     n_perm: int = 199,
+    n_perm_max: int = 0,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Power by Monte Carlo on a scenario grid (planted effect × cells), beside the closed
@@ -313,7 +315,8 @@ def simulate_power(
     by ``δ = √2 Φ⁻¹(½ + Δ)`` on its positives; observed scores = truth + the mean of ``n``
     cells' noise of variance ``noise_ratio`` (drawn as one normal of variance
     ``noise_ratio / n``: exact for Gaussian per-cell noise); then the real recovery test
-    (``edge_recovery``, degree-preserving relabelling null, ``n_perm`` draws). Detected:
+    (``edge_recovery``, degree-preserving relabelling null, ``n_perm`` draws, extended to
+    ``n_perm_max`` while p < 0.05 as the run's test does). Detected:
     ``p < α / n_claims`` on the planted side. Output: one row per grid point with
     ``delta, n_cells, power_sim`` (and its Clopper–Pearson 95% interval), ``power_closed``
     (with the null's retention and design effect from :func:`null_structure`: the planted
@@ -332,8 +335,8 @@ def simulate_power(
             rng = np.random.default_rng(ss.spawn(1)[0])
             hits, aucs = 0, []
             for _ in range(n_rep):
-                out = simulated_recovery(pairs, delta=delta, noise_ratio=noise_ratio,
-                                         n_cells=n, rng=rng, n_perm=n_perm)  # fmt: skip
+                out = simulated_recovery(pairs, delta=delta, noise_ratio=noise_ratio, n_cells=n,
+                                         rng=rng, n_perm=n_perm, n_perm_max=n_perm_max)  # fmt: skip
                 aucs.append(out["auroc"])
                 hits += bool(out["p"] < alpha / n_claims and out["p_greater"] < out["p_less"])
             lo, hi = clopper_pearson(hits, n_rep)
