@@ -315,9 +315,10 @@ def _figures(phase: pd.DataFrame, sim: pd.DataFrame | None, table: pd.DataFrame,
         Z = sub.pivot_table(index="delta", columns="n_cells", values="power").loc[deltas, cells]
         fig = Figure(figsize=(6.4, 4.4))
         ax = fig.add_subplot()
-        cs = ax.contour(cells, deltas, Z.to_numpy(), levels=[0.2, 0.5, 0.8, 0.95],
-                        colors=["#bbbbbb", "#888888", "#d62728", "#444444"])  # fmt: skip
-        ax.clabel(cs, fmt=lambda x: f"power {x:g}", fontsize=7)
+        levels, colours = [0.2, 0.5, 0.8, 0.95], ["#bbbbbb", "#888888", "#d62728", "#444444"]
+        ax.contour(cells, deltas, Z.to_numpy(), levels=levels, colors=colours)
+        for lev, col in zip(levels, colours, strict=True):  # legend entries of the lines
+            ax.plot([], [], color=col, label=f"closed-form power {lev:g}")
         t = table[(table["dataset"] == ds) & (table["edges"] == en)
                   & (table["reference"] == ref)]  # fmt: skip
         r = t.iloc[-1]
@@ -342,7 +343,7 @@ def _figures(phase: pd.DataFrame, sim: pd.DataFrame | None, table: pd.DataFrame,
         lay = f" L{int(r['layer'])}" if pd.notna(r["layer"]) else ""
         ax.set_title(f"Detectability: {en}{lay} on {ref} ({ds}); α/m = {p.alpha:g}/{p.n_claims}",
                      fontsize=9)  # fmt: skip
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper right")
         figs[f"phase_{ds}_{en}_{ref}"] = fig
     return figs
 
