@@ -147,7 +147,7 @@ def run_detectability(ctx, p: DetectabilityParams) -> AnalysisResult:
                 per, _ = src.stratum_scores(lab)
                 halves.append({L: mats for L, mats in per.items() if len(mats) == 2})
             for ref_name, pairs in refs.items():
-                ns = null_structure(pairs, n_draws=p.n_perm, seed=ctx.seed_for(ds, ref_name))
+                ns = null_structure(pairs, n_draws=max(1000, p.n_perm), seed=ctx.seed_for(ds, ref_name))
                 n1, n0 = pairs.n_pos, len(pairs) - pairs.n_pos
                 last = None
                 for base in pooled:
@@ -411,7 +411,7 @@ def _cal_replicate(sc, seed: int):
     rng = np.random.default_rng(seed + 1)
     out = simulated_recovery(pairs, delta=sc.params["delta"], noise_ratio=_CAL["noise_ratio"],
                              n_cells=_CAL["n_cells"], rng=rng, n_perm=199, n_boot=100)  # fmt: skip
-    ns = null_structure(pairs, n_draws=100, seed=seed)
+    ns = null_structure(pairs, seed=seed)
     pw = power_at_cells(sc.params["delta"], _CAL["n_cells"], noise_ratio=_CAL["noise_ratio"],
                         n_pos=pairs.n_pos, n_neg=len(pairs) - pairs.n_pos,
                         design_effect=ns["design_effect"], retention=ns["retention"],

@@ -190,7 +190,7 @@ def cells_needed(
 
 
 def null_structure(
-    pairs, *, null: str = "degree_permutation", n_draws: int = 200, seed: int = 0
+    pairs, *, null: str = "degree_permutation", n_draws: int = 1000, seed: int = 0
 ) -> dict[str, float]:
     """How the recovery test's relabelling null treats this reference, for the closed form.
 
@@ -327,7 +327,7 @@ def simulate_power(
 
     n1 = pairs.n_pos
     n0 = len(pairs) - n1
-    ns = null_structure(pairs, seed=seed)
+    ns = null_structure(pairs, n_draws=2000, seed=seed)
     rows = []
     ss = np.random.SeedSequence(seed)
     for delta in deltas:
