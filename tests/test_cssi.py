@@ -3,7 +3,10 @@
 Known answers: with state-specific edges and strong cell-state heterogeneity, CSSI-mean
 ranks the planted GRN better than pooled co-expression (the paired source-gene
 permutation test rejects H0 "no better, no worse" in the claimed direction); with
-homogeneous cells it does not; shuffled strata show no inflation.
+homogeneous cells it does not; shuffled strata show no inflation. The claim compares
+the strata with random strata of the same sizes: on homogeneous cells with co-expression
+modules, random strata give no claim of cell-state specificity; with state-specific
+regulation, cell-state strata beat random strata.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from scfm_audit.evaluate._cssi import (
     enforce_min_size,
     hvg_pca,
     paired_comparison,
+    random_strata,
     stratify,
     top_k_f1,
 )
@@ -93,6 +97,62 @@ def test_min_stratum_size_enforced_and_reported():
     assert tab["n_cells"].tolist() == [40, 10, 3]
 
 
+def _vs_random(bench, labels, n_draws=5):
+    """The claim's typed result: CSSI with ``labels`` against the mean of random strata of
+    the same sizes (the analysis' own helpers)."""
+    from scfm_audit.analyses.cssi import (
+        CSSIParams,
+        _cssi_mean,
+        random_strata_result,
+        random_strata_scores,
+    )
+
+    ad, genes = bench.adata, bench.adata.var_names
+    labels, _ = enforce_min_size(labels, 30)
+    pairs = candidate_pairs(genes, bench.grn)
+    draws = random_strata(labels, n_draws, np.random.default_rng(1))
+    nulls = [{(None, "mean"): _cssi_mean(ad, d, genes)} for d in draws]
+    cssi = _cssi_mean(ad, labels, genes)
+    b = pair_scores(random_strata_scores(nulls, None, "mean", cssi), pairs)
+    c = paired_comparison(pair_scores(cssi, pairs), b, pairs, n_perm=199, n_boot=50, seed=0)
+    return random_strata_result(CSSIParams(), c, "test", n=pairs.n_pos, n_draws=n_draws)
+
+
+def test_random_strata_keep_sizes_and_dropped_cells():
+    lab = np.array([0] * 5 + [1] * 3 + [-1] * 2)
+    draws = random_strata(lab, 20, np.random.default_rng(0))
+    assert draws.shape == (20, 10)
+    assert (draws[:, 8:] == -1).all()
+    assert all(np.bincount(d[d >= 0]).tolist() == [5, 3] for d in draws)
+    assert len({tuple(d) for d in draws}) > 1  # they are random
+
+
+def test_random_strata_give_no_cell_state_claim_on_homogeneous_modules():
+    """Homogeneous control cells with co-expression modules (the data on which data-driven
+    strata gain over pooled scoring): CSSI with random strata is not "yes"."""
+    from scfm_audit.stats._verdict import answer_result
+
+    bench = simulate_perturbseq(
+        **SIM, n_states=1, n_donors=1, state_specificity=0.0, control_fraction=0.95
+    )
+    bench.adata = bench.adata[bench.adata.obs["perturbation"].eq("non-targeting").to_numpy()]
+    labels = np.random.default_rng(2).integers(0, 4, bench.adata.n_obs)
+    res = _vs_random(bench, labels)
+    assert answer_result(res, claimed="greater")[0] != "yes"
+    assert abs(res.effect) < 0.03
+
+
+def test_cell_state_strata_beat_random_strata_with_state_specific_edges(heterogeneous):
+    from scfm_audit.stats._verdict import answer_result
+
+    labels = heterogeneous.adata.obs["cell_state"].cat.codes.to_numpy()
+    res = _vs_random(heterogeneous, labels)
+    assert answer_result(res, claimed="greater")[0] == "yes"
+    assert res.effect > 0.05 and res.side == "greater"
+    assert res.h0.startswith("CSSI rankings with these strata and with random strata")
+
+
+@pytest.mark.slow
 def test_calibration_harness_small():
     """Hub null on heterogeneous states keeps its level; the strong planted state-specific
     GRN is found (small replicate counts; full-size numbers in benchmarks/)."""
@@ -102,8 +162,13 @@ def test_calibration_harness_small():
         "cssi",
         n_replicates=12,
         seed=1,
-        scenarios=["hub_null_heterogeneous", "planted_state_edges_2"],
+        scenarios=[
+            "hub_null_heterogeneous",
+            "modules_homogeneous_random_strata",
+            "planted_state_edges_2",
+        ],
     )
     rate = dict(zip(summ["scenario"], summ["rate"]))
     assert rate["hub_null_heterogeneous"] <= 0.15
+    assert rate["modules_homogeneous_random_strata"] <= 0.15
     assert rate["planted_state_edges_2"] >= 0.4  # ~0.6 at 300 cells x 80 genes

@@ -100,6 +100,8 @@ class AnalysisSpec:
     demo: Callable[..., dict[str, Any] | None] | None = None
     #: the claims it answers: (claim, its one test and H0), for the README and the CLI
     claims: tuple[tuple[str, str], ...] = ()
+    #: why an analysis answers no claim (a planning tool); empty for every other
+    no_claims: str = ""
 
 
 def claims_table() -> str:
@@ -152,11 +154,13 @@ def register_analysis(
     quick: dict[str, Any] | None = None,
     demo: Callable[..., dict[str, Any] | None] | None = None,
     claims: tuple[tuple[str, str], ...] = (),
+    no_claims: str = "",
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``;
     ``quick``: the parameters of a short run on the toy simulator (the contract test);
     ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it);
-    ``claims``: ``(claim, test and H0)`` of each scorecard line it writes."""
+    ``claims``: ``(claim, test and H0)`` of each scorecard line it writes, or
+    ``no_claims``: why it writes none (then the scorecard shows no n/a line for it)."""
 
     def deco(fn: Callable) -> Callable:
         ANALYSES.add(
@@ -172,6 +176,7 @@ def register_analysis(
                 quick=dict(quick or {}),
                 demo=demo,
                 claims=tuple(claims),
+                no_claims=no_claims,
             ),
         )
         return fn

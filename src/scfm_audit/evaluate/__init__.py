@@ -3,6 +3,12 @@ two-way bootstrap, structure-preserving nulls), the model's own in-silico pertur
 and its comparison with observed effects. DE and regression kernels will live here too;
 the analyses that use them live in :mod:`scfm_audit.analyses`."""
 
+from scfm_audit.evaluate._detectability import (
+    cells_needed,
+    detectable_effect,
+    detection_power,
+    simulate_power,
+)
 from scfm_audit.evaluate._in_silico import (
     compare_in_silico,
     cross_scores,
@@ -19,12 +25,16 @@ from scfm_audit.evaluate._recovery import (
 
 __all__ = [
     "candidate_pairs",
+    "cells_needed",
     "compare_in_silico",
     "cross_scores",
+    "detectable_effect",
+    "detection_power",
     "edge_recovery",
     "in_silico_effects",
     "in_silico_test",
     "perturbable",
+    "simulate_power",
     "vertex_bootstrap_auroc",
     "weighted_auroc",
 ]

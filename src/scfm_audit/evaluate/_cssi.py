@@ -44,6 +44,7 @@ __all__ = [
     "enforce_min_size",
     "hvg_pca",
     "paired_comparison",
+    "random_strata",
     "recovery_metrics",
     "stratify",
     "top_k_f1",
@@ -144,6 +145,19 @@ def enforce_min_size(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, pd.
         )
         k += kept
     return out, pd.DataFrame(rows)
+
+
+def random_strata(labels: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_draws`` random stratifications with the sizes of ``labels`` (from
+    :func:`enforce_min_size`): the kept cells' labels permuted at random (every stratum keeps
+    its number of cells), dropped cells (−1) stay dropped. Output ``(n_draws, n_cells)``:
+    the control "any stratification of these sizes" for CSSI."""
+    labels = np.asarray(labels)
+    keep = np.flatnonzero(labels >= 0)
+    out = np.repeat(labels[None, :], n_draws, axis=0)
+    for i in range(n_draws):
+        out[i, keep] = rng.permutation(labels[keep])
+    return out
 
 
 def cssi_aggregate(

@@ -5,6 +5,7 @@ and the report, so that analyses draw their figures without importing the report
 from scfm_audit.plotting._figures import (
     PALETTE,
     ablation_figure,
+    cssi_figures,
     distribution_figure,
     forest_figure,
     head_heatmap,
@@ -21,6 +22,7 @@ from scfm_audit.plotting._figures import (
 __all__ = [
     "PALETTE",
     "ablation_figure",
+    "cssi_figures",
     "distribution_figure",
     "forest_figure",
     "head_heatmap",

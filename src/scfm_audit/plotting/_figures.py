@@ -916,3 +916,65 @@ def sweep_heatmap(
     fig.colorbar(im, ax=ax, label=_pretty(value))
     ax.set_title(title or _pretty(value))
     return fig
+
+
+def cssi_figures(table: pd.DataFrame, scan: pd.DataFrame, *, variant: str) -> dict:
+    """CSSI's figures: improvement over pooled by layer (or a forest for unlayered
+    sources) with vertex-bootstrap CIs, and recovery against the number of strata K."""
+
+    figs = {}
+    if table.empty:
+        return figs
+    for (ds, en), sub in table.groupby(["dataset", "edges"]):
+        if sub["layer"].notna().any():
+            for metric, k, ref in (("auroc", "diff", 0.0), ("f1", "ratio", 1.0)):
+                figs[f"improvement_{metric}_{ds}_{en}"] = metric_by_layer_figure(
+                    sub,
+                    x="layer",
+                    y=f"{metric}_{k}",
+                    hue="reference",
+                    ci=(f"{metric}_{k}_ci_low", f"{metric}_{k}_ci_high"),
+                    chance=ref,
+                    title=f"CSSI-{variant} vs pooled, {en} on {ds}",
+                    ylabel="ΔAUROC (CSSI − pooled)" if k == "diff" else "F1 ratio (CSSI / pooled)",
+                )
+        else:
+            long = pd.concat(
+                [
+                    sub.assign(
+                        label=sub["reference"] + f" · {m.upper()}",
+                        eff=sub[f"{m}_{k}"] - r,
+                        lo=sub[f"{m}_{k}_ci_low"] - r,
+                        hi=sub[f"{m}_{k}_ci_high"] - r,
+                    )
+                    for m, k, r in (("auroc", "diff", 0.0), ("f1", "ratio", 1.0))
+                ]
+            )
+            figs[f"improvement_{ds}_{en}"] = forest_figure(
+                long,
+                label="label",
+                effect="eff",
+                ci_low="lo",
+                ci_high="hi",
+                ref=0.0,
+                title=f"CSSI-{variant} vs pooled, {en} on {ds}",
+                xlabel="ΔAUROC  /  F1 ratio − 1 (95% vertex-bootstrap CI)",
+            )
+    if len(scan):
+        for (ds, en), sub in scan.groupby(["dataset", "edges"]):
+            sub = sub.copy()
+            if sub["layer"].notna().any():  # one layer for the scan figure: the last
+                sub = sub[sub["layer"] == sub["layer"].max()]
+            figs[f"k_scan_{ds}_{en}"] = metric_by_layer_figure(
+                sub,
+                x="K",
+                y="value",
+                hue="series",
+                col="reference",
+                ci=None,
+                chance=None,
+                title=f"AUROC and top-K F1 vs K (k-means), {en} on {ds}",
+                xlabel="K strata",
+                ylabel="recovery",
+            )
+    return figs
