@@ -24,7 +24,7 @@ from scfm_audit.evaluate._ablation import (
 @pytest.fixture(scope="module")
 def tiny(tiny_bench, tmp_path_factory):
     from scfm_audit.models import build_scgpt_checkpoint
-    from scfm_audit.models._scgpt import ScGPTAdapter
+    from scfm_audit.models.scgpt import ScGPTAdapter
 
     path = tmp_path_factory.mktemp("abl") / "scgpt"
     build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=3, seed=3)

@@ -86,7 +86,7 @@ from scfm_audit.data._simulate import simulate_perturbseq
 from scfm_audit.edges._attention import extract_attention_edges
 from scfm_audit.edges._coexpression import coexpression
 from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
-from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.models._train import (
     LOG_FILE,
     cpu_signature,

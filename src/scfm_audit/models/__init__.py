@@ -22,7 +22,7 @@ from scfm_audit.models._interventions import (
     parse_heads,
     zero_mlp,
 )
-from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 
 __all__ = [
     "MODEL_FAMILIES",

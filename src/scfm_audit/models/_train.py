@@ -582,7 +582,7 @@ def train_scgpt_demo(
     progress
         Show a progress bar.
     """
-    from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+    from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 
     started = _clock()
     _check_common(epochs, batch_size, lr, mask_ratio, adata)
