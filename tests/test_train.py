@@ -85,8 +85,6 @@ from scipy.stats import spearmanr
 from scfm_audit.data._simulate import simulate_perturbseq
 from scfm_audit.edges._attention import extract_attention_edges
 from scfm_audit.edges._coexpression import coexpression
-from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
-from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.models._train import (
     LOG_FILE,
     cpu_signature,
@@ -95,6 +93,8 @@ from scfm_audit.models._train import (
     train_geneformer_demo,
     train_scgpt_demo,
 )
+from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.pipeline._demo import ATTENTION_READING
 
 SIM = dict(

@@ -756,15 +756,12 @@ def train_geneformer_demo(
     seed, max_seconds, max_steps, device, progress
         As :func:`train_scgpt_demo`.
     """
-    from scfm_audit.models._geneformer import (
-        GeneformerAdapter,
-        _var_ids,
-        build_geneformer_checkpoint,
-    )
+    from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
+    from scfm_audit.models.geneformer._tokenize import var_ids
 
     started = _clock()
     _check_common(epochs, batch_size, lr, mask_ratio, adata)
-    raw, _ = _var_ids(adata, None)
+    raw, _ = var_ids(adata, None)
     ids = [str(g).strip().upper() for g in raw]
     if len(set(ids)) != len(ids):
         raise ValueError("the dataset's Ensembl ids must be unique to train a demo Geneformer")

@@ -32,9 +32,9 @@ from scfm_audit.models._base import (
 from scfm_audit.models.scgpt._checkpoint import (
     SPECIAL_TOKENS,
     Layout,
+    read_checkpoint,
     to_layout,
     write_checkpoint,
-    read_checkpoint,
 )
 from scfm_audit.models.scgpt._modules import ScGPTModule
 
