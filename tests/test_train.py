@@ -318,14 +318,14 @@ def _hog(n: int) -> list:
 def test_training_is_deterministic_on_a_busy_machine(adata, tmp_path, family, monkeypatch):
     """Idle run versus a run with two CPU hogs, a clock that jumps 1,000 s per reading
     and a different caller thread count: bitwise identical weights and losses."""
-    import scfm_audit.models._train as train
+    import scfm_audit.models._trainer as trainer
 
     small = adata[:64].copy()
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
     kw = _tiny_kw(family)
     a = fn(small, tmp_path / "a", **kw)
     ticks = iter(range(0, 10**9, 1000))
-    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(ticks)))
     old = torch.get_num_threads()
     hogs = _hog(2)
     try:
@@ -347,12 +347,12 @@ def test_training_is_deterministic_on_a_busy_machine(adata, tmp_path, family, mo
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_time_budget_only_aborts(adata, tmp_path, family, monkeypatch):
-    import scfm_audit.models._train as train
+    import scfm_audit.models._trainer as trainer
 
     ticks = iter(range(0, 10**9, 1000))
-    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(ticks)))
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
-    with pytest.raises(train.TrainingBudgetExceeded, match="nothing was saved"):
+    with pytest.raises(trainer.TrainingBudgetExceeded, match="nothing was saved"):
         fn(adata[:64].copy(), tmp_path / "d", **_tiny_kw(family), max_seconds=1500.0)
     assert not (tmp_path / "d").exists()
 
