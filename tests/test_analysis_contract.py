@@ -139,7 +139,7 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     cfg = with_attention(tiny_config(tmp_path / "out"), tiny_model)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
     cfg["analyses"] = {name: QUICK.get(name, {})}
-    # a run refuses it before computing (issue 7: a reference matching none of the
+    # a run refuses it before computing (a reference matching none of the
     # data's genes is an input error with a one-line reason) ...
     with pytest.raises(InputError, match="shares no gene"):
         run_audit(config_from_dict(cfg), quiet=True)
