@@ -116,6 +116,7 @@ def with_attention(cfg: dict, model_path) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     cfg = with_attention(tiny_config(tmp_path), tiny_model)
@@ -132,6 +133,7 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     assert mine["hypothesis"].str.len().gt(0).all() and mine["null"].str.len().gt(0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     ref = tmp_path / "alien.tsv"

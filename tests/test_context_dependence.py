@@ -58,6 +58,7 @@ def _blocked_gaps(seed: int, shift: float, n: int = 20) -> dict:
             for j in range(3)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_friedman_keeps_its_level_and_recovers_the_power_kruskal_wallis_loses():
     """H0 (no shift): contexts exchangeable within each perturbation. Kruskal–Wallis
     ignores the pairing, so the perturbations' own spread swamps a context shift.

@@ -93,6 +93,7 @@ def test_min_stratum_size_enforced_and_reported():
     assert tab["n_cells"].tolist() == [40, 10, 3]
 
 
+@pytest.mark.slow
 def test_calibration_harness_small():
     """Hub null on heterogeneous states keeps its level; the strong planted state-specific
     GRN is found (small replicate counts; full-size numbers in benchmarks/)."""

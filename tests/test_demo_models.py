@@ -98,6 +98,7 @@ def demo_bench():
     return simulate_perturbseq(**DEMO_SIMULATION).adata
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(NAMES))
 def test_first_steps_of_the_shipped_training_reproduce(shipped, demo_bench, tmp_path, family):
     folder, prov = shipped

@@ -85,6 +85,7 @@ def test_cached_runner_equals_full_forward(tiny, tiny_bench):
     assert np.isfinite(fast.degradation()).all()
 
 
+@pytest.mark.slow
 def test_calibration_type_one_and_power():
     summ, _ = calibrate(
         "head_ablation",

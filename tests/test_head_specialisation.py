@@ -39,6 +39,7 @@ def test_without_signal_the_fallback_rule_is_stated():
     assert (s.loc[s["selected"], "selected_by"] == "fallback: top-2 AUROC").all()
 
 
+@pytest.mark.slow
 def test_global_test_keeps_its_level_and_finds_a_planted_head():
     summary, _ = calibrate(
         "head_specialisation",

@@ -56,6 +56,9 @@ from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_che
 from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.pipeline._demo import ATTENTION_READING
 
+#: every test here trains a model or runs one trained on 1,200 cells
+pytestmark = pytest.mark.slow
+
 SIM = dict(
     n_cells=1200, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
     module_strength=2.0, mean_library_size=4000, seed=0,
