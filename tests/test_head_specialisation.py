@@ -4,6 +4,7 @@ none, the global test keeps its level and the stated fallback chooses the heads.
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from scfm_audit.analyses import calibrate
 from scfm_audit.analyses.head_specialisation import _head_scores, select_heads
