@@ -174,11 +174,11 @@ class TrainReport:
         return d
 
     def write(self, folder: str | Path) -> Path:
-        p = Path(folder) / LOG_FILE
-        tmp = p.with_name(f".{LOG_FILE}.tmp")
+        log_path = Path(folder) / LOG_FILE
+        tmp = log_path.with_name(f".{LOG_FILE}.tmp")
         tmp.write_text(json.dumps(self.as_dict(), indent=2))
-        tmp.replace(p)
-        return p
+        tmp.replace(log_path)
+        return log_path
 
 
 CELLS_NOTE = "all but the held-out evaluation cells (controls and perturbed)"
@@ -300,7 +300,7 @@ def _fit(
     ``cells``, or the first ``max_steps`` of them; the schedule always spans all epochs).
     ``max_seconds`` only aborts (:class:`TrainingBudgetExceeded`); it never changes the
     result of a run that finishes."""
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [param for param in module.parameters() if param.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
     total = epochs * _steps_per_epoch(len(cells), batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total))
@@ -370,4 +370,4 @@ def _rows(batch: TokenizedBatch, idx: np.ndarray) -> TokenizedBatch:
 
 
 def _n_params(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
+    return int(sum(param.numel() for param in module.parameters()))

@@ -436,24 +436,24 @@ class GeneformerAdapter(ModelAdapter):
         special = self.version == "V2"
         seqs, poss = [], []
         for b in range(ids.shape[0]):
-            s = ids[b][mask[b]].tolist()
-            p = gidx[b][mask[b]].tolist()
-            if token in s:
-                k = s.index(token)
-                del s[k]
-                del p[k]
+            seq = ids[b][mask[b]].tolist()
+            genes_at = gidx[b][mask[b]].tolist()
+            if token in seq:
+                k = seq.index(token)
+                del seq[k]
+                del genes_at[k]
             if mode == "overexpress":
                 at = 1 if special else 0
-                s.insert(at, token)
-                p.insert(at, pos)
+                seq.insert(at, token)
+                genes_at.insert(at, pos)
                 n = self.model_input_size
-                if len(s) > n:
+                if len(seq) > n:
                     if special:
-                        s, p = [*s[: n - 1], s[-1]], [*p[: n - 1], p[-1]]
+                        seq, genes_at = [*seq[: n - 1], seq[-1]], [*genes_at[: n - 1], genes_at[-1]]
                     else:
-                        s, p = s[:n], p[:n]
-            seqs.append(np.asarray(s, dtype=np.int64))
-            poss.append(np.asarray(p, dtype=np.int64))
+                        seq, genes_at = seq[:n], genes_at[:n]
+            seqs.append(np.asarray(seq, dtype=np.int64))
+            poss.append(np.asarray(genes_at, dtype=np.int64))
         out = self._pad(seqs, poss, batch.cell_index)
         return out.to(batch.input_ids.device)
 

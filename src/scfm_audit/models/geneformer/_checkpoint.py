@@ -329,15 +329,15 @@ def _resolve_dict(
     if isinstance(given, Mapping):
         return dict(given), None
     if given is not None:
-        p = Path(given)
-        if not p.is_file():
-            raise CheckpointError(f"{kind} file {str(p)!r} does not exist.")
-        return _read_pickle(p, kind), p.name
+        file = Path(given)
+        if not file.is_file():
+            raise CheckpointError(f"{kind} file {str(file)!r} does not exist.")
+        return _read_pickle(file, kind), file.name
     candidates = [n for v in order for n in DICT_FILES[v][kind]]
     for fname in candidates:
-        p = folder / fname
-        if p.is_file():
-            return _read_pickle(p, kind), fname
+        file = folder / fname
+        if file.is_file():
+            return _read_pickle(file, kind), fname
     if required:
         arg = _DICT_ARGS[kind]
         raise CheckpointError(
@@ -364,13 +364,13 @@ def _read_pickle(p: Path, kind: str) -> dict:
 
 def _weight_files(folder: Path) -> list[Path]:
     for name in _WEIGHT_FILES:
-        p = folder / name
-        if not p.is_file():
+        file = folder / name
+        if not file.is_file():
             continue
         if name.endswith(".index.json"):
-            index = json.loads(p.read_text())
+            index = json.loads(file.read_text())
             return sorted({folder / f for f in index.get("weight_map", {}).values()})
-        return [p]
+        return [file]
     return []
 
 

@@ -88,11 +88,11 @@ def build_gene_plan(
     kept_ids = usable.iloc[keep].to_numpy()
     counts = pd.Series(kept_ids).value_counts(sort=False)
     dup = set(counts.index[counts.to_numpy() > 1])
-    single_pos = np.array([p for p, g in zip(keep, kept_ids) if g not in dup], dtype=np.int64)
+    single_pos = np.array([pos for pos, g in zip(keep, kept_ids) if g not in dup], dtype=np.int64)
     group_ids: dict[str, list[int]] = {}
-    for p, g in zip(keep, kept_ids):
+    for pos, g in zip(keep, kept_ids):
         if g in dup:
-            group_ids.setdefault(g, []).append(int(p))
+            group_ids.setdefault(g, []).append(int(pos))
     groups = [np.array(v, dtype=np.int64) for v in group_ids.values()]
     col_ids = [*usable.to_numpy()[single_pos].tolist(), *group_ids]
     tokens = np.array([int(token_dictionary[g]) for g in col_ids], dtype=np.int64)
@@ -252,10 +252,10 @@ def pad_sequences(
     ids = np.full((B, T), pad_id, dtype=np.int64)
     gidx = np.full((B, T), -1, dtype=np.int64)
     mask = np.zeros((B, T), dtype=bool)
-    for b, (s, p) in enumerate(zip(seqs, poss)):
-        ids[b, : len(s)] = s
-        gidx[b, : len(p)] = p
-        mask[b, : len(s)] = True
+    for b, (seq, pos) in enumerate(zip(seqs, poss)):
+        ids[b, : len(seq)] = seq
+        gidx[b, : len(pos)] = pos
+        mask[b, : len(seq)] = True
     return TokenizedBatch(
         input_ids=torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask),
@@ -294,17 +294,17 @@ def resolve_gene(
         return tok, int(gene)
     g = str(gene)
     if plan is not None and g in plan.var_names:
-        p = (
+        pos = (
             int(plan.var_names.get_loc(g))
             if plan.var_names.is_unique
             else int(np.flatnonzero(plan.var_names == g)[0])
         )
-        tok = int(plan.var_token[p])
+        tok = int(plan.var_token[pos])
         if tok < 0:
             raise ValueError(
                 f"gene {g!r} is not in the vocabulary of {model}; it cannot be perturbed."
             )
-        return tok, p
+        return tok, pos
     ens = g.upper()
     ens = mapping.get(ens, ens)
     if ens not in token_dictionary and gene_name_id is not None:

@@ -112,11 +112,11 @@ def build_scgpt_checkpoint(
         torch.manual_seed(seed)
         module = ScGPTModule(config)
         with torch.no_grad():
-            for name, p in module.named_parameters():
+            for name, param in module.named_parameters():
                 if name.endswith("bias"):
-                    p.normal_(0.0, 0.1)
-                elif p.ndim == 1:  # LayerNorm weight
-                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                    param.normal_(0.0, 0.1)
+                elif param.ndim == 1:  # LayerNorm weight
+                    param.copy_(1.0 + 0.1 * torch.randn_like(param))
     layout: Layout = "flash" if flash else "torch"
     state = {to_layout(k, layout): v for k, v in module.state_dict().items()}
     return write_checkpoint(path, args, vocab, state)
