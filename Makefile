@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The edit loop: without the tests marked slow (training, calibration replicates, the
-# analysis contract matrix).
+# analysis contract matrix, whole audits run end to end in subprocesses).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 

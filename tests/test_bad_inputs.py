@@ -348,6 +348,7 @@ REAL = ["top-level-typo", "h5ad-log-normalised", "three-cells-one-control",
         "model-weights-corrupt", "output-is-a-file"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_processes(bench, snapshot, tmp_path):
     """The same through real processes: stderr carries the message, the exit code is the
     process's own, and nothing is written."""

@@ -107,6 +107,7 @@ def test_tiny_model_null_replicate_runs():
     assert 0 < r.p <= 1 and 0 <= r.estimate <= 1
 
 
+@pytest.mark.slow
 def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     from scfm_audit.pipeline import config_from_dict, run_audit
 
