@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,19 +22,31 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scfm-audit demo --out demo_output
 
+# Everything (CI runs this), on all cores; a test file stays on one worker (--dist
+# loadfile) so its module fixtures are built once. The 15 slowest tests are printed.
+PYTEST_PARALLEL := -n auto --dist loadfile --durations=15
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+
+# The edit loop: without the tests marked slow (training, calibration replicates, the
+# analysis contract matrix, whole audits run end to end in subprocesses).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# Every benchmark of the README's table (several take minutes; differential_expression
+# simulates a 300,000-cell screen).
+BENCHMARKS := auroc coexpression attention_extraction accumulation head_ablation \
+	calibration incremental_value differential_expression de_peers
+
+# the DE peers (scanpy's, illico, hpdex, crispyx, pdex) are the bench extra
 bench: $(STAMP)
 	$(BIN)/pip install -e ".[bench]"
-	$(BIN)/python benchmarks/de_peers.py
-	$(BIN)/python benchmarks/coexpression.py
-	$(BIN)/python benchmarks/auroc.py
-	$(BIN)/python benchmarks/attention_extraction.py
-	$(BIN)/python benchmarks/accumulation.py
+	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; \
+		$(BIN)/python benchmarks/$$b.py; done
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

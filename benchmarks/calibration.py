@@ -10,7 +10,7 @@ Each null scenario places a reference that carries no information about the data
 simulation with its own co-expression (hub-structured synthetic networks, and with
 ``--trrust`` the 150 / 300 highest-degree genes of the real TRRUST network); each planted
 scenario has a known effect. Rates come with exact Clopper–Pearson 95% intervals. The
-acceptance line checks issue #6's criteria: upper bound of type-I error ≤ 0.08 on the
+acceptance line checks the calibration criteria: upper bound of type-I error ≤ 0.08 on the
 hub-structured nulls, coverage ≥ 0.93, power at AUROC 0.60 ≥ 0.95. Other tests a replicate
 reports (node permutation without degree matching, label shuffle) are shown for comparison.
 Replicate seeds derive from ``--seed``, so a rerun gives the same table on any machine.

@@ -52,6 +52,7 @@ def with_attention(cfg: dict, model_path) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     cfg = with_attention(tiny_config(tmp_path), tiny_model)
@@ -73,6 +74,7 @@ def test_runs_on_the_simulator_and_registers_tests(name, tmp_path, tiny_model):
     assert lines["answer"].isin(["yes", "opposite", "no evidence", "n/a"]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     ref = tmp_path / "alien.tsv"
@@ -80,7 +82,7 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     cfg = with_attention(tiny_config(tmp_path / "out"), tiny_model)
     cfg["references"] = {"alien": {"format": "table", "path": str(ref)}}
     cfg["analyses"] = {name: ANALYSES.get(name).quick}
-    # a run refuses it before computing (issue 7: a reference matching none of the
+    # a run refuses it before computing (a reference matching none of the
     # data's genes is an input error with a one-line reason) ...
     with pytest.raises(InputError, match="shares no gene"):
         run_audit(config_from_dict(cfg), quiet=True)

@@ -35,7 +35,7 @@ def bench(tmp_path_factory) -> Path:
     """The files ``scfm-audit simulate`` writes (tiny), plus variants of the data."""
     from scfm_audit.data import simulate_perturbseq
     from scfm_audit.data._simulate import write_benchmark
-    from scfm_audit.models._scgpt import build_scgpt_checkpoint
+    from scfm_audit.models.scgpt import build_scgpt_checkpoint
 
     root = tmp_path_factory.mktemp("bench")
     b = simulate_perturbseq(**SIM)
@@ -348,6 +348,7 @@ REAL = ["top-level-typo", "h5ad-log-normalised", "three-cells-one-control",
         "model-weights-corrupt", "output-is-a-file"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_processes(bench, snapshot, tmp_path):
     """The same through real processes: stderr carries the message, the exit code is the
     process's own, and nothing is written."""

@@ -42,6 +42,7 @@ def small_harness():
     )[0].set_index("scenario")
 
 
+@pytest.mark.slow
 def test_verdict_test_keeps_its_level_on_hub_structured_nulls(small_harness):
     """H0 true in every replicate: ≤ 6 of 40 rejections (P(X ≥ 7) = 0.003 at the nominal
     5%); the CI of AUROC covers the true 0.5 in most replicates."""
@@ -53,18 +54,21 @@ def test_verdict_test_keeps_its_level_on_hub_structured_nulls(small_harness):
         assert small_harness.loc[name, "coverage"] >= 0.85
 
 
+@pytest.mark.slow
 def test_label_shuffle_over_rejects_where_the_verdict_test_does_not(small_harness):
     """Why the verdict does not use the label shuffle: edges sharing a hub are dependent."""
     row = small_harness.loc["hub_null_directed_150"]
     assert row["rate[label_shuffle]"] >= 0.15 > row["rate"]
 
 
+@pytest.mark.slow
 def test_verdict_test_has_power_at_auroc_060(small_harness):
     row = small_harness.loc["planted_auroc_0.60"]
     assert row["rate"] >= 0.85
     assert row["mean_estimate"] == pytest.approx(0.60, abs=0.02)
 
 
+@pytest.mark.slow
 def test_calibration_is_reproducible_and_order_free():
     _, a = calibrate("grn_recovery", n_replicates=3, seed=1, scenarios=["planted_auroc_0.55"])
     _, b = calibrate("grn_recovery", n_replicates=3, seed=1, scenarios=["planted_auroc_0.55"])

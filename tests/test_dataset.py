@@ -253,18 +253,38 @@ def test_large_matrix_is_sampled_quickly():
     validate_dataset(a, DatasetSpec())  # 1.8e6 stored values, only 1e6 checked
 
 
-def test_helpers():
+def test_control_mask_marks_the_non_targeting_cells():
     a = load_dataset(make_adata(), SPEC)
     mask = control_mask(a)
-    assert mask.dtype == bool and mask.sum() == 15
+    assert mask.dtype == bool and mask.shape == (60,)
+    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(0, 60, 4))
+    assert (a.obs["gene"][mask] == "non-targeting").all()
+
+
+def test_perturbation_groups_hold_each_targets_cells_in_obs_order():
+    a = load_dataset(make_adata(), SPEC)
     groups = perturbation_groups(a)
-    assert list(groups) == ["GATA1", "MYC", "TP53"]
-    np.testing.assert_array_equal(groups["TP53"], np.arange(1, 60, 4))
-    assert sum(len(v) for v in groups.values()) + mask.sum() == a.n_obs
+    assert list(groups) == ["GATA1", "MYC", "TP53"]  # sorted, controls excluded
+    for target, first in (("TP53", 1), ("MYC", 2), ("GATA1", 3)):
+        np.testing.assert_array_equal(groups[target], np.arange(first, 60, 4))
+        assert (a.obs["gene"].to_numpy()[groups[target]] == target).all()
+    covered = np.sort(np.concatenate([*groups.values(), np.flatnonzero(control_mask(a))]))
+    np.testing.assert_array_equal(covered, np.arange(a.n_obs))  # a partition of the cells
+
+
+def test_counts_matrix_keeps_the_storage_and_selects_rows():
+    a = load_dataset(make_adata(), SPEC)
     X = counts_matrix(a)
-    assert isinstance(X, sp.csr_matrix)
-    dense = counts_matrix(make_adata(sparse=False), DatasetSpec(counts="counts"))
+    assert isinstance(X, sp.csr_matrix) and X.shape == (60, 12)
+    np.testing.assert_array_equal(X.toarray(), a.X.toarray())
+    rows = counts_matrix(a, obs=np.array([5, 2, 9]))
+    np.testing.assert_array_equal(rows.toarray(), a.X.toarray()[[5, 2, 9]])
+    first = counts_matrix(a, obs=np.arange(60) < 3)
+    np.testing.assert_array_equal(first.toarray(), a.X.toarray()[:3])
+    dense_adata = make_adata(sparse=False)
+    dense = counts_matrix(dense_adata, DatasetSpec(counts="counts"))
     assert isinstance(dense, np.ndarray) and dense.shape == (60, 12)
+    np.testing.assert_array_equal(dense, dense_adata.layers["counts"])
 
 
 def test_helpers_without_spec_say_how_to_fix():

@@ -79,7 +79,7 @@ def test_shipped_models_learned(shipped):
 
 
 def test_shipped_models_are_the_certified_recipe(shipped):
-    """The shipped demo models were trained with the recipe the issue-10 acceptance test
+    """The shipped demo models were trained with the recipe the acceptance test
     certifies (``tests/test_train.py``): every setting of :data:`DEMO_RECIPE` is in their
     logs, and their number of optimiser steps is the recipe's to within half an epoch."""
     folder, _ = shipped
@@ -98,6 +98,7 @@ def demo_bench():
     return simulate_perturbseq(**DEMO_SIMULATION).adata
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(NAMES))
 def test_first_steps_of_the_shipped_training_reproduce(shipped, demo_bench, tmp_path, family):
     folder, prov = shipped

@@ -101,6 +101,7 @@ def test_the_example_validates_as_written(example_folder):
     assert not failed, failed
 
 
+@pytest.mark.slow
 def test_the_example_runs_the_paper_design(example_folder):
     """Every analysis of the example runs, and the perturbation claims of both models reach
     the scorecard (answered or n/a with a reason, never silently absent)."""

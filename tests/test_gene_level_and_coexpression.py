@@ -122,6 +122,7 @@ def test_gene_level_baselines_win_when_targets_are_highly_expressed():
     assert set(per["baseline"]) >= {"tf_outdegree", *EXPRESSION_BASELINES}
 
 
+@pytest.mark.slow
 def test_gene_level_null_keeps_its_level_and_finds_planted_signal():
     """Small harness run: type-I error on a hub reference placed at random (20 replicates)
     and power on a planted shift (benchmarks/calibration.py runs it at full size)."""

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from scfm_audit.models._base import MODEL_FAMILIES, CheckpointError, load_model
-from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
+from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
 
 E = [f"ENSG{i:011d}" for i in range(1, 7)]
 E_OUT = "ENSG00000000099"

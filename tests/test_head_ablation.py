@@ -24,7 +24,7 @@ from scfm_audit.evaluate._ablation import (
 @pytest.fixture(scope="module")
 def tiny(tiny_bench, tmp_path_factory):
     from scfm_audit.models import build_scgpt_checkpoint
-    from scfm_audit.models._scgpt import ScGPTAdapter
+    from scfm_audit.models.scgpt import ScGPTAdapter
 
     path = tmp_path_factory.mktemp("abl") / "scgpt"
     build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=3, seed=3)
@@ -85,6 +85,7 @@ def test_cached_runner_equals_full_forward(tiny, tiny_bench):
     assert np.isfinite(fast.degradation()).all()
 
 
+@pytest.mark.slow
 def test_calibration_type_one_and_power():
     summ, reps = calibrate(
         "head_ablation",
@@ -109,6 +110,7 @@ def test_tiny_model_null_replicate_runs():
     assert 0 < r.p <= 1 and 0 <= r.estimate <= 1
 
 
+@pytest.mark.slow
 def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     from scfm_audit.pipeline import config_from_dict, run_audit
 

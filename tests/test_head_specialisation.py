@@ -4,6 +4,7 @@ none, the global test keeps its level and the stated fallback chooses the heads.
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from scfm_audit.analyses import calibrate
 from scfm_audit.analyses.head_specialisation import _head_scores, select_heads
@@ -46,6 +47,7 @@ def test_without_signal_the_fallback_rule_is_stated():
     assert one["selected"].sum() == 2 and not one.loc[3, "selected"]
 
 
+@pytest.mark.slow
 def test_global_test_keeps_its_level_and_finds_a_planted_head():
     summary, _ = calibrate(
         "head_specialisation",

@@ -245,6 +245,7 @@ def test_geneformer_embedding_readout_is_unsigned(tmp_path, tiny_screen):
     assert eff1.attrs["embedding_layer"] == -1 and not np.allclose(a, b, equal_nan=True)
 
 
+@pytest.mark.slow
 def test_calibration_keeps_level_under_the_hub_null_and_finds_planted_effects():
     from scfm_audit.analyses._calibration import calibrate
 

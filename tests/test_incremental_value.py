@@ -275,6 +275,7 @@ def test_correlation_edges_add_value_when_pairwise_regulation_carries_signal():
     assert r["delta_auroc"] > 0.05 and r["p"] < 0.01
 
 
+@pytest.mark.slow
 def test_calibration_keeps_level_on_the_hub_null_and_has_power():
     from scfm_audit.analyses import calibrate
 

@@ -25,6 +25,7 @@ def test_planted_trend_is_found_with_its_sign(beta, expected):
     assert np.sign(t["d"][0] - t["d"][-1]) == np.sign(beta)
 
 
+@pytest.mark.slow
 def test_no_trend_without_planted_signal():
     """Hub-structured references placed independently: ≤ 2 of 10 replicates reject
     (P(X ≥ 3) = 0.012 at the nominal 5%), and the slope CI covers 0 in most."""

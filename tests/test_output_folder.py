@@ -121,6 +121,7 @@ def run_killed(cfg: Path, kind: str, n: int) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_kill_during_writing_leaves_the_old_or_the_new_run(bench, tmp_path):
     out = tmp_path / "results"
     old_cfg = write_config(bench, "old.yaml", out, refs=("grn", "ppi"))

@@ -452,7 +452,7 @@ def test_minimal_run_renders(tmp_path):
     assert "0 rows × 0 columns" in html
 
 
-# -- issue 7, item 9: what a reader sees -------------------------------------------------
+# -- what a reader sees -----------------------------------------------------------------
 def test_analysis_tables_show_values_with_ci_at_one_precision_per_column():
     from scfm_audit.report._html import _table
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from scfm_audit.models import ablate_heads, zero_mlp
-from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
 from scfm_audit.models._masked import masked_inputs, masked_loss_per_cell
-from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 
 
 @pytest.fixture(scope="module")

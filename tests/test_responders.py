@@ -231,6 +231,7 @@ def test_sweep_grid_caps_and_reference(small):
         responder_sweep(small.adata, SPEC, reference=(0.3, 2000, 2000))
 
 
+@pytest.mark.slow
 def test_calibration_keeps_level_and_finds_a_25_percent_knockdown():
     from scfm_audit.analyses._calibration import calibrate
 

@@ -62,6 +62,7 @@ def test_too_few_points_give_nan_not_errors():
     assert np.isnan(fits.loc["saturating_exponential", "r2"])  # 2 points, 3 parameters
 
 
+@pytest.mark.slow
 def test_decline_test_keeps_level_on_hub_null_and_finds_planted_decline():
     null, _ = calibrate("scaling", n_replicates=40, scenarios=["hub_null_homogeneous"])
     assert null.loc[0, "rejections"] <= 4  # ≤ 10 % of 40 (nominal 5 %)

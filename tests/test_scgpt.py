@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from scfm_audit.models._base import MODEL_FAMILIES, CheckpointError, load_model
-from scfm_audit.models._scgpt import ScGPTAdapter, bin_expression, build_scgpt_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, bin_expression, build_scgpt_checkpoint
 
 GENES = ["D", "C", "B", "A", "E"]
 PAD, CLS = 5, 6

@@ -15,58 +15,17 @@ Attention versus co-expression: Spearman correlation between |co-expression|
 covered gene pairs, per layer, with attention read as the demo reads it
 (``ATTENTION_READING``: softmax relative to uniform attention over the cell, then the
 average product correction); "best layer" = the largest *signed* correlation, trained
-minus the same architecture at its random initialisation (same seed). Acceptance
-(issue 10), read strictly: ≥ 0.2 on *every* one of three seeds (data seed = training
-seed), and the held-out masked loss below the context-free baseline. The numbers are
-printed (``pytest -s``). For scale: an "oracle" attention equal to the planted PPI
-adjacency has Spearman +0.45 to +0.59 with |co-expression| on this benchmark (seeds
-100–107); on the demo benchmark (300 genes, PPI density 0.3 %) only +0.10, so the 0.2
-threshold is a property of this dense benchmark, not a yardstick for the demo's.
+minus the same architecture at its random initialisation (same seed). Acceptance, read
+strictly: ≥ 0.2 on *every* one of three seeds (data seed = training seed), and the
+held-out masked loss below the context-free baseline. The numbers are printed
+(``pytest -s``). The acceptance seeds were fixed before any run of them and run once,
+after the recipe was chosen on development seeds; the protocol, the rounds it took and
+the numbers are in ``docs/validation/demo-models.md``.
 
-Protocol (session 4). The earlier recipes had been chosen while looking at the acceptance
-seeds (0 / 1 / 2), and on seeds 3 / 4 / 5 the chosen one missed. So: development seeds
-(100 and up) for choosing; fresh acceptance seeds fixed before any run and run once,
-after the recipe was committed; the criterion never changed. It took two rounds, both
-reported here.
+The trained attention depends chaotically on float rounding (another processor gives a
+different model), so a single seed's margin is a draw.
 
-Round 1 (600 cells; rule fixed beforehand: the largest smallest margin over 100–105).
-scGPT candidates, margins on development seeds (one change from d_model 32, 8 heads, 40
-epochs unless said): as before +0.14 / +0.31 / +0.23 / +0.23 (seeds 100–103); mask ratio
-0.75 +0.22 / +0.28 / +0.23 / +0.20; 0.9 +0.24 / +0.31 / +0.14 / +0.23; 2 layers +0.08 /
-+0.18 / +0.02 / −0.03; 2 heads +0.23 / +0.45 / +0.30 / +0.28; 4 heads +0.27 / +0.38 /
-+0.39 / +0.23; d_model 64 +0.08 / +0.35 / +0.30 / +0.27; module strength 3 +0.12 / +0.51
-/ +0.17 / +0.22; 1,200 cells +0.34 / +0.21 / +0.47 / +0.28; 120 epochs +0.28 / +0.24 /
-+0.23 / +0.20; on 100–105: 80 epochs +0.29 / +0.28 / +0.38 / +0.28 / +0.15 / +0.29; 4
-heads and 80 epochs +0.36 / +0.43 / +0.26 / +0.43 / +0.03 / +0.28; d_model 16, d_hid 32,
-4 heads, 80 epochs +0.23 / +0.18 / +0.17 / +0.34 / +0.35 / +0.29 (chosen by the rule).
-Acceptance seeds 20 / 21 / 22 (commit 4fedf77 before d39bc87): Geneformer +0.371 /
-+0.343 / +0.489, met; scGPT +0.338 / +0.174 / +0.197, **not met**.
-
-Round 2 (commit 91293c7 before e703567). On development seeds 100–107 the round-1
-recipe on 1,200 cells (twice the data and the steps) gave scGPT +0.38 / +0.48 / +0.42 /
-+0.37 / +0.36 / +0.37 / +0.31 / +0.20 (mean +0.36; on 600 cells: mean +0.28, two of
-eight below 0.2; with 6 layers on 600 cells +0.35 / +0.39 / +0.32 / +0.23) and Geneformer
-+0.34 / +0.49 / +0.41 / +0.38 (100–103). So the benchmark became 1,200 cells and the
-scGPT recipe 5,440 steps. Acceptance seeds 30 / 31 / 32 (torch 2.13.0+cpu, AVX512 / AMD
-EPYC):
-
-* scGPT: +0.452 / +0.433 / +0.508 (best layers +0.48 / +0.44 / +0.55); MSE (in bins of
-  11) 2.21 / 2.49 / 2.17 against per-gene means 5.19 / 5.54 / 5.08 (chance 7.00 / 7.11 /
-  6.83). Met.
-* Geneformer: +0.435 / +0.357 / +0.342 (best layers +0.45 / +0.40 / +0.34);
-  cross-entropy 2.57 / 2.48 / 2.47 against 3.69 / 3.66 / 3.66 for per-rank gene
-  frequencies (chance ln 40 = 3.69). Met.
-
-Read with the rounds in mind: the second round exists because the first failed, so the
-criterion was met on the second of two sets of fresh seeds. Afterwards (not part of any
-choice) scGPT on seeds 33 / 34 / 35 / 36: +0.30 / +0.38 / +0.38 / +0.43; over the 15
-seeds this recipe has seen on this benchmark, 14 are ≥ 0.2 and one is +0.199.
-
-The trained attention depends chaotically on float rounding: the same code, seed and
-torch build on another processor diverged from step 8 and moved a Geneformer margin from
-+0.41 to +0.30. A single seed's margin is therefore a draw.
-
-Cost: the acceptance models are shipped test data (``tests/data/issue10_models``, see
+Cost: the acceptance models are shipped test data (``tests/data/acceptance_models``, see
 ``make.py`` there) instead of ~7 minutes of training per run.
 """
 
@@ -85,8 +44,6 @@ from scipy.stats import spearmanr
 from scfm_audit.data._simulate import simulate_perturbseq
 from scfm_audit.edges._attention import extract_attention_edges
 from scfm_audit.edges._coexpression import coexpression
-from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
-from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.models._train import (
     LOG_FILE,
     cpu_signature,
@@ -95,7 +52,12 @@ from scfm_audit.models._train import (
     train_geneformer_demo,
     train_scgpt_demo,
 )
+from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 from scfm_audit.pipeline._demo import ATTENTION_READING
+
+#: every test here trains a model or runs one trained on 1,200 cells
+pytestmark = pytest.mark.slow
 
 SIM = dict(
     n_cells=1200, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
@@ -105,8 +67,7 @@ SIM = dict(
 SCGPT_TRAIN = recipe_settings("scgpt", SIM["n_cells"])
 GF_TRAIN = recipe_settings("geneformer", SIM["n_cells"])
 #: acceptance seeds (data seed = training seed), fixed before any run of them and run
-#: only after the recipe and benchmark were committed (round 2; round 1 used 20 / 21 / 22
-#: on 600 cells, see above); development seeds 100–107
+#: only after the recipe and benchmark were committed (docs/validation/demo-models.md)
 SEEDS = (30, 31, 32)
 
 
@@ -318,14 +279,14 @@ def _hog(n: int) -> list:
 def test_training_is_deterministic_on_a_busy_machine(adata, tmp_path, family, monkeypatch):
     """Idle run versus a run with two CPU hogs, a clock that jumps 1,000 s per reading
     and a different caller thread count: bitwise identical weights and losses."""
-    import scfm_audit.models._train as train
+    import scfm_audit.models._trainer as trainer
 
     small = adata[:64].copy()
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
     kw = _tiny_kw(family)
     a = fn(small, tmp_path / "a", **kw)
     ticks = iter(range(0, 10**9, 1000))
-    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(ticks)))
     old = torch.get_num_threads()
     hogs = _hog(2)
     try:
@@ -347,12 +308,12 @@ def test_training_is_deterministic_on_a_busy_machine(adata, tmp_path, family, mo
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_time_budget_only_aborts(adata, tmp_path, family, monkeypatch):
-    import scfm_audit.models._train as train
+    import scfm_audit.models._trainer as trainer
 
     ticks = iter(range(0, 10**9, 1000))
-    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(ticks)))
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
-    with pytest.raises(train.TrainingBudgetExceeded, match="nothing was saved"):
+    with pytest.raises(trainer.TrainingBudgetExceeded, match="nothing was saved"):
         fn(adata[:64].copy(), tmp_path / "d", **_tiny_kw(family), max_seconds=1500.0)
     assert not (tmp_path / "d").exists()
 
@@ -455,16 +416,16 @@ def _best_layer_margin(family, model, params, adata, folder) -> tuple[float, lis
 
 # The acceptance models (both families × the three acceptance seeds) take ~5 minutes to
 # train on two cores, so they are kept as test data, made by
-# ``tests/data/issue10_models/make.py`` with this module's benchmark and settings. They are
+# ``tests/data/acceptance_models/make.py`` with this module's benchmark and settings. They are
 # tied to the training code by (a) the suite's own training of the first seed, which must
 # give bitwise the shipped weights of that seed, and (b) re-training the first steps of
 # every seed, which must give the logged losses.
-ISSUE10 = Path(__file__).parent / "data" / "issue10_models"
+ACCEPTANCE_MODELS = Path(__file__).parent / "data" / "acceptance_models"
 _ADAPTERS = {"scgpt": ScGPTAdapter, "geneformer": GeneformerAdapter}
 
 
 def _shipped(family: str, seed: int):
-    folder = ISSUE10 / f"{family}_{seed}"
+    folder = ACCEPTANCE_MODELS / f"{family}_{seed}"
     return _ADAPTERS[family].load(folder), json.loads((folder / LOG_FILE).read_text())
 
 
@@ -533,7 +494,7 @@ def acceptance(benchmarks, tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_acceptance_models_beat_the_context_free_baseline(acceptance, family):
-    """Issue 10 acceptance, second half: on every acceptance seed the held-out masked
+    """Acceptance, second half: on every acceptance seed the held-out masked
     loss is below the context-free baseline's (per-gene mean bin / per-rank frequency)."""
     for seed, _, loss, baseline in acceptance(family):
         assert loss < baseline, f"seed {seed}: held-out loss {loss:.4g} ≥ baseline {baseline:.4g}"
@@ -541,7 +502,7 @@ def test_acceptance_models_beat_the_context_free_baseline(acceptance, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trained_attention_relates_to_coexpression(acceptance, family):
-    """Issue 10 acceptance, first half, on every one of the three acceptance seeds: the
+    """Acceptance, first half, on every one of the three acceptance seeds: the
     best layer's Spearman(|co-expression|, attention read as the demo reads it) exceeds
     the random-initialised model's by ≥ 0.2."""
     for seed, margin, _, _ in acceptance(family):

@@ -564,7 +564,7 @@ def _tiny_model_replicate(seed: int, n_random: int = 99):
     from scfm_audit.data import simulate_perturbseq
     from scfm_audit.models import build_scgpt_checkpoint
     from scfm_audit.models._masked import masked_inputs
-    from scfm_audit.models._scgpt import ScGPTAdapter
+    from scfm_audit.models.scgpt import ScGPTAdapter
 
     bench = simulate_perturbseq(n_cells=60, n_genes=80, n_tfs=6, n_perturbations=2, seed=7)
     with tempfile.TemporaryDirectory() as tmp:

@@ -615,9 +615,9 @@ def _stream_to_h5ad(
         indptr = [np.zeros(1, dtype=np.int64)]
         nnz = 0
         for x in chunks:
-            for ds, arr in ((data, x.data), (indices, x.indices)):
-                ds.resize((nnz + x.nnz,))
-                ds[nnz:] = arr
+            for h5_array, arr in ((data, x.data), (indices, x.indices)):
+                h5_array.resize((nnz + x.nnz,))
+                h5_array[nnz:] = arr
             indptr.append(x.indptr[1:].astype(np.int64) + nnz)
             nnz += x.nnz
             n_counts.append(np.asarray(x.sum(axis=1)).ravel())

@@ -448,7 +448,7 @@ class AttentionAccumulator:
         def make(mat: torch.Tensor, layer: int, head: int | None) -> EdgeScores:
             m = mat * self.scale / denom
             m = m.masked_fill(absent, float("nan")).cpu().numpy()
-            es = EdgeScores(
+            edge_scores = EdgeScores(
                 scores=m,
                 genes=self.genes,
                 method="attention",
@@ -464,10 +464,12 @@ class AttentionAccumulator:
             if symmetrise:
                 with warnings.catch_warnings():  # pairs never seen stay NaN
                     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-                    es = es.symmetrised()
+                    edge_scores = edge_scores.symmetrised()
             if correction == "apc":
-                es = replace(es, scores=average_product_correction(es.dense()))
-            return es
+                edge_scores = replace(
+                    edge_scores, scores=average_product_correction(edge_scores.dense())
+                )
+            return edge_scores
 
         out: list[EdgeScores] = []
         for i, layer in enumerate(self.layers):

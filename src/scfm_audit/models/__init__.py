@@ -9,7 +9,6 @@ from scfm_audit.models._base import (
     VocabularyReport,
     load_model,
 )
-from scfm_audit.models._geneformer import GeneformerAdapter, build_geneformer_checkpoint
 from scfm_audit.models._hooks import HookContext, HookPoint, hooks
 from scfm_audit.models._interventions import (
     Intervention,
@@ -22,7 +21,8 @@ from scfm_audit.models._interventions import (
     parse_heads,
     zero_mlp,
 )
-from scfm_audit.models._scgpt import ScGPTAdapter, build_scgpt_checkpoint
+from scfm_audit.models.geneformer import GeneformerAdapter, build_geneformer_checkpoint
+from scfm_audit.models.scgpt import ScGPTAdapter, build_scgpt_checkpoint
 
 __all__ = [
     "MODEL_FAMILIES",

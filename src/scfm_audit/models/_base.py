@@ -331,7 +331,7 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 
 MODEL_FAMILIES: Registry[type[ModelAdapter]] = Registry(
-    "model family", modules=("scfm_audit.models._scgpt", "scfm_audit.models._geneformer")
+    "model family", modules=("scfm_audit.models.scgpt", "scfm_audit.models.geneformer")
 )
 
 

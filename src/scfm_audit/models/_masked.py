@@ -26,7 +26,7 @@ from scfm_audit.models._base import ModelOutput, TokenizedBatch
 
 __all__ = ["MaskedBatch", "masked_inputs", "masked_loss_per_cell", "masked_objective"]
 
-SCGPT_MASK_VALUE = -1.0  # args.json "mask_value" (as models._train)
+SCGPT_MASK_VALUE = -1.0  # args.json "mask_value" (as models/scgpt/_recipe.py)
 
 
 @dataclass

@@ -99,9 +99,9 @@ class ArtifactCache:
 def _write(folder: Path, obj: Any, codec: str) -> None:
     if codec == "edges":
         names = []
-        for i, es in enumerate(obj):
+        for i, scores in enumerate(obj):
             name = f"{i:05d}.npz"
-            es.save(folder / name)
+            scores.save(folder / name)
             names.append(name)
         (folder / "manifest.json").write_text(json.dumps(names))
     elif codec == "frame":

@@ -17,7 +17,7 @@ QUICK_SIMULATION: dict[str, Any] = {
 }  # fmt: skip
 
 
-#: How the demo (and the issue-10 acceptance test, ``tests/test_train.py``) reads
+#: How the demo (and the acceptance test of the demo recipe, ``tests/test_train.py``) reads
 #: attention (see ``edges/_attention.py``): softmax probabilities relative to uniform
 #: attention over the cell, since plain probabilities scale as 1/(cell length) and that
 #: alone correlates with |co-expression| (a random-initialised Geneformer scores +0.21

@@ -140,37 +140,43 @@ def _usage_checks(
     edge source gets at least ``min_source_cells`` cells of each dataset."""
     checks: list[Check] = []
     seen: set[tuple] = set()
-    for analysis, p in params.items():
-        datasets = [d for d in (getattr(p, "datasets", None) or cfg.datasets) if d in data]
-        references = [r for r in (getattr(p, "references", None) or cfg.references) if r in refs]
-        edges = list(getattr(p, "edges", None) or cfg.edges)
-        for ds in datasets:
-            genes = data[ds].var_names
+    for analysis, analysis_params in params.items():
+        datasets = [
+            d for d in (getattr(analysis_params, "datasets", None) or cfg.datasets) if d in data
+        ]
+        references = [
+            r for r in (getattr(analysis_params, "references", None) or cfg.references) if r in refs
+        ]
+        edges = list(getattr(analysis_params, "edges", None) or cfg.edges)
+        for dataset in datasets:
+            genes = data[dataset].var_names
             for ref in references:
-                if ("ref", ref, ds) in seen:
+                if ("ref", ref, dataset) in seen:
                     continue
-                seen.add(("ref", ref, ds))
+                seen.add(("ref", ref, dataset))
                 n = int(genes.isin(refs[ref].genes).sum())
                 if n == 0:
-                    checks.append(Check(f"reference {ref} on {ds}", False, _no_overlap(
-                        ref, refs[ref].genes, ds, genes, analysis)))  # fmt: skip
-            for e in edges:
-                if ("edge", e, ds) in seen or e not in cfg.edges:
+                    checks.append(Check(f"reference {ref} on {dataset}", False, _no_overlap(
+                        ref, refs[ref].genes, dataset, genes, analysis)))  # fmt: skip
+            for edge in edges:
+                if ("edge", edge, dataset) in seen or edge not in cfg.edges:
                     continue
-                seen.add(("edge", e, ds))
+                seen.add(("edge", edge, dataset))
                 try:
-                    n_cells = len(res.edge_cells(e, ds))
+                    n_cells = len(res.edge_cells(edge, dataset))
                 except Exception as err:
-                    checks.append(Check(f"edges {e} on {ds}", False, _message(err, f"edges.{e}")))
+                    checks.append(
+                        Check(f"edges {edge} on {dataset}", False, _message(err, f"edges.{edge}"))
+                    )
                     continue
-                need = cfg.edges[e].min_source_cells
+                need = cfg.edges[edge].min_source_cells
                 if n_cells < need:
-                    which = "control cells" if cfg.edges[e].cells == "control" else "cells"
-                    checks.append(Check(f"edges {e} on {ds}", False, (
-                        f"dataset {ds!r} gives edge source {e!r} only {n_cells} {which}; at "
+                    which = "control cells" if cfg.edges[edge].cells == "control" else "cells"
+                    checks.append(Check(f"edges {edge} on {dataset}", False, (
+                        f"dataset {dataset!r} gives edge source {edge!r} only {n_cells} {which}; at "
                         f"least {need} are needed for scores and CIs that mean anything. Use a "
-                        f"dataset with more {which}, set edges.{e}.cells: all, or (at your own "
-                        f"risk) lower edges.{e}.min_source_cells.")))  # fmt: skip
+                        f"dataset with more {which}, set edges.{edge}.cells: all, or (at your own "
+                        f"risk) lower edges.{edge}.min_source_cells.")))  # fmt: skip
     return checks
 
 

@@ -1,6 +1,6 @@
 """Report block: how each trained model of the run learned (training curve, held-out
 loss against chance and a context-free baseline), read from the ``train_log.json`` that
-:mod:`scfm_audit.models._train` writes beside a checkpoint. Models without a log
+:mod:`scfm_audit.models._trainer` writes beside a checkpoint. Models without a log
 (downloaded checkpoints) are skipped.
 """
 

@@ -1,8 +1,8 @@
-"""Re-make the issue-10 acceptance checkpoints of ``tests/test_train.py`` (both families,
+"""Re-make the acceptance checkpoints of ``tests/test_train.py`` (both families,
 the acceptance seeds ``SEEDS``, the test's own benchmark and the demo recipe; about 4
 minutes on two idle cores):
 
-    PYTHONPATH=src python tests/data/issue10_models/make.py [scgpt] [geneformer]
+    PYTHONPATH=src python tests/data/acceptance_models/make.py [scgpt] [geneformer]
 
 (one family re-makes only that family's checkpoints; PROVENANCE.json is rewritten with the
 current settings of both, so re-make a family only when the other's settings are unchanged).
@@ -49,7 +49,7 @@ def main(families: list[str]) -> None:
     (HERE / "PROVENANCE.json").write_text(
         json.dumps(
             {
-                "command": "PYTHONPATH=src python tests/data/issue10_models/make.py",
+                "command": "PYTHONPATH=src python tests/data/acceptance_models/make.py",
                 "seeds": list(SEEDS),
                 "simulation": SIM,
                 "scgpt": SCGPT_TRAIN,
