@@ -51,7 +51,7 @@ def bench(tmp_path_factory) -> Path:
 
     from scfm_audit.data import simulate_perturbseq
     from scfm_audit.data._simulate import write_benchmark
-    from scfm_audit.models._geneformer import build_geneformer_checkpoint
+    from scfm_audit.models.geneformer import build_geneformer_checkpoint
     from scfm_audit.models.scgpt import build_scgpt_checkpoint
 
     root = tmp_path_factory.mktemp("design")
