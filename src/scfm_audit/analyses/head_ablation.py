@@ -370,7 +370,12 @@ def _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy, no
         layer_heads = tuple((full_layer, h) for h in range(adapter.n_heads))
         conds.append(Condition("full-layer", ch, layer_heads, label=f"layer {full_layer}"))
     mlp_layers = p.mlp_layers if p.mlp_layers is not None else [adapter.n_layers - 1, 0]
-    for L in dict.fromkeys(int(x) % adapter.n_layers for x in mlp_layers):
+    n = adapter.n_layers
+    bad = [x for x in mlp_layers if not -n <= int(x) < n]
+    if bad:  # an index is never wrapped onto another layer (9 on 4 layers is not layer 1)
+        raise ValueError(f"mlp_layers {bad} outside the model's {n} layers (0..{n - 1}, or "
+                         f"-{n}..-1 from the last); give indices in that range.")  # fmt: skip
+    for L in dict.fromkeys(int(x) % n for x in mlp_layers):
         role = "readout layer" if L == adapter.n_layers - 1 else ("early" if L == 0 else "")
         label = f"MLP {L}" + (f" ({role})" if role else "")
         conds.append(Condition("mlp", "mlp", layers=(L,), label=label))
