@@ -56,6 +56,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     LayerClaimParams,
     Unit,
@@ -167,7 +168,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          "degree-matched relabelling of the reference on the score's cross-fitted (boosting) residual on |co-expression| and gene covariates, two-sided; one layer"),
     ),
 )
-def run_attention_vs_coexpression(ctx, p: AttentionVsCoexpressionParams) -> AnalysisResult:
+def run_attention_vs_coexpression(ctx: AnalysisContext, p: AttentionVsCoexpressionParams) -> AnalysisResult:
     from scfm_audit.plotting import hexbin_figure, metric_by_layer_figure
 
     datasets = p.datasets_in(ctx)

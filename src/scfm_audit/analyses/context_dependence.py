@@ -48,6 +48,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     Unit,
     register_analysis,
@@ -146,7 +147,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'intersection-union of the per-context signed-rank tests'),
     ),
 )
-def run_context_dependence(ctx, p: ContextParams) -> AnalysisResult:
+def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisResult:
     from scfm_audit.plotting import distribution_figure
 
     notes: list[str] = []

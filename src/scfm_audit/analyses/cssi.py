@@ -54,6 +54,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     LayerClaimParams,
     Unit,
@@ -149,7 +150,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'paired permutation over source genes of Δmetric between CSSI with these strata and with random strata of the observed sizes (H0: the two rankings exchangeable within every source gene), two-sided; one layer; CSSI vs pooled is descriptive'),
     ),
 )
-def run_cssi(ctx, p: CSSIParams) -> AnalysisResult:
+def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)
     edge_names = p.edges_in(ctx)
     rows, scan_rows, null_rows, strata_rows = [], [], [], []

@@ -37,7 +37,13 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Unit, UnitParams, register_analysis
+from scfm_audit.analyses._contract import (
+    AnalysisContext,
+    AnalysisResult,
+    Unit,
+    UnitParams,
+    register_analysis,
+)
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._detectability import (
     cells_needed,
@@ -120,7 +126,7 @@ def _demo(*, quick: bool = False, models: bool = False) -> dict | None:
     no_claims="a planning quantity (closed-form power checked against simulation): it "
     "answers how many cells an audit needs, not a claim about a model",
 )
-def run_detectability(ctx, p: DetectabilityParams) -> AnalysisResult:
+def run_detectability(ctx: AnalysisContext, p: DetectabilityParams) -> AnalysisResult:
     from scfm_audit.analyses._strata import StrataSource
     from scfm_audit.analyses.cssi import CSSIParams
 

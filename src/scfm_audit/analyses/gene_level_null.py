@@ -43,6 +43,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     LayerClaimParams,
     Unit,
@@ -245,7 +246,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'paired two-way vertex bootstrap of ΔAUROC against every expression baseline: intersection-union for the claimed side, Bonferroni for the other, two-sided; one layer'),
     ),
 )
-def run_gene_level_null(ctx, p: GeneLevelNullParams) -> AnalysisResult:
+def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> AnalysisResult:
     from scfm_audit.plotting import forest_figure
 
     datasets = p.datasets_in(ctx)

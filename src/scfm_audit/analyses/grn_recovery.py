@@ -37,6 +37,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     LayerClaimParams,
     Unit,
@@ -105,7 +106,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          "degree-matched relabelling of the reference's genes (H0: reference genes exchangeable with data genes of the same role and degree), adaptive Monte-Carlo, two-sided, side against the null's own centre; a layered source at one layer (a priori, or best × number of layers)"),
     ),
 )
-def run_grn_recovery(ctx, p: GRNRecoveryParams) -> AnalysisResult:
+def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResult:
     from scfm_audit.plotting import (
         head_heatmap,
         metric_by_layer_figure,

@@ -55,7 +55,7 @@ from scfm_audit.analyses._ablation_readouts import (
     readout_cells,
     readout_conditions,
 )
-from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
+from scfm_audit.analyses._contract import AnalysisContext, AnalysisResult, Unit, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.analyses.head_specialisation import regulatory_heads
 from scfm_audit.evaluate._ablation import (
@@ -173,7 +173,7 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
          "masked-loss increase of the regulatory heads' ablation ranked among random head sets of equal size (exact when few sets exist; a design whose smallest attainable p cannot reach α, e.g. 1 head of 16: 0.125, answers n/a with what to change); regulatory heads lie above their own null's centre"),
     ),
 )
-def run_head_ablation(ctx, p: HeadAblationParams) -> AnalysisResult:
+def run_head_ablation(ctx: AnalysisContext, p: HeadAblationParams) -> AnalysisResult:
     if p.verdict_channel not in p.channels:
         raise ValueError(
             f"verdict_channel {p.verdict_channel!r} is not among channels {p.channels}; "

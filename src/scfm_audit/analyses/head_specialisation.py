@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisParams,
     AnalysisResult,
     Unit,
@@ -212,7 +213,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'smallest one-sided degree-permutation p over heads × number of heads (H0: no head recovers the reference beyond its structure); one-sided: opposite not tested'),
     ),
 )
-def run_head_specialisation(ctx, p: HeadSpecialisationParams) -> AnalysisResult:
+def run_head_specialisation(ctx: AnalysisContext, p: HeadSpecialisationParams) -> AnalysisResult:
     from scfm_audit.plotting import head_heatmap
 
     rows, selections, notes, figures = [], [], [], {}

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
+from scfm_audit.analyses._contract import AnalysisContext, AnalysisResult, Unit, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams, dataset_responders
 
 STAT_LABEL = {
@@ -143,7 +143,7 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
          'specificity (matched − mismatched mean per-perturbation Spearman) against shuffled perturbation labels within arms (keeps every gene-level pattern), adaptive Monte-Carlo, two-sided'),
     ),
 )
-def run_in_silico_perturbation(ctx, p: InSilicoParams) -> AnalysisResult:
+def run_in_silico_perturbation(ctx: AnalysisContext, p: InSilicoParams) -> AnalysisResult:
     models = p.models if p.models is not None else ctx.model_names()
     datasets = p.datasets or [
         d for d in ctx.dataset_names() if ctx.dataset_spec(d).perturbation is not None

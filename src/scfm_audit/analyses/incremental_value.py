@@ -48,7 +48,13 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Unit, choose_layer, register_analysis
+from scfm_audit.analyses._contract import (
+    AnalysisContext,
+    AnalysisResult,
+    Unit,
+    choose_layer,
+    register_analysis,
+)
 from scfm_audit.analyses._perturbation_common import (
     GENE_FEATURES,
     ResponderParams,
@@ -226,7 +232,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          "grouped 5-fold (by perturbation) logistic regression, out-of-fold ΔAUROC, one-sided two-way bootstrap (perturbations × candidate genes): opposite not tested; `bootstrap: perturbation` (the paper's, type-I 7.5%) is marked as such; the likelihood-ratio test is descriptive"),
     ),
 )
-def run_incremental_value(ctx, p: IncrementalValueParams) -> AnalysisResult:
+def run_incremental_value(ctx: AnalysisContext, p: IncrementalValueParams) -> AnalysisResult:
     datasets = p.datasets or ctx.dataset_names()
     metrics, deltas, lrts, matching, notes = [], [], [], [], []
     for ds in datasets:

@@ -28,6 +28,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisParams,
     AnalysisResult,
     Unit,
@@ -216,7 +217,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'OLS slope of AUROC(PPI) − AUROC(TF) on layer depth, joint vertex bootstrap of genes (H0: slope 0), two-sided; claimed side: negative'),
     ),
 )
-def run_layer_organisation(ctx, p: LayerOrganisationParams) -> AnalysisResult:
+def run_layer_organisation(ctx: AnalysisContext, p: LayerOrganisationParams) -> AnalysisResult:
     from scfm_audit.plotting import metric_by_layer_figure
 
     datasets = p.datasets or ctx.dataset_names()

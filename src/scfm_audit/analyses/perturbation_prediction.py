@@ -59,6 +59,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     Unit,
     register_analysis,
@@ -226,7 +227,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'the same signed-rank test on attention − co-expression AUROC'),
     ),
 )
-def run_perturbation_prediction(ctx, p: PredictionParams) -> AnalysisResult:
+def run_perturbation_prediction(ctx: AnalysisContext, p: PredictionParams) -> AnalysisResult:
     acc = _Acc()
     sources = attention_sources(ctx, p.attention)
     if not sources:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from scfm_audit.analyses._contract import AnalysisResult, Unit, register_analysis
+from scfm_audit.analyses._contract import AnalysisContext, AnalysisResult, Unit, register_analysis
 from scfm_audit.analyses._perturbation_common import ResponderParams
 from scfm_audit.evaluate._de import (
     DE_COLUMNS,
@@ -170,7 +170,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'Wilcoxon signed-rank over perturbations of the on-target log2FC (H0: symmetric about 0); effect: Hodges–Lehmann log2FC with the inverted-test CI'),
     ),
 )
-def run_perturbation_responders(ctx, p: PerturbationRespondersParams) -> AnalysisResult:
+def run_perturbation_responders(ctx: AnalysisContext, p: PerturbationRespondersParams) -> AnalysisResult:
     from scfm_audit.plotting import perturbation_bars_figure, sweep_heatmap
 
     tables: dict[str, list[pd.DataFrame]] = {

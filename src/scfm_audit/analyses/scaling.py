@@ -41,6 +41,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisResult,
     LayerClaimParams,
     Unit,
@@ -162,7 +163,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
          'vertex bootstrap of Δmetric (best smaller grid point − largest), two-sided, p × (grid points − 1); one layer'),
     ),
 )
-def run_scaling(ctx, p: ScalingParams) -> AnalysisResult:
+def run_scaling(ctx: AnalysisContext, p: ScalingParams) -> AnalysisResult:
     datasets = p.datasets_in(ctx)
     rows, fit_rows, test_rows, notes = [], [], [], []
     for ds in datasets:

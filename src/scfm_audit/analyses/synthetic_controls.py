@@ -21,6 +21,7 @@ from pydantic import Field
 
 from scfm_audit.analyses._calibration import CALIBRATIONS, EXEMPT, calibrate
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisParams,
     AnalysisResult,
     Unit,
@@ -73,7 +74,7 @@ def _smoke_scenarios() -> list[str]:
          'exact one-sided binomial test of the rejection rate against α over simulated replicates'),
     ),
 )
-def run_synthetic_controls(ctx, p: SyntheticControlsParams) -> AnalysisResult:
+def run_synthetic_controls(ctx: AnalysisContext, p: SyntheticControlsParams) -> AnalysisResult:
     from dataclasses import replace
 
     from scfm_audit.plotting import forest_figure
