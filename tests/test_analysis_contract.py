@@ -74,6 +74,13 @@ QUICK = {
         "n_repeats": 2,
         "n_boot": 50,
     },
+    "batch_leakage": {
+        "max_cells": 200,
+        "n_perm": 49,
+        "n_perm_max": 0,
+        "n_resamples": 3,
+        "top_k": 20,
+    },
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],
