@@ -81,6 +81,7 @@ QUICK = {
         "n_resamples": 3,
         "top_k": 20,
     },
+    "calibration": {"n_boot": 20},
     "synthetic_controls": {
         "n_replicates": 5,
         "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"],

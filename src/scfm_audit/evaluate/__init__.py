@@ -3,12 +3,28 @@ two-way bootstrap, structure-preserving nulls), the model's own in-silico pertur
 and its comparison with observed effects. DE and regression kernels will live here too;
 the analyses that use them live in :mod:`scfm_audit.analyses`."""
 
+from scfm_audit.evaluate._calibration_metrics import (
+    brier_decomposition,
+    conformal_sets,
+    expected_calibration_error,
+    fit_maps,
+    perturbation_splits,
+    reliability_table,
+    spiegelhalter_test,
+)
 from scfm_audit.evaluate._in_silico import (
     compare_in_silico,
     cross_scores,
     in_silico_effects,
     in_silico_test,
     perturbable,
+)
+from scfm_audit.evaluate._leakage import (
+    artifact_sensitivity,
+    cv_balanced_accuracy,
+    edge_products,
+    leakage_test,
+    top_edges,
 )
 from scfm_audit.evaluate._recovery import (
     candidate_pairs,
@@ -18,13 +34,25 @@ from scfm_audit.evaluate._recovery import (
 )
 
 __all__ = [
+    "artifact_sensitivity",
+    "brier_decomposition",
     "candidate_pairs",
     "compare_in_silico",
+    "conformal_sets",
     "cross_scores",
+    "cv_balanced_accuracy",
+    "edge_products",
     "edge_recovery",
+    "expected_calibration_error",
+    "fit_maps",
     "in_silico_effects",
     "in_silico_test",
+    "leakage_test",
     "perturbable",
+    "perturbation_splits",
+    "reliability_table",
+    "spiegelhalter_test",
+    "top_edges",
     "vertex_bootstrap_auroc",
     "weighted_auroc",
 ]
