@@ -387,6 +387,11 @@ def _summary(table: pd.DataFrame, sens: pd.DataFrame) -> str:
 # composition difference only: the within-state permutation must not credit it, an
 # unstratified one does — reported as p_unstratified). Planted: donor shifts of SD
 # 0.1 and 0.3 (log scale), top |Spearman| edges.
+# `python benchmarks/calibration.py --analyses batch_leakage --nulls 200 --planted 100`
+# (seed 0, 2027 s on 2 shared CPUs; 199 draws per replicate): rejection rate with
+# Clopper-Pearson 95 % — hub_null_batch0 0.050 [0.024, 0.090], coexp_null_batch0 0.035
+# [0.014, 0.071], composition_null 0.055 [0.028, 0.096] (unstratified permutation: 0.670),
+# planted_batch_0.1 0.63 [0.53, 0.72], planted_batch_0.3 1.00 [0.96, 1.00].
 
 CAL_SIM = {"n_cells": 500, "n_genes": 100, "n_tfs": 10, "n_perturbations": 4,
            "n_states": 3, "state_program_strength": 0.6}  # fmt: skip
