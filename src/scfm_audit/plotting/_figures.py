@@ -978,3 +978,72 @@ def cssi_figures(table: pd.DataFrame, scan: pd.DataFrame, *, variant: str) -> di
                 ylabel="recovery",
             )
     return figs
+
+
+# ------------------------------------------------------------------------ quality control
+def leakage_figure(
+    panels: Mapping[str, Mapping[str, tuple[float, np.ndarray]]],
+    *,
+    title: str | None = None,
+    xlabel: str = "balanced accuracy",
+) -> Figure:
+    """Observed statistic against its own null, one row per feature set, one panel per
+    score set: ``panels[label][feature set] = (observed, null draws)``. Each null is a
+    box (whiskers 2.5–97.5 %), the observed value a black dot."""
+    k = max(1, len(panels))
+    cols = min(k, 3)
+    rows = -(-k // cols)
+    fig = _new_figure(3.8 * cols, 2.4 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True)).ravel()
+    for ax, (label, sets) in zip(axes, panels.items()):
+        names = list(sets)
+        for i, name in enumerate(names):
+            obs, draws = sets[name]
+            z = np.asarray(draws, dtype=float)
+            z = z[np.isfinite(z)]
+            if z.size:
+                ax.boxplot([z], positions=[i], vert=False, widths=0.5, whis=(2.5, 97.5),
+                           showfliers=False)  # fmt: skip
+            ax.plot([obs], [i], "o", color="black", zorder=3)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([_pretty(n) for n in names], fontsize=7)
+        ax.set_title(label, fontsize=9)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel(xlabel)
+    fig.suptitle(title or "observed against null", fontsize=10)
+    return fig
+
+
+def reliability_figure(
+    curves: Mapping[str, pd.DataFrame], *, title: str | None = None
+) -> Figure:
+    """Reliability diagram: per panel (a score set), one line per probability map
+    (``curves[label]`` long table ``map, bin_mean, observed, n``), mean predicted
+    probability of a bin against the observed frequency, point size ∝ bin count; the
+    diagonal is perfect calibration."""
+    k = max(1, len(curves))
+    cols = min(k, 3)
+    rows = -(-k // cols)
+    fig = _new_figure(3.6 * cols, 3.4 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (label, df) in zip(axes, curves.items()):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+        for i, (name, sub) in enumerate(df.groupby("map", sort=False)):
+            sub = sub[sub["n"] > 0]
+            st = _style(i)
+            ax.plot(sub["bin_mean"], sub["observed"], color=st["color"], linewidth=1.2,
+                    label=str(name))  # fmt: skip
+            ax.scatter(sub["bin_mean"], sub["observed"], s=8 + 60 * sub["n"] / sub["n"].max(),
+                       color=st["color"], zorder=3)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability", fontsize=8)
+        ax.set_ylabel("observed responder rate", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=6.5, loc="upper left")
+    for ax in axes[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(title or "reliability", fontsize=10)
+    return fig
