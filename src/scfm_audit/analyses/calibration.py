@@ -54,6 +54,7 @@ from scfm_audit.analyses._contract import (
 )
 from scfm_audit.analyses._perturbation_common import ResponderParams, candidate_table
 from scfm_audit.evaluate._calibration_metrics import (
+    SPIEGELHALTER_H0,
     brier_decomposition,
     conformal_sets,
     expected_calibration_error,
@@ -101,6 +102,9 @@ def _demo(quick: bool, models: bool) -> dict:
     return {"datasets": ["sim"], "n_boot": 50}
 
 
+_TEST = "calibration T² clustered by perturbation"
+
+
 @register_analysis(
     "calibration",
     description="edge scores mapped to P(candidate responds) with splits by perturbation "
@@ -114,11 +118,13 @@ def _demo(quick: bool, models: bool) -> dict:
     quick={"n_boot": 20},
     demo=_demo,
     claims=(
-        ("<source>'s calibrated scores are miscalibrated on held-out perturbations",
-         "Hotelling's T² over held-out perturbations of the per-perturbation calibration "
-         "residuals of the isotonic map (observed − expected and Spiegelhalter's term), the "
-         "map's own fitting error added by bootstrap refits (H0: the mapping procedure gives "
-         "calibrated probabilities on new perturbations), one-sided; 'yes' = miscalibrated"),
+        (
+            "<source>'s calibrated scores are miscalibrated on held-out perturbations",
+            "Hotelling's T² over held-out perturbations of the per-perturbation calibration "
+            "residuals of the isotonic map (observed − expected and Spiegelhalter's term), the "
+            "map's own fitting error added by bootstrap refits (H0: the mapping procedure gives "
+            "calibrated probabilities on new perturbations), one-sided; 'yes' = miscalibrated",
+        ),
     ),
 )
 def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResult:
@@ -137,8 +143,13 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
                 "held-out perturbations"
             )
             if spec.perturbation is None:
-                _not_assessable(ctx, Unit.of(sets[0], ds), claim=claim,
-                                   reason="the dataset has no perturbation column")  # fmt: skip
+                ctx.not_assessable(
+                    Unit.of(sets[0], ds),
+                    claim=claim,
+                    reason="the dataset has no perturbation column",
+                    test=_TEST,
+                    h0=SPIEGELHALTER_H0,
+                )
                 notes.append(f"{ds}: no perturbations; calibration not assessable.")
                 continue
             cand = candidate_table(ctx, ds, p, edges=[en])
@@ -164,14 +175,26 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
                            "or no responder in a split")  # fmt: skip
                     notes.append(f"{ds}/{es.label}: {why}; not evaluated.")
                     if is_claim:
-                        _not_assessable(ctx, Unit.of(es, ds), claim=claim, reason=why)
+                        ctx.not_assessable(
+                            Unit.of(es, ds),
+                            claim=claim,
+                            reason=why,
+                            test=_TEST,
+                            h0=SPIEGELHALTER_H0,
+                        )
                     continue
                 if out["n_perturbations"] < p.min_perturbations:
                     why = (f"{out['n_perturbations']} perturbations with a responder "
                            f"(< {p.min_perturbations})")  # fmt: skip
                     notes.append(f"{ds}/{es.label}: {why}; not evaluated.")
                     if is_claim:
-                        _not_assessable(ctx, Unit.of(es, ds), claim=claim, reason=why)
+                        ctx.not_assessable(
+                            Unit.of(es, ds),
+                            claim=claim,
+                            reason=why,
+                            test=_TEST,
+                            h0=SPIEGELHALTER_H0,
+                        )
                     continue
                 for m in MAPS:
                     metric_rows.append({**where, "map": m, **out["metrics"][m]})
