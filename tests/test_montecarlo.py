@@ -106,7 +106,8 @@ def test_stages_draw_only_the_increments_and_stop_above_the_threshold():
 def test_ties_count_as_extreme_and_nan_draws_are_dropped():
     tied = adaptive_mc_pvalue(lambda k, rng: np.zeros(k), 0.0, stages=(9,), seed=0)
     assert tied.p_greater == 1.0 and tied.p_less == 1.0 and tied.p == 1.0
-    assert not tied.at_floor
+    # a point-mass null: nothing smaller than 1 is attainable, whatever the draws
+    assert tied.p_floor == 1.0 and tied.at_floor
 
     def some_nan(k, rng):
         x = np.arange(k, dtype=float)

@@ -323,7 +323,11 @@ def simulate_power(
     pair scores are independent), ``mean_auroc``,
     ``auroc_closed`` (the attenuated AUROC), ``n_rep``.
     """
-    from scfm_audit.analyses._calibration import clopper_pearson
+    from statsmodels.stats.proportion import proportion_confint
+
+    def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+        lo, hi = proportion_confint(k, n, alpha=0.05, method="beta")
+        return float(lo), float(hi)
 
     n1 = pairs.n_pos
     n0 = len(pairs) - n1
