@@ -280,12 +280,15 @@ def _standards(run: RunResult) -> dict[str, Any]:
         for model, ds in pairs:
             r = look[(st.id, model, ds)]
             cls, word = _STD_BADGE.get(r["answer"], ("na", r["answer"]))
-            est = fmt_effect(r["effect"], r["ci_low"], r["ci_high"])
-            est = "" if est == _MISSING else est
+            # two significant digits below the word (the hover and standards.csv have more)
+            est = "" if _is_missing(r["effect"]) else fmt_num(r["effect"], 2)
+            if est and not (_is_missing(r["ci_low"]) or _is_missing(r["ci_high"])):
+                est += f" [{fmt_num(r['ci_low'], 2)}, {fmt_num(r['ci_high'], 2)}]"
+            full = fmt_effect(r["effect"], r["ci_low"], r["ci_high"])
             q = "" if _is_missing(r["q"]) else f"q {fmt_p(r['q'])}"
             hover = [f"{st.title} · {model} · {ds}: {r['answer']}"]
             if est:
-                hover.append(f"{r['effect_name'] or 'effect'} {est}" + (f", {q}" if q else ""))
+                hover.append(f"{r['effect_name'] or 'effect'} {full}" + (f", {q}" if q else ""))
             if r["n_claims"] > 1:
                 hover.append(f"{r['n_claims']} claims behind it")
             if r["claims"]:

@@ -347,8 +347,13 @@ def matrix_lines(
     ``model/dataset`` abbreviated. ``colour``: rich markup on the words."""
     if matrix is None or matrix.empty:
         return ["(no standards: the run answered no claim a standard reads)"]
-    label_w, cell_w = 24, 12
+    label_w = 24
     pairs = list(dict.fromkeys(zip(matrix["model"], matrix["dataset"], strict=True)))
+    # cells 12 wide, wider (up to 20) when the full headers then still fit
+    longest = max(len(prefix) + len(f"{m}/{d}") for m, d in pairs) + 1
+    cell_w = max(12, min(longest, 20))
+    if label_w + cell_w * len(pairs) > width:
+        cell_w = 12
     per_block = max((width - label_w) // cell_w, 1)
     look = {(r.standard, r.model, r.dataset): r.answer for r in matrix.itertuples()}
     colours = {"yes": "green", "opposite": "magenta", "no evidence": "red", "mixed": "yellow"}
