@@ -149,7 +149,7 @@ def _print_matrix(matrix, title: str = "QC standard", prefix: str = "") -> None:
     from scfm_audit.report._standards import matrix_lines
 
     if _plain():
-        sys.stdout.write(f"{title}\n" + "\n".join(matrix_lines(matrix, prefix=prefix)) + "\n")
+        sys.stdout.write(f"\n{title}\n" + "\n".join(matrix_lines(matrix, prefix=prefix)) + "\n")
         sys.stdout.flush()
         return
     console.print(f"\n[bold]{escape(title)}[/]")

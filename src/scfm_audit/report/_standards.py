@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,7 +380,22 @@ def matrix_lines(
                 cells.append(w)
             lines.append((s.short[: label_w - 1].ljust(label_w) + "".join(cells)).rstrip())
         lines.append("")
-    return lines[:-1]
+    short = {}
+    for m, d in pairs:
+        a = prefix + _abbrev(str(m), str(d), cell_w - 1 - len(prefix))
+        if a != f"{prefix}{m}/{d}":
+            short[a] = f"{prefix}{m} × {d}"
+    if short:  # abbreviated headers: say what they stand for
+        key = "; ".join(f"{a} = {full}" for a, full in short.items())
+        lines += textwrap.wrap("columns: " + key, width=width, subsequent_indent="  ")
+    else:
+        lines = lines[:-1]
+    if colour:
+        from rich.markup import escape
+
+        body = {s.short[: label_w - 1] for s in STANDARDS}
+        lines = [x if x[:label_w].rstrip() in body else escape(x) for x in lines]
+    return lines
 
 
 def run_standards(run: Any, scorecard: pd.DataFrame | None = None) -> pd.DataFrame:
