@@ -230,3 +230,31 @@ def test_difference_test_from_two_cis():
     assert t["delta"] == pytest.approx(0.2) and t["z"] == pytest.approx(0.2 / se)
     assert t["p_diff"] == pytest.approx(math.erfc(abs(t["z"]) / math.sqrt(2)))
     assert math.isnan(diff_test(0.2, nan, 0.3, 0.0, -0.1, 0.1)["z"])
+
+
+def test_end_of_run_prints_the_matrix_and_the_claims_on_a_pipe(tmp_path, capsys):
+    import time
+
+    from scfm_audit.cli import _finish
+
+    _finish(_run(tmp_path, leak_p=0.001, leak=0.2, rec_effect=0.2), time.perf_counter())
+    out = capsys.readouterr().out
+    assert "claim\tdataset\tanswer\tq\testimate [95% CI]\tlayer" in out  # plain on a pipe
+    i = out.index("QC standard")
+    matrix = out[i:].splitlines()
+    assert matrix[1].split() == ["standard", "scgpt/k562"]
+    assert any(re.fullmatch(r"no batch leakage\s+opposite", x) for x in matrix)
+    assert max(len(x) for x in matrix) <= 100
+    assert "report.html" in out[i:]
+
+
+def test_compare_reads_a_run_without_standards_csv(two_runs, tmp_path):
+    import shutil
+
+    a, b = two_runs
+    old = tmp_path / "old"
+    shutil.copytree(b, old)
+    (old / "standards.csv").unlink()
+    r = CliRunner().invoke(app, ["compare", str(a), str(old), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"no batch leakage\s+opposite\s+no-evidence", r.output)
