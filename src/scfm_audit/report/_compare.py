@@ -5,8 +5,9 @@ difference; ``compare.html`` is a small self-contained page (no script).
 Matching. Standards match on (standard, model, dataset); when the runs audit one model
 each and the models differ (two models on the same data), on (standard, dataset); when
 they cover one dataset each and the datasets differ, on (standard, model). Claims match on
-(analysis, claim text with the row's model name replaced by ``<model>``, reference,
-dataset), the dataset dropped from the key when the runs share none.
+(analysis, claim text, reference, dataset, model); when the runs share no model, on the
+claim text with the row's model name replaced by ``<model>`` and without the model; the
+dataset is dropped from the key when the runs share none.
 
 The difference test: z = (e_A − e_B) / √(se_A² + se_B²), se = (CI high − CI low) / (2 ×
 1.96), each CI read as a normal 95% interval, the runs taken as independent; two-sided p.
@@ -136,9 +137,18 @@ def compare_runs(a: RunTables, b: RunTables) -> dict[str, Any]:
                 })  # fmt: skip
     ca, cb = a.scorecard.copy(), b.scorecard.copy()
     shared_ds = set(ca["dataset"].astype(str)) & set(cb["dataset"].astype(str))
+    models_a = set(ca["model"].dropna().astype(str))
+    models_b = set(cb["model"].dropna().astype(str))
+    # runs of other models: the model's name is masked in the claim; shared models match
+    mask = not (models_a & models_b)
     key = ["analysis", "claim_key", "reference"] + (["dataset"] if shared_ds else [])
+    key += [] if mask else ["model"]
     for c in (ca, cb):
-        c["claim_key"] = [_norm_claim(t, m) for t, m in zip(c["claim"], c["model"], strict=True)]
+        c["claim_key"] = [
+            _norm_claim(t, m) if mask else str(t)
+            for t, m in zip(c["claim"], c["model"], strict=True)
+        ]
+        c["model"] = c["model"].astype(str)
         c["reference"] = c["reference"].astype(str)
         c["dataset"] = c["dataset"].astype(str)
     ca = ca.drop_duplicates(key)
