@@ -205,11 +205,16 @@ def _pfmt(p: float) -> str:
     return f"{p:.2e}" if 0 < p < 1e-3 else f"{p:.3g}"
 
 
-def _matrix_view(std: pd.DataFrame) -> dict[str, Any]:
+def _matrix_view(std: pd.DataFrame, other: pd.DataFrame | None = None) -> dict[str, Any]:
+    """One run's matrix; a cell whose (standard, model, dataset) has another answer in
+    ``other`` is marked changed."""
     if std.empty:
         return {"columns": [], "rows": []}
     pairs = list(dict.fromkeys(zip(std["model"], std["dataset"], strict=True)))
     look = {(r["standard"], r["model"], r["dataset"]): r for r in std.to_dict("records")}
+    theirs = {} if other is None or other.empty else {
+        (r["standard"], r["model"], r["dataset"]): r["answer"] for r in other.to_dict("records")
+    }  # fmt: skip
     rows = []
     for s in STANDARDS:
         cells = []
@@ -220,7 +225,12 @@ def _matrix_view(std: pd.DataFrame) -> dict[str, Any]:
                 f"{_est(_f(r['effect']), _f(r['ci_low']), _f(r['ci_high']))}, "
                 f"q {_pfmt(_f(r['q']))}\n{'' if _missing(r['claims']) else r['claims']}"
             )  # fmt: skip
-            cells.append({"answer": ans, "cls": _CLS.get(ans, "na"), "title": title})
+            then = theirs.get((s.id, m, d))
+            changed = then is not None and then != ans
+            if changed:
+                title = f"the other run: {then}\n{title}"
+            cells.append({"answer": ans, "cls": _CLS.get(ans, "na"), "title": title,
+                          "changed": changed})  # fmt: skip
         rows.append({"title": s.title, "meaning": s.meaning, "cells": cells})
     return {"columns": [{"model": m, "dataset": d} for m, d in pairs], "rows": rows}
 
@@ -246,7 +256,8 @@ def render_compare(result: dict[str, Any], path: str | Path) -> Path:
         })  # fmt: skip
     html = tpl.render(
         a=str(result["a"].folder), b=str(result["b"].folder),
-        ma=_matrix_view(result["a"].standards), mb=_matrix_view(result["b"].standards),
+        ma=_matrix_view(result["a"].standards, result["b"].standards),
+        mb=_matrix_view(result["b"].standards, result["a"].standards),
         changed=result["changed"], differ=differ, note=TEST_NOTE,
         n_matched=result["n_matched"], n_tested=result["n_tested"],
         only_a=result["only_a"], only_b=result["only_b"], dims=" × ".join(result["dims"]),
