@@ -332,12 +332,20 @@ def standards_matrix(
 
 
 # ------------------------------------------------------------------ the terminal --
-def _abbrev(model: str, dataset: str, width: int) -> str:
-    half = max((width - 1) // 2, 3)
-    m, d = model, dataset
-    if len(m) + len(d) + 1 > width:
-        m, d = m[: max(half, width - 1 - len(d))], d[: max(half, width - 1 - min(len(m), half))]
-    return f"{m}/{d}"[:width]
+def _headers(pairs: list[tuple[Any, Any]], width: int, prefix: str) -> list[str]:
+    """``prefix + model/dataset`` for each column, cut to ``width`` characters the same
+    way for every column (one model, one dataset: one abbreviation); numbered columns
+    (``#1``) when the cut names would collide."""
+    ms, ds = [str(m) for m, _ in pairs], [str(d) for _, d in pairs]
+    avail = width - len(prefix) - 1
+    ml, dl = max(map(len, ms)), max(map(len, ds))
+    if ml + dl > avail:
+        dl = min(dl, max(avail // 2, avail - ml))
+        ml = avail - dl
+    out = [f"{prefix}{m[:ml]}/{d[:dl]}" for m, d in zip(ms, ds, strict=True)]
+    if len(set(out)) < len(out):
+        out = [f"{prefix}#{i + 1}" for i in range(len(pairs))]
+    return out
 
 
 def matrix_lines(
@@ -355,6 +363,7 @@ def matrix_lines(
     cell_w = max(12, min(longest, 20))
     if label_w + cell_w * len(pairs) > width:
         cell_w = 12
+    heads = _headers(pairs, cell_w - 1, prefix)
     per_block = max((width - label_w) // cell_w, 1)
     look = {(r.standard, r.model, r.dataset): r.answer for r in matrix.itertuples()}
     colours = {"yes": "green", "opposite": "magenta", "no evidence": "red", "mixed": "yellow"}
@@ -362,8 +371,7 @@ def matrix_lines(
     for b in range(0, len(pairs), per_block):
         block = pairs[b : b + per_block]
         head = "standard".ljust(label_w) + "".join(
-            (prefix + _abbrev(str(m), str(d), cell_w - 1 - len(prefix))).ljust(cell_w)
-            for m, d in block
+            heads[pairs.index(md)].ljust(cell_w) for md in block
         )
         lines += [head.rstrip(), "-" * min(width, label_w + cell_w * len(block) - 1)]
         for s in STANDARDS:
@@ -381,8 +389,7 @@ def matrix_lines(
             lines.append((s.short[: label_w - 1].ljust(label_w) + "".join(cells)).rstrip())
         lines.append("")
     short = {}
-    for m, d in pairs:
-        a = prefix + _abbrev(str(m), str(d), cell_w - 1 - len(prefix))
+    for (m, d), a in zip(pairs, heads, strict=True):
         if a != f"{prefix}{m}/{d}":
             short[a] = f"{prefix}{m} × {d}"
     if short:  # abbreviated headers: say what they stand for
