@@ -258,3 +258,16 @@ def test_compare_reads_a_run_without_standards_csv(two_runs, tmp_path):
     r = CliRunner().invoke(app, ["compare", str(a), str(old), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert re.search(r"no batch leakage\s+opposite\s+no-evidence", r.output)
+
+
+def test_terminal_headers_one_cut_per_name_numbered_on_collision():
+    def lines(models, datasets):
+        rows = [_row("grn_recovery", f"attention[{mo}] recovers grn", "yes", model=mo, dataset=d)
+                for mo in models for d in datasets]  # fmt: skip
+        return matrix_lines(standards_matrix(pd.DataFrame(rows)))
+
+    head = lines(["scgpt_demo", "geneformer_demo"], ["sim", "sim_crispra"])[0].split()
+    assert head == ["standard", "scgpt/sim", "scgpt/sim_c", "genef/sim", "genef/sim_c"]
+    out = lines(["scgpt_demo_a", "scgpt_demo_b"], ["sim", "sim_crispra"])
+    assert out[0].split() == ["standard", "#1", "#2", "#3", "#4"]
+    assert "#2 = scgpt_demo_a × sim_crispra" in " ".join(out)
