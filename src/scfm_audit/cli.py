@@ -1,4 +1,4 @@
-"""``scfm-audit`` command line: demo, run, validate, analyses, simulate.
+"""``scfm-audit`` command line: demo, run, compare, validate, analyses, simulate.
 
 Exit codes (also in the README):
 
@@ -143,8 +143,26 @@ def _clean_errors() -> Iterator[None]:
         )
 
 
-def _finish(run, started: float) -> None:
+def _print_matrix(matrix, title: str = "QC standard", prefix: str = "") -> None:
+    """The standards matrix as fixed-width lines (≤ 100 columns, one word per cell):
+    coloured on a terminal, plain on a pipe."""
+    from scfm_audit.report._standards import matrix_lines
+
+    if _plain():
+        sys.stdout.write(f"\n{title}\n" + "\n".join(matrix_lines(matrix, prefix=prefix)) + "\n")
+        sys.stdout.flush()
+        return
+    console.print(f"\n[bold]{escape(title)}[/]")
+    for line in matrix_lines(matrix, colour=True, prefix=prefix):
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _finish(run, started: float, *, claims: bool = False) -> None:
+    """The run's end: counts, the claim table (on a pipe, or with ``claims``), the
+    standards matrix and where the report is."""
     import pandas as pd
+
+    from scfm_audit.report._standards import run_standards
 
     tests = run.tests
     n_sig = int((tests["q"] < run.alpha).sum()) if len(tests) else 0
@@ -153,7 +171,7 @@ def _finish(run, started: float) -> None:
         f"{len(run.results)} analyses, {len(tests)} tests ({n_sig} with q < {run.alpha})"
     )
     sc = run.verdicts()
-    if len(sc):
+    if len(sc) and (claims or _plain()):
         colours = {"yes": "green", "opposite": "magenta", "no evidence": "red"}
         rows, markup = [], []
         for r in sc.itertuples():
@@ -176,6 +194,13 @@ def _finish(run, started: float) -> None:
             markup=markup,
             fold=True,
         )
+    if len(sc):
+        try:
+            _print_matrix(run_standards(run, sc))
+        except Exception as e:  # the run is written; a display failure must not hide it
+            err.print(f"[yellow]the standards matrix could not be printed:[/] {escape(str(e))}")
+    if len(sc) and not (claims or _plain()):
+        console.print("[dim]the claims behind it: --claims, scorecard.csv or the report[/]")
     console.print(f"report: [bold]{escape(str(run.output / 'report.html'))}[/]", soft_wrap=True)
     problems = [f"analysis {name} failed: {e}" for name, e in run.errors.items()]
     if len(tests) == 0:
@@ -200,6 +225,9 @@ def demo(
     retrain: bool = typer.Option(
         False, "--retrain", help="Train the demo models instead of using the shipped ones."
     ),
+    claims: bool = typer.Option(
+        False, "--claims", help="Also print the claim table (always printed on a pipe)."
+    ),
 ) -> None:
     """Run the whole framework on the built-in synthetic benchmark.
 
@@ -219,7 +247,7 @@ def demo(
                 models = ensure_demo_models(out, quick=quick, retrain=retrain)
         cfg = demo_config(out, quick=quick, models=models)
         run = run_audit(cfg, use_cache=not no_cache)
-    _finish(run, started)
+    _finish(run, started, claims=claims)
 
 
 @app.command()
@@ -228,6 +256,9 @@ def run(
     out: Path | None = typer.Option(None, "--out", "-o", help="Override `output`."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    claims: bool = typer.Option(
+        False, "--claims", help="Also print the claim table (always printed on a pipe)."
+    ),
 ) -> None:
     """Run an audit config: models × datasets × references × analyses."""
     from scfm_audit.pipeline._runner import run_audit
@@ -235,7 +266,84 @@ def run(
     started = time.perf_counter()
     with _clean_errors():
         result = run_audit(config, output=out, use_cache=not no_cache, quiet=quiet)
-    _finish(result, started)
+    _finish(result, started, claims=claims)
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="A run's output folder."),
+    run_b: Path = typer.Argument(..., help="Another run's output folder."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for compare.html."),
+) -> None:
+    """Two runs side by side: standard by standard, the claims whose answers differ, a
+    descriptive test of each matched claim's effect difference; writes compare.html."""
+    import math
+
+    from scfm_audit.report._compare import (
+        TEST_NOTE,
+        NotARunError,
+        compare_runs,
+        load_run,
+        render_compare,
+    )
+
+    with _clean_errors():
+        try:
+            a, b = load_run(run_a), load_run(run_b)
+        except NotARunError as e:
+            _fail(str(e), EXIT_BAD_INPUT)
+        res = compare_runs(a, b)
+        if not _plain():
+            console.print(f"A: {escape(str(run_a))}\nB: {escape(str(run_b))}", soft_wrap=True)
+        import pandas as pd
+
+        both = pd.concat(
+            [t.standards.assign(model=f"{lab}:" + t.standards["model"].astype(str))
+             for lab, t in (("A", a), ("B", b))],
+            ignore_index=True,
+        )  # fmt: skip
+        _print_matrix(both, title=f"QC standard, side by side (A: {run_a}, B: {run_b})")
+        changed = res["changed"]
+        console.print(f"\n[bold]standards whose answer changed[/]: {len(changed)}")
+        if changed:
+            _table(
+                "Standards whose answer changed",
+                ("standard", "where", "A", "B"),
+                [(c["standard"], c["where"], c["a"], c["b"]) for c in changed],
+            )
+        d = res["differ"]
+        console.print(
+            f"\n[bold]claims whose answers differ[/]: {len(d)} of {res['n_matched']} matched "
+            f"({res['only_a']} only in A, {res['only_b']} only in B)"
+        )
+
+        def _n(v: float, fmt: str = ".3g") -> str:
+            return "" if math.isnan(v) else format(v, fmt)
+
+        if len(d):
+            _table(
+                "Claims whose answers differ",
+                ("claim", "dataset", "A", "B", "Δ (A−B)", "z", "p (descr.)"),
+                [
+                    (
+                        r.claim,
+                        r.dataset,
+                        r.answer_a,
+                        r.answer_b,
+                        _n(r.delta),
+                        _n(r.z, ".2f"),
+                        _n(r.p_diff),
+                    )
+                    for r in d.itertuples()
+                ],
+                fold=True,
+            )
+        import textwrap
+
+        console.print(f"[dim]{escape(textwrap.fill(TEST_NOTE, 100))}[/]", soft_wrap=True)
+        out.mkdir(parents=True, exist_ok=True)
+        path = render_compare(res, out / "compare.html")
+        console.print(f"compare: [bold]{escape(str(path))}[/]", soft_wrap=True)
 
 
 @app.command()

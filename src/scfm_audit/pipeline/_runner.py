@@ -639,6 +639,10 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
     write_table(run.family_sensitivity, out / "tables" / "family_sensitivity")
     scorecard = run.verdicts()
     write_table(scorecard, out / "scorecard")
+    from scfm_audit.report._standards import run_standards
+
+    # the QC standard: one row per standard × model × dataset (scorecard: one per claim)
+    write_table(_parquet_safe(run_standards(run, scorecard)), out / "standards")
     atomic_write_text(out / "config.resolved.yaml", config_to_yaml(run.config))
     caught = run.warnings
     meta = {

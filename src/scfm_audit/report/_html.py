@@ -252,6 +252,57 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
     }
 
 
+_STD_BADGE = {
+    "yes": ("yes", "✓ yes"),
+    "opposite": ("opp", "⇄ opposite"),
+    "no evidence": ("no", "✗ no evidence"),
+    "mixed": ("mix", "± mixed"),
+    "n/a": ("na", "– n/a"),
+    "not run": ("nr", "not run"),
+}
+
+
+def _standards(run: RunResult) -> dict[str, Any]:
+    """The QC standard on top: rows = standards, columns = model × dataset, each cell
+    the answer (colour + word), its effect [CI] and q below, the claims on hover."""
+    from scfm_audit.report._standards import STANDARDS, run_standards
+
+    try:
+        m = run_standards(run)
+    except Exception as e:  # the report must still render
+        log.exception("standards matrix failed")
+        return {"columns": [], "rows": [], "error": f"{type(e).__name__}: {e}"}
+    pairs = list(dict.fromkeys(zip(m["model"], m["dataset"], strict=True)))
+    look = {(r["standard"], r["model"], r["dataset"]): r for r in m.to_dict("records")}
+    rows = []
+    for st in STANDARDS:
+        cells = []
+        for model, ds in pairs:
+            r = look[(st.id, model, ds)]
+            cls, word = _STD_BADGE.get(r["answer"], ("na", r["answer"]))
+            # two significant digits below the word (the hover and standards.csv have more)
+            est = "" if _is_missing(r["effect"]) else fmt_num(r["effect"], 2)
+            if est and not (_is_missing(r["ci_low"]) or _is_missing(r["ci_high"])):
+                est += f" [{fmt_num(r['ci_low'], 2)}, {fmt_num(r['ci_high'], 2)}]"
+            full = fmt_effect(r["effect"], r["ci_low"], r["ci_high"])
+            q = "" if _is_missing(r["q"]) else f"q {fmt_p(r['q'])}"
+            hover = [f"{st.title} · {model} · {ds}: {r['answer']}"]
+            if est:
+                hover.append(f"{r['effect_name'] or 'effect'} {full}" + (f", {q}" if q else ""))
+            if r["n_claims"] > 1:
+                hover.append(f"{r['n_claims']} claims behind it")
+            if r["claims"]:
+                hover += [c.strip() for c in str(r["claims"]).split("; ")]
+            cells.append({"cls": cls, "word": word, "est": est, "q": q,
+                          "title": "\n".join(hover)})  # fmt: skip
+        rows.append({"title": st.title, "meaning": st.meaning, "cells": cells})
+    return {
+        "columns": [{"model": mo, "dataset": d} for mo, d in pairs],
+        "rows": rows if pairs else [],
+        "error": None,
+    }
+
+
 def _family_sensitivity(run: RunResult) -> list[dict[str, str]]:
     fs = run.family_sensitivity
     if fs is None or fs.empty:
@@ -669,6 +720,7 @@ def render_report(run: RunResult, path: str | Path) -> Path:
     sections = [_section(run, name) for name in _analysis_order(run)]
     html = _template().render(
         h=_header(run, path),
+        standards=_standards(run),
         scorecard=_scorecard(run),
         family=_family_sensitivity(run),
         family_sentence=FAMILY_SENTENCE,
