@@ -132,3 +132,17 @@ def test_every_analysis_declares_its_claims(name):
     assert bool(spec.claims) != bool(spec.no_claims), (
         f"{name}: declare its claims (claims=...) or why it makes none (no_claims=...)"
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demo_block_is_keyed_by_analysis(name):
+    """A demo block maps analysis names (``name`` or ``name@tag``) to parameters that
+    the analysis accepts."""
+    spec = ANALYSES.get(name)
+    if spec.demo is None:
+        return
+    for models in (False, True):
+        blocks = spec.demo(quick=False, models=models) or {}
+        for key, params in blocks.items():
+            assert key.split("@")[0] == name, (name, key)
+            spec.params(**params)  # valid parameters

@@ -97,11 +97,13 @@ class BatchLeakageParams(LayerClaimParams):
     lobo: bool = Field(True, description="leave-one-batch-out top-k (co-expression sources)")
 
 
-def _demo(quick: bool, models: bool) -> dict:
+def _demo(*, quick: bool, models: bool) -> dict:
     """On ``sim`` (three donors, batch_strength 0.1), every source: ~5 s per head-pooled
     score set on 2 CPUs (99 draws, up to 499 for the claim; 400 cells)."""
-    return {"datasets": ["sim"], "max_cells": 400, "n_perm": 99, "n_perm_max": 499,
-            "n_resamples": 10}  # fmt: skip
+    return {
+        "batch_leakage": {"datasets": ["sim"], "max_cells": 400, "n_perm": 99,
+                          "n_perm_max": 499, "n_resamples": 10}
+    }  # fmt: skip
 
 
 QUICK = {"max_cells": 200, "n_perm": 49, "n_perm_max": 0, "n_resamples": 3, "top_k": 20}

@@ -96,10 +96,10 @@ class CalibrationParams(ResponderParams):
     )
 
 
-def _demo(quick: bool, models: bool) -> dict:
+def _demo(*, quick: bool, models: bool) -> dict:
     """On ``sim``: every source's scores mapped to responder probabilities (~3 s each;
     50 bootstrap refits of the maps)."""
-    return {"datasets": ["sim"], "n_boot": 50}
+    return {"calibration": {"datasets": ["sim"], "n_boot": 50}}
 
 
 _TEST = "calibration T² clustered by perturbation"
