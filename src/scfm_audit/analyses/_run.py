@@ -108,7 +108,9 @@ class RunResult:
     def _datasets_of(self, name: str) -> str | None:
         """The datasets an analysis spans (for a claim over several, e.g. contexts)."""
         p = self.params.get(name)
-        names = list(getattr(p, "datasets", None) or self.config.datasets)
+        if p is None or "datasets" not in type(p).model_fields:
+            return None  # an analysis that reads no dataset (synthetic_controls)
+        names = list(p.datasets or self.config.datasets)
         return ", ".join(names) if names else None
 
     def _unanswered(self) -> list[dict[str, Any]]:

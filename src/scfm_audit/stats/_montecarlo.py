@@ -43,11 +43,9 @@ class MonteCarloP:
     as extreme as the observed value, so the true p may be smaller than reported;
     ``null`` the draws themselves.
 
-    The floor accounts for a null with an atom at its extreme (a degenerate null: e.g. a
-    degree-matched relabelling where every class is a singleton gives every draw equal to
-    the observed value): the observed statistic is itself a value of the permutation
-    distribution, so no p can fall below the share of draws tied at the null's most
-    extreme value (:func:`attainable_floor`).
+    The floor accounts for a degenerate null (e.g. a degree-matched relabelling where
+    every class is a singleton gives every draw equal to the observed value): see
+    :func:`attainable_floor`.
     """
 
     p: float
@@ -103,20 +101,25 @@ class MonteCarloP:
 
 
 def attainable_floor(null: np.ndarray, alternative: Alternative) -> float:
-    """The smallest p a Monte-Carlo test with these draws can give: ``1/(B+1)`` per tail,
-    raised to the share of draws tied at the null's extreme value when several are (an
-    atom; a point-mass null gives 1), doubled for two-sided."""
+    """The smallest p a Monte-Carlo test with these draws can give: ``1/(B+1)`` per tail
+    (doubled for two-sided), unless the null is degenerate. A point mass gives 1. A null
+    whose support is small and well sampled (≤ 20 distinct values, each drawn ≥ 5 times,
+    e.g. a relabelling with few distinct outcomes) gives the share of draws tied at its
+    extreme: the observed statistic is itself a value of the permutation distribution,
+    so no p can fall below that atom. A wide support keeps the count floor (the observed
+    value may lie beyond every sampled draw)."""
     valid = null[~np.isnan(null)]
     n = valid.size
     if n == 0:
         return float("nan")
-    up = max(1.0, float(np.sum(valid >= valid.max()))) / (n + 1.0)
-    lo = max(1.0, float(np.sum(valid <= valid.min()))) / (n + 1.0)
-    if float(valid.max()) == float(valid.min()):  # a point mass: nothing can be extreme
-        up = lo = 1.0
+    values, counts = np.unique(valid, return_counts=True)
+    if values.size == 1:  # a point mass: nothing can be more extreme
+        return 1.0
+    up = lo = 1.0 / (n + 1.0)
+    if values.size <= 20 and counts.min() >= 5:
+        up, lo = counts[-1] / (n + 1.0), counts[0] / (n + 1.0)
     floor = {"greater": up, "less": lo, "two-sided": 2 * min(up, lo)}[alternative]
     return min(1.0, floor)
-
 
 def _tails(observed: float, null: np.ndarray) -> tuple[float, float, int]:
     gamma = abs(observed) * 100 * np.finfo(np.float64).eps if np.isfinite(observed) else 0.0
