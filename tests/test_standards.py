@@ -70,7 +70,8 @@ def test_mapping_inversion_aggregation_and_not_run():
     assert "opposite (inverted: yes)" in cell["claims"]
     assert _cell(m, "beats_coexpression")["answer"] == "no evidence"
     assert _cell(m, "no_batch_leakage")["answer"] == "opposite"
-    assert _cell(m, "calibrated")["answer"] == "no evidence"  # no evidence is not inverted
+    # a failure claim (miscalibrated) without evidence: the failure was not detected
+    assert _cell(m, "calibrated")["answer"] == "not detected"
     rec = _cell(m, "recovers_reference")
     assert rec["answer"] == "mixed" and rec["n_claims"] == 2 and rec["q"] == pytest.approx(0.001)
     assert _cell(m, "cssi_specific")["answer"] == "n/a"
@@ -204,7 +205,7 @@ def test_compare_prints_differing_claims_and_writes_html(two_runs, tmp_path):
     assert r.exit_code == 0, r.output
     out = r.output
     assert "QC standard, side by side" in out
-    assert re.search(r"no batch leakage\s+opposite\s+no-evidence", out)
+    assert re.search(r"no batch leakage\s+opposite\s+not-detected", out)
     assert "claims whose answers differ: 1 of 3 matched" in out
     assert "attention[scgpt]'s edges leak batch (batch)" in out
     assert "no batch leakage" in out  # the changed standard
@@ -257,7 +258,7 @@ def test_compare_reads_a_run_without_standards_csv(two_runs, tmp_path):
     (old / "standards.csv").unlink()
     r = CliRunner().invoke(app, ["compare", str(a), str(old), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert re.search(r"no batch leakage\s+opposite\s+no-evidence", r.output)
+    assert re.search(r"no batch leakage\s+opposite\s+not-detected", r.output)
 
 
 def test_terminal_headers_one_cut_per_name_numbered_on_collision():

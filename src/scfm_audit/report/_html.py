@@ -256,6 +256,7 @@ _STD_BADGE = {
     "yes": ("yes", "✓ yes"),
     "opposite": ("opp", "⇄ opposite"),
     "no evidence": ("no", "✗ no evidence"),
+    "not detected": ("nd", "○ not detected"),
     "mixed": ("mix", "± mixed"),
     "n/a": ("na", "– n/a"),
     "not run": ("nr", "not run"),

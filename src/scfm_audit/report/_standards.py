@@ -42,8 +42,8 @@ from typing import Any
 import pandas as pd
 
 #: the answers, best first for display; "mixed" and "not run" are the matrix's own
-ANSWERS = ("yes", "no evidence", "opposite", "n/a", "mixed", "not run")
-ANSWERED = ("yes", "no evidence", "opposite")
+ANSWERS = ("yes", "no evidence", "not detected", "opposite", "n/a", "mixed", "not run")
+ANSWERED = ("yes", "no evidence", "not detected", "opposite")
 INVERT = {"yes": "opposite", "opposite": "yes"}
 NO_MODEL = "no model"
 
@@ -51,6 +51,7 @@ NO_MODEL = "no model"
 WORD = {
     "yes": "yes",
     "no evidence": "no-evidence",
+    "not detected": "not-detected",
     "opposite": "opposite",
     "n/a": "n/a",
     "mixed": "mixed",
@@ -62,11 +63,15 @@ WORD = {
 class Rule:
     """Scorecard rows of ``analysis`` whose claim matches ``pattern`` (a regular
     expression, searched; None: every claim of the analysis); ``invert``: the claim is
-    stated against the standard, its answer is swapped (yes ↔ opposite)."""
+    stated against the standard, its answer is swapped (yes ↔ opposite); ``failure``:
+    the claim states a failure (leakage, miscalibration), so its "no evidence" reads "not
+    detected" for the standard — the failure was looked for and not found at this size,
+    which is what the standard asks (not a red "no evidence")."""
 
     analysis: str
     pattern: str | None = None
     invert: bool = False
+    failure: bool = False
 
     def matches(self, analysis: str, claim: str) -> bool:
         if analysis != self.analysis:
@@ -148,14 +153,14 @@ STANDARDS: tuple[Standard, ...] = (
         "'opposite' (the leakage claim holds) means edges encode batch and comparisons "
         "across batches are confounded.",
         (Rule("batch_leakage", r"^no batch leakage"),
-         Rule("batch_leakage", r"\bleak", invert=True)),
+         Rule("batch_leakage", r"\bleak", invert=True, failure=True)),
     ),
     Standard(
         "calibrated", "calibrated on held-out perturbations", "calibrated",
         "Edge scores mapped to responder probabilities are calibrated on perturbations "
         "not used to fit the map; an 'opposite' (the miscalibration claim holds) means "
         "the scores cannot be read as probabilities.",
-        (Rule("calibration", r"\bmiscalibrated\b", invert=True),
+        (Rule("calibration", r"\bmiscalibrated\b", invert=True, failure=True),
          Rule("calibration", r"\bcalibrated\b")),
     ),
     Standard(
@@ -215,7 +220,8 @@ def _claim_items(scorecard: pd.DataFrame) -> list[dict[str, Any]]:
         items.append({
             "standard": s.id, "model": None if _missing(r.get("model")) else str(r["model"]),
             "datasets": _datasets(r.get("dataset")),
-            "answer": INVERT.get(answer, answer) if rule.invert else answer,
+            "answer": ("not detected" if rule.failure and answer == "no evidence"
+                       else INVERT.get(answer, answer) if rule.invert else answer),
             "claim_answer": answer, "inverted": rule.invert, "claim": str(r.get("claim", "")),
             "reference": None if _missing(r.get("reference")) else str(r["reference"]),
             "effect_name": "" if _missing(r.get("effect_name")) else str(r["effect_name"]),
@@ -366,7 +372,8 @@ def matrix_lines(
     heads = _headers(pairs, cell_w - 1, prefix)
     per_block = max((width - label_w) // cell_w, 1)
     look = {(r.standard, r.model, r.dataset): r.answer for r in matrix.itertuples()}
-    colours = {"yes": "green", "opposite": "magenta", "no evidence": "red", "mixed": "yellow"}
+    colours = {"yes": "green", "opposite": "magenta", "no evidence": "red", "mixed": "yellow",
+               "not detected": "cyan"}
     lines: list[str] = []
     for b in range(0, len(pairs), per_block):
         block = pairs[b : b + per_block]
