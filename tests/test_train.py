@@ -343,7 +343,12 @@ def test_cli_train_demo_models(tmp_path, monkeypatch):
     monkeypatch.setitem(train.DEMO_TRAINING, "quick", {"scgpt": tiny, "geneformer": tiny})
     res = CliRunner().invoke(app, ["train-demo-models", "--out", str(tmp_path), "--quick"])
     assert res.exit_code == 0, res.output
-    assert "Demo models" in res.output
+    # not a terminal: the table is plain text, a header line then one line per family
+    lines = res.output.splitlines()
+    header = next(i for i, x in enumerate(lines) if x.startswith("model\tepochs"))
+    assert {lines[header + 1].split("\t")[0], lines[header + 2].split("\t")[0]} == {
+        "scgpt", "geneformer"
+    }
     for name in ("scgpt_demo", "geneformer_demo"):
         assert (tmp_path / name / LOG_FILE).is_file()
     ScGPTAdapter.load(tmp_path / "scgpt_demo")
