@@ -1,8 +1,14 @@
 """Pure kernels built on ``stats``: recovery of reference networks (candidate universe,
-two-way bootstrap, structure-preserving nulls), the model's own in-silico perturbation
-and its comparison with observed effects. DE and regression kernels will live here too;
+two-way bootstrap, structure-preserving nulls), agreement of edge scores between halves or
+contexts beyond gene-level structure, the model's own in-silico perturbation and its
+comparison with observed effects. DE and regression kernels will live here too;
 the analyses that use them live in :mod:`scfm_audit.analyses`."""
 
+from scfm_audit.evaluate._agreement import (
+    ScoreSet,
+    bootstrap_agreement,
+    relabelling_test,
+)
 from scfm_audit.evaluate._calibration_metrics import (
     brier_decomposition,
     conformal_sets,
@@ -40,7 +46,9 @@ from scfm_audit.evaluate._recovery import (
 )
 
 __all__ = [
+    "ScoreSet",
     "artifact_sensitivity",
+    "bootstrap_agreement",
     "brier_decomposition",
     "candidate_pairs",
     "cells_needed",
@@ -59,6 +67,7 @@ __all__ = [
     "leakage_test",
     "perturbable",
     "perturbation_splits",
+    "relabelling_test",
     "reliability_table",
     "simulate_power",
     "spiegelhalter_test",

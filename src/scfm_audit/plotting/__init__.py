@@ -20,10 +20,12 @@ from scfm_audit.plotting._figures import (
     scaling_figure,
     sweep_heatmap,
 )
+from scfm_audit.plotting._quality import agreement_heatmap, stability_figure
 
 __all__ = [
     "PALETTE",
     "ablation_figure",
+    "agreement_heatmap",
     "cssi_figures",
     "distribution_figure",
     "forest_figure",
@@ -37,5 +39,6 @@ __all__ = [
     "reliability_figure",
     "roc_pr_figure",
     "scaling_figure",
+    "stability_figure",
     "sweep_heatmap",
 ]
