@@ -138,3 +138,25 @@ def test_run_compares_datasets_and_cell_states(tmp_path):
     # the two simulations share gene names, not genes: no agreement between datasets
     across = v[v["dataset"].isna()].iloc[0]
     assert across["answer"] != "yes"
+
+
+def test_claims_name_each_source_by_its_config_name(tmp_path):
+    """Two co-expression sources of one method stay apart in the scorecard (the
+    per-context scores carry the source's name, as the runner's pooled scores do)."""
+    from conftest import tiny_config
+    from scfm_audit.pipeline import config_from_dict, run_audit
+
+    cfg = tiny_config(tmp_path)
+    cfg["edges"] = {
+        "spearman": {"scorer": "coexpression", "method": "spearman", "max_cells": 400},
+        "spearman_all": {"scorer": "coexpression", "method": "spearman", "cells": "all",
+                         "max_cells": 600},
+    }  # fmt: skip
+    cfg["analyses"] = {"cross_context_consistency": {
+        "datasets": ["sim"], "contexts": ["cell_state"], "n_perm": 99, "n_perm_max": 0,
+        "n_boot": 20, "min_context_cells": 20}}  # fmt: skip
+    run = run_audit(config_from_dict(cfg), quiet=True)
+    assert not run.errors, run.errors
+    claims = run.verdicts()["claim"].tolist()
+    assert len(claims) == 2 and len(set(claims)) == 2
+    assert any("spearman_all" in c for c in claims)

@@ -48,6 +48,7 @@ class SubsetScores:
     def __init__(self, ctx: AnalysisContext, en: str, ds: str, labels: np.ndarray, *,
                  pooled: list) -> None:  # fmt: skip
         self.scorer, model_name, self.opts, cells = edge_setup(ctx, en, ds)
+        self._provenance = {"dataset": ds, "edges": en}
         sub = ctx.dataset(ds)[cells]
         self.adata = sub.to_memory() if getattr(sub, "isbacked", False) else sub.copy()
         spec = ctx.dataset_spec(ds) if hasattr(ctx, "dataset_spec") else None
@@ -100,7 +101,7 @@ class SubsetScores:
                 acc.merge(self._acc.group(g))
             for es in acc.to_edge_scores(model=self.model.name, **self._readout):
                 if es.head is None and (es.method, es.layer) in self.keys:
-                    out[(es.method, es.layer)] = es
+                    out[(es.method, es.layer)] = self._label(es)
             return out
         from scfm_audit.edges._registry import EDGE_SCORERS
 
@@ -111,5 +112,12 @@ class SubsetScores:
             kw["model"] = self.model
         for es in fn(self.adata[cells], genes=self.genes, seed=self.seed, **kw):
             if es.head is None and (es.method, es.layer) in self.keys:
-                out[(es.method, es.layer)] = es
+                out[(es.method, es.layer)] = self._label(es)
         return out
+
+    def _label(self, es):
+        """Provenance as the runner gives pooled scores (the source's config name)."""
+        from dataclasses import replace
+
+        return replace(es, dataset=self._provenance["dataset"],
+                       params={**es.params, "edges": self._provenance["edges"]})  # fmt: skip
