@@ -131,12 +131,12 @@ def test_run_compares_datasets_and_cell_states(tmp_path):
         "modality" in n or "perturbation arms" in n or "fewer than 2" in n for n in res.notes
     )  # one CRISPRi arm: nothing to compare
     v = run.verdicts()
-    assert len(v) == 3  # datasets (no dataset) + the cell states of each dataset
-    assert v["dataset"].isna().sum() == 1
+    assert len(v) == 3  # datasets (named together) + the cell states of each dataset
+    assert sorted(v["dataset"]) == ["null", "sim", "sim, null"]
     assert v["claim"].str.contains("beyond gene-level structure").all()
     assert any(k.startswith("consistency_cell_state_sim") for k in res.figures)
     # the two simulations share gene names, not genes: no agreement between datasets
-    across = v[v["dataset"].isna()].iloc[0]
+    across = v[v["dataset"] == "sim, null"].iloc[0]
     assert across["answer"] != "yes"
 
 

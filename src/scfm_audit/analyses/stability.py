@@ -67,6 +67,7 @@ import pandas as pd
 from pydantic import Field
 
 from scfm_audit.analyses._contract import (
+    AnalysisContext,
     AnalysisParams,
     AnalysisResult,
     LayerClaimParams,
@@ -236,12 +237,21 @@ def _claim_text(es) -> str:
         "n_null_grid": 9,
     },
     demo=lambda quick=False, models=True: {
-        "datasets": ["sim"],
-        "grid": [50, 100, 200, 300, 500],
-        "n_boot": 100 if quick else 200,
+        "stability": {
+            "datasets": ["sim"],
+            "grid": [50, 100, 200, 300, 500],
+            "n_boot": 100 if quick else 200,
+        }
     },
+    claims=(
+        ("top-k edges of <source> are reproducible across halves",
+         "top-k Jaccard of the source's edges between two cell halves (two shards of one "
+         "pass), against gene relabellings that keep each gene's top-k degree and expression "
+         "within 1 SD (H0: the halves share top-k edges only as much as gene-level degree "
+         "structure implies), two-sided Monte-Carlo; layer a priori or best × layers"),
+    ),
 )
-def run_stability(ctx, p: StabilityParams) -> AnalysisResult:
+def run_stability(ctx: AnalysisContext, p: StabilityParams) -> AnalysisResult:
     rows, curve_rows, need_rows, notes = [], [], [], []
     for ds in p.datasets_in(ctx):
         for en in p.edges_in(ctx):
