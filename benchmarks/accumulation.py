@@ -66,15 +66,25 @@ def main() -> None:
     a = ap.parse_args()
 
     bench = simulate_perturbseq(
-        n_cells=a.cells, n_genes=a.genes, n_tfs=max(2, a.genes // 10), n_perturbations=2,
-        n_states=a.states, seed=a.seed,
-    )  # fmt: skip
+        n_cells=a.cells,
+        n_genes=a.genes,
+        n_tfs=max(2, a.genes // 10),
+        n_perturbations=2,
+        n_states=a.states,
+        seed=a.seed,
+    )
     adata = bench.adata
     with tempfile.TemporaryDirectory() as tmp:
         path = build_scgpt_checkpoint(
-            Path(tmp) / "scgpt", list(adata.var_names), d_model=a.d_model, n_layers=a.layers,
-            n_heads=a.heads, d_hid=2 * a.d_model, max_seq_len=a.genes + 2, seed=a.seed,
-        )  # fmt: skip
+            Path(tmp) / "scgpt",
+            list(adata.var_names),
+            d_model=a.d_model,
+            n_layers=a.layers,
+            n_heads=a.heads,
+            d_hid=2 * a.d_model,
+            max_seq_len=a.genes + 2,
+            seed=a.seed,
+        )
         model = load_model("scgpt", path, **({"device": a.device} if a.device else {}))
     states = adata.obs["cell_state"].cat.codes.to_numpy()
     grid = sorted(g for g in a.grid if g <= adata.n_obs)
@@ -107,11 +117,20 @@ def main() -> None:
           f"ratio {t['strata'] / t['pooled']:.2f}")  # fmt: skip
     print(f"  nested pass (grid {grid}) + cumulative()  {t['nested']:.3f} s  "
           f"ratio {t['nested'] / t['pooled']:.2f}")  # fmt: skip
-    print(f"torch threads: intra-op {torch.get_num_threads()}, "
-          f"inter-op {torch.get_num_interop_threads()}")  # fmt: skip
+    print(
+        f"torch threads: intra-op {torch.get_num_threads()}, "
+        f"inter-op {torch.get_num_interop_threads()}"
+    )
     for pool in threadpool_info():
-        print("threadpool:", json.dumps({k: pool.get(k) for k in (
-            "user_api", "internal_api", "num_threads", "prefix", "version")}))  # fmt: skip
+        print(
+            "threadpool:",
+            json.dumps(
+                {
+                    k: pool.get(k)
+                    for k in ("user_api", "internal_api", "num_threads", "prefix", "version")
+                }
+            ),
+        )
 
 
 if __name__ == "__main__":

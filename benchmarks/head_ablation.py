@@ -62,10 +62,11 @@ def main() -> None:
     ctrl = np.flatnonzero(adata.obs["perturbation"].astype(str).to_numpy() == "non-targeting")
     cells = np.sort(np.random.default_rng(a.seed).choice(ctrl, a.cells, replace=False))
     batches = [
-        masked_inputs(model, model.tokenize(adata, cells[i : i + a.batch_size]), ratio=0.15,
-                      seed=a.seed + i)
+        masked_inputs(
+            model, model.tokenize(adata, cells[i : i + a.batch_size]), ratio=0.15, seed=a.seed + i
+        )
         for i in range(0, len(cells), a.batch_size)
-    ]  # fmt: skip
+    ]
     heads = all_heads(model.n_layers, model.n_heads)
     late = [h for h in heads if h[0] >= model.n_layers - 2][: a.size]
     print(
@@ -85,8 +86,10 @@ def main() -> None:
         # timing: per condition and batch, the two paths alternate (fastest of --repeats
         # each), so that load from other processes hits both alike
         t_c = t_f = 0.0
-        caches = [model.residual_cache(mb.batch, sorted({c.start_layer for c in conds} | {0}))
-                  for mb in batches]  # fmt: skip
+        caches = [
+            model.residual_cache(mb.batch, sorted({c.start_layer for c in conds} | {0}))
+            for mb in batches
+        ]
         t0 = time.perf_counter()
         for c in conds:
             with c.intervention(model):
@@ -110,8 +113,15 @@ def main() -> None:
             f"timing loop {total:.1f} s"
         )
     for pool in threadpool_info():
-        print("threadpool:", json.dumps({k: pool.get(k) for k in (
-            "user_api", "internal_api", "num_threads", "prefix", "version")}))  # fmt: skip
+        print(
+            "threadpool:",
+            json.dumps(
+                {
+                    k: pool.get(k)
+                    for k in ("user_api", "internal_api", "num_threads", "prefix", "version")
+                }
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         results[model] = cv
         status = "ok" if dt < target else "MISSED"
         ok &= dt < target
-        print(f"{model}: grouped 5-fold × 3 feature sets in {dt:.1f} s (target {target:.0f} s) "
-              f"{status}")  # fmt: skip
+        print(
+            f"{model}: grouped 5-fold × 3 feature sets in {dt:.1f} s (target {target:.0f} s) "
+            f"{status}"
+        )
 
     t = time.perf_counter()
     cv = results["logistic"]
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     dt = time.perf_counter() - t
-    print(f"bootstrap over perturbations ({args.n_boot} draws, 3 sets, AUROC/AUPRC/top-k): "
-          f"{dt:.1f} s")  # fmt: skip
+    print(
+        f"bootstrap over perturbations ({args.n_boot} draws, 3 sets, AUROC/AUPRC/top-k): {dt:.1f} s"
+    )
     t = time.perf_counter()
     _, d2 = compare_predictions(
         y,
@@ -158,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         candidates=rows["candidate"].to_numpy()[cv.rows],
     )
     dt = time.perf_counter() - t
-    print(f"two-way bootstrap, perturbations × candidates (the analysis' default; "
-          f"{args.n_boot} draws, 3 sets): {dt:.1f} s")  # fmt: skip
+    print(
+        f"two-way bootstrap, perturbations × candidates (the analysis' default; "
+        f"{args.n_boot} draws, 3 sets): {dt:.1f} s"
+    )
     print(d2[["feature_set", "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high", "p"]])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(m[["feature_set", "auroc", "auprc", "recall@10", "recall@100", "n_rows"]])
@@ -194,14 +199,18 @@ def main(argv: list[str] | None = None) -> int:
                     resp = responsiveness(rows, train)
                     for cols in sets.values():
                         X = np.column_stack(
-                            [resp if c == "responsiveness" else rows[c].to_numpy(float)
-                             for c in cols]
-                        )  # fmt: skip
+                            [
+                                resp if c == "responsiveness" else rows[c].to_numpy(float)
+                                for c in cols
+                            ]
+                        )
                         X = np.where(np.isnan(X), 0.0, X)
                         fit(X[train], yy[train])
             dt = time.perf_counter() - t
-            print(f"naive baseline, {name}: {dt:.1f} s; ratio naive / ours "
-                  f"{dt / timings['logistic']:.2f}×")  # fmt: skip
+            print(
+                f"naive baseline, {name}: {dt:.1f} s; ratio naive / ours "
+                f"{dt / timings['logistic']:.2f}×"
+            )
     print("all targets met" if ok else "SOME TARGET MISSED")
     return 0 if ok else 1
 

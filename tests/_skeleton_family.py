@@ -55,20 +55,37 @@ class SkeletonModule(nn.Module):
         """Canonical names for layer ``i`` (what lets the shared layer run it)."""
         m = self.layers[i]
         return LayerWeights(
-            q_w=m.q.weight, q_b=m.q.bias, k_w=m.k.weight, k_b=m.k.bias,
-            v_w=m.v.weight, v_b=m.v.bias, o_w=m.o.weight, o_b=m.o.bias,
-            ln1_w=m.ln1.weight, ln1_b=m.ln1.bias, ff1_w=m.ff1.weight, ff1_b=m.ff1.bias,
-            ff2_w=m.ff2.weight, ff2_b=m.ff2.bias, ln2_w=m.ln2.weight, ln2_b=m.ln2.bias,
+            q_w=m.q.weight,
+            q_b=m.q.bias,
+            k_w=m.k.weight,
+            k_b=m.k.bias,
+            v_w=m.v.weight,
+            v_b=m.v.bias,
+            o_w=m.o.weight,
+            o_b=m.o.bias,
+            ln1_w=m.ln1.weight,
+            ln1_b=m.ln1.bias,
+            ff1_w=m.ff1.weight,
+            ff1_b=m.ff1.bias,
+            ff2_w=m.ff2.weight,
+            ff2_b=m.ff2.bias,
+            ln2_w=m.ln2.weight,
+            ln2_b=m.ln2.bias,
             n_heads=n_heads,
-        )  # fmt: skip
+        )
 
 
 # -- _build.py: a tiny random checkpoint ---------------------------------------------------
 def build_skeleton_checkpoint(
     path, genes, *, n_layers: int = 2, n_heads: int = 2, d_model: int = 16, seed: int = 0
 ) -> Path:
-    config = {"genes": [str(g) for g in genes], "n_layers": n_layers, "n_heads": n_heads,
-              "d_model": d_model, "d_ff": 2 * d_model}  # fmt: skip
+    config = {
+        "genes": [str(g) for g in genes],
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "d_model": d_model,
+        "d_ff": 2 * d_model,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = SkeletonModule(len(genes), n_layers, d_model, 2 * d_model)
@@ -115,11 +132,13 @@ class SkeletonAdapter(ModelAdapter):
         seen = pd.Index(adata.var_names).isin(self.genes)
         counts = np.asarray(adata.X.sum(axis=0)).ravel()
         return VocabularyReport(
-            model=self.name, n_genes=adata.n_vars, n_in_vocab=int(seen.sum()),
+            model=self.name,
+            n_genes=adata.n_vars,
+            n_in_vocab=int(seen.sum()),
             fraction_genes=float(seen.mean()),
             fraction_counts=float(counts[seen].sum() / max(counts.sum(), 1e-12)),
             missing=list(adata.var_names[~seen]),
-        )  # fmt: skip
+        )
 
     def tokenize(self, adata, cells=None, *, counts: str = "X") -> TokenizedBatch:
         X = adata.X if counts == "X" else adata.layers[counts]
@@ -138,14 +157,23 @@ class SkeletonAdapter(ModelAdapter):
             ids[b, 0], ids[b, 1:n], gidx[b, 1:n] = CLS, vocab[pos] + 2, pos
             vals[b, 1:n], mask[b, :n] = np.log1p(rows[b, pos]), True
         return TokenizedBatch(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-            gene_index=torch.from_numpy(gidx), cell_index=idx, values=torch.from_numpy(vals),
-        )  # fmt: skip
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            gene_index=torch.from_numpy(gidx),
+            cell_index=idx,
+            values=torch.from_numpy(vals),
+        )
 
     def _forward(
-        self, batch, *, return_logits=False, start_layer=0, hidden=None, states=None,
+        self,
+        batch,
+        *,
+        return_logits=False,
+        start_layer=0,
+        hidden=None,
+        states=None,
         capture=None,
-    ) -> ModelOutput:  # fmt: skip
+    ) -> ModelOutput:
         mask = batch.attention_mask.bool()
         if start_layer:
             x = hidden
@@ -155,8 +183,9 @@ class SkeletonAdapter(ModelAdapter):
         for L in range(start_layer, self.n_layers):
             if capture is not None and L in capture:
                 capture[L] = x
-            x = encoder_layer(x, self.module.layer_weights(L, self.n_heads), self.hook_points,
-                              L, ctx)  # fmt: skip
+            x = encoder_layer(
+                x, self.module.layer_weights(L, self.n_heads), self.hook_points, L, ctx
+            )
         return ModelOutput(hidden=x, cell_embedding=x[:, 0], attention_mask=mask)
 
     def perturb(self, batch, gene, *, mode: Literal["delete", "overexpress"]) -> TokenizedBatch:
@@ -166,6 +195,8 @@ class SkeletonAdapter(ModelAdapter):
         keep = batch.gene_index != int(gene)
         return TokenizedBatch(
             input_ids=torch.where(keep, batch.input_ids, PAD),
-            attention_mask=batch.attention_mask & keep, gene_index=batch.gene_index,
-            cell_index=batch.cell_index, values=batch.values,
-        )  # fmt: skip
+            attention_mask=batch.attention_mask & keep,
+            gene_index=batch.gene_index,
+            cell_index=batch.cell_index,
+            values=batch.values,
+        )

@@ -89,8 +89,9 @@ def test_reference_without_shared_genes_is_handled(name, tmp_path, tiny_model):
     # ... and the analysis itself, given it anyway, handles it and says why
     c = config_from_dict(cfg)
     progress = Progress(quiet=True)
-    run = _run_analyses(c, c.analysis_params(), Resources(c, ArtifactCache(None), progress),
-                        progress)  # fmt: skip
+    run = _run_analyses(
+        c, c.analysis_params(), Resources(c, ArtifactCache(None), progress), progress
+    )
     assert not run.errors, run.errors
     assert run.results[name].notes  # says why nothing could be evaluated
 

@@ -65,8 +65,12 @@ def bench(tmp_path_factory) -> Path:
     mod[(arm.obs["perturbation"] == "TF005").to_numpy()] = "CRISPRa"
     arm.obs["modality"] = mod
     arm.write_h5ad(root / "orphan_arm.h5ad")
-    for name, value in (("nan_last", np.nan), ("negative_last", -2.0), ("fraction_last", 0.5),
-                        ("inf_last", np.inf)):  # fmt: skip
+    for name, value in (
+        ("nan_last", np.nan),
+        ("negative_last", -2.0),
+        ("fraction_last", 0.5),
+        ("inf_last", np.inf),
+    ):
         v = a.copy()
         X = sp.csr_matrix(v.X, dtype=np.float32)
         X.data[-1] = value  # the very last stored value: beyond any sample of the start
@@ -300,7 +304,7 @@ PLACEHOLDERS = {
     "REF_FOLDER": "refs_folder",
     "HEADER_ONLY": "header_only.tsv",
     "EMPTY": "empty.tsv",
-}  # fmt: skip
+}
 
 
 def _prepare(case: Case, bench: Path, tmp_path: Path) -> Path:
@@ -337,8 +341,14 @@ def test_validate_and_run_agree(case, bench, tmp_path):
     assert not (tmp_path / "results").exists()  # nothing was computed or written
 
 
-API = ["verdict-layer-too-high", "scgpt-heads-vs-train-log", "nan-beyond-any-sample",
-       "crispra-arm-without-controls", "pseudobulk-by-missing-column", "verdict-layer-bool"]  # fmt: skip
+API = [
+    "verdict-layer-too-high",
+    "scgpt-heads-vs-train-log",
+    "nan-beyond-any-sample",
+    "crispra-arm-without-controls",
+    "pseudobulk-by-missing-column",
+    "verdict-layer-bool",
+]
 
 
 @pytest.mark.parametrize("cid", API)
@@ -358,8 +368,13 @@ def test_real_process(bench, tmp_path):
     process: each costs seconds of start-up; the in-process cases cover the rest)."""
     case = next(c for c in CASES if c.id == "verdict-layer-too-high")
     cfg = _prepare(case, bench, tmp_path)
-    p = subprocess.run([sys.executable, "-m", "scfm_audit.cli", "run", str(cfg)],
-                       capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "scfm_audit.cli", "run", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     _clean(p.stdout + p.stderr)
     assert p.returncode == 2, p.stderr
     assert all(s in p.stderr for s in case.expect), p.stderr
@@ -403,8 +418,11 @@ def test_n_perm_max_zero_means_no_refinement(bench, tmp_path):
 
 
 def test_simulate_message_names_the_option(tmp_path):
-    r = runner.invoke(app, ["simulate", "--out", str(tmp_path / "b"), "--n-tfs", "10",
-                            "--n-genes", "8"], terminal_width=300)  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["simulate", "--out", str(tmp_path / "b"), "--n-tfs", "10", "--n-genes", "8"],
+        terminal_width=300,
+    )
     assert r.exit_code == 2
     assert "invalid option: n_tfs=10 must be smaller" in r.output and ": :" not in r.output
     (tmp_path / "f").write_text("x")
@@ -417,8 +435,13 @@ def test_analyses_in_a_pipe_one_line_each():
     """`scfm-audit analyses | grep NAME` works: plain lines, never wrapped; --json too."""
     from scfm_audit.analyses._contract import ANALYSES
 
-    p = subprocess.run([sys.executable, "-m", "scfm_audit.cli", "analyses"],
-                       capture_output=True, text=True, env={**ENV, "COLUMNS": "40"}, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "scfm_audit.cli", "analyses"],
+        capture_output=True,
+        text=True,
+        env={**ENV, "COLUMNS": "40"},
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].split("\t") == ["name", "version", "category", "description"]
@@ -447,8 +470,11 @@ def test_validate_in_a_pipe_and_json(bench, tmp_path):
 def test_simulate_writes_an_audit_yaml_that_runs(tmp_path):
     """`scfm-audit simulate --out bench && scfm-audit run bench/audit.yaml`, as is."""
     out = tmp_path / "bench"
-    r = runner.invoke(app, ["simulate", "--out", str(out), "--n-cells", "300", "--n-genes",
-                            "60", "--n-tfs", "6"], terminal_width=300)  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["simulate", "--out", str(out), "--n-cells", "300", "--n-genes", "60", "--n-tfs", "6"],
+        terminal_width=300,
+    )
     assert r.exit_code == 0, r.output
     assert (out / "audit.yaml").is_file()
     cfg = yaml.safe_load((out / "audit.yaml").read_text())
@@ -485,8 +511,7 @@ def test_sigterm_exits_143_and_keeps_the_previous_run(bench, tmp_path):
         f"sys.argv = ['scfm-audit', 'run', {str(cfg)!r}, '-q']\n"
         "main()\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stderr=subprocess.PIPE,
-                         text=True)  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not flag.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
@@ -553,8 +578,9 @@ def _namespace(script: str) -> subprocess.CompletedProcess:
         pytest.skip("no unshare")
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot create a mount namespace here")
-    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                          env=ENV, timeout=180)  # fmt: skip
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=ENV, timeout=180
+    )
 
 
 def test_mount_point_as_output_is_refused_before_computing(bench, tmp_path, monkeypatch):
@@ -569,8 +595,10 @@ def test_mount_point_as_output_is_refused_before_computing(bench, tmp_path, monk
         m.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real(p))
         r = runner.invoke(app, ["validate", str(cfg)], terminal_width=300)
     assert r.exit_code == 2 and f"The output folder {out} is a mount point" in r.output
-    p = _namespace(f"mount -t tmpfs tmpfs {out} && {sys.executable} -m scfm_audit.cli run "
-                   f"{cfg} -q; echo rc=$?; ls -A {out} | wc -l")  # fmt: skip
+    p = _namespace(
+        f"mount -t tmpfs tmpfs {out} && {sys.executable} -m scfm_audit.cli run "
+        f"{cfg} -q; echo rc=$?; ls -A {out} | wc -l"
+    )
     _clean(p.stdout + p.stderr)
     assert "rc=2" in p.stdout, p.stdout + p.stderr
     assert f"The output folder {out} is a mount point" in p.stderr
@@ -584,8 +612,10 @@ def test_full_disk_names_the_path_and_cleans_up(bench, tmp_path):
     disk.mkdir()
     cfg = tmp_path / "audit.yaml"
     cfg.write_text(yaml.safe_dump(base_config(bench, disk / "results")))
-    p = _namespace(f"mount -t tmpfs -o size=64k tmpfs {disk} && {sys.executable} -m "
-                   f"scfm_audit.cli run {cfg} -q; echo rc=$?; ls -A {disk} | wc -l")  # fmt: skip
+    p = _namespace(
+        f"mount -t tmpfs -o size=64k tmpfs {disk} && {sys.executable} -m "
+        f"scfm_audit.cli run {cfg} -q; echo rc=$?; ls -A {disk} | wc -l"
+    )
     _clean(p.stdout + p.stderr)
     assert "rc=1" in p.stdout, p.stdout + p.stderr
     assert "no space left to write " + str(disk) in p.stderr
@@ -600,14 +630,18 @@ def test_layer_index_checked_against_what_it_indexes():
     from scfm_audit.pipeline._config import config_from_dict
     from scfm_audit.pipeline._design import design_checks
 
-    cfg = config_from_dict({
-        "datasets": {"d": {"path": "d.h5ad"}},
-        "references": {"r": {"format": "table", "path": "r.tsv"}},
-        "models": {"m": {"family": "scgpt", "path": "m"}},
-        "edges": {"attn": {"scorer": "attention", "model": "m", "layers": [0]}},
-        "analyses": {"grn_recovery": {"verdict_layer": 1},
-                     "head_ablation": {"mlp_layers": [1], "prediction_layer": -2}},
-    })  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "datasets": {"d": {"path": "d.h5ad"}},
+            "references": {"r": {"format": "table", "path": "r.tsv"}},
+            "models": {"m": {"family": "scgpt", "path": "m"}},
+            "edges": {"attn": {"scorer": "attention", "model": "m", "layers": [0]}},
+            "analyses": {
+                "grn_recovery": {"verdict_layer": 1},
+                "head_ablation": {"mlp_layers": [1], "prediction_layer": -2},
+            },
+        }
+    )
     m = SimpleNamespace(n_layers=2, family="scgpt")
     failed = design_checks(cfg, cfg.analysis_params(), {}, {}, {"m": m})
     assert [c.name for c in failed] == ["analyses.grn_recovery.verdict_layer"], failed

@@ -85,10 +85,14 @@ def base_config(bench: Path, out: Path) -> dict[str, Any]:
         },
         "edges": {"spearman": {"scorer": "coexpression", "method": "spearman"}},
         "analyses": {
-            "grn_recovery": {"references": ["grn", "ppi"], "n_boot": 20, "n_perm": 20,
-                             "n_rewire": 5},
+            "grn_recovery": {
+                "references": ["grn", "ppi"],
+                "n_boot": 20,
+                "n_perm": 20,
+                "n_rewire": 5,
+            },
         },
-    }  # fmt: skip
+    }
 
 
 def _ds(**kw: Any) -> Callable[[dict, Path], None]:
@@ -344,8 +348,13 @@ def test_unknown_analysis_name_in_analyses_command():
     assert r.exit_code == 2 and "Did you mean 'grn_recovery'" in r.output
 
 
-REAL = ["top-level-typo", "h5ad-log-normalised", "three-cells-one-control",
-        "model-weights-corrupt", "output-is-a-file"]  # fmt: skip
+REAL = [
+    "top-level-typo",
+    "h5ad-log-normalised",
+    "three-cells-one-control",
+    "model-weights-corrupt",
+    "output-is-a-file",
+]
 
 
 @pytest.mark.slow
@@ -360,8 +369,11 @@ def test_real_processes(bench, snapshot, tmp_path):
         cfg_path, extra = _prepare(case, bench, work)
         p = subprocess.run(
             [sys.executable, "-m", "scfm_audit.cli", "run", str(cfg_path), *extra],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         _clean(p.stdout + p.stderr)
         assert p.returncode == 2, (cid, p.stderr)
         assert all(s in p.stderr for s in case.expect), (cid, p.stderr)
@@ -369,8 +381,10 @@ def test_real_processes(bench, snapshot, tmp_path):
     assert _snapshot(bench) == snapshot
 
 
-@pytest.mark.parametrize("cid", ["top-level-typo", "h5ad-log-normalised", "output-is-a-file",
-                                 "reference-matches-no-gene"])  # fmt: skip
+@pytest.mark.parametrize(
+    "cid",
+    ["top-level-typo", "h5ad-log-normalised", "output-is-a-file", "reference-matches-no-gene"],
+)
 def test_python_api_raises_the_same_message(cid, bench, tmp_path):
     """``sa.run_audit`` raises a ValueError carrying the message the CLI prints; the
     output folder does not appear."""
@@ -401,10 +415,13 @@ def test_output_on_a_read_only_mount_is_refused_before_computing(bench, tmp_path
     if probe.returncode != 0:
         pytest.skip("cannot create a mount namespace here")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = (f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m scfm_audit.cli run "
-           f"{cfg_path} -q --out {ro / 'results'}")  # fmt: skip
-    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
-                       env=env, timeout=120)  # fmt: skip
+    cmd = (
+        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m scfm_audit.cli run "
+        f"{cfg_path} -q --out {ro / 'results'}"
+    )
+    p = subprocess.run(
+        ["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, env=env, timeout=120
+    )
     _clean(p.stdout + p.stderr)
     assert p.returncode == 2, p.stderr
     assert f"The output folder {ro / 'results'} cannot be written" in p.stderr

@@ -131,14 +131,22 @@ def test_hub_driven_reversal_reads_opposite():
     """(a) AUROC above 0.5 but below the degree-permutation null's own centre, with a
     small p: the scores rank the hub's targets *below* what its degree predicts."""
     es, ref = hub_reversal()
-    r = edge_recovery(es, candidate_pairs(es.genes, ref), n_boot=50, n_perm=999,
-                      n_perm_max=9_999, transform="raw", seed=0)  # fmt: skip
+    r = edge_recovery(
+        es,
+        candidate_pairs(es.genes, ref),
+        n_boot=50,
+        n_perm=999,
+        n_perm_max=9_999,
+        transform="raw",
+        seed=0,
+    )
     res = recovery_result(r)
     assert 0.5 < res.effect < res.null_value
     assert res.p < 0.01 and res.side == "less"
     assert answer_result(res)[0] == "opposite"
-    against_half = StatTestResult(res.effect, res.p, res.effect, res.n, "t", "AUROC", "AUROC",
-                                  "two-sided", null_value=0.5)  # fmt: skip
+    against_half = StatTestResult(
+        res.effect, res.p, res.effect, res.n, "t", "AUROC", "AUROC", "two-sided", null_value=0.5
+    )
     assert answer_result(against_half)[0] == "yes"  # the defect: the old rule's answer
 
 
@@ -148,8 +156,11 @@ def test_hub_driven_reversal_reads_opposite():
 def singleton_reference() -> tuple[EdgeScores, ReferenceNetwork]:
     """A staircase: source s_k regulates t_1..t_k, so every source has its own
     out-degree and every target its own in-degree (all degree classes singletons)."""
-    genes = pd.Index([f"s{k}" for k in range(1, 6)] + [f"t{j}" for j in range(1, 6)]
-                     + [f"o{i}" for i in range(20)])  # fmt: skip
+    genes = pd.Index(
+        [f"s{k}" for k in range(1, 6)]
+        + [f"t{j}" for j in range(1, 6)]
+        + [f"o{i}" for i in range(20)]
+    )
     edges = [(f"s{k}", f"t{j}") for k in range(1, 6) for j in range(1, k + 1)]
     ref = ReferenceNetwork(pd.DataFrame(edges, columns=["source", "target"]), name="stairs")
     m = np.random.default_rng(0).random((len(genes), len(genes)))
@@ -169,8 +180,13 @@ def test_degenerate_null_is_not_assessable():
 
 def test_atom_at_the_extreme_raises_the_floor():
     """A null with 5 distinct values: no p below the share of draws at its extreme."""
-    mc = adaptive_mc_pvalue(lambda k, rng: rng.integers(0, 5, k).astype(float), 4.0,
-                            stages=(999,), alternative="greater", seed=0)  # fmt: skip
+    mc = adaptive_mc_pvalue(
+        lambda k, rng: rng.integers(0, 5, k).astype(float),
+        4.0,
+        stages=(999,),
+        alternative="greater",
+        seed=0,
+    )
     share = np.mean(mc.null == 4.0)
     assert mc.p_floor == pytest.approx(share * 999 / 1000, rel=1e-9)
     assert mc.p >= mc.p_floor
@@ -189,12 +205,14 @@ def test_exact_floor_decides_n_a_from_the_family():
 
 
 def test_one_sided_test_says_opposite_was_not_tested():
-    res = StatTestResult(0.01, 0.4, 0.01, 50, "bootstrap", "dAUROC", "dAUROC", "greater",
-                         p_greater=0.4)  # fmt: skip
+    res = StatTestResult(
+        0.01, 0.4, 0.01, 50, "bootstrap", "dAUROC", "dAUROC", "greater", p_greater=0.4
+    )
     answer, reason = answer_result(res)
     assert answer == "no evidence" and "opposite not tested" in reason
-    sig = StatTestResult(0.01, 0.001, 0.01, 50, "bootstrap", "dAUROC", "dAUROC", "greater",
-                         p_greater=0.001)  # fmt: skip
+    sig = StatTestResult(
+        0.01, 0.001, 0.01, 50, "bootstrap", "dAUROC", "dAUROC", "greater", p_greater=0.001
+    )
     assert answer_result(sig)[0] == "yes"
 
 
@@ -213,8 +231,12 @@ def test_per_head_tests_change_no_answer(tmp_path, tiny_bench):
     for per_head in (False, True):
         cfg = tiny_config(tmp_path / f"out_{per_head}")
         cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "scgpt")}}
-        cfg["edges"]["attn"] = {"scorer": "attention", "model": "tiny", "max_cells": 40,
-                                "per_head": True}  # fmt: skip
+        cfg["edges"]["attn"] = {
+            "scorer": "attention",
+            "model": "tiny",
+            "max_cells": 40,
+            "per_head": True,
+        }
         cfg["analyses"]["grn_recovery"].update(per_head=per_head, n_rewire=0, n_perm=99)
         cfg["analyses"]["grn_recovery@null"].update(n_rewire=0, n_perm=99)
         run = run_audit(config_from_dict(cfg), quiet=True)

@@ -34,13 +34,21 @@ class _Ctx(ClaimRecorder):
 def _answers(ctx: _Ctx) -> pd.DataFrame:
     """``answer_claims`` on exactly what was recorded (as ``RunResult.verdicts`` does)."""
     rows = [
-        {"claim": v.claim, "claimed": v.direction, "p": r.p, "p_floor": r.p_floor,
-         "p_greater": r.p_greater, "p_less": r.p_less, "effect": r.effect,
-         "null_value": r.null_value, "direction": r.direction,
-         "reason": v.reason or str(r.extra.get("reason") or "")}
+        {
+            "claim": v.claim,
+            "claimed": v.direction,
+            "p": r.p,
+            "p_floor": r.p_floor,
+            "p_greater": r.p_greater,
+            "p_less": r.p_less,
+            "effect": r.effect,
+            "null_value": r.null_value,
+            "direction": r.direction,
+            "reason": v.reason or str(r.extra.get("reason") or ""),
+        }
         for v in ctx.claims
         for r in [v.record]
-    ]  # fmt: skip
+    ]
     return answer_claims(pd.DataFrame(rows), alpha=ctx.alpha)
 
 
@@ -67,15 +75,25 @@ def _hub_heads(n_genes: int = 120, seed: int = 1, planted: float | None = None):
         if h == 3 and planted:
             m[s, t] += planted
         es = EdgeScores(m, genes, method="attention", layer=0, head=h, model="tiny")
-        r = edge_recovery(es, pairs, n_boot=20, n_perm=199, n_perm_max=1999,
-                          transform="raw", seed=seed + h)  # fmt: skip
+        r = edge_recovery(
+            es, pairs, n_boot=20, n_perm=199, n_perm_max=1999, transform="raw", seed=seed + h
+        )
         heads.append(es)
         results.append(recovery_result(r))
     table = pd.DataFrame(
-        [{"layer": 0, "head": h, "auroc": r.effect, "p": r.p, "p_greater": r.p_greater,
-          "auroc_null_mean": r.null_value, "auroc_null_sd": r.null_scale}
-         for h, r in enumerate(results)]
-    )  # fmt: skip
+        [
+            {
+                "layer": 0,
+                "head": h,
+                "auroc": r.effect,
+                "p": r.p,
+                "p_greater": r.p_greater,
+                "auroc_null_mean": r.null_value,
+                "auroc_null_sd": r.null_scale,
+            }
+            for h, r in enumerate(results)
+        ]
+    )
     return heads, results, table
 
 
@@ -143,7 +161,9 @@ def test_set_test_floors():
     sets, n, exact = random_set_design(heads, tuple(heads[:5]), 50, rng)
     assert not exact and len(sets) == 50
     mc = set_vs_random(np.full(3, 99.0), np.arange(50.0)[:, None] + base, base)
-    assert mc["p_floor"] == pytest.approx(2 / 51) and mc["result"].p_greater == pytest.approx(1 / 51)
+    assert mc["p_floor"] == pytest.approx(2 / 51) and mc["result"].p_greater == pytest.approx(
+        1 / 51
+    )
 
 
 def test_one_regulatory_head_of_16_answers_na(tmp_path, tiny_bench):
@@ -151,20 +171,32 @@ def test_one_regulatory_head_of_16_answers_na(tmp_path, tiny_bench):
     from scfm_audit.pipeline import config_from_dict, run_audit
 
     path = tmp_path / "model" / "scgpt16"
-    build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=4, n_heads=4,
-                           seed=5)  # fmt: skip
+    build_scgpt_checkpoint(path, list(tiny_bench.adata.var_names), n_layers=4, n_heads=4, seed=5)
     cfg = tiny_config(tmp_path / "out")
     cfg["datasets"] = {"sim": cfg["datasets"]["sim"]}
     cfg["references"] = {"grn": cfg["references"]["grn"]}
     cfg["models"] = {"tiny": {"family": "scgpt", "path": str(path)}}
-    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 30,
-                             "per_head": True}}  # fmt: skip
-    cfg["analyses"] = {"head_ablation": {
-        "selection": "top_auroc", "selection_k": 1, "channels": ["zero"], "ks": [2],
-        "n_entropy_matched": 0, "n_cells": 4, "n_reference_cells": 4, "n_boot": 50,
-        "selection_n_perm": 19, "selection_n_perm_max": 0, "prediction": False,
-        "in_silico": False, "random_sets": "any", "n_random": 50,
-    }}  # fmt: skip
+    cfg["edges"] = {
+        "attn": {"scorer": "attention", "model": "tiny", "max_cells": 30, "per_head": True}
+    }
+    cfg["analyses"] = {
+        "head_ablation": {
+            "selection": "top_auroc",
+            "selection_k": 1,
+            "channels": ["zero"],
+            "ks": [2],
+            "n_entropy_matched": 0,
+            "n_cells": 4,
+            "n_reference_cells": 4,
+            "n_boot": 50,
+            "selection_n_perm": 19,
+            "selection_n_perm_max": 0,
+            "prediction": False,
+            "in_silico": False,
+            "random_sets": "any",
+            "n_random": 50,
+        }
+    }
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     card = run.verdicts()
@@ -186,8 +218,18 @@ def test_an_untestable_first_head_does_not_hide_a_recovering_one():
 
     heads, results, _ = _hub_heads(planted=1.0)
     nan = math.nan
-    untestable = StatTestResult(nan, nan, nan, 0, "degree permutation", "AUROC", "AUROC",
-                                "two-sided", p_floor=nan, reason="no scored pair")  # fmt: skip
+    untestable = StatTestResult(
+        nan,
+        nan,
+        nan,
+        0,
+        "degree permutation",
+        "AUROC",
+        "AUROC",
+        "two-sided",
+        p_floor=nan,
+        reason="no scored pair",
+    )
     ctx = _Ctx()
     claim_some_head(ctx, [untestable, *results[1:]], heads, "sim", "hub")
     (row,) = _answers(ctx).itertuples()
@@ -203,15 +245,35 @@ def _ablation_claim(ctx, reg, n_random, random_sets="any"):
     from scfm_audit.analyses.head_ablation import HeadAblationParams, _set_tests
     from scfm_audit.evaluate._ablation import Condition
 
-    design = random_set_design(all_heads(4, 4), reg, n_random, np.random.default_rng(0),
-                               layer_matched=random_sets == "layer_matched")  # fmt: skip
+    design = random_set_design(
+        all_heads(4, 4),
+        reg,
+        n_random,
+        np.random.default_rng(0),
+        layer_matched=random_sets == "layer_matched",
+    )
     conds = [Condition("regulatory", "zero", reg)]
     conds += [Condition("random-k", "zero", s, draw=i) for i, s in enumerate(design[0])]
     loss = np.vstack([np.full(6, 1e3)] + [np.full(6, float(i)) for i in range(len(design[0]))])
-    p = HeadAblationParams(channels=["zero"], n_entropy_matched=0, random_sets=random_sets,
-                           n_random=n_random, n_boot=50)  # fmt: skip
-    _set_tests(ctx, p, Unit("sim", "tiny", "grn"), "attn", conds,
-               SimpleNamespace(loss=loss, baseline=np.zeros(6)), design, reg, "FDR", {})  # fmt: skip
+    p = HeadAblationParams(
+        channels=["zero"],
+        n_entropy_matched=0,
+        random_sets=random_sets,
+        n_random=n_random,
+        n_boot=50,
+    )
+    _set_tests(
+        ctx,
+        p,
+        Unit("sim", "tiny", "grn"),
+        "attn",
+        conds,
+        SimpleNamespace(loss=loss, baseline=np.zeros(6)),
+        design,
+        reg,
+        "FDR",
+        {},
+    )
 
 
 @pytest.mark.parametrize(("random_sets", "floor"), [("any", 2 / 16), ("layer_matched", 2 / 4)])
@@ -231,8 +293,9 @@ def test_fifty_random_sets_floor_is_na_among_several_claims():
     assert _answers(alone)["answer"].tolist() == ["yes"]  # p = 2/51 = 0.039 < 0.05
     crowd = _Ctx()
     _ablation_claim(crowd, tuple(all_heads(4, 4)[:5]), 50)
-    null = StatTestResult(0.0, 0.5, 0.0, 10, "t", "t", "d", "two-sided", p_greater=0.25,
-                          p_less=0.75, h0="none")  # fmt: skip
+    null = StatTestResult(
+        0.0, 0.5, 0.0, 10, "t", "t", "d", "two-sided", p_greater=0.25, p_less=0.75, h0="none"
+    )
     for _ in range(4):  # four other claims without effect
         crowd.claim(null, _unit(), claim="other")
     row = _answers(crowd).iloc[0]

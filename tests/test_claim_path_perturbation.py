@@ -35,8 +35,16 @@ def scorecard(ctx: FakeContext) -> pd.DataFrame:
     """The run's scorecard for what ``ctx`` recorded (the runner's own code)."""
     from scfm_audit.pipeline._runner import RunResult
 
-    run = RunResult(None, None, {}, {}, {ctx.analysis: AnalysisResult(verdicts=ctx.claims)},
-                    pd.DataFrame(), pd.DataFrame(), {})  # fmt: skip
+    run = RunResult(
+        None,
+        None,
+        {},
+        {},
+        {ctx.analysis: AnalysisResult(verdicts=ctx.claims)},
+        pd.DataFrame(),
+        pd.DataFrame(),
+        {},
+    )
     return run.verdicts()
 
 
@@ -51,22 +59,55 @@ def _prediction_data(delta: np.ndarray):
     n = len(delta)
     perts = [f"P{i}" for i in range(n)]
     att = np.full(n, 0.7)
-    auc = {"attention|L0": att, "mean": att + delta, "variance": att + delta,
-           "detection": att + delta, "responsiveness_loo": att}  # fmt: skip
+    auc = {
+        "attention|L0": att,
+        "mean": att + delta,
+        "variance": att + delta,
+        "detection": att + delta,
+        "responsiveness_loo": att,
+    }
     kinds = {"attention|L0": ("attention", 0)}
-    metrics = pd.concat([
-        pd.DataFrame({"arm": "all", "perturbation": perts, "scorer": k, "n": 10, "n_pos": 3,
-                      "auroc": v, "auprc": 0.5, "recall@10": 0.5,
-                      "kind": kinds.get(k, ("gene_level", None))[0],
-                      "layer": kinds.get(k, (None, None))[1], "head": None})
-        for k, v in auc.items()
-    ], ignore_index=True)  # fmt: skip
+    metrics = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "arm": "all",
+                    "perturbation": perts,
+                    "scorer": k,
+                    "n": 10,
+                    "n_pos": 3,
+                    "auroc": v,
+                    "auprc": 0.5,
+                    "recall@10": 0.5,
+                    "kind": kinds.get(k, ("gene_level", None))[0],
+                    "layer": kinds.get(k, (None, None))[1],
+                    "head": None,
+                }
+            )
+            for k, v in auc.items()
+        ],
+        ignore_index=True,
+    )
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame({"arm": "all", "perturbation": np.repeat(perts, 10),
-                         "responder": np.tile([True] * 3 + [False] * 7, n)})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "arm": "all",
+            "perturbation": np.repeat(perts, 10),
+            "responder": np.tile([True] * 3 + [False] * 7, n),
+        }
+    )
     scores = {k: rng.normal(size=len(rows)) for k in auc}
-    return PredictionData("sim", "attn", "m", metrics, rows, scores, [(0, "attention|L0")],
-                          None, "no co-expression source configured")  # fmt: skip
+    return PredictionData(
+        "sim",
+        "attn",
+        "m",
+        metrics,
+        rows,
+        scores,
+        [(0, "attention|L0")],
+        None,
+        "no co-expression source configured",
+    )
 
 
 def test_skewed_paired_differences_do_not_read_yes_baseline_beats_attention():
@@ -119,8 +160,14 @@ def test_skewed_dominance_across_contexts_is_not_yes():
 
 
 def _delta_row(delta, p, floor=1 / 201):
-    return {"delta_auroc": delta, "p": p, "p_floor": floor, "n_rows": 1000,
-            "delta_auroc_ci_low": delta - 0.01, "delta_auroc_ci_high": delta + 0.01}  # fmt: skip
+    return {
+        "delta_auroc": delta,
+        "p": p,
+        "p_floor": floor,
+        "n_rows": 1000,
+        "delta_auroc_ci_low": delta - 0.01,
+        "delta_auroc_ci_high": delta + 0.01,
+    }
 
 
 def _incremental_claims(bootstrap: str, rows: dict) -> pd.DataFrame:
@@ -132,10 +179,13 @@ def _incremental_claims(bootstrap: str, rows: dict) -> pd.DataFrame:
 
     ctx = FakeContext("incremental_value")
     p = IncrementalValueParams(bootstrap=bootstrap, verdict_layer="best")
-    prov = {n: {"source": "attention [m]", "model": "m", "layer": lay, "edges": "attn"}
-            for n, lay in zip(rows, range(len(rows)), strict=False)}  # fmt: skip
-    results = {n: delta_result(r, bootstrap, 200, "logistic by perturbation")
-               for n, r in rows.items()}  # fmt: skip
+    prov = {
+        n: {"source": "attention [m]", "model": "m", "layer": lay, "edges": "attn"}
+        for n, lay in zip(rows, range(len(rows)), strict=False)
+    }
+    results = {
+        n: delta_result(r, bootstrap, 200, "logistic by perturbation") for n, r in rows.items()
+    }
     _claim(ctx, p, "sim", list(rows), results, prov, "perturbation")
     assert sum(r.family == "claim" for r in ctx.registry.records()) == 1
     return scorecard(ctx)
@@ -144,8 +194,9 @@ def _incremental_claims(bootstrap: str, rows: dict) -> pd.DataFrame:
 def test_incremental_value_is_one_sided_and_says_opposite_not_tested():
     """Defect 5: the one-sided bootstrap cannot say 'opposite'; a ΔAUROC below 0 reads
     'no evidence — opposite not tested', and the best of two layers is Bonferroni'd."""
-    card = _incremental_claims("two-way", {"L0": _delta_row(-0.02, 0.9),
-                                           "L1": _delta_row(-0.01, 0.8)})  # fmt: skip
+    card = _incremental_claims(
+        "two-way", {"L0": _delta_row(-0.02, 0.9), "L1": _delta_row(-0.01, 0.8)}
+    )
     row = card.iloc[0]
     assert row["answer"] == "no evidence" and "opposite not tested" in row["reason"]
     assert row["p"] == pytest.approx(1.0) and row["layer"] == 1  # 0.8 × 2 layers, capped

@@ -33,8 +33,9 @@ def test_interaction_is_the_within_block_permutation_of_context_labels():
     means = [v.mean() for v in g3.values()]
     for pairing, blocks in (("auto", np.tile(np.arange(20), 3)), ("unpaired", np.zeros(60))):
         r = gap_interaction(g3, pairing=pairing, seed=0)
-        want = within_block_permutation(np.concatenate(list(g3.values())),
-                                        np.repeat(list(g3), 20), blocks, seed=0)  # fmt: skip
+        want = within_block_permutation(
+            np.concatenate(list(g3.values())), np.repeat(list(g3), 20), blocks, seed=0
+        )
         assert r.p == want.p and r.effect == pytest.approx(max(means) - min(means))
         assert r.alternative == "greater" and r.null_name == "context_interaction"
         # the CI inverts the test: it excludes 0 exactly when the test rejects
@@ -56,8 +57,10 @@ def _blocked_gaps(seed: int, shift: float, n: int = 20) -> dict:
     rng = np.random.default_rng(seed)
     u = rng.normal(0, 0.1, n)
     idx = [f"P{i}" for i in range(n)]
-    return {f"c{j}": pd.Series(u + rng.normal(0, 0.05, n) + (shift if j == 2 else 0), index=idx)
-            for j in range(3)}  # fmt: skip
+    return {
+        f"c{j}": pd.Series(u + rng.normal(0, 0.05, n) + (shift if j == 2 else 0), index=idx)
+        for j in range(3)
+    }
 
 
 def test_within_block_permutation_keeps_its_level_and_the_power_pairing_gives():
@@ -67,8 +70,10 @@ def test_within_block_permutation_keeps_its_level_and_the_power_pairing_gives():
     from scipy.stats import binomtest
 
     def rate(shift, pairing, n=300):
-        ps = [gap_interaction(_blocked_gaps(s, shift), pairing=pairing, seed=s, n_perm=199).p
-              for s in range(n)]  # fmt: skip
+        ps = [
+            gap_interaction(_blocked_gaps(s, shift), pairing=pairing, seed=s, n_perm=199).p
+            for s in range(n)
+        ]
         return int(np.sum(np.array(ps) <= 0.05))
 
     k_null = rate(0.0, "auto")
@@ -99,8 +104,10 @@ def test_one_context_gives_na_with_a_reason(tmp_path):
     cfg = tiny_config(tmp_path / "out")
     cfg["models"] = {"tiny": {"family": "scgpt", "path": str(tmp_path / "m")}}
     cells = {"max_cells": 60}  # attention and co-expression on the same cells
-    cfg["edges"] = {"spearman": {"scorer": "coexpression", "method": "spearman", **cells},
-                    "attn": {"scorer": "attention", "model": "tiny", **cells}}  # fmt: skip
+    cfg["edges"] = {
+        "spearman": {"scorer": "coexpression", "method": "spearman", **cells},
+        "attn": {"scorer": "attention", "model": "tiny", **cells},
+    }
     cfg["analyses"] = {"context_dependence": {"datasets": ["sim"], "n_boot": 100}}
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors

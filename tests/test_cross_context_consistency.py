@@ -149,12 +149,23 @@ def test_claims_name_each_source_by_its_config_name(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg["edges"] = {
         "spearman": {"scorer": "coexpression", "method": "spearman", "max_cells": 400},
-        "spearman_all": {"scorer": "coexpression", "method": "spearman", "cells": "all",
-                         "max_cells": 600},
-    }  # fmt: skip
-    cfg["analyses"] = {"cross_context_consistency": {
-        "datasets": ["sim"], "contexts": ["cell_state"], "n_perm": 99, "n_perm_max": 0,
-        "n_boot": 20, "min_context_cells": 20}}  # fmt: skip
+        "spearman_all": {
+            "scorer": "coexpression",
+            "method": "spearman",
+            "cells": "all",
+            "max_cells": 600,
+        },
+    }
+    cfg["analyses"] = {
+        "cross_context_consistency": {
+            "datasets": ["sim"],
+            "contexts": ["cell_state"],
+            "n_perm": 99,
+            "n_perm_max": 0,
+            "n_boot": 20,
+            "min_context_cells": 20,
+        }
+    }
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     claims = run.verdicts()["claim"].tolist()

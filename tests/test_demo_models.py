@@ -105,9 +105,13 @@ def test_first_steps_of_the_shipped_training_reproduce(shipped, demo_bench, tmp_
     log = json.loads((folder / NAMES[family] / LOG_FILE).read_text())
     fn = train_scgpt_demo if family == "scgpt" else train_geneformer_demo
     rep = fn(
-        demo_bench, tmp_path / family, **prov["training"][family], seed=prov["seed"],
-        max_steps=3, progress=False,
-    )  # fmt: skip
+        demo_bench,
+        tmp_path / family,
+        **prov["training"][family],
+        seed=prov["seed"],
+        max_steps=3,
+        progress=False,
+    )
     assert rep.steps == 3 and len(log["loss_per_step"]) == log["steps"] > 3
     assert rep.loss_per_step == pytest.approx(log["loss_per_step"][:3], rel=1e-5)
     assert rep.eval_loss_initial == pytest.approx(log["eval_loss_initial"], rel=1e-5)

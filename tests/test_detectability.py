@@ -85,8 +85,9 @@ def test_split_halves_recover_the_per_cell_noise():
     truth = rng.standard_normal(n_pairs) + 1.0 * label
     cells = truth + 2.0 * rng.standard_normal((n_cells, n_pairs))
     half = rng.permutation(n_cells) < n_cells // 2
-    est = noise_from_halves(cells.mean(0), cells[half].mean(0), cells[~half].mean(0), label,
-                            n_cells)  # fmt: skip
+    est = noise_from_halves(
+        cells.mean(0), cells[half].mean(0), cells[~half].mean(0), label, n_cells
+    )
     assert est["noise_var"] == pytest.approx(4.0, rel=0.1)
     assert est["signal_var"] == pytest.approx(1.0, rel=0.1)
     assert est["noise_ratio"] == pytest.approx(4.0, rel=0.15)
@@ -107,9 +108,13 @@ def test_closed_form_within_0_1_of_the_simulated_power_small(hub_pairs):
     """Planted effect × cells, power of the real recovery test by Monte Carlo (α = 0.05,
     one claim); two points here (low and high power), the grid is the slow test below."""
     sim = pd.concat(
-        [simulate_power(hub_pairs, deltas=[d], cells=[n], noise_ratio=100.0, n_rep=100,
-                        n_perm=199, seed=1) for d, n in ((0.03, 100), (0.06, 400))]
-    )  # fmt: skip
+        [
+            simulate_power(
+                hub_pairs, deltas=[d], cells=[n], noise_ratio=100.0, n_rep=100, n_perm=199, seed=1
+            )
+            for d, n in ((0.03, 100), (0.06, 400))
+        ]
+    )
     assert (sim["mean_auroc"] - sim["auroc_closed"]).abs().max() < 0.01
     assert (sim["power_closed"] - sim["power_sim"]).abs().max() <= 0.1
     assert sim["power_sim"].iloc[0] < 0.4 < 0.6 < sim["power_sim"].iloc[1]
@@ -120,7 +125,14 @@ def test_closed_form_within_0_1_of_the_simulated_power_grid(hub_pairs):
     """Planted effect {0.03, 0.06} × cells {25, 100, 400} (noise ratio 100), 150
     replicates each with 999 relabelling draws (fewer draws coarsen the Monte-Carlo p and
     cost power that the normal approximation does not model)."""
-    sim = simulate_power(hub_pairs, deltas=[0.03, 0.06], cells=[25, 100, 400],
-                         noise_ratio=100.0, n_rep=150, n_perm=999, seed=2)  # fmt: skip
+    sim = simulate_power(
+        hub_pairs,
+        deltas=[0.03, 0.06],
+        cells=[25, 100, 400],
+        noise_ratio=100.0,
+        n_rep=150,
+        n_perm=999,
+        seed=2,
+    )
     diff = (sim["power_closed"] - sim["power_sim"]).abs()
     assert diff.max() <= 0.1, sim.to_string()

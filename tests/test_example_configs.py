@@ -28,15 +28,30 @@ SHRINK = {
         "perturbation_prediction": {"n_boot": 100, "cv_folds": 3},
         "incremental_value": {"n_boot": 50, "gbm_max_iter": 10, "n_splits": 3},
         "context_dependence": {"n_boot": 100},
-        "in_silico_perturbation": {"max_cells": 16, "max_perturbations": 4, "n_perm": 99,
-                                   "n_perm_max": 0, "n_boot": 100},
+        "in_silico_perturbation": {
+            "max_cells": 16,
+            "max_perturbations": 4,
+            "n_perm": 99,
+            "n_perm_max": 0,
+            "n_boot": 100,
+        },
         "head_specialisation": {"n_boot": 20, "n_perm": 99, "n_perm_max": 0},
-        "head_ablation": {"ks": [2], "n_random": 19, "n_random_other": 3, "n_cells": 8,
-                          "n_reference_cells": 8, "prediction_cells": 16, "in_silico_cells": 8,
-                          "in_silico_perturbations": 3, "n_boot": 50, "selection_n_perm": 99,
-                          "selection_n_perm_max": 0, "n_entropy_matched": 2},
+        "head_ablation": {
+            "ks": [2],
+            "n_random": 19,
+            "n_random_other": 3,
+            "n_cells": 8,
+            "n_reference_cells": 8,
+            "prediction_cells": 16,
+            "in_silico_cells": 8,
+            "in_silico_perturbations": 3,
+            "n_boot": 50,
+            "selection_n_perm": 99,
+            "selection_n_perm_max": 0,
+            "n_entropy_matched": 2,
+        },
     },
-}  # fmt: skip
+}
 
 
 def _scperturb_screen(path: Path) -> tuple[object, object]:
@@ -83,11 +98,15 @@ def example_folder(tmp_path_factory) -> Path:
         "".join(f"{s}\t{t}\t{m}\t1\n" for s, t, m in zip(e["source"], e["target"], mode))
     )
     build_geneformer_checkpoint(
-        root / cfg["models"]["geneformer"]["path"], list(adata.var["ensembl_id"]),
-        version="V2", n_layers=2, seed=0,
-    )  # fmt: skip
-    build_scgpt_checkpoint(root / cfg["models"]["scgpt"]["path"], list(adata.var_names),
-                           n_layers=2, seed=0)  # fmt: skip
+        root / cfg["models"]["geneformer"]["path"],
+        list(adata.var["ensembl_id"]),
+        version="V2",
+        n_layers=2,
+        seed=0,
+    )
+    build_scgpt_checkpoint(
+        root / cfg["models"]["scgpt"]["path"], list(adata.var_names), n_layers=2, seed=0
+    )
     shutil.copy(EXAMPLE, root / EXAMPLE.name)
     return root
 
@@ -120,6 +139,11 @@ def test_the_example_runs_the_paper_design(example_folder):
     claims = " | ".join(verdicts["claim"])
     for model in ("geneformer", "scgpt"):
         assert model in claims
-    for analysis in ("perturbation_prediction", "incremental_value", "head_ablation",
-                     "perturbation_responders", "in_silico_perturbation"):  # fmt: skip
+    for analysis in (
+        "perturbation_prediction",
+        "incremental_value",
+        "head_ablation",
+        "perturbation_responders",
+        "in_silico_perturbation",
+    ):
         assert (verdicts["analysis"] == analysis).any(), analysis

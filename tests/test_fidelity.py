@@ -27,8 +27,12 @@ def test_same_arrays_are_recorded(recomputed, stored):
     assert sorted(recomputed) == sorted(stored)
     families = {k.split("/")[0] for k in stored}
     assert families == {
-        "scgpt_torch", "scgpt_flash", "scgpt_options", "geneformer_V1", "geneformer_V2",
-    }  # fmt: skip
+        "scgpt_torch",
+        "scgpt_flash",
+        "scgpt_options",
+        "geneformer_V1",
+        "geneformer_V2",
+    }
 
 
 @pytest.mark.parametrize(

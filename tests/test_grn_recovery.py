@@ -185,9 +185,20 @@ def test_zero_variance_regulators_are_not_assessable(planted):
 def test_four_valued_answers(p, p_greater, p_less, claimed, expected):
     """The side is the tested statistic's (its tails), whatever the estimate says: here
     the estimate 0.7 lies above 0.5 in every row."""
-    res = StatTestResult(0.7, p, 0.7, 100, "t", "AUROC", "AUROC", "two-sided",
-                         p_greater=p_greater, p_less=p_less, null_value=0.5,
-                         p_floor=1e-4)  # fmt: skip
+    res = StatTestResult(
+        0.7,
+        p,
+        0.7,
+        100,
+        "t",
+        "AUROC",
+        "AUROC",
+        "two-sided",
+        p_greater=p_greater,
+        p_less=p_less,
+        null_value=0.5,
+        p_floor=1e-4,
+    )
     assert answer_result(res, claimed=claimed)[0] == expected
 
 

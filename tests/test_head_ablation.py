@@ -66,8 +66,10 @@ def test_cached_runner_equals_full_forward(tiny, tiny_bench):
 
     _, model = tiny
     adata = tiny_bench.adata
-    mb = [masked_inputs(model, model.tokenize(adata, np.arange(i, i + 6)), ratio=0.2, seed=i)
-          for i in (0, 6)]  # fmt: skip
+    mb = [
+        masked_inputs(model, model.tokenize(adata, np.arange(i, i + 6)), ratio=0.2, seed=i)
+        for i in (0, 6)
+    ]
     means = compute_head_means(model, [m.batch for m in mb])
     conds = [
         Condition("random-k", "zero", ((1, 0), (2, 3))),
@@ -90,9 +92,12 @@ def test_calibration_type_one_and_power():
     summ, reps = calibrate(
         "head_ablation",
         n_replicates=60,
-        scenarios=["hub_null_random_regulatory_set", "planted_regulatory_shift_8.0",
-                   "hub_null_one_head_of_16"],
-    )  # fmt: skip
+        scenarios=[
+            "hub_null_random_regulatory_set",
+            "planted_regulatory_shift_8.0",
+            "hub_null_one_head_of_16",
+        ],
+    )
     one = reps[reps["scenario"] == "hub_null_one_head_of_16"]
     assert (one["p"] >= 2 / 16 - 1e-12).all()  # the exact test's floor
     null = summ.set_index("scenario").loc["hub_null_random_regulatory_set"]
@@ -119,17 +124,28 @@ def test_analysis_reports_order_fidelity_and_verdict(tmp_path, tiny):
     cfg["datasets"] = {"sim": cfg["datasets"]["sim"]}
     cfg["references"] = {"grn": cfg["references"]["grn"]}
     cfg["models"] = {"tiny": {"family": "scgpt", "path": str(path)}}
-    cfg["edges"] = {"attn": {"scorer": "attention", "model": "tiny", "max_cells": 40,
-                             "per_head": True}}  # fmt: skip
+    cfg["edges"] = {
+        "attn": {"scorer": "attention", "model": "tiny", "max_cells": 40, "per_head": True}
+    }
     cfg["analyses"] = {
         "head_ablation": {
-            "ks": [2, 20], "n_random": 19, "n_random_other": 19, "n_entropy_matched": 3,
-            "n_cells": 8, "n_reference_cells": 8, "n_boot": 50, "selection_n_perm": 99,
-            "selection_n_perm_max": 0, "prediction_cells": 16, "random_sets": "layer_matched",
-            "selection": "top_auroc", "selection_k": 1,  # 1 head: 4 layer-matched sets exist
-            "in_silico_cells": 8, "in_silico_perturbations": 4,
+            "ks": [2, 20],
+            "n_random": 19,
+            "n_random_other": 19,
+            "n_entropy_matched": 3,
+            "n_cells": 8,
+            "n_reference_cells": 8,
+            "n_boot": 50,
+            "selection_n_perm": 99,
+            "selection_n_perm_max": 0,
+            "prediction_cells": 16,
+            "random_sets": "layer_matched",
+            "selection": "top_auroc",
+            "selection_k": 1,  # 1 head: 4 layer-matched sets exist
+            "in_silico_cells": 8,
+            "in_silico_perturbations": 4,
         }
-    }  # fmt: skip
+    }
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     res = run.results["head_ablation"]
@@ -213,8 +229,9 @@ def test_every_head_regulatory_gives_na():
     res = SimpleNamespace(loss=np.ones((1, 4)), baseline=np.zeros(4))
     p = HeadAblationParams(channels=["zero"], n_entropy_matched=0)
     conds = [Condition("regulatory", "zero", heads)]
-    rows = _set_tests(ctx, p, Unit("sim", "tiny", "grn"), "attn", conds, res, design, heads,
-                      "FDR", {})  # fmt: skip
+    rows = _set_tests(
+        ctx, p, Unit("sim", "tiny", "grn"), "attn", conds, res, design, heads, "FDR", {}
+    )
     assert rows == []
     (row,) = _answers(ctx).itertuples()
     assert row.answer == "n/a" and "every one of the 12 heads" in row.reason

@@ -15,11 +15,22 @@ from scfm_audit.evaluate._recovery import recovery_result
 def _table(heads, pairs):
     rows = []
     for es in heads:
-        r = recovery_result(edge_recovery(es, pairs, n_boot=20, n_perm=199, n_perm_max=1999,
-                                          transform="raw", seed=0))  # fmt: skip
-        rows.append({"layer": es.layer, "head": es.head, "auroc": r.effect, "p": r.p,
-                     "p_greater": r.p_greater, "auroc_null_mean": r.null_value,
-                     "auroc_null_sd": r.null_scale})  # fmt: skip
+        r = recovery_result(
+            edge_recovery(
+                es, pairs, n_boot=20, n_perm=199, n_perm_max=1999, transform="raw", seed=0
+            )
+        )
+        rows.append(
+            {
+                "layer": es.layer,
+                "head": es.head,
+                "auroc": r.effect,
+                "p": r.p,
+                "p_greater": r.p_greater,
+                "auroc_null_mean": r.null_value,
+                "auroc_null_sd": r.null_scale,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -33,10 +44,15 @@ def test_planted_head_is_the_one_selected_by_fdr():
 
 def test_without_signal_the_fallback_rule_is_stated():
     t = pd.DataFrame(
-        {"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "auroc": [0.52, 0.49, 0.55, 0.70],
-         "p_greater": [0.2, 0.6, 0.4, 0.9], "auroc_null_mean": [0.5, 0.5, 0.5, 0.75],
-         "auroc_null_sd": [0.01, 0.01, 0.1, 0.02]}
-    )  # fmt: skip
+        {
+            "layer": [0, 0, 1, 1],
+            "head": [0, 1, 0, 1],
+            "auroc": [0.52, 0.49, 0.55, 0.70],
+            "p_greater": [0.2, 0.6, 0.4, 0.9],
+            "auroc_null_mean": [0.5, 0.5, 0.5, 0.75],
+            "auroc_null_sd": [0.01, 0.01, 0.1, 0.02],
+        }
+    )
     s = select_heads(t, fdr=0.05, fallback_k=2)
     assert s["selected"].sum() == 2
     # by null-standardised AUROC (z 2.0 and 0.5), never the 0.70 head below its centre

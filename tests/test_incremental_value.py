@@ -121,9 +121,13 @@ def test_identical_predictions_differ_by_nothing():
     rows = _table()
     s = rows["mean"].to_numpy()
     m, d = compare_predictions(
-        rows["responder"].to_numpy(), {"gene": s, "same": s.copy()}, rows["perturbation"],
-        baseline="gene", n_boot=200, seed=0,
-    )  # fmt: skip
+        rows["responder"].to_numpy(),
+        {"gene": s, "same": s.copy()},
+        rows["perturbation"],
+        baseline="gene",
+        n_boot=200,
+        seed=0,
+    )
     r = d.iloc[0]
     assert r["delta_auroc"] == 0 and r["delta_auroc_ci_low"] == 0 == r["delta_auroc_ci_high"]
     assert r["p"] == 1.0 and r["p_two_sided"] == 1.0
@@ -162,9 +166,14 @@ def test_out_of_fold_predictions_never_read_test_labels():
     responsiveness is recomputed from training rows only."""
     rows = _table(candidate_level=True)
     kw = dict(
-        label="responder", perturbation="perturbation", candidate="candidate",
-        feature_sets={"gene": GENE}, grouping="perturbation", n_splits=4, seed=0,
-    )  # fmt: skip
+        label="responder",
+        perturbation="perturbation",
+        candidate="candidate",
+        feature_sets={"gene": GENE},
+        grouping="perturbation",
+        n_splits=4,
+        seed=0,
+    )
     cv = cross_validated_predictions(rows, fold_features=_resp(rows), **kw)
     flipped = rows.copy()
     test0 = np.zeros(len(rows), bool)
@@ -188,9 +197,15 @@ def test_responsiveness_carries_over_perturbations_but_not_candidates():
     auc = {}
     for g in ("perturbation", "candidate"):
         cv = cross_validated_predictions(
-            rows, label="responder", perturbation="perturbation", candidate="candidate",
-            feature_sets={"gene": GENE}, grouping=g, seed=0, fold_features=_resp(rows),
-        )  # fmt: skip
+            rows,
+            label="responder",
+            perturbation="perturbation",
+            candidate="candidate",
+            feature_sets={"gene": GENE},
+            grouping=g,
+            seed=0,
+            fold_features=_resp(rows),
+        )
         auc[g] = roc_auc_score(rows["responder"].to_numpy()[cv.rows], cv.predictions["gene"])
     assert auc["perturbation"] > 0.95
     assert abs(auc["candidate"] - 0.5) < 0.1
@@ -200,14 +215,24 @@ def test_gbm_and_logistic_find_a_pair_level_signal():
     rows = _table(n_pert=10, n_cand=50)
     for model in ("logistic", "gbm"):
         cv = cross_validated_predictions(
-            rows, label="responder", perturbation="perturbation", candidate="candidate",
-            feature_sets={"gene": GENE, "edge": [*GENE, "edge"]}, model=model, seed=0,
-            fold_features=_resp(rows), max_iter=30 if model == "gbm" else None,
-        )  # fmt: skip
+            rows,
+            label="responder",
+            perturbation="perturbation",
+            candidate="candidate",
+            feature_sets={"gene": GENE, "edge": [*GENE, "edge"]},
+            model=model,
+            seed=0,
+            fold_features=_resp(rows),
+            max_iter=30 if model == "gbm" else None,
+        )
         _, d = compare_predictions(
-            rows["responder"].to_numpy()[cv.rows], cv.predictions,
-            rows["perturbation"].to_numpy()[cv.rows], baseline="gene", n_boot=200, seed=0,
-        )  # fmt: skip
+            rows["responder"].to_numpy()[cv.rows],
+            cv.predictions,
+            rows["perturbation"].to_numpy()[cv.rows],
+            baseline="gene",
+            n_boot=200,
+            seed=0,
+        )
         assert d["delta_auroc"].iloc[0] > 0.05 and d["p"].iloc[0] < 0.05, model
 
 
@@ -280,9 +305,11 @@ def test_calibration_keeps_level_on_the_hub_null_and_has_power():
     from scfm_audit.analyses import calibrate
 
     summary, reps = calibrate(
-        "incremental_value", n_replicates=6, seed=0,
+        "incremental_value",
+        n_replicates=6,
+        seed=0,
         scenarios=["hub_null_candidate_level", "planted_truth_0.6"],
-    )  # fmt: skip
+    )
     rate = summary.set_index("scenario")["rate"]
     assert rate["hub_null_candidate_level"] <= 1 / 6
     assert rate["planted_truth_0.6"] >= 0.5

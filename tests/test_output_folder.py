@@ -136,8 +136,13 @@ def test_kill_during_writing_leaves_the_old_or_the_new_run(bench, tmp_path):
     n_writes = int(counting.stderr.rsplit("CALLS", 1)[1])
     assert n_writes >= 10  # tables, figures, tests, scorecard, config, run.json, report
 
-    points = [("replace", 1), ("replace", n_writes // 2), ("replace", n_writes),
-              ("exchange", 1), ("carry", 1)]  # fmt: skip
+    points = [
+        ("replace", 1),
+        ("replace", n_writes // 2),
+        ("replace", n_writes),
+        ("exchange", 1),
+        ("carry", 1),
+    ]
     outcomes = []
     for kind, n in points:
         assert runner.invoke(app, ["run", str(old_cfg), "-q"]).exit_code == 0
@@ -258,8 +263,11 @@ def test_progress_on_a_pipe_is_plain_lines_without_source_links(bench, tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.run(
         [sys.executable, "-m", "scfm_audit.cli", "run", str(cfg)],
-        capture_output=True, text=True, env=env, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert p.returncode == 0, p.stderr
     assert "_runner.py:" not in p.stderr and ".py:" not in p.stderr
     assert "grn_recovery: " in p.stderr and "tests in" in p.stderr

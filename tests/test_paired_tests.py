@@ -113,8 +113,9 @@ def test_within_block_permutation_equals_exhaustive_enumeration():
 def test_two_groups_within_blocks_is_the_sign_flip_of_the_differences():
     rng = np.random.default_rng(4)
     a, b = rng.normal(0, 1, 12), rng.normal(0.4, 1, 12)
-    r = within_block_permutation(np.r_[a, b], np.repeat(["a", "b"], 12),
-                                 np.tile(np.arange(12), 2), seed=0, stages=(20_000,))  # fmt: skip
+    r = within_block_permutation(
+        np.r_[a, b], np.repeat(["a", "b"], 12), np.tile(np.arange(12), 2), seed=0, stages=(20_000,)
+    )
     s = sign_flip_test(a - b, seed=1, stages=(20_000,))
     assert r.p == pytest.approx(s.p, abs=0.01)
     assert r.effect == pytest.approx(abs(s.effect))
@@ -128,9 +129,11 @@ def test_within_block_permutation_keeps_its_level_with_block_effects():
         rng = np.random.default_rng(100 + s)
         u = rng.normal(0, 1, 15)
         vals = np.concatenate([u + rng.normal(0, 0.1, 15) for _ in range(3)])
-        ps.append(within_block_permutation(vals, np.repeat([0, 1, 2], 15),
-                                           np.tile(np.arange(15), 3), seed=s,
-                                           stages=(199,)).p)  # fmt: skip
+        ps.append(
+            within_block_permutation(
+                vals, np.repeat([0, 1, 2], 15), np.tile(np.arange(15), 3), seed=s, stages=(199,)
+            ).p
+        )
     k = int(np.sum(np.array(ps) <= 0.05))
     assert stats.binomtest(k, 200, 0.05, alternative="greater").pvalue > 0.01
 

@@ -66,8 +66,12 @@ def test_recall_at_k_counts_responders_among_the_top_k_and_shares_tied_places():
         for kk in (5, 10):
             assert t.loc[k, f"recall@{kk}"] == pytest.approx(y[m][order[:kk]].sum() / y[m].sum())
     # four tied candidates share the last two places: each is in the top 3 with prob 1/2
-    t = ranking_metrics(np.zeros(5, int), np.array([1, 1, 0, 0, 0], bool),
-                        {"s": np.array([2.0, 1, 1, 1, 1])}, top_k=(3,))  # fmt: skip
+    t = ranking_metrics(
+        np.zeros(5, int),
+        np.array([1, 1, 0, 0, 0], bool),
+        {"s": np.array([2.0, 1, 1, 1, 1])},
+        top_k=(3,),
+    )
     assert t["recall@3"].iloc[0] == pytest.approx((1 + 0.5) / 2)
 
 
@@ -88,8 +92,9 @@ def test_paired_comparison_is_scipy_wilcoxon_over_perturbations():
 def _r(effect, p):
     """A two-sided result whose ranks lie on the side of ``effect``."""
     tail = p / 2 if effect > 0 else 1 - p / 2
-    return StatTestResult(1.0, p, effect, 10, "wilcoxon", "T", "HL", "two-sided",
-                          p_greater=tail, p_less=1 - tail)  # fmt: skip
+    return StatTestResult(
+        1.0, p, effect, 10, "wilcoxon", "T", "HL", "two-sided", p_greater=tail, p_less=1 - tail
+    )
 
 
 def test_intersection_union_needs_every_baseline_and_reports_the_weakest():
@@ -142,14 +147,18 @@ def test_calibration_keeps_level_on_exchangeable_scorers_and_finds_the_planted_m
 def _known_answer(gene_level_predictability, regulation_strength):
     """Per-perturbation AUROC of variance, |Spearman| (control cells) and a synthetic
     attention = |Spearman| + noise, on a simulated screen."""
-    sim = {"gene_level_predictability": gene_level_predictability,
-           "regulation_strength": regulation_strength}  # fmt: skip
+    sim = {
+        "gene_level_predictability": gene_level_predictability,
+        "regulation_strength": regulation_strength,
+    }
     rows = calibration_screen(sim, 0, coexpression=True)
     sp = rows["spearman"].to_numpy()
     noise = np.random.default_rng(0).normal(scale=0.1, size=len(sp))
-    m = ranking_metrics(rows["perturbation"].to_numpy(), rows["responder"].to_numpy(),
-                        {"variance": rows["variance"].to_numpy(), "spearman": sp,
-                         "attention": sp + noise})  # fmt: skip
+    m = ranking_metrics(
+        rows["perturbation"].to_numpy(),
+        rows["responder"].to_numpy(),
+        {"variance": rows["variance"].to_numpy(), "spearman": sp, "attention": sp + noise},
+    )
     return m.pivot(index="perturbation", columns="scorer", values="auroc").dropna()
 
 
@@ -170,9 +179,13 @@ def test_coexpression_wins_when_pairwise_regulation_carries_the_signal():
 def test_all_baselines_claim_is_the_intersection_union_of_the_three_wilcoxons():
     rng = np.random.default_rng(4)
     att = rng.uniform(0.5, 0.7, 25)
-    wide = pd.DataFrame({"mean": att + rng.uniform(0.0, 0.2, 25),
-                         "variance": att + rng.uniform(0.05, 0.3, 25),
-                         "detection": att + rng.uniform(-0.05, 0.15, 25)})  # fmt: skip
+    wide = pd.DataFrame(
+        {
+            "mean": att + rng.uniform(0.0, 0.2, 25),
+            "variance": att + rng.uniform(0.05, 0.3, 25),
+            "detection": att + rng.uniform(-0.05, 0.15, 25),
+        }
+    )
     comp, res, name = baseline_claim(wide, att, "all", n_boot=100, seed=0)
     ps = {b: stats.wilcoxon(wide[b], att).pvalue for b in ("mean", "variance", "detection")}
     assert res.p == pytest.approx(max(ps.values())) and res.side == "greater"

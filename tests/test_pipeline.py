@@ -348,12 +348,17 @@ def test_responders_are_computed_once_per_run(tmp_path, monkeypatch):
     )
     cfg = tiny_config(tmp_path)
     cfg["analyses"] = {
-        "perturbation_prediction": {"datasets": ["sim"], "attention": ["pearson"],
-                                    "n_boot": 50},
-        "incremental_value": {"datasets": ["sim"], "attention": ["pearson"],
-                              "correlation": ["spearman"], "n_boot": 50, "gbm": False,
-                              "groupings": ["perturbation"], "matched": False},
-    }  # fmt: skip
+        "perturbation_prediction": {"datasets": ["sim"], "attention": ["pearson"], "n_boot": 50},
+        "incremental_value": {
+            "datasets": ["sim"],
+            "attention": ["pearson"],
+            "correlation": ["spearman"],
+            "n_boot": 50,
+            "gbm": False,
+            "groupings": ["perturbation"],
+            "matched": False,
+        },
+    }
     run = run_audit(config_from_dict(cfg), quiet=True)
     assert not run.errors, run.errors
     assert len(calls) == 1

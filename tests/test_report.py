@@ -471,8 +471,15 @@ def test_analysis_tables_show_values_with_ci_at_one_precision_per_column():
     )
     tab = _table(df)
     head = [h["text"] for h in tab["header"]]
-    assert head == ["reference", "auroc [CI]", "positive_rate", "p_shuffle", "delta",
-                    "n_candidates", "layer"]  # fmt: skip
+    assert head == [
+        "reference",
+        "auroc [CI]",
+        "positive_rate",
+        "p_shuffle",
+        "delta",
+        "n_candidates",
+        "layer",
+    ]
     rows = [[c["text"] for c in r] for r in tab["rows"]]
     assert rows[0][1] == "0.689 [0.630, 0.768]" and rows[1][1] == "0.658 [0.598, 0.701]"
     assert [r[2] for r in rows] == ["0.161", "0.085"]
@@ -490,16 +497,30 @@ def test_tests_table_shows_auroc_on_its_natural_scale_with_its_ci():
     reg = TestRegistry(alpha=0.05)
     for auc, lo, hi in ((0.6888, 0.6299, 0.7683), (0.55, 0.48, 0.62)):
         reg.add(
-            analysis="grn_recovery", hypothesis="h", test="perm", null="label shuffle",
+            analysis="grn_recovery",
+            hypothesis="h",
+            test="perm",
+            null="label shuffle",
             statistic_name="AUROC",
-            statistic=auc, effect_name="AUROC - 0.5", effect=auc - 0.5, ci_low=lo - 0.5,
-            ci_high=hi - 0.5, p=0.02, n=100, direction="greater",
-        )  # fmt: skip
+            statistic=auc,
+            effect_name="AUROC - 0.5",
+            effect=auc - 0.5,
+            ci_low=lo - 0.5,
+            ci_high=hi - 0.5,
+            p=0.02,
+            n=100,
+            direction="greater",
+        )
     run = RunResult(
-        config=AuditConfig(datasets={"d": {"simulate": {}}}), output=Path("."), specs={},
-        params={}, results={}, tests=reg.to_frame(), family_sensitivity=pd.DataFrame(),
+        config=AuditConfig(datasets={"d": {"simulate": {}}}),
+        output=Path("."),
+        specs={},
+        params={},
+        results={},
+        tests=reg.to_frame(),
+        family_sensitivity=pd.DataFrame(),
         timings={},
-    )  # fmt: skip
+    )
     t = _tests_table(run, "grn_recovery")
     head = [h["text"] for h in t["header"]]
     assert "AUROC [CI]" in head and not any("AUROC - 0.5" in h for h in head)
@@ -519,17 +540,24 @@ def test_figures_keep_legends_off_the_curves_and_auroc_axes_fixed():
     for ax in fig.axes:
         leg, box = ax.get_legend(), ax.get_window_extent()
         assert leg.get_window_extent().y1 < box.y0  # entirely below the axes
-    df = pd.DataFrame({"layer": [0, 1, 2], "auroc": [0.501, 0.509, 0.497],
-                       "ci_low": [0.49, 0.5, 0.48], "ci_high": [0.51, 0.52, 0.51],
-                       "method": "attention"})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "layer": [0, 1, 2],
+            "auroc": [0.501, 0.509, 0.497],
+            "ci_low": [0.49, 0.5, 0.48],
+            "ci_high": [0.51, 0.52, 0.51],
+            "method": "attention",
+        }
+    )
     fig = metric_by_layer_figure(df)
     fig.canvas.draw()
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
     assert lo <= 0.3 and hi >= 0.8
     assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
-    heat = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
-                         "auroc": [0.5, 0.51, 0.49, 0.505]})  # fmt: skip
+    heat = pd.DataFrame(
+        {"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "auroc": [0.5, 0.51, 0.49, 0.505]}
+    )
     fig = head_heatmap(heat, center=0.5)
     norm = fig.axes[0].images[0].norm
     assert norm.vmin <= 0.4 and norm.vmax >= 0.6
@@ -557,10 +585,19 @@ def test_wide_tables_scroll_in_a_browser(report, tmp_path):
     page = tmp_path / "probe.html"
     page.write_text(html.replace("</body>", probe + "</body>"))
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,2000",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=900,2000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     boxes = [b.split(":") for b in re.search(r'<pre id="probe">([^<]*)', dom).group(1).split()]
     assert boxes and all(ov == "auto" for _, _, ov in boxes)
     assert any(int(sw) > int(cw) for sw, cw, _ in boxes)  # some table is wider: it scrolls
@@ -574,12 +611,20 @@ def test_training_block_shows_curves_and_chance(tmp_path):
     def write_log(folder, learned: bool):
         folder.mkdir()
         log = {
-            "family": "scgpt", "steps": 40, "loss_per_step": list(np.linspace(200, 60, 40)),
-            "eval_loss_per_epoch": [210.0, 120.0, 80.0, 70.0], "eval_loss_initial": 210.0,
-            "eval_loss_final": 70.0 if learned else 150.0, "chance_loss": 205.0,
-            "baseline_loss": 140.0, "baseline": "per-gene mean bin", "eval_held_out": True,
-            "n_eval_cells": 60, "learned": learned, "params": {"seed": 3},
-        }  # fmt: skip
+            "family": "scgpt",
+            "steps": 40,
+            "loss_per_step": list(np.linspace(200, 60, 40)),
+            "eval_loss_per_epoch": [210.0, 120.0, 80.0, 70.0],
+            "eval_loss_initial": 210.0,
+            "eval_loss_final": 70.0 if learned else 150.0,
+            "chance_loss": 205.0,
+            "baseline_loss": 140.0,
+            "baseline": "per-gene mean bin",
+            "eval_held_out": True,
+            "n_eval_cells": 60,
+            "learned": learned,
+            "params": {"seed": 3},
+        }
         (folder / "train_log.json").write_text(json.dumps(log))
 
     write_log(tmp_path / "good", True)

@@ -155,9 +155,14 @@ def test_null_screen_welch_pvalues_are_uniform():
     """No regulation, no knock-down: per-gene Welch p-values are uniform (KS), and the
     rejection rate at 0.05 lies within a binomial band."""
     b = simulate_perturbseq(
-        n_cells=3000, n_genes=200, n_tfs=20, n_perturbations=10, regulation_strength=0,
-        knockdown=0, seed=11,
-    )  # fmt: skip
+        n_cells=3000,
+        n_genes=200,
+        n_tfs=20,
+        n_perturbations=10,
+        regulation_strength=0,
+        knockdown=0,
+        seed=11,
+    )
     p = differential_expression(b.adata, SPEC)["p"].dropna().to_numpy()
     assert p.size > 1800
     assert sst.kstest(p, "uniform").pvalue > 0.01
@@ -174,9 +179,14 @@ def test_called_responders_are_mostly_true_effects():
     false, called = 0, 0
     for seed in (1, 2, 3):
         b = simulate_perturbseq(
-            n_cells=3000, n_genes=300, n_tfs=20, n_perturbations=10, seed=seed,
-            gene_level_predictability=0.0, expression_sd=0.8,
-        )  # fmt: skip
+            n_cells=3000,
+            n_genes=300,
+            n_tfs=20,
+            n_perturbations=10,
+            seed=seed,
+            gene_level_predictability=0.0,
+            expression_sd=0.8,
+        )
         r = responder_labels(differential_expression(b.adata, SPEC), scope="within")
         r = r[r["responder"]]
         truth = set(zip(b.true_effects["perturbation"], b.true_effects["gene"], strict=True))
@@ -215,9 +225,13 @@ def test_on_target_test_is_the_signed_rank_test():
 
 def test_sweep_grid_caps_and_reference(small):
     sw = responder_sweep(
-        small.adata, SPEC, lfc_grid=(0.25, 0.5), control_grid=(80, 10**5),
-        hvg_grid=(30, 1000), reference=(0.5, 80, 30),
-    )  # fmt: skip
+        small.adata,
+        SPEC,
+        lfc_grid=(0.25, 0.5),
+        control_grid=(80, 10**5),
+        hvg_grid=(30, 1000),
+        reference=(0.5, 80, 30),
+    )
     assert len(sw) == 8
     assert sw.loc[sw["control_cells"] == 10**5, "controls_capped"].all()
     assert sw.loc[sw["hvgs"] == 1000, "hvgs_capped"].all()

@@ -89,8 +89,19 @@ def _resave(src, dst, *, edit_state=None, drop=None):
 def test_registered_and_files_in_real_format(ckpt, ckpt_flash):
     assert MODEL_FAMILIES.get("scgpt") is ScGPTAdapter
     args = json.loads((ckpt / "args.json").read_text())
-    for key in ("embsize", "nheads", "d_hid", "nlayers", "n_bins", "max_seq_len", "pad_token",
-                "pad_value", "input_emb_style", "fast_transformer", "n_layers_cls"):  # fmt: skip
+    for key in (
+        "embsize",
+        "nheads",
+        "d_hid",
+        "nlayers",
+        "n_bins",
+        "max_seq_len",
+        "pad_token",
+        "pad_value",
+        "input_emb_style",
+        "fast_transformer",
+        "n_layers_cls",
+    ):
         assert key in args
     assert args["pad_value"] == -2 and args["pad_token"] == "<pad>"
     vocab = json.loads((ckpt / "vocab.json").read_text())
@@ -324,11 +335,13 @@ def test_attention_pattern_equals_torch_multihead_attention(model):
             mha.eval()
             x = layer_in[L]
             out, w = mha(
-                x, x, x,
+                x,
+                x,
+                x,
                 key_padding_mask=~batch.attention_mask,
                 need_weights=True,
                 average_attn_weights=False,
-            )  # fmt: skip
+            )
             pattern = got[f"layers.{L}.attn.pattern"]
             assert pattern.shape == (3, 4, 5, 5)
             assert (pattern - w).abs().max().item() <= 1e-5
@@ -345,8 +358,11 @@ def test_full_stack_equals_torch_transformer_encoder(model):
     ref = nn.TransformerEncoder(
         nn.TransformerEncoderLayer(32, 4, 64, dropout=0.2, batch_first=True), num_layers=2
     )
-    enc = {k.removeprefix("transformer_encoder."): v for k, v in m.state_dict().items()
-           if k.startswith("transformer_encoder.")}  # fmt: skip
+    enc = {
+        k.removeprefix("transformer_encoder."): v
+        for k, v in m.state_dict().items()
+        if k.startswith("transformer_encoder.")
+    }
     ref.load_state_dict(enc, strict=True)  # our parameter names are torch.nn's
     ref.eval()
     with torch.no_grad():

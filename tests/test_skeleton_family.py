@@ -60,9 +60,15 @@ def test_tokenization_ranks_genes_by_count(model, adata):
     assert b.input_ids.shape == (4, 6)  # <cls> + the longest cell's 5 genes
     real = [b.gene_index[i][b.attention_mask[i]].tolist() for i in range(4)]
     var = {g: i for i, g in enumerate(VAR)}
-    as_pos = [[-1, *(var[g] for g in genes)] for genes in (
-        ["G1", "G2", "G5"], ["G5", "G3", "G0", "G1"], ["G0", "G3", "G2"],
-        ["G2", "G0", "G1", "G5", "G3"])]  # fmt: skip
+    as_pos = [
+        [-1, *(var[g] for g in genes)]
+        for genes in (
+            ["G1", "G2", "G5"],
+            ["G5", "G3", "G0", "G1"],
+            ["G0", "G3", "G2"],
+            ["G2", "G0", "G1", "G5", "G3"],
+        )
+    ]
     assert real == as_pos
     assert b.input_ids[0, :4].tolist() == [1, 3, 4, 7]  # <cls>, then gene id + 2
     np.testing.assert_allclose(b.values[1, 1:5].numpy(), np.log1p([7, 4, 2, 2]), rtol=1e-6)
@@ -95,9 +101,7 @@ def test_attention_edges_are_the_hooked_patterns(model, adata):
     edges = sa.edges.extract_attention_edges(
         model, adata, genes=ACC, per_head=True, batch_size=3, progress=False
     )
-    assert [(e.layer, e.head) for e in edges] == [
-        (L, h) for L in (0, 1) for h in (None, 0, 1)
-    ]  # fmt: skip
+    assert [(e.layer, e.head) for e in edges] == [(L, h) for L in (0, 1) for h in (None, 0, 1)]
     batch = model.tokenize(adata)
     pats = _patterns(model, batch)
     var = list(VAR)

@@ -25,11 +25,34 @@ BASELINE = (
 )
 
 
-def _row(analysis, claim, answer, *, model="m1", dataset="d1", reference=None, q=0.01,
-         effect=0.1, lo=0.05, hi=0.15):  # fmt: skip
-    return {"analysis": analysis, "claim": claim, "model": model, "dataset": dataset,
-            "reference": reference, "answer": answer, "reason": "", "q": q, "p": q,
-            "effect_name": "Δ", "effect": effect, "ci_low": lo, "ci_high": hi}  # fmt: skip
+def _row(
+    analysis,
+    claim,
+    answer,
+    *,
+    model="m1",
+    dataset="d1",
+    reference=None,
+    q=0.01,
+    effect=0.1,
+    lo=0.05,
+    hi=0.15,
+):
+    return {
+        "analysis": analysis,
+        "claim": claim,
+        "model": model,
+        "dataset": dataset,
+        "reference": reference,
+        "answer": answer,
+        "reason": "",
+        "q": q,
+        "p": q,
+        "effect_name": "Δ",
+        "effect": effect,
+        "ci_low": lo,
+        "ci_high": hi,
+    }
 
 
 def _cell(m: pd.DataFrame, standard: str, model="m1", dataset="d1") -> pd.Series:
@@ -39,28 +62,65 @@ def _cell(m: pd.DataFrame, standard: str, model="m1", dataset="d1") -> pd.Series
 
 
 def test_mapping_inversion_aggregation_and_not_run():
-    sc = pd.DataFrame([
-        # baseline beats attention: opposite -> attention beats baselines: yes
-        _row("perturbation_prediction", BASELINE, "opposite", q=0.002, effect=-0.1, lo=-0.2, hi=-0.05),
-        _row("perturbation_prediction", "attention[m1] beats co-expression at predicting responders",
-             "no evidence", q=0.4),
-        # leakage claim holds -> "no batch leakage": opposite
-        _row("batch_leakage", "attention[m1]'s edges leak batch (batch)", "yes"),
-        _row("calibration", "attention[m1]'s calibrated scores are miscalibrated on held-out "
-             "perturbations", "no evidence", q=0.6),
-        _row("grn_recovery", "attention[m1] recovers grn", "yes", reference="grn", q=0.001),
-        _row("grn_recovery", "attention[m1] recovers ppi", "no evidence", reference="ppi", q=0.3),
-        _row("cssi", "CSSI strata beat random strata of the same sizes (attention[m1], grn)", "n/a",
-             q=nan),
-        # an analysis over two datasets that answered nothing: n/a in both columns
-        _row("stability", "stability: no claim answered", "n/a", model=None, dataset="d1, d2",
-             q=nan, effect=nan, lo=nan, hi=nan),
-        _row("head_ablation", "m1: ablating regulatory heads degrades the model", "yes",
-             dataset="d2"),
-        # unmapped and model-less: stays in the claim list only
-        _row("grn_recovery", "spearman recovers grn", "yes", model=None),
-        _row("some_other", "something", "yes"),
-    ])  # fmt: skip
+    sc = pd.DataFrame(
+        [
+            # baseline beats attention: opposite -> attention beats baselines: yes
+            _row(
+                "perturbation_prediction",
+                BASELINE,
+                "opposite",
+                q=0.002,
+                effect=-0.1,
+                lo=-0.2,
+                hi=-0.05,
+            ),
+            _row(
+                "perturbation_prediction",
+                "attention[m1] beats co-expression at predicting responders",
+                "no evidence",
+                q=0.4,
+            ),
+            # leakage claim holds -> "no batch leakage": opposite
+            _row("batch_leakage", "attention[m1]'s edges leak batch (batch)", "yes"),
+            _row(
+                "calibration",
+                "attention[m1]'s calibrated scores are miscalibrated on held-out perturbations",
+                "no evidence",
+                q=0.6,
+            ),
+            _row("grn_recovery", "attention[m1] recovers grn", "yes", reference="grn", q=0.001),
+            _row(
+                "grn_recovery", "attention[m1] recovers ppi", "no evidence", reference="ppi", q=0.3
+            ),
+            _row(
+                "cssi",
+                "CSSI strata beat random strata of the same sizes (attention[m1], grn)",
+                "n/a",
+                q=nan,
+            ),
+            # an analysis over two datasets that answered nothing: n/a in both columns
+            _row(
+                "stability",
+                "stability: no claim answered",
+                "n/a",
+                model=None,
+                dataset="d1, d2",
+                q=nan,
+                effect=nan,
+                lo=nan,
+                hi=nan,
+            ),
+            _row(
+                "head_ablation",
+                "m1: ablating regulatory heads degrades the model",
+                "yes",
+                dataset="d2",
+            ),
+            # unmapped and model-less: stays in the claim list only
+            _row("grn_recovery", "spearman recovers grn", "yes", model=None),
+            _row("some_other", "something", "yes"),
+        ]
+    )
     m = standards_matrix(sc)
     assert len(m) == len(STANDARDS) * 2  # columns m1/d1, m1/d2 (no model-less column)
     assert set(zip(m["model"], m["dataset"], strict=True)) == {("m1", "d1"), ("m1", "d2")}
@@ -95,12 +155,20 @@ def test_aggregation_rule():
 
 def test_detectability_table_and_no_model_run():
     sc = pd.DataFrame([_row("grn_recovery", "spearman recovers grn", "yes", model=None)])
-    det = pd.DataFrame({
-        "dataset": ["d1", "d1"], "source": ["spearman", "pearson"], "layer": [nan, nan],
-        "reference": ["grn", "grn"], "n_cells": [400, 400], "effect": [0.05, 0.05],
-        "power_at_effect": [0.9, 0.95], "power": [0.8, 0.8], "cells_needed": [300, 200],
-        "detectable_delta_at_n": [0.04, 0.03],
-    })  # fmt: skip
+    det = pd.DataFrame(
+        {
+            "dataset": ["d1", "d1"],
+            "source": ["spearman", "pearson"],
+            "layer": [nan, nan],
+            "reference": ["grn", "grn"],
+            "n_cells": [400, 400],
+            "effect": [0.05, 0.05],
+            "power_at_effect": [0.9, 0.95],
+            "power": [0.8, 0.8],
+            "cells_needed": [300, 200],
+            "detectable_delta_at_n": [0.04, 0.03],
+        }
+    )
     m = standards_matrix(sc, det)
     assert set(m["model"]) == {"no model"}  # a run with no model shows its sources
     assert _cell(m, "recovers_reference", "no model")["answer"] == "yes"
@@ -111,9 +179,11 @@ def test_detectability_table_and_no_model_run():
 
 
 def test_terminal_matrix_fits_100_columns():
-    rows = [_row("grn_recovery", f"attention[{mo}] recovers grn", "yes", model=mo, dataset=d)
-            for mo in ("scgpt_demo_model", "geneformer_demo_model")
-            for d in ("simulated_benchmark", "perturbed", "null_twin")]  # fmt: skip
+    rows = [
+        _row("grn_recovery", f"attention[{mo}] recovers grn", "yes", model=mo, dataset=d)
+        for mo in ("scgpt_demo_model", "geneformer_demo_model")
+        for d in ("simulated_benchmark", "perturbed", "null_twin")
+    ]
     lines = matrix_lines(standards_matrix(pd.DataFrame(rows)))
     assert max(len(x) for x in lines) <= 100
     assert len([x for x in lines if x.startswith("recovers references")]) == 1  # one block
@@ -122,41 +192,83 @@ def test_terminal_matrix_fits_100_columns():
 
 # ------------------------------------------------------------------ whole runs --
 def _spec(name: str) -> AnalysisSpec:
-    return AnalysisSpec(name=name, description=name, params=AnalysisParams,
-                        run=lambda ctx, p: AnalysisResult(), version="1")  # fmt: skip
+    return AnalysisSpec(
+        name=name,
+        description=name,
+        params=AnalysisParams,
+        run=lambda ctx, p: AnalysisResult(),
+        version="1",
+    )
 
 
 def _run(output: Path, *, leak_p: float, leak: float, rec_effect: float) -> RunResult:
     reg = TestRegistry(alpha=0.05)
 
     def rec(analysis, p, effect, lo, hi, reference=None, dataset="k562"):
-        return reg.add(family="claim", analysis=analysis, hypothesis=analysis, test="t",
-                       null="n", p=p, statistic_name="s", statistic=effect,
-                       effect_name="ΔAUROC", effect=effect, ci_low=lo, ci_high=hi, n=100,
-                       model="scgpt", dataset=dataset, reference=reference)  # fmt: skip
+        return reg.add(
+            family="claim",
+            analysis=analysis,
+            hypothesis=analysis,
+            test="t",
+            null="n",
+            p=p,
+            statistic_name="s",
+            statistic=effect,
+            effect_name="ΔAUROC",
+            effect=effect,
+            ci_low=lo,
+            ci_high=hi,
+            n=100,
+            model="scgpt",
+            dataset=dataset,
+            reference=reference,
+        )
 
     results = {
-        "grn_recovery": AnalysisResult(verdicts=[
-            Verdict(claim="attention[scgpt] recovers grn",
-                    record=rec("grn_recovery", 0.001, rec_effect, rec_effect - 0.05,
-                               rec_effect + 0.05, "grn")),
-        ]),
-        "perturbation_prediction": AnalysisResult(verdicts=[
-            Verdict(claim=BASELINE.replace("m1", "scgpt"),
-                    record=rec("perturbation_prediction", 0.002, -0.1, -0.15, -0.05)),
-        ]),
-        "batch_leakage": AnalysisResult(verdicts=[
-            Verdict(claim="attention[scgpt]'s edges leak batch (batch)",
-                    record=rec("batch_leakage", leak_p, leak, leak - 0.1, leak + 0.1)),
-        ]),
-    }  # fmt: skip
-    cfg = AuditConfig(datasets={"k562": {"simulate": {"n_cells": 50}}}, output=output,
-                      analyses={})  # fmt: skip
+        "grn_recovery": AnalysisResult(
+            verdicts=[
+                Verdict(
+                    claim="attention[scgpt] recovers grn",
+                    record=rec(
+                        "grn_recovery",
+                        0.001,
+                        rec_effect,
+                        rec_effect - 0.05,
+                        rec_effect + 0.05,
+                        "grn",
+                    ),
+                ),
+            ]
+        ),
+        "perturbation_prediction": AnalysisResult(
+            verdicts=[
+                Verdict(
+                    claim=BASELINE.replace("m1", "scgpt"),
+                    record=rec("perturbation_prediction", 0.002, -0.1, -0.15, -0.05),
+                ),
+            ]
+        ),
+        "batch_leakage": AnalysisResult(
+            verdicts=[
+                Verdict(
+                    claim="attention[scgpt]'s edges leak batch (batch)",
+                    record=rec("batch_leakage", leak_p, leak, leak - 0.1, leak + 0.1),
+                ),
+            ]
+        ),
+    }
+    cfg = AuditConfig(datasets={"k562": {"simulate": {"n_cells": 50}}}, output=output, analyses={})
     return RunResult(
-        config=cfg, output=output, specs={n: _spec(n) for n in results}, params={},
-        results=results, tests=reg.to_frame(), family_sensitivity=reg.family_sensitivity(),
-        timings=dict.fromkeys(results, 0.1), alpha=0.05,
-    )  # fmt: skip
+        config=cfg,
+        output=output,
+        specs={n: _spec(n) for n in results},
+        params={},
+        results=results,
+        tests=reg.to_frame(),
+        family_sensitivity=reg.family_sensitivity(),
+        timings=dict.fromkeys(results, 0.1),
+        alpha=0.05,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +375,11 @@ def test_compare_reads_a_run_without_standards_csv(two_runs, tmp_path):
 
 def test_terminal_headers_one_cut_per_name_numbered_on_collision():
     def lines(models, datasets):
-        rows = [_row("grn_recovery", f"attention[{mo}] recovers grn", "yes", model=mo, dataset=d)
-                for mo in models for d in datasets]  # fmt: skip
+        rows = [
+            _row("grn_recovery", f"attention[{mo}] recovers grn", "yes", model=mo, dataset=d)
+            for mo in models
+            for d in datasets
+        ]
         return matrix_lines(standards_matrix(pd.DataFrame(rows)))
 
     head = lines(["scgpt_demo", "geneformer_demo"], ["sim", "sim_crispra"])[0].split()

@@ -60,9 +60,16 @@ from scfm_audit.pipeline._demo import ATTENTION_READING
 pytestmark = pytest.mark.slow
 
 SIM = dict(
-    n_cells=1200, n_genes=40, n_tfs=4, n_perturbations=6, n_modules=4, module_size=8,
-    module_strength=2.0, mean_library_size=4000, seed=0,
-)  # fmt: skip
+    n_cells=1200,
+    n_genes=40,
+    n_tfs=4,
+    n_perturbations=6,
+    n_modules=4,
+    module_size=8,
+    module_strength=2.0,
+    mean_library_size=4000,
+    seed=0,
+)
 #: the demo recipe applied to this benchmark (only the number of epochs is its own)
 SCGPT_TRAIN = recipe_settings("scgpt", SIM["n_cells"])
 GF_TRAIN = recipe_settings("geneformer", SIM["n_cells"])
@@ -168,8 +175,17 @@ def test_training_reduces_masked_loss(runs, family):
 
 def test_untrained_model_is_reported_as_not_learned(adata, tmp_path):
     """One step of training cannot beat the per-gene-mean baseline: the log says so."""
-    rep = train_scgpt_demo(adata, tmp_path / "m", n_layers=1, n_heads=2, d_model=16,
-                           d_hid=32, epochs=1, max_steps=1, progress=False)  # fmt: skip
+    rep = train_scgpt_demo(
+        adata,
+        tmp_path / "m",
+        n_layers=1,
+        n_heads=2,
+        d_model=16,
+        d_hid=32,
+        epochs=1,
+        max_steps=1,
+        progress=False,
+    )
     log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
     assert rep.eval_loss_final > rep.baseline_loss
     assert log["learned"] is False and rep.learned is False
@@ -219,12 +235,18 @@ def test_scgpt_checkpoint_round_trip(first_adata, scgpt_run):
     _same_outputs(trained, loaded, batch, logits=False)
     # and it is not the initial model
     init = ScGPTAdapter.load(
-        build_scgpt_checkpoint(path.parent / "init_s", list(adata.var_names),
-                               d_model=SCGPT_TRAIN["d_model"], n_layers=SCGPT_TRAIN["n_layers"],
-                               n_heads=SCGPT_TRAIN["n_heads"], d_hid=SCGPT_TRAIN["d_hid"],
-                               n_bins=SCGPT_TRAIN["n_bins"], seed=SEEDS[0],
-                               max_seq_len=args["max_seq_len"])
-    )  # fmt: skip
+        build_scgpt_checkpoint(
+            path.parent / "init_s",
+            list(adata.var_names),
+            d_model=SCGPT_TRAIN["d_model"],
+            n_layers=SCGPT_TRAIN["n_layers"],
+            n_heads=SCGPT_TRAIN["n_heads"],
+            d_hid=SCGPT_TRAIN["d_hid"],
+            n_bins=SCGPT_TRAIN["n_bins"],
+            seed=SEEDS[0],
+            max_seq_len=args["max_seq_len"],
+        )
+    )
     assert not torch.allclose(init.forward(batch).hidden, loaded.forward(batch).hidden)
 
 
@@ -347,7 +369,8 @@ def test_cli_train_demo_models(tmp_path, monkeypatch):
     lines = res.output.splitlines()
     header = next(i for i, x in enumerate(lines) if x.startswith("model\tepochs"))
     assert {lines[header + 1].split("\t")[0], lines[header + 2].split("\t")[0]} == {
-        "scgpt", "geneformer"
+        "scgpt",
+        "geneformer",
     }
     for name in ("scgpt_demo", "geneformer_demo"):
         assert (tmp_path / name / LOG_FILE).is_file()
@@ -360,17 +383,28 @@ def _random_init(family, rep, adata, folder):
     p = rep.params
     if family == "scgpt":
         ck = build_scgpt_checkpoint(
-            folder / "random_scgpt", list(adata.var_names), d_model=p["d_model"],
-            n_layers=p["n_layers"], n_heads=p["n_heads"], d_hid=p["d_hid"],
-            n_bins=p["n_bins"], max_seq_len=p["max_seq_len"], seed=p["seed"],
-        )  # fmt: skip
+            folder / "random_scgpt",
+            list(adata.var_names),
+            d_model=p["d_model"],
+            n_layers=p["n_layers"],
+            n_heads=p["n_heads"],
+            d_hid=p["d_hid"],
+            n_bins=p["n_bins"],
+            max_seq_len=p["max_seq_len"],
+            seed=p["seed"],
+        )
         return ScGPTAdapter.load(ck)
     ids = list(adata.var["ensembl_id"])
     ck = build_geneformer_checkpoint(
-        folder / "random_geneformer", ids, dict(zip(ids, gene_medians_from_counts(adata))),
-        hidden_size=p["hidden_size"], n_layers=p["n_layers"], n_heads=p["n_heads"],
-        intermediate_size=p["intermediate_size"], seed=p["seed"],
-    )  # fmt: skip
+        folder / "random_geneformer",
+        ids,
+        dict(zip(ids, gene_medians_from_counts(adata))),
+        hidden_size=p["hidden_size"],
+        n_layers=p["n_layers"],
+        n_heads=p["n_heads"],
+        intermediate_size=p["intermediate_size"],
+        seed=p["seed"],
+    )
     return GeneformerAdapter.load(ck)
 
 
@@ -397,15 +431,23 @@ def test_relative_reading_removes_the_cell_length_confound(adata, tmp_path):
     leaves a random-initialised model with no relation to |co-expression|."""
     ids = list(adata.var["ensembl_id"])
     ck = build_geneformer_checkpoint(
-        tmp_path / "gf", ids, dict(zip(ids, gene_medians_from_counts(adata))),
-        hidden_size=64, n_layers=2, n_heads=4, intermediate_size=128, seed=0,
-    )  # fmt: skip
+        tmp_path / "gf",
+        ids,
+        dict(zip(ids, gene_medians_from_counts(adata))),
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        intermediate_size=128,
+        seed=0,
+    )
     model = GeneformerAdapter.load(ck)
     abs_co = np.abs(coexpression(adata, method="spearman").scores)
     plain = _layer_correlations(model, adata, abs_co, reading={"score": "softmax"})
     demo = _layer_correlations(model, adata, abs_co)
-    print(f"random-init Geneformer: plain softmax {np.round(plain, 3).tolist()}, "
-          f"demo reading {np.round(demo, 3).tolist()}")  # fmt: skip
+    print(
+        f"random-init Geneformer: plain softmax {np.round(plain, 3).tolist()}, "
+        f"demo reading {np.round(demo, 3).tolist()}"
+    )
     assert min(plain) > 0.15  # the confound: no training, yet a relation
     assert max(abs(r) for r in demo) < 0.1
 
@@ -458,8 +500,9 @@ def test_shipped_acceptance_models_are_this_training(benchmarks, tmp_path, famil
     """Each shipped acceptance model was trained with this module's settings and seed:
     re-training its first steps gives its logged losses."""
     _, log = _shipped(family, seed)
-    fn, kw = (train_scgpt_demo, SCGPT_TRAIN) if family == "scgpt" else (
-        train_geneformer_demo, GF_TRAIN)  # fmt: skip
+    fn, kw = (
+        (train_scgpt_demo, SCGPT_TRAIN) if family == "scgpt" else (train_geneformer_demo, GF_TRAIN)
+    )
     assert {k: log["params"][k] for k in kw} == kw and log["params"]["seed"] == seed
     assert log["complete"] and log["n_cells"] == SIM["n_cells"]
     rep = fn(benchmarks(seed), tmp_path / "m", **kw, seed=seed, max_steps=3, progress=False)

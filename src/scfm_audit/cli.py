@@ -182,11 +182,17 @@ def _finish(run, started: float, *, claims: bool = False) -> None:
             layer = "" if pd.isna(r.layer) else str(int(r.layer))
             answer = r.answer + (f" ({r.reason})" if r.reason else "")
             rows.append([r.claim, str(r.dataset), answer, f"{r.q:.3g}", est, layer])
-            markup.append([
-                escape(r.claim), escape(str(r.dataset)),
-                f"[{colour}]{r.answer}[/]" + (f"\n[dim]{escape(r.reason)}[/]" if r.reason else ""),
-                f"{r.q:.3g}", escape(est), layer,
-            ])  # fmt: skip
+            markup.append(
+                [
+                    escape(r.claim),
+                    escape(str(r.dataset)),
+                    f"[{colour}]{r.answer}[/]"
+                    + (f"\n[dim]{escape(r.reason)}[/]" if r.reason else ""),
+                    f"{r.q:.3g}",
+                    escape(est),
+                    layer,
+                ]
+            )
         _table(
             "Scorecard",
             ("claim", "dataset", "answer", "q", "estimate [95% CI]", "layer"),
@@ -298,10 +304,12 @@ def compare(
         import pandas as pd
 
         both = pd.concat(
-            [t.standards.assign(model=f"{lab}:" + t.standards["model"].astype(str))
-             for lab, t in (("A", a), ("B", b))],
+            [
+                t.standards.assign(model=f"{lab}:" + t.standards["model"].astype(str))
+                for lab, t in (("A", a), ("B", b))
+            ],
             ignore_index=True,
-        )  # fmt: skip
+        )
         _print_matrix(both, title=f"QC standard, side by side (A: {run_a}, B: {run_b})")
         changed = res["changed"]
         console.print(f"\n[bold]standards whose answer changed[/]: {len(changed)}")
@@ -361,12 +369,19 @@ def validate(
     if as_json:
         print(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]))
     else:
-        rows = [[c.name, "ok" if c.ok else "FAIL", c.detail if c.ok else "see below"]
-                for c in checks]  # fmt: skip
-        markup = [[escape(r[0]), f"[{'green' if r[1] == 'ok' else 'red'}]{r[1]}[/]",
-                   escape(r[2])] for r in rows]  # fmt: skip
-        _table(f"Validation of {escape(str(config))}", ("check", "status", "detail"), rows,
-               markup=markup)  # fmt: skip
+        rows = [
+            [c.name, "ok" if c.ok else "FAIL", c.detail if c.ok else "see below"] for c in checks
+        ]
+        markup = [
+            [escape(r[0]), f"[{'green' if r[1] == 'ok' else 'red'}]{r[1]}[/]", escape(r[2])]
+            for r in rows
+        ]
+        _table(
+            f"Validation of {escape(str(config))}",
+            ("check", "status", "detail"),
+            rows,
+            markup=markup,
+        )
     failed = [c for c in checks if not c.ok]
     for c in failed:  # full messages, unwrapped by the table
         err.print(f"[bold red]error:[/] {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
@@ -389,8 +404,12 @@ def analyses(
             keys = ("name", "version", "category", "description")
             print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=1))
             return
-        _table("Analyses (scfm-audit analyses NAME: its parameters)",
-               ("name", "version", "category", "description"), rows, fold=True)  # fmt: skip
+        _table(
+            "Analyses (scfm-audit analyses NAME: its parameters)",
+            ("name", "version", "category", "description"),
+            rows,
+            fold=True,
+        )
         return
     with _clean_errors():
         spec = ANALYSES.get(name)
@@ -408,14 +427,17 @@ def analyses(
                 indent=1,
             )
         )
-        return  # fmt: skip
+        return
     if _plain():
         print(f"# {name} v{spec.version}: {spec.description}")
     else:
         console.print(f"[bold]{name}[/] v{spec.version}: {escape(spec.description)}")
-    _table(f"Parameters (config: analyses: {{{name}: {{...}}}})",
-           ("parameter", "type", "default", "description"),
-           [list(r.values()) for r in params], fold=True)  # fmt: skip
+    _table(
+        f"Parameters (config: analyses: {{{name}: {{...}}}})",
+        ("parameter", "type", "default", "description"),
+        [list(r.values()) for r in params],
+        fold=True,
+    )
 
 
 #: ``audit.yaml`` written by ``scfm-audit simulate``: runs as is on the files beside it.
@@ -504,20 +526,34 @@ def train_demo_models_command(
         paths = train_demo_models(bench.adata, out, quick=quick, seed=seed)
     command = f"scfm-audit train-demo-models --out {out.name} --seed {seed}"
     write_provenance(out, quick=quick, seed=seed, command=command + (" --quick" if quick else ""))
-    columns = ("model", "epochs", "steps", "loss: first → last epoch",
-               "held-out masked loss: untrained → trained", "chance", "baseline",
-               "learned", "seconds")  # fmt: skip
+    columns = (
+        "model",
+        "epochs",
+        "steps",
+        "loss: first → last epoch",
+        "held-out masked loss: untrained → trained",
+        "chance",
+        "baseline",
+        "learned",
+        "seconds",
+    )
     rows = []
     for family, path in paths.items():
         log = json.loads((Path(path) / LOG_FILE).read_text())
         losses = log["loss_per_epoch"]
-        rows.append([
-            family, str(log["epochs"]), str(log["steps"]),
-            f"{losses[0]:.4g} → {losses[-1]:.4g}",
-            f"{log['eval_loss_initial']:.4g} → {log['eval_loss_final']:.4g}",
-            f"{log['chance_loss']:.4g}", f"{log['baseline_loss']:.4g} ({log['baseline']})",
-            "yes" if log["learned"] else "NO", f"{log['seconds']:.1f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                family,
+                str(log["epochs"]),
+                str(log["steps"]),
+                f"{losses[0]:.4g} → {losses[-1]:.4g}",
+                f"{log['eval_loss_initial']:.4g} → {log['eval_loss_final']:.4g}",
+                f"{log['chance_loss']:.4g}",
+                f"{log['baseline_loss']:.4g} ({log['baseline']})",
+                "yes" if log["learned"] else "NO",
+                f"{log['seconds']:.1f}",
+            ]
+        )
     _table("Demo models", columns, rows)
     for family, path in paths.items():
         console.print(f"{family}: {path}")

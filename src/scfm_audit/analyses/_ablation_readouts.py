@@ -56,8 +56,12 @@ def change(ctx, unit, a, b, *, n_boot: int, seed: int, hypothesis: str, extra: d
     return {
         "baseline": float(np.mean(b[ok])) if ok.any() else nan,
         "ablated": float(np.mean(a[ok])) if ok.any() else nan,
-        "change": d, "ci_low": lo, "ci_high": hi, "n_perturbations": int(ok.sum()), "p": r.p,
-    }  # fmt: skip
+        "change": d,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_perturbations": int(ok.sum()),
+        "p": r.p,
+    }
 
 
 def readout_conditions(conds: list[Condition]) -> list[Condition]:
@@ -119,9 +123,14 @@ def in_silico_readout(ctx, p, unit, adapter, picked, means):
             sub = adata[cells].to_memory() if adata.isbacked else adata[cells].copy()
             with iv if iv is not None else contextlib.nullcontext():
                 eff = in_silico_effects(
-                    adapter, sub, spec, perturbations=ok, cells=np.arange(sub.n_obs),
-                    mode=mode, batch_size=p.batch_size,
-                )  # fmt: skip
+                    adapter,
+                    sub,
+                    spec,
+                    perturbations=ok,
+                    cells=np.arange(sub.n_obs),
+                    mode=mode,
+                    batch_size=p.batch_size,
+                )
             parts.append(eff.assign(arm=arm))
         out = pd.concat(parts, ignore_index=True)
         out.attrs.update(parts[0].attrs)
@@ -143,20 +152,33 @@ def in_silico_readout(ctx, p, unit, adapter, picked, means):
             b = keyed(base, stat)
             a = keyed(alt, stat).reindex(b.index)
             r = change(
-                ctx, replace(unit, method=f"in silico ({c.channel})"), a.to_numpy(float),
-                b.to_numpy(float), n_boot=p.n_boot,
+                ctx,
+                replace(unit, method=f"in silico ({c.channel})"),
+                a.to_numpy(float),
+                b.to_numpy(float),
+                n_boot=p.n_boot,
                 seed=ctx.seed_for(ds, mname, "isp", c.name, stat),
                 hypothesis=f"{c.name} ({CHANNEL_NAMES[c.channel]}) changes the agreement of "
                 f"{mname}'s in-silico perturbations with observed effects ({stat})",
                 extra={"condition": c.name, "statistic": stat},
-            )  # fmt: skip
+            )
             rows.append(
-                {"dataset": ds, "model": mname, "reference": unit.reference,
-                 "readout": f"(b) in-silico {stat} with observed effects "
-                 f"({base_eff.attrs.get('readout')} readout)", "statistic": stat,
-                 "condition": c.name, "kind": c.kind, "channel": c.channel, "size": c.size,
-                 "order": order.message, "structurally_unable": not order.can_affect, **r}
-            )  # fmt: skip
+                {
+                    "dataset": ds,
+                    "model": mname,
+                    "reference": unit.reference,
+                    "readout": f"(b) in-silico {stat} with observed effects "
+                    f"({base_eff.attrs.get('readout')} readout)",
+                    "statistic": stat,
+                    "condition": c.name,
+                    "kind": c.kind,
+                    "channel": c.channel,
+                    "size": c.size,
+                    "order": order.message,
+                    "structurally_unable": not order.can_affect,
+                    **r,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -174,34 +196,48 @@ def prediction_readout(ctx, p, unit, adapter, picked, means):
     labels = resp["perturbation"].unique()
     R = int(p.prediction_layer) % adapter.n_layers
     cells, _, _ = readout_cells(ctx, ds, p.prediction_cells, 0)
-    kw = dict(cells=cells, layer=R, targets=pd.Series(labels, index=labels), responders=resp,
-              batch_size=p.batch_size)  # fmt: skip
+    kw = dict(
+        cells=cells,
+        layer=R,
+        targets=pd.Series(labels, index=labels),
+        responders=resp,
+        batch_size=p.batch_size,
+    )
     base = attention_prediction(adapter, adata, **kw)
     rows = []
     for c in picked:
         iv = c.intervention(adapter, means)
         order = check_intervention_order(adapter, iv, R, readout_site="attn.pattern")
         row = {
-            "dataset": ds, "model": mname, "reference": unit.reference,
+            "dataset": ds,
+            "model": mname,
+            "reference": unit.reference,
             "readout": f"(c) attention AUROC for responders, layer {R}",
-            "condition": c.name, "kind": c.kind, "channel": c.channel, "size": c.size,
-            "order": order.message, "structurally_unable": not order.can_affect,
+            "condition": c.name,
+            "kind": c.kind,
+            "channel": c.channel,
+            "size": c.size,
+            "order": order.message,
+            "structurally_unable": not order.can_affect,
             "same_site": bool(order.same_site),
-        }  # fmt: skip
+        }
         if not order.can_affect and not order.same_site:
             rows.append({**row, "auroc_baseline": float(np.nanmean(base["auroc"]))})
             continue
         alt = attention_prediction(adapter, adata, intervention=iv, **kw)
         by_construction = order.same_site and not order.upstream
         r = change(
-            ctx, replace(unit, method=f"attention layer {R} ({c.channel})", layer=R),
-            alt["auroc"].to_numpy(float), base["auroc"].to_numpy(float), n_boot=p.n_boot,
+            ctx,
+            replace(unit, method=f"attention layer {R} ({c.channel})", layer=R),
+            alt["auroc"].to_numpy(float),
+            base["auroc"].to_numpy(float),
+            n_boot=p.n_boot,
             seed=ctx.seed_for(ds, mname, "pred", c.name),
             hypothesis=f"{c.name} ({CHANNEL_NAMES[c.channel]}) changes {mname}'s attention-"
             f"based prediction of responders at layer {R}"
             + ("; same-site: a change by construction" if by_construction else ""),
             extra={"condition": c.name},
-        )  # fmt: skip
+        )
         r["auroc_baseline"], r["auroc"] = r.pop("baseline"), r.pop("ablated")
         rows.append({**row, **r})
     return pd.DataFrame(rows)

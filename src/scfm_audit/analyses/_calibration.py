@@ -183,9 +183,9 @@ def calibrate(
         if progress is not None:
             it = progress(it, description=f"calibrating {analysis}: {sc.name}")
         outs = [cal.replicate(sc, int(seeds[i])) for i in it]
-        df = pd.DataFrame(
-            [{**o.__dict__, "side": o.tested_side(), **o.extra} for o in outs]
-        ).drop(columns="extra")
+        df = pd.DataFrame([{**o.__dict__, "side": o.tested_side(), **o.extra} for o in outs]).drop(
+            columns="extra"
+        )
         df.insert(0, "scenario", sc.name)
         reps.append(df)
         valid = df["p"].notna()

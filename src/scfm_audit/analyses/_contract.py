@@ -67,8 +67,13 @@ class UnitParams(AnalysisParams):
         ``min_positives`` edges among them (a note for each that has not)."""
         out = {}
         for ref_name in self.references_in(ctx):
-            pairs = evaluable_pairs(genes, ctx.reference(ref_name), where=f"{where}/{ref_name}",
-                                    min_positives=self.min_positives, notes=notes)  # fmt: skip
+            pairs = evaluable_pairs(
+                genes,
+                ctx.reference(ref_name),
+                where=f"{where}/{ref_name}",
+                min_positives=self.min_positives,
+                notes=notes,
+            )
             if pairs is not None:
                 out[ref_name] = pairs
         return out
@@ -222,8 +227,10 @@ class Unit:
         return cls(dataset, es.model, reference, es.label, es.layer, es.head)
 
     def fields(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("dataset", "model", "reference", "method",
-                                              "layer", "head")}  # fmt: skip
+        return {
+            k: getattr(self, k)
+            for k in ("dataset", "model", "reference", "method", "layer", "head")
+        }
 
 
 class ClaimRecorder:
@@ -276,9 +283,7 @@ class ClaimRecorder:
         more = dict(extra or {})
         if layer_choice:
             more.setdefault("layer_choice", layer_choice)
-        rec = self._record(
-            result, unit, hypothesis=hypothesis or claim, family="claim", extra=more
-        )
+        rec = self._record(result, unit, hypothesis=hypothesis or claim, family="claim", extra=more)
         v = Verdict(claim, rec, unit.model, unit.dataset, direction, layer_choice, reason)
         self.claims.append(v)
         return v
@@ -292,8 +297,7 @@ class ClaimRecorder:
         extra: dict[str, Any] | None = None,
     ) -> TestRecord:
         """Record ``result`` as a descriptive test (its own BH family; answers nothing)."""
-        return self._record(result, unit, hypothesis=hypothesis, family="descriptive",
-                            extra=extra)  # fmt: skip
+        return self._record(result, unit, hypothesis=hypothesis, family="descriptive", extra=extra)
 
     def not_assessable(
         self,
@@ -311,8 +315,18 @@ class ClaimRecorder:
         from scfm_audit.stats._tests import StatTestResult
 
         nan = math.nan
-        empty = StatTestResult(nan, nan, nan, 0, test or "not run", "", "", "two-sided",
-                               reason=reason, h0=h0 or f"not tested: {reason}")  # fmt: skip
+        empty = StatTestResult(
+            nan,
+            nan,
+            nan,
+            0,
+            test or "not run",
+            "",
+            "",
+            "two-sided",
+            reason=reason,
+            h0=h0 or f"not tested: {reason}",
+        )
         return self.claim(empty, unit, claim=claim, direction=direction, reason=reason)
 
 
@@ -349,8 +363,9 @@ class AnalysisContext(Protocol):
     def rng(self, *keys: Any) -> np.random.Generator: ...
     def add_test(self, **fields: Any) -> TestRecord: ...
     def claim(self, result: StatTestResult, unit: Unit, *, claim: str, **kw: Any) -> Verdict: ...
-    def describe(self, result: StatTestResult, unit: Unit, *, hypothesis: str,
-                 **kw: Any) -> TestRecord: ...  # fmt: skip
+    def describe(
+        self, result: StatTestResult, unit: Unit, *, hypothesis: str, **kw: Any
+    ) -> TestRecord: ...
     def not_assessable(self, unit: Unit, *, claim: str, reason: str, **kw: Any) -> Verdict: ...
     def seed_for(self, *keys: Any) -> int: ...
     def progress(self, iterable, *, description: str, total: int | None = None): ...
@@ -410,15 +425,14 @@ def choose_layer(
     layers = [lay for lay, _ in items]
     sign = 1.0 if claimed == "greater" else -1.0
     scores = [sign * r.standardised for _, r in items]
-    i, mult, why = select_layer(layers, scores, verdict_layer,
-                                what="null-standardised effect")  # fmt: skip
+    i, mult, why = select_layer(layers, scores, verdict_layer, what="null-standardised effect")
     return i, items[i][1].times(mult, why=why if mult > 1 else ""), why
 
 
 def best_of(
     results: list[StatTestResult], *, claimed: str = "greater", what: str
 ) -> tuple[int, StatTestResult, str]:
-    """"Some member of a set shows the effect" (e.g. some head recovers): the member with
+    """ "Some member of a set shows the effect" (e.g. some head recovers): the member with
     the smallest one-sided p on the claimed side, that p × the set's size (Bonferroni),
     as a one-sided test of the claimed side (an anti-effect of one member cannot turn the
     answer into "opposite"). Returns the member's position, the result, and why."""
@@ -431,8 +445,9 @@ def best_of(
     i = int(np.nanargmin(tails))
     r = results[i]
     # an untestable member (NaN floor) must not hide the others' floors
-    floors = np.array([x.p_floor if x.alternative != "two-sided" else x.p_floor / 2
-                       for x in results], dtype=float)  # fmt: skip
+    floors = np.array(
+        [x.p_floor if x.alternative != "two-sided" else x.p_floor / 2 for x in results], dtype=float
+    )
     floor = float(np.nanmin(floors)) if np.isfinite(floors).any() else 1.0
     why = f"smallest one-sided p of {k} {what}s (× {k}, Bonferroni)"
     nan = math.nan

@@ -45,8 +45,9 @@ class SubsetScores:
     :meth:`scores` returns ``{(method, layer): EdgeScores}`` of a union of groups.
     """
 
-    def __init__(self, ctx: AnalysisContext, en: str, ds: str, labels: np.ndarray, *,
-                 pooled: list) -> None:  # fmt: skip
+    def __init__(
+        self, ctx: AnalysisContext, en: str, ds: str, labels: np.ndarray, *, pooled: list
+    ) -> None:
         self.scorer, model_name, self.opts, cells = edge_setup(ctx, en, ds)
         self._provenance = {"dataset": ds, "edges": en}
         sub = ctx.dataset(ds)[cells]
@@ -85,8 +86,9 @@ class SubsetScores:
         from scfm_audit.evaluate._agreement import expression_covariates
 
         cells = np.isin(self.labels, [int(g) for g in groups])
-        return expression_covariates(self.adata[cells], genes=self.genes,
-                                     counts=self.opts["counts"])  # fmt: skip
+        return expression_covariates(
+            self.adata[cells], genes=self.genes, counts=self.opts["counts"]
+        )
 
     def n_cells(self, groups) -> int:
         return int(np.isin(self.labels, list(groups)).sum())
@@ -119,5 +121,8 @@ class SubsetScores:
         """Provenance as the runner gives pooled scores (the source's config name)."""
         from dataclasses import replace
 
-        return replace(es, dataset=self._provenance["dataset"],
-                       params={**es.params, "edges": self._provenance["edges"]})  # fmt: skip
+        return replace(
+            es,
+            dataset=self._provenance["dataset"],
+            params={**es.params, "edges": self._provenance["edges"]},
+        )

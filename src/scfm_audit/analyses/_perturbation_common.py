@@ -287,11 +287,7 @@ def prediction_data(
         reason = f"co-expression source {coexpression!r} is not configured"
     else:
         c_sets = [s for s in ctx.edge_scores(coexpression, ds) if s.head is None]
-        why = (
-            same_cells(ctx, edges, coexpression, ds)
-            if c_sets
-            else None
-        )
+        why = same_cells(ctx, edges, coexpression, ds) if c_sets else None
         if not c_sets:
             reason = f"co-expression source {coexpression!r} has no score sets on {ds}"
         elif why and not allow_different_cells:
@@ -346,9 +342,14 @@ def prediction_data(
             if r.n_pos == 0 or r.n_pos == r.n:
                 why = "no responder" if r.n_pos == 0 else "every candidate responds"
                 excluded.append(
-                    {"dataset": ds, "edges": edges, "arm": arm, "perturbation": r.perturbation,
-                     "reason": why}
-                )  # fmt: skip
+                    {
+                        "dataset": ds,
+                        "edges": edges,
+                        "arm": arm,
+                        "perturbation": r.perturbation,
+                        "reason": why,
+                    }
+                )
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not metrics.empty:
         info = pd.DataFrame.from_dict(meta, orient="index")

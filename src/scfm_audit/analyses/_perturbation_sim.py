@@ -12,11 +12,21 @@ from scfm_audit.analyses._perturbation_common import GENE_FEATURES, ResponderPar
 
 #: simulated screens of the calibration (small: a replicate takes well under a second)
 CAL_SIM = {
-    "n_cells": 1600, "n_genes": 120, "n_tfs": 24, "n_perturbations": 24,
-    "frac_tf_perturbations": 1.0, "regulation_strength": 1.5, "targets_per_tf": 6.0,
-}  # fmt: skip
-CAL_HUB = {"n_tfs": 12, "n_perturbations": 12, "targets_per_tf": 20.0, "n_tiers": 2,
-           "gene_level_predictability": 1.0}  # fmt: skip
+    "n_cells": 1600,
+    "n_genes": 120,
+    "n_tfs": 24,
+    "n_perturbations": 24,
+    "frac_tf_perturbations": 1.0,
+    "regulation_strength": 1.5,
+    "targets_per_tf": 6.0,
+}
+CAL_HUB = {
+    "n_tfs": 12,
+    "n_perturbations": 12,
+    "targets_per_tf": 20.0,
+    "n_tiers": 2,
+    "gene_level_predictability": 1.0,
+}
 
 
 def calibration_screen(

@@ -81,10 +81,30 @@ class RunResult:
                         "null_name": rec.null_name,
                     }
                 )
-        cols = ["analysis", "claim", "model", "dataset", "reference", "answer", "reason",
-                "q", "p", "effect_name", "effect", "ci_low", "ci_high", "null_value",
-                "side", "claimed", "p_floor", "q_at_floor", "layer", "layer_choice",
-                "test", "null_name"]  # fmt: skip
+        cols = [
+            "analysis",
+            "claim",
+            "model",
+            "dataset",
+            "reference",
+            "answer",
+            "reason",
+            "q",
+            "p",
+            "effect_name",
+            "effect",
+            "ci_low",
+            "ci_high",
+            "null_value",
+            "side",
+            "claimed",
+            "p_floor",
+            "q_at_floor",
+            "layer",
+            "layer_choice",
+            "test",
+            "null_name",
+        ]
         if not rows:
             return pd.DataFrame(columns=cols)
         answered = answer_claims(pd.DataFrame(rows), alpha=self.alpha)
@@ -126,14 +146,29 @@ class RunResult:
                 reason = f"the analysis failed: {self.errors[name]}"
             else:
                 notes = "; ".join(res.notes[:2]) if res is not None and res.notes else ""
-                reason = "it evaluated nothing" + (f": {notes}" if notes else
-                                                   " (see its section of the report)")  # fmt: skip
-            rows.append({
-                "analysis": name, "claim": f"{name}: no claim answered", "model": None,
-                "dataset": self._datasets_of(name), "reference": None, "answer": "n/a",
-                "reason": reason, "q": float("nan"), "p": float("nan"), "effect_name": "",
-                "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                "null_value": float("nan"), "layer": None, "layer_choice": "", "test": "",
-                "null_name": "",
-            })  # fmt: skip
+                reason = "it evaluated nothing" + (
+                    f": {notes}" if notes else " (see its section of the report)"
+                )
+            rows.append(
+                {
+                    "analysis": name,
+                    "claim": f"{name}: no claim answered",
+                    "model": None,
+                    "dataset": self._datasets_of(name),
+                    "reference": None,
+                    "answer": "n/a",
+                    "reason": reason,
+                    "q": float("nan"),
+                    "p": float("nan"),
+                    "effect_name": "",
+                    "effect": float("nan"),
+                    "ci_low": float("nan"),
+                    "ci_high": float("nan"),
+                    "null_value": float("nan"),
+                    "layer": None,
+                    "layer_choice": "",
+                    "test": "",
+                    "null_name": "",
+                }
+            )
         return rows

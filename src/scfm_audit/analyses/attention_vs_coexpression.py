@@ -141,14 +141,25 @@ def mantel_spearman(a: np.ndarray, b: np.ndarray, *, n_perm: int, seed: int):
         stages=(n_perm,),
         seed=seed,
     )
-    return mc.result(obs, test="Mantel gene permutation", effect_name="Spearman rho",
-                     h0=MANTEL_H0, null_name="mantel", n=int(off.sum()))  # fmt: skip
+    return mc.result(
+        obs,
+        test="Mantel gene permutation",
+        effect_name="Spearman rho",
+        h0=MANTEL_H0,
+        null_name="mantel",
+        n=int(off.sum()),
+    )
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"attention_vs_coexpression": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
-                                          "coexpression": "spearman_attention_cells",
-                                          "n_boot": 200 if quick else 500}}
+    return {
+        "attention_vs_coexpression": {
+            "datasets": ["sim"],
+            "references": ["sim_grn", "sim_ppi"],
+            "coexpression": "spearman_attention_cells",
+            "n_boot": 200 if quick else 500,
+        }
+    }
 
 
 @register_analysis(
@@ -161,14 +172,25 @@ def _demo(*, quick: bool, models: bool) -> dict:
     version="1.0",
     category="A. Does attention encode biology?",
     reference="Catalogue 4; preprint: residualisation attention 0.66 → 0.54 (K562)",
-    quick={'n_boot': 50, 'n_perm': 99, 'n_perm_max': 0, 'n_mantel': 19, 'gbm_max_iter': 30, 'cv_folds': 3},
+    quick={
+        "n_boot": 50,
+        "n_perm": 99,
+        "n_perm_max": 0,
+        "n_mantel": 19,
+        "gbm_max_iter": 30,
+        "cv_folds": 3,
+    },
     demo=_demo,
     claims=(
-        ('<source> carries <reference> signal beyond co-expression',
-         "degree-matched relabelling of the reference on the score's cross-fitted (boosting) residual on |co-expression| and gene covariates, two-sided; one layer"),
+        (
+            "<source> carries <reference> signal beyond co-expression",
+            "degree-matched relabelling of the reference on the score's cross-fitted (boosting) residual on |co-expression| and gene covariates, two-sided; one layer",
+        ),
     ),
 )
-def run_attention_vs_coexpression(ctx: AnalysisContext, p: AttentionVsCoexpressionParams) -> AnalysisResult:
+def run_attention_vs_coexpression(
+    ctx: AnalysisContext, p: AttentionVsCoexpressionParams
+) -> AnalysisResult:
     from scfm_audit.plotting import hexbin_figure, metric_by_layer_figure
 
     datasets = p.datasets_in(ctx)
@@ -315,8 +337,11 @@ def run_attention_vs_coexpression(ctx: AnalysisContext, p: AttentionVsCoexpressi
                         }
                     )
                     beyond = _beyond_result(r)
-                    ctx.describe(beyond, Unit.of(es, ds, ref_name),
-                                 hypothesis=_beyond_hypothesis(es.label, ref_name, p))  # fmt: skip
+                    ctx.describe(
+                        beyond,
+                        Unit.of(es, ds, ref_name),
+                        hypothesis=_beyond_hypothesis(es.label, ref_name, p),
+                    )
                     _describe_partial(ctx, p, es, ds, ref_name, a, pairs, Xc)
                     items.append((es, beyond))
                 if items:
@@ -387,8 +412,12 @@ def _beyond_result(r: dict):
     from scfm_audit.evaluate._recovery import recovery_result
 
     res = recovery_result(r, null="degree_permutation")
-    return replace(res, effect_name="AUROC of residual", statistic_name="AUROC of residual",
-                   test=f"{res.test} on the cross-fitted residual")  # fmt: skip
+    return replace(
+        res,
+        effect_name="AUROC of residual",
+        statistic_name="AUROC of residual",
+        test=f"{res.test} on the cross-fitted residual",
+    )
 
 
 def _beyond_hypothesis(label: str, ref_name: str, p) -> str:
@@ -408,8 +437,12 @@ def _describe_partial(ctx, p, es, ds, ref_name, a, pairs, Xc) -> None:
         return
     t = partial_spearman(a[ok], pairs.label[ok].astype(float), Xc[ok])
     ctx.describe(
-        replace(t, test="partial Spearman (t approximation, pairs treated as independent)",
-                h0=PARTIAL_H0, null_name="partial_spearman_independent_pairs"),
+        replace(
+            t,
+            test="partial Spearman (t approximation, pairs treated as independent)",
+            h0=PARTIAL_H0,
+            null_name="partial_spearman_independent_pairs",
+        ),
         Unit.of(es, ds, ref_name),
         hypothesis=f"{es.label} is associated with {ref_name} labels given "
         f"|{p.coexpression}| and gene covariates",
@@ -422,14 +455,23 @@ def _claim(ctx, p, items: list[tuple], ds: str, ref_name: str) -> None:
     es0 = items[0][0]
     claim = f"{source_label(es0)} carries {ref_name} signal beyond co-expression"
     if es0.layer is None:
-        ctx.claim(items[0][1], Unit.of(es0, ds, ref_name), claim=claim,
-                  hypothesis=_beyond_hypothesis(es0.label, ref_name, p))  # fmt: skip
+        ctx.claim(
+            items[0][1],
+            Unit.of(es0, ds, ref_name),
+            claim=claim,
+            hypothesis=_beyond_hypothesis(es0.label, ref_name, p),
+        )
         return
     by_layer = sorted(items, key=lambda x: x[0].layer)
     i, res, why = choose_layer([(es.layer, r) for es, r in by_layer], p.verdict_layer)
     es = by_layer[i][0]
-    ctx.claim(res, Unit.of(es, ds, ref_name), claim=claim, layer_choice=why,
-              hypothesis=_beyond_hypothesis(f"{es.method} (selected layer)", ref_name, p))  # fmt: skip
+    ctx.claim(
+        res,
+        Unit.of(es, ds, ref_name),
+        claim=claim,
+        layer_choice=why,
+        hypothesis=_beyond_hypothesis(f"{es.method} (selected layer)", ref_name, p),
+    )
 
 
 def _summary(corr: pd.DataFrame, rec: pd.DataFrame) -> str:

@@ -101,9 +101,14 @@ def _demo(*, quick: bool, models: bool) -> dict:
     """On ``sim`` (three donors, batch_strength 0.1), every source: ~5 s per head-pooled
     score set on 2 CPUs (99 draws, up to 499 for the claim; 400 cells)."""
     return {
-        "batch_leakage": {"datasets": ["sim"], "max_cells": 400, "n_perm": 99,
-                          "n_perm_max": 499, "n_resamples": 10}
-    }  # fmt: skip
+        "batch_leakage": {
+            "datasets": ["sim"],
+            "max_cells": 400,
+            "n_perm": 99,
+            "n_perm_max": 499,
+            "n_resamples": 10,
+        }
+    }
 
 
 QUICK = {"max_cells": 200, "n_perm": 49, "n_perm_max": 0, "n_resamples": 3, "top_k": 20}
@@ -122,11 +127,13 @@ QUICK = {"max_cells": 200, "n_perm": 49, "n_perm_max": 0, "n_resamples": 3, "top
     quick=QUICK,
     demo=_demo,
     claims=(
-        ("<source>'s edges leak batch (<batch column>)",
-         "cross-validated balanced accuracy of a ridge classifier on per-cell products of the "
-         "source's top-k edges, against batch labels permuted within cell states (H0: within "
-         "each cell state, batch exchangeable with respect to the edge features), one-sided "
-         "Monte-Carlo; 'yes' = leakage found (the standard 'no batch leakage' fails)"),
+        (
+            "<source>'s edges leak batch (<batch column>)",
+            "cross-validated balanced accuracy of a ridge classifier on per-cell products of the "
+            "source's top-k edges, against batch labels permuted within cell states (H0: within "
+            "each cell state, batch exchangeable with respect to the edge features), one-sided "
+            "Monte-Carlo; 'yes' = leakage found (the standard 'no batch leakage' fails)",
+        ),
     ),
 )
 def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisResult:
@@ -141,8 +148,9 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
         why = _no_batch(spec, adata)
         if why:
             for en in edge_names:
-                ctx.not_assessable(Unit(ds, method=en), claim=f"{en}'s edges leak batch",
-                                   reason=why)  # fmt: skip
+                ctx.not_assessable(
+                    Unit(ds, method=en), claim=f"{en}'s edges leak batch", reason=why
+                )
             notes.append(f"{ds}: {why}; batch leakage not assessable.")
             continue
         strata_col = _strata_column(p.strata, spec, adata, notes, ds)
@@ -153,12 +161,12 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
                 continue
             cells = _cells(ctx, en, ds, p.max_cells)
             batch = adata.obs[spec.batch].astype(str).to_numpy()[cells]
-            strata = (adata.obs[strata_col].astype(str).to_numpy()[cells]
-                      if strata_col else None)  # fmt: skip
+            strata = adata.obs[strata_col].astype(str).to_numpy()[cells] if strata_col else None
             claim = f"{source_label(sets[0])}'s edges leak batch ({spec.batch})"
             if len(np.unique(batch)) < 2:
-                ctx.not_assessable(Unit.of(sets[0], ds), claim=claim,
-                                   reason="the source's cells hold one batch")  # fmt: skip
+                ctx.not_assessable(
+                    Unit.of(sets[0], ds), claim=claim, reason="the source's cells hold one batch"
+                )
                 continue
             X, var_pos = _expression(ctx, ds, cells)
             per_layer = []
@@ -169,10 +177,12 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
                     continue
                 res, mc, table, sens = out
                 rows.extend({**es.meta(), "dataset": ds, "edges": en, **r} for r in table)
-                sens_rows.append(sens.assign(dataset=ds, edges=en, label=es.label,
-                                             layer=es.layer))  # fmt: skip
-                ctx.describe(res, Unit.of(es, ds),
-                             hypothesis=f"batch is predictable from {es.label}'s edge products")  # fmt: skip
+                sens_rows.append(sens.assign(dataset=ds, edges=en, label=es.label, layer=es.layer))
+                ctx.describe(
+                    res,
+                    Unit.of(es, ds),
+                    hypothesis=f"batch is predictable from {es.label}'s edge products",
+                )
                 per_layer.append((es, res, mc, table))
             if not per_layer:
                 continue
@@ -185,11 +195,14 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
                 per_layer = sorted(per_layer, key=lambda x: x[0].layer)
             es, _, mc, table = per_layer[i]
             ctx.claim(
-                res, Unit.of(es, ds), claim=claim, direction="greater",
+                res,
+                Unit.of(es, ds),
+                claim=claim,
+                direction="greater",
                 hypothesis=f"batch ({spec.batch}) is predictable from {es.label}'s top-{p.top_k} "
                 "edge products beyond within-cell-state chance",
                 layer_choice=why_layer,
-            )  # fmt: skip
+            )
             _describe_genes(
                 ctx,
                 p,
@@ -223,22 +236,28 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
         )
         tables["sensitivity_counts"] = counts
         figures["sensitivity"] = distribution_figure(
-            sens, group="label", value="sensitivity", col="dataset",
+            sens,
+            group="label",
+            value="sensitivity",
+            col="dataset",
             chance=p.sensitivity_threshold,
             title=f"artifact sensitivity per edge (dotted: flag threshold "
-            f"{p.sensitivity_threshold})", ylabel="|r_full − r_balanced| / max(|r_full|, 0.01)",
-        )  # fmt: skip
+            f"{p.sensitivity_threshold})",
+            ylabel="|r_full − r_balanced| / max(|r_full|, 0.01)",
+        )
     if lobo_rows:
         tables["lobo"] = pd.DataFrame(lobo_rows)
     if panels:
         figures["accuracy_vs_null"] = leakage_figure(
-            panels, title="batch predictability: observed balanced accuracy (dot) against "
-            "its within-stratum permutation null"
-        )  # fmt: skip
+            panels,
+            title="batch predictability: observed balanced accuracy (dot) against "
+            "its within-stratum permutation null",
+        )
     if table.empty:
         tables = {"leakage": pd.DataFrame({"note": notes or ["nothing evaluated"]})}
-    return AnalysisResult(tables=tables, figures=figures, summary=_summary(table, sens),
-                          notes=notes)  # fmt: skip
+    return AnalysisResult(
+        tables=tables, figures=figures, summary=_summary(table, sens), notes=notes
+    )
 
 
 def _no_batch(spec, adata) -> str:
@@ -276,8 +295,9 @@ def _expression(ctx, ds: str, cells: np.ndarray) -> tuple[np.ndarray, pd.Index]:
     view = adata[cells]
     view = view.to_memory() if getattr(view, "isbacked", False) else view
     spec = ctx.dataset_spec(ds)
-    X = _expression_matrix(view, counts=spec.counts, transform="log1p",
-                           gene_idx=np.arange(view.n_vars))  # fmt: skip
+    X = _expression_matrix(
+        view, counts=spec.counts, transform="log1p", gene_idx=np.arange(view.n_vars)
+    )
     return X.toarray(), pd.Index(view.var_names.astype(str))
 
 
@@ -295,13 +315,25 @@ def _one_set(ctx, p, es, ds, X, var, batch, strata):
     w = top["score"].to_numpy(float) if p.weight_by_score else None
     F = edge_products(X, top["xs"].to_numpy(), top["xt"].to_numpy(), w)
     stages = (p.n_perm,) if p.n_perm_max <= p.n_perm else (p.n_perm, p.n_perm_max)
-    res, mc = leakage_test(F, batch, strata, folds=p.folds, alpha=p.alpha, stages=stages,
-                           seed=ctx.seed_for(ds, es.label, "edges"),
-                           what=f"top-{len(top)} edge products")  # fmt: skip
+    res, mc = leakage_test(
+        F,
+        batch,
+        strata,
+        folds=p.folds,
+        alpha=p.alpha,
+        stages=stages,
+        seed=ctx.seed_for(ds, es.label, "edges"),
+        what=f"top-{len(top)} edge products",
+    )
     row = _row("edges", res, len(top), len(np.unique(batch)))
-    sens = artifact_sensitivity(X, top["xs"].to_numpy(), top["xt"].to_numpy(), batch,
-                                n_resamples=p.n_resamples,
-                                seed=ctx.seed_for(ds, es.label, "balanced"))  # fmt: skip
+    sens = artifact_sensitivity(
+        X,
+        top["xs"].to_numpy(),
+        top["xt"].to_numpy(),
+        batch,
+        n_resamples=p.n_resamples,
+        seed=ctx.seed_for(ds, es.label, "balanced"),
+    )
     sens.insert(0, "target", top["target"].to_numpy())
     sens.insert(0, "source", top["source"].to_numpy())
     sens.insert(2, "score", top["score"].to_numpy())
@@ -333,13 +365,23 @@ def _describe_genes(ctx, p, es, ds, X, var, batch, strata, rows, en, panels, edg
     nb = len(np.unique(batch))
     for name, feats, hyp in (
         ("genes", G, f"batch is predictable from the expression of {es.label}'s top-edge genes"),
-        ("edges_beyond_genes", residualise(F, G),
-         f"batch is predictable from {es.label}'s edge products beyond their genes' "
-         "expression (residualised)"),
-    ):  # fmt: skip
-        res, m = leakage_test(feats, batch, strata, folds=p.folds, alpha=p.alpha,
-                              stages=(p.n_perm,), seed=ctx.seed_for(ds, es.label, name),
-                              what=name.replace("_", " "))  # fmt: skip
+        (
+            "edges_beyond_genes",
+            residualise(F, G),
+            f"batch is predictable from {es.label}'s edge products beyond their genes' "
+            "expression (residualised)",
+        ),
+    ):
+        res, m = leakage_test(
+            feats,
+            batch,
+            strata,
+            folds=p.folds,
+            alpha=p.alpha,
+            stages=(p.n_perm,),
+            seed=ctx.seed_for(ds, es.label, name),
+            what=name.replace("_", " "),
+        )
         ctx.describe(res, Unit.of(es, ds), hypothesis=hyp)
         rows.append(
             {**es.meta(), "dataset": ds, "edges": en, **_row(name, res, feats.shape[1], nb)}
@@ -367,14 +409,25 @@ def _lobo(ctx, p, en, es, ds, notes) -> list[dict]:
         keep = np.sort(cells[batch[cells] != b])
         if len(keep) < 10:
             continue
-        sub = [s for s in fn(adata[keep], genes=list(es.genes), seed=ctx.seed, **opts)
-               if s.head is None and s.layer == es.layer]  # fmt: skip
+        sub = [
+            s
+            for s in fn(adata[keep], genes=list(es.genes), seed=ctx.seed, **opts)
+            if s.head is None and s.layer == es.layer
+        ]
         if not sub:
             continue
         t = top_edges(sub[0], p.top_k)
-        out.append({"dataset": ds, "edges": en, "label": es.label, "left_out": b,
-                    "n_cells": len(keep), "top_k": p.top_k,
-                    "jaccard": jaccard(full, zip(t["source"], t["target"], strict=True))})  # fmt: skip
+        out.append(
+            {
+                "dataset": ds,
+                "edges": en,
+                "label": es.label,
+                "left_out": b,
+                "n_cells": len(keep),
+                "top_k": p.top_k,
+                "jaccard": jaccard(full, zip(t["source"], t["target"], strict=True)),
+            }
+        )
     return out
 
 
@@ -382,12 +435,17 @@ def _summary(table: pd.DataFrame, sens: pd.DataFrame) -> str:
     if table.empty:
         return "No dataset with a batch column and an edge source could be evaluated."
     e = table[table["features"] == "edges"]
-    parts = [f"{r.dataset}/{r.label}: balanced accuracy {r.balanced_accuracy:.3f} "
-             f"(chance {r.null_mean:.3f}, p {r.p:.3g})" for r in e.itertuples()]  # fmt: skip
+    parts = [
+        f"{r.dataset}/{r.label}: balanced accuracy {r.balanced_accuracy:.3f} "
+        f"(chance {r.null_mean:.3f}, p {r.p:.3g})"
+        for r in e.itertuples()
+    ]
     s = "Batch from top-edge products — " + "; ".join(parts[:6]) + "."
     if not sens.empty:
-        s += (f" {int(sens['flagged'].sum())} of {len(sens)} edges have artifact "
-              "sensitivity above the threshold.")  # fmt: skip
+        s += (
+            f" {int(sens['flagged'].sum())} of {len(sens)} edges have artifact "
+            "sensitivity above the threshold."
+        )
     return s
 
 
@@ -403,26 +461,55 @@ def _summary(table: pd.DataFrame, sens: pd.DataFrame) -> str:
 # [0.014, 0.071], composition_null 0.055 [0.028, 0.096] (unstratified permutation: 0.670),
 # planted_batch_0.1 0.63 [0.53, 0.72], planted_batch_0.3 1.00 [0.96, 1.00].
 
-CAL_SIM = {"n_cells": 500, "n_genes": 100, "n_tfs": 10, "n_perturbations": 4,
-           "n_states": 3, "state_program_strength": 0.6}  # fmt: skip
+CAL_SIM = {
+    "n_cells": 500,
+    "n_genes": 100,
+    "n_tfs": 10,
+    "n_perturbations": 4,
+    "n_states": 3,
+    "state_program_strength": 0.6,
+}
 
 
 def _scenarios():
     from scfm_audit.analyses._calibration import Scenario
 
     return [
-        Scenario("hub_null_batch0", "null", "batch_strength 0; the 40 edges of a heavy-tailed "
-                 "hub reference placed at random on the genes", params={"bs": 0.0, "hub": True}),
-        Scenario("coexp_null_batch0", "null", "batch_strength 0; top-40 |Spearman| edges",
-                 params={"bs": 0.0}),
-        Scenario("composition_null", "null", "batch_strength 0; donors assigned with "
-                 "cell-state-dependent probabilities (composition differs, no batch effect)",
-                 params={"bs": 0.0, "composition": True}),
-        Scenario("planted_batch_0.1", "planted", "donor shifts N(0, 0.1²) per gene; top-40 "
-                 "|Spearman| edges", strength=0.1, params={"bs": 0.1}),
-        Scenario("planted_batch_0.3", "planted", "donor shifts N(0, 0.3²) per gene; top-40 "
-                 "|Spearman| edges", strength=0.3, params={"bs": 0.3}),
-    ]  # fmt: skip
+        Scenario(
+            "hub_null_batch0",
+            "null",
+            "batch_strength 0; the 40 edges of a heavy-tailed "
+            "hub reference placed at random on the genes",
+            params={"bs": 0.0, "hub": True},
+        ),
+        Scenario(
+            "coexp_null_batch0",
+            "null",
+            "batch_strength 0; top-40 |Spearman| edges",
+            params={"bs": 0.0},
+        ),
+        Scenario(
+            "composition_null",
+            "null",
+            "batch_strength 0; donors assigned with "
+            "cell-state-dependent probabilities (composition differs, no batch effect)",
+            params={"bs": 0.0, "composition": True},
+        ),
+        Scenario(
+            "planted_batch_0.1",
+            "planted",
+            "donor shifts N(0, 0.1²) per gene; top-40 |Spearman| edges",
+            strength=0.1,
+            params={"bs": 0.1},
+        ),
+        Scenario(
+            "planted_batch_0.3",
+            "planted",
+            "donor shifts N(0, 0.3²) per gene; top-40 |Spearman| edges",
+            strength=0.3,
+            params={"bs": 0.3},
+        ),
+    ]
 
 
 def _replicate(sc, seed: int, *, n_perm: int = 199):
@@ -436,8 +523,7 @@ def _replicate(sc, seed: int, *, n_perm: int = 199):
     bench = simulate_perturbseq(**CAL_SIM, batch_strength=prm["bs"], seed=seed)
     a = bench.adata
     genes = pd.Index(a.var_names.astype(str))
-    X = _expression_matrix(a, counts="X", transform="log1p",
-                           gene_idx=np.arange(a.n_vars)).toarray()  # fmt: skip
+    X = _expression_matrix(a, counts="X", transform="log1p", gene_idx=np.arange(a.n_vars)).toarray()
     state = a.obs["cell_state"].astype(str).to_numpy()
     batch = a.obs["donor"].astype(str).to_numpy()
     rng = np.random.default_rng([seed, 7])

@@ -164,15 +164,27 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
                 s = np.abs(s) if p.score_transform == "abs" else s
                 ok = np.isfinite(s)
                 y = rows["responder"].to_numpy(bool)
-                out = assess(s[ok], y[ok], groups[ok], fractions=p.fractions, bins=p.bins,
-                             level=p.conformal_level, n_boot=p.n_boot,
-                             seed=ctx.seed_for(ds, en))  # fmt: skip
-                where = {"dataset": ds, "edges": en, **{k: v for k, v in es.meta().items()
-                                                        if k != "dataset"}}  # fmt: skip
+                out = assess(
+                    s[ok],
+                    y[ok],
+                    groups[ok],
+                    fractions=p.fractions,
+                    bins=p.bins,
+                    level=p.conformal_level,
+                    n_boot=p.n_boot,
+                    seed=ctx.seed_for(ds, en),
+                )
+                where = {
+                    "dataset": ds,
+                    "edges": en,
+                    **{k: v for k, v in es.meta().items() if k != "dataset"},
+                }
                 is_claim = es.layer == claim_layer
                 if out is None:
-                    why = (f"fewer than {p.min_perturbations} perturbations with a responder "
-                           "or no responder in a split")  # fmt: skip
+                    why = (
+                        f"fewer than {p.min_perturbations} perturbations with a responder "
+                        "or no responder in a split"
+                    )
                     notes.append(f"{ds}/{es.label}: {why}; not evaluated.")
                     if is_claim:
                         ctx.not_assessable(
@@ -184,8 +196,10 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
                         )
                     continue
                 if out["n_perturbations"] < p.min_perturbations:
-                    why = (f"{out['n_perturbations']} perturbations with a responder "
-                           f"(< {p.min_perturbations})")  # fmt: skip
+                    why = (
+                        f"{out['n_perturbations']} perturbations with a responder "
+                        f"(< {p.min_perturbations})"
+                    )
                     notes.append(f"{ds}/{es.label}: {why}; not evaluated.")
                     if is_claim:
                         ctx.not_assessable(
@@ -202,25 +216,42 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
                 conf_rows.append({**where, **out["conformal"]})
                 for m in MAPS:
                     res = out["tests"][m]
-                    hyp = (f"{m}-mapped {es.label} probabilities are miscalibrated on "
-                           "held-out perturbations")  # fmt: skip
+                    hyp = (
+                        f"{m}-mapped {es.label} probabilities are miscalibrated on "
+                        "held-out perturbations"
+                    )
                     if is_claim and m == p.verdict_map:
-                        why = (f"layer {es.layer} fixed a priori (verdict_layer: "
-                               f"{p.verdict_layer})") if es.layer is not None else ""  # fmt: skip
-                        ctx.claim(res, Unit.of(es, ds), claim=claim, direction="greater",
-                                  hypothesis=hyp, layer_choice=why)  # fmt: skip
+                        why = (
+                            (f"layer {es.layer} fixed a priori (verdict_layer: {p.verdict_layer})")
+                            if es.layer is not None
+                            else ""
+                        )
+                        ctx.claim(
+                            res,
+                            Unit.of(es, ds),
+                            claim=claim,
+                            direction="greater",
+                            hypothesis=hyp,
+                            layer_choice=why,
+                        )
                     else:
                         ctx.describe(res, Unit.of(es, ds), hypothesis=hyp)
-                ctx.describe(out["coverage_test"], Unit.of(es, ds),
-                             hypothesis=f"split-conformal sets of {es.label} cover at "
-                             f"the nominal {p.conformal_level:g}")  # fmt: skip
+                ctx.describe(
+                    out["coverage_test"],
+                    Unit.of(es, ds),
+                    hypothesis=f"split-conformal sets of {es.label} cover at "
+                    f"the nominal {p.conformal_level:g}",
+                )
                 if is_claim:
                     curves[f"{ds}: {es.label}"] = pd.concat(
                         [out["reliability"][m].assign(map=m) for m in MAPS], ignore_index=True
                     )
     metrics = pd.DataFrame(metric_rows)
-    tables = {"calibration": metrics if not metrics.empty
-              else pd.DataFrame({"note": notes or ["nothing evaluated"]})}  # fmt: skip
+    tables = {
+        "calibration": metrics
+        if not metrics.empty
+        else pd.DataFrame({"note": notes or ["nothing evaluated"]})
+    }
     if rel_rows:
         tables["reliability"] = pd.concat(rel_rows, ignore_index=True)
     if conf_rows:
@@ -230,8 +261,7 @@ def run_calibration(ctx: AnalysisContext, p: CalibrationParams) -> AnalysisResul
         figures["reliability"] = reliability_figure(
             curves, title=f"reliability on held-out perturbations ({p.bins} bins)"
         )
-    return AnalysisResult(tables=tables, figures=figures, summary=_summary(metrics, p),
-                          notes=notes)  # fmt: skip
+    return AnalysisResult(tables=tables, figures=figures, summary=_summary(metrics, p), notes=notes)
 
 
 def assess(
@@ -267,8 +297,9 @@ def assess(
         return None
     maps = fit_maps(score[sp["fit"]], y[sp["fit"]])
     t, c = sp["test"], sp["calibrate"]
-    map_var = _map_variance(score, y, groups, sp["fit"], t, n_boot=n_boot, seed=seed,
-                            distort=distort)  # fmt: skip
+    map_var = _map_variance(
+        score, y, groups, sp["fit"], t, n_boot=n_boot, seed=seed, distort=distort
+    )
     out = {"metrics": {}, "reliability": {}, "tests": {}, "n_perturbations": G}
     for m, f in maps.items():
         pt = f(score[t])
@@ -288,13 +319,18 @@ def assess(
     conf = conformal_sets(f(score[c]), y[c], f(score[t]), y[t], level=level)
     out["conformal"] = {"level": level, **conf}
     out["coverage_test"] = StatTestResult(
-        statistic=conf["coverage"], p=conf["p_binomial"], effect=conf["coverage"],
-        n=conf["n_test"], test="exact binomial test of conformal coverage (rows as "
-        "independent: descriptive)", statistic_name="coverage", effect_name="coverage",
-        alternative="two-sided", null_value=level,
+        statistic=conf["coverage"],
+        p=conf["p_binomial"],
+        effect=conf["coverage"],
+        n=conf["n_test"],
+        test="exact binomial test of conformal coverage (rows as independent: descriptive)",
+        statistic_name="coverage",
+        effect_name="coverage",
+        alternative="two-sided",
+        null_value=level,
         h0=f"the conformal sets cover the true label with probability {level:g}",
         null_name="binomial at the nominal level",
-    )  # fmt: skip
+    )
     return out
 
 
@@ -315,18 +351,25 @@ def _map_variance(score, y, groups, fit, test, *, n_boot: int, seed: int, distor
             pt = f(score[test])
             pt = distort(pt) if distort is not None else pt
             means[m].append(spiegelhalter_terms(pt, y[test], groups[test]).mean(0))
-    return {m: np.cov(np.array(v), rowvar=False) if len(v) > 2 else np.zeros((2, 2))
-            for m, v in means.items()}  # fmt: skip
+    return {
+        m: np.cov(np.array(v), rowvar=False) if len(v) > 2 else np.zeros((2, 2))
+        for m, v in means.items()
+    }
 
 
 def _summary(metrics: pd.DataFrame, p: CalibrationParams) -> str:
     if metrics.empty:
         return "No source could be calibrated (see notes)."
     sub = metrics[metrics["map"] == p.verdict_map]
-    parts = [f"{r.dataset}/{r.label}: ECE {r.ece:.3f}, Brier {r.brier:.3f} "
-             f"(reliability {r.reliability:.4f})" for r in sub.head(6).itertuples()]  # fmt: skip
-    return (f"{p.verdict_map.capitalize()}-mapped probabilities on held-out "
-            "perturbations — " + "; ".join(parts) + ".")  # fmt: skip
+    parts = [
+        f"{r.dataset}/{r.label}: ECE {r.ece:.3f}, Brier {r.brier:.3f} "
+        f"(reliability {r.reliability:.4f})"
+        for r in sub.head(6).itertuples()
+    ]
+    return (
+        f"{p.verdict_map.capitalize()}-mapped probabilities on held-out "
+        "perturbations — " + "; ".join(parts) + "."
+    )
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -356,16 +399,30 @@ def _scenarios():
     from scfm_audit.analyses.perturbation_prediction import CAL_HUB
 
     out = [
-        Scenario("calibration_exchangeable_null", "null", "score = signal + N(0, 1); "
-                 "isotonic map fitted on other perturbations", params={"sim": BIG}),
-        Scenario("calibration_hub_null", "null", "responders concentrated on 12 hub TFs' "
-                 "targets (highly expressed); score = signal + N(0, 1)",
-                 params={"sim": CAL_HUB}),
-    ]  # fmt: skip
+        Scenario(
+            "calibration_exchangeable_null",
+            "null",
+            "score = signal + N(0, 1); isotonic map fitted on other perturbations",
+            params={"sim": BIG},
+        ),
+        Scenario(
+            "calibration_hub_null",
+            "null",
+            "responders concentrated on 12 hub TFs' "
+            "targets (highly expressed); score = signal + N(0, 1)",
+            params={"sim": CAL_HUB},
+        ),
+    ]
     for d in (1.0, 2.0):
-        out.append(Scenario(f"calibration_planted_logit_shift_{d:g}", "planted",
-                            f"test probabilities distorted: logit p → logit p + {d:g}",
-                            strength=d, params={"sim": BIG, "shift": d}))  # fmt: skip
+        out.append(
+            Scenario(
+                f"calibration_planted_logit_shift_{d:g}",
+                "planted",
+                f"test probabilities distorted: logit p → logit p + {d:g}",
+                strength=d,
+                params={"sim": BIG, "shift": d},
+            )
+        )
     return out
 
 
@@ -385,17 +442,26 @@ def _replicate(sc, seed: int):
     s = rows["signal"].to_numpy() + rng.normal(size=len(rows))
     groups = (rows["arm"] + ":" + rows["perturbation"]).to_numpy()
     d = sc.params.get("shift")
-    out = assess(s, rows["responder"].to_numpy(bool), groups, seed=seed, n_boot=50,
-                 distort=distortion(d) if d else None)  # fmt: skip
+    out = assess(
+        s,
+        rows["responder"].to_numpy(bool),
+        groups,
+        seed=seed,
+        n_boot=50,
+        distort=distortion(d) if d else None,
+    )
     if out is None:
         return ReplicateOutcome(p=np.nan, estimate=np.nan, null_value=1.0)
     res = out["tests"]["isotonic"]
     conf = out["conformal"]
     return ReplicateOutcome.of(
         res,
-        extra={"p_platt": out["tests"]["platt"].p, "ece": out["metrics"]["isotonic"]["ece"],
-               "coverage": conf["coverage"]},
-    )  # fmt: skip
+        extra={
+            "p_platt": out["tests"]["platt"].p,
+            "ece": out["metrics"]["isotonic"]["ece"],
+            "coverage": conf["coverage"],
+        },
+    )
 
 
 def _register_calibration() -> None:

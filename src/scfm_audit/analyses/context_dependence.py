@@ -112,20 +112,27 @@ def gap_interaction(
     blocks = np.concatenate([v.index.astype(str) for v in gaps.values()])
     if pairing == "unpaired":
         blocks = np.zeros(len(values), dtype=int)
-    r = within_block_permutation(values, groups, blocks, seed=seed,
-                                 stages=(n_perm, 10 * (n_perm + 1) - 1), h0=INTERACTION_H0)  # fmt: skip
-    design = {"auto": "blocks: perturbations matched by gene",
-              "paired": "blocks: perturbations every context shares",
-              "unpaired": "one block"}[pairing]  # fmt: skip
+    r = within_block_permutation(
+        values, groups, blocks, seed=seed, stages=(n_perm, 10 * (n_perm + 1) - 1), h0=INTERACTION_H0
+    )
+    design = {
+        "auto": "blocks: perturbations matched by gene",
+        "paired": "blocks: perturbations every context shares",
+        "unpaired": "one block",
+    }[pairing]
     return replace(r, test=f"{r.test}; {design}", null_name="context_interaction")
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
     """Two contexts: the CRISPRi screen the models were trained on and a CRISPRa screen of
     the same network (attention on its controls: ~10 s per model)."""
-    return {"context_dependence": {"datasets": ["sim", "sim_crispra"],
-                                   "coexpression": "spearman_attention_cells",
-                                   "n_boot": 500 if quick else 2000}}
+    return {
+        "context_dependence": {
+            "datasets": ["sim", "sim_crispra"],
+            "coexpression": "spearman_attention_cells",
+            "n_boot": 500 if quick else 2000,
+        }
+    }
 
 
 @register_analysis(
@@ -138,13 +145,17 @@ def _demo(*, quick: bool, models: bool) -> dict:
     version="1.1",
     category="B. Does it predict causal effects?",
     reference="Catalogue 9; preprint: K562, RPE1, Adamson, Shifrut, Tian contexts",
-    quick={'n_boot': 100},
+    quick={"n_boot": 100},
     demo=_demo,
     claims=(
-        ('the <attention> − co-expression gap depends on the context',
-         "within-block permutation of context labels (perturbations matched by gene are the blocks; two arms: the sign-flip test) of the range of the contexts' mean gaps, one-sided, with the CI that inverts it"),
-        ('gene-level baseline beats <attention> in every context',
-         'intersection-union of the per-context signed-rank tests'),
+        (
+            "the <attention> − co-expression gap depends on the context",
+            "within-block permutation of context labels (perturbations matched by gene are the blocks; two arms: the sign-flip test) of the range of the contexts' mean gaps, one-sided, with the CI that inverts it",
+        ),
+        (
+            "gene-level baseline beats <attention> in every context",
+            "intersection-union of the per-context signed-rank tests",
+        ),
     ),
 )
 def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisResult:
@@ -174,10 +185,20 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
                 "is perturbation_prediction's claim)"
             )
             notes.append(f"{en}: {reason}.")
-            ctx.not_assessable(dom_unit, claim=dom_claim, reason=reason, h0=WILCOXON_H0,
-                           test="intersection-union of signed-rank tests over contexts")
-            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
-                           test="within-block permutation over contexts")  # fmt: skip
+            ctx.not_assessable(
+                dom_unit,
+                claim=dom_claim,
+                reason=reason,
+                h0=WILCOXON_H0,
+                test="intersection-union of signed-rank tests over contexts",
+            )
+            ctx.not_assessable(
+                gap_unit,
+                claim=gap_claim,
+                reason=reason,
+                h0=INTERACTION_H0,
+                test="within-block permutation over contexts",
+            )
             if not contexts:
                 continue
         layers = next(iter(contexts.values()))[3].attention_layers
@@ -186,24 +207,40 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
         for name, (ds, arm, wide, d) in contexts.items():
             att = wide[col].to_numpy(float)
             seed = ctx.seed_for(en, ds, arm, "context")
-            c = paired_comparison(wide[bl].to_numpy(float), att, n_boot=p.n_boot, seed=seed,
-                                  h0=WILCOXON_H0)  # fmt: skip
+            c = paired_comparison(
+                wide[bl].to_numpy(float), att, n_boot=p.n_boot, seed=seed, h0=WILCOXON_H0
+            )
             doms.append(c.result)
-            ctx.describe(c.result, Unit(ds, model, None, f"{bl} − attention", layer),
-                         hypothesis=f"{bl} beats {who} at predicting responders in {name}",
-                         extra={"arm": arm, "context": name, "mean_delta": c.mean_delta})  # fmt: skip
-            row = {"edges": en, "context": name, "dataset": ds, "arm": arm, "layer": layer,
-                   "n_perturbations": len(wide), "auroc_attention": float(np.nanmean(att)),
-                   f"auroc_{bl}": c.mean_a, "dominance_delta": c.mean_delta,
-                   "dominance_ci_low": c.ci_low, "dominance_ci_high": c.ci_high,
-                   "dominance_hodges_lehmann": c.hodges_lehmann,
-                   "dominance_hl_ci_low": c.hl_ci_low, "dominance_hl_ci_high": c.hl_ci_high,
-                   "dominance_p": c.p}  # fmt: skip
+            ctx.describe(
+                c.result,
+                Unit(ds, model, None, f"{bl} − attention", layer),
+                hypothesis=f"{bl} beats {who} at predicting responders in {name}",
+                extra={"arm": arm, "context": name, "mean_delta": c.mean_delta},
+            )
+            row = {
+                "edges": en,
+                "context": name,
+                "dataset": ds,
+                "arm": arm,
+                "layer": layer,
+                "n_perturbations": len(wide),
+                "auroc_attention": float(np.nanmean(att)),
+                f"auroc_{bl}": c.mean_a,
+                "dominance_delta": c.mean_delta,
+                "dominance_ci_low": c.ci_low,
+                "dominance_ci_high": c.ci_high,
+                "dominance_hodges_lehmann": c.hodges_lehmann,
+                "dominance_hl_ci_low": c.hl_ci_low,
+                "dominance_hl_ci_high": c.hl_ci_high,
+                "dominance_p": c.p,
+            }
             if d.coexpression is not None:
                 gap = pd.Series(att - wide[d.coexpression].to_numpy(float), index=wide.index)
                 gaps[name] = gap
-                row.update(auroc_coexpression=float(wide[d.coexpression].mean()),
-                           mean_gap=float(gap.mean()))  # fmt: skip
+                row.update(
+                    auroc_coexpression=float(wide[d.coexpression].mean()),
+                    mean_gap=float(gap.mean()),
+                )
                 per_rows.extend(
                     {"edges": en, "context": name, "perturbation": k, "gap": v}
                     for k, v in gap.items()
@@ -213,10 +250,16 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
             continue
         # claim 1: gene-level dominance in every context (intersection-union)
         res, i = combine_intersection_union(doms)
-        ctx.claim(res.times(mult, why=why), replace(dom_unit, layer=layer), claim=dom_claim,
-                  hypothesis=f"{bl} beats {who} at predicting responders in every context "
-                  f"({', '.join(contexts)})", direction="greater", layer_choice=why,
-                  extra={"contexts": list(contexts), "reported_context": list(contexts)[i]})  # fmt: skip
+        ctx.claim(
+            res.times(mult, why=why),
+            replace(dom_unit, layer=layer),
+            claim=dom_claim,
+            hypothesis=f"{bl} beats {who} at predicting responders in every context "
+            f"({', '.join(contexts)})",
+            direction="greater",
+            layer_choice=why,
+            extra={"contexts": list(contexts), "reported_context": list(contexts)[i]},
+        )
         # claim 2: the attention - co-expression gap depends on the context
         if len(gaps) < 2:
             reason = (
@@ -224,15 +267,30 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
                 f"({', '.join(gaps) or 'none'}): an interaction needs two or more"
             )
             notes.append(f"{en}: {reason}.")
-            ctx.not_assessable(gap_unit, claim=gap_claim, reason=reason, h0=INTERACTION_H0,
-                           test="within-block permutation over contexts")  # fmt: skip
+            ctx.not_assessable(
+                gap_unit,
+                claim=gap_claim,
+                reason=reason,
+                h0=INTERACTION_H0,
+                test="within-block permutation over contexts",
+            )
             continue
-        r = gap_interaction(gaps, pairing=p.pairing, seed=ctx.seed_for(en, "interaction"),
-                            n_perm=p.n_perm)  # fmt: skip
-        ctx.claim(r.times(mult, why=why), replace(gap_unit, layer=layer), claim=gap_claim,
-                  hypothesis=f"{gap_claim} ({', '.join(gaps)})", direction="greater",
-                  layer_choice=why, extra={"contexts": list(gaps), "pairing": p.pairing,
-                  "mean_gaps": [float(g.mean()) for g in gaps.values()]})  # fmt: skip
+        r = gap_interaction(
+            gaps, pairing=p.pairing, seed=ctx.seed_for(en, "interaction"), n_perm=p.n_perm
+        )
+        ctx.claim(
+            r.times(mult, why=why),
+            replace(gap_unit, layer=layer),
+            claim=gap_claim,
+            hypothesis=f"{gap_claim} ({', '.join(gaps)})",
+            direction="greater",
+            layer_choice=why,
+            extra={
+                "contexts": list(gaps),
+                "pairing": p.pairing,
+                "mean_gaps": [float(g.mean()) for g in gaps.values()],
+            },
+        )
     tables = {
         k: v
         for k, v in {"contexts": pd.DataFrame(ctx_rows), "gaps": pd.DataFrame(per_rows)}.items()
@@ -242,10 +300,14 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
     if per_rows:
         g = pd.DataFrame(per_rows)
         figures["gap_by_context"] = distribution_figure(
-            g, group="context", value="gap", col="edges", chance=0.0,
+            g,
+            group="context",
+            value="gap",
+            col="edges",
+            chance=0.0,
             title="AUROC(attention) − AUROC(co-expression) per perturbation, by context",
             ylabel="ΔAUROC (attention − co-expression)",
-        )  # fmt: skip
+        )
     if not ctx_rows:
         notes.append("No context had enough evaluable perturbations (see notes).")
     summary = "; ".join(
@@ -268,10 +330,16 @@ def _contexts(ctx, p: ContextParams, en: str, notes: list[str]):
     contexts, who, model = {}, en, None
     for ds in p.datasets or ctx.dataset_names():
         d = prediction_data(
-            ctx, ds, en, p, coexpression=p.coexpression,
-            allow_different_cells=p.allow_different_cells, reference=None,
-            score_transform=p.score_transform, notes=notes,
-        )  # fmt: skip
+            ctx,
+            ds,
+            en,
+            p,
+            coexpression=p.coexpression,
+            allow_different_cells=p.allow_different_cells,
+            reference=None,
+            score_transform=p.score_transform,
+            notes=notes,
+        )
         if d is None or d.metrics.empty:
             continue
         who, model = source_label(ctx.edge_scores(en, ds)[0]), d.model
@@ -320,21 +388,34 @@ def _context_scenarios():
 
     both = {"modality": "both"}
     out = [
-        Scenario("context_exchangeable_null", "null",
-                 "two arms; attention and co-expression exchangeable in both", truth=0.0,
-                 params={"sim": both, "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
-        Scenario("context_hub_null", "null",
-                 "two arms, responders concentrated on 12 hub TFs' targets; exchangeable",
-                 truth=0.0, params={"sim": {**both, **CAL_HUB},
-                         "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}}),
-    ]  # fmt: skip
+        Scenario(
+            "context_exchangeable_null",
+            "null",
+            "two arms; attention and co-expression exchangeable in both",
+            truth=0.0,
+            params={"sim": both, "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)}},
+        ),
+        Scenario(
+            "context_hub_null",
+            "null",
+            "two arms, responders concentrated on 12 hub TFs' targets; exchangeable",
+            truth=0.0,
+            params={
+                "sim": {**both, **CAL_HUB},
+                "sd": {"CRISPRi": (1.5, 1.5), "CRISPRa": (1.5, 1.5)},
+            },
+        ),
+    ]
     for s in (2.0, 4.0):
         out.append(
-            Scenario(f"context_planted_gap_{s:g}", "planted",
-                     f"CRISPRi: attention SD 0.5, co-expression SD {s:g}; CRISPRa: both {s:g}",
-                     strength=s,
-                     params={"sim": both, "sd": {"CRISPRi": (0.5, s), "CRISPRa": (s, s)}})
-        )  # fmt: skip
+            Scenario(
+                f"context_planted_gap_{s:g}",
+                "planted",
+                f"CRISPRi: attention SD 0.5, co-expression SD {s:g}; CRISPRa: both {s:g}",
+                strength=s,
+                params={"sim": both, "sd": {"CRISPRi": (0.5, s), "CRISPRa": (s, s)}},
+            )
+        )
     return out
 
 
@@ -352,9 +433,11 @@ def _context_replicate(sc, seed: int, *, n_perm: int = 999):
         m = ranking_metrics(
             sub["perturbation"].to_numpy(),
             sub["responder"].to_numpy(),
-            {"attention": sig + sa * rng.normal(size=len(sig)),
-             "coexpression": sig + sb * rng.normal(size=len(sig))},
-        )  # fmt: skip
+            {
+                "attention": sig + sa * rng.normal(size=len(sig)),
+                "coexpression": sig + sb * rng.normal(size=len(sig)),
+            },
+        )
         w = m.pivot(index="perturbation", columns="scorer", values="auroc").dropna()
         gaps[arm] = w["attention"] - w["coexpression"]
     # the claim's own test and CI (truth 0 under the nulls: the contexts' true range)

@@ -129,11 +129,13 @@ class ConsistencyParams(SourceParams, AgreementParams, LayerClaimParams):
         }
     },
     claims=(
-        ("edges of <source> agree across <contexts> beyond gene-level structure",
-         "mean top-k Jaccard over context pairs, against relabellings of each context's genes "
-         "that keep top-k degree and expression within 1 SD (H0: contexts agree only as much "
-         "as their own gene-level structure implies), two-sided Monte-Carlo; layer a priori "
-         "or best × layers"),
+        (
+            "edges of <source> agree across <contexts> beyond gene-level structure",
+            "mean top-k Jaccard over context pairs, against relabellings of each context's genes "
+            "that keep top-k degree and expression within 1 SD (H0: contexts agree only as much "
+            "as their own gene-level structure implies), two-sided Monte-Carlo; layer a priori "
+            "or best × layers",
+        ),
     ),
 )
 def run_consistency(ctx: AnalysisContext, p: ConsistencyParams) -> AnalysisResult:
@@ -401,8 +403,7 @@ def _evaluate(ctx, p: ConsistencyParams, job: dict, out: dict, figures: dict) ->
 
 
 def _h0(matching: str, metric: str) -> str:
-    return relabelling_h0(metric, matching, whose="every context's",
-                          given="the first context")  # fmt: skip
+    return relabelling_h0(metric, matching, whose="every context's", given="the first context")
 
 
 def _unit(job: dict, es) -> Unit:
@@ -539,8 +540,9 @@ def _cal_replicate(sc, seed: int):
     matched = "both" if sc.params.get("cells") else "structure"
     sets = [ScoreSet(M, u, k=k, covariates=c) for M, c in zip(mats, covs, strict=True)]
     t = relabelling_test(sets, "jaccard", stages=(999,), seed=seed)
-    res = relabelling_result(t, "jaccard", matched, effect_name=EFFECT["jaccard"],
-                             h0=_h0(matched, "jaccard"), n=u.size)  # fmt: skip
+    res = relabelling_result(
+        t, "jaccard", matched, effect_name=EFFECT["jaccard"], h0=_h0(matched, "jaccard"), n=u.size
+    )
     extra = {
         "p_rank_matched": relabelling_test(sets, "spearman", stages=(199,), seed=seed + 1).mc.p,
         "p_sign_matched": relabelling_test(sets, "sign", stages=(199,), seed=seed + 2).mc.p,

@@ -129,8 +129,15 @@ class CSSIParams(UnitParams, LayerClaimParams):
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"cssi": {"datasets": ["sim"], "references": ["sim_grn"], "k_scan": [2, 4, 8],
-                     "n_null_strata": 3, "n_boot": 200 if quick else 500}}
+    return {
+        "cssi": {
+            "datasets": ["sim"],
+            "references": ["sim_grn"],
+            "k_scan": [2, 4, 8],
+            "n_null_strata": 3,
+            "n_boot": 200 if quick else 500,
+        }
+    }
 
 
 @register_analysis(
@@ -143,11 +150,21 @@ def _demo(*, quick: bool, models: bool) -> dict:
     version="1.0",
     category="D. Scaling and CSSI",
     reference="Catalogue 13; paper: CSSI (kNN k = 15, Leiden 1.0, max / prevalence-weighted mean)",
-    quick={'datasets': ['sim'], 'strata': 'kmeans', 'n_clusters': 3, 'k_scan': [2, 4], 'n_null_strata': 2, 'n_perm': 49, 'n_boot': 20},
+    quick={
+        "datasets": ["sim"],
+        "strata": "kmeans",
+        "n_clusters": 3,
+        "k_scan": [2, 4],
+        "n_null_strata": 2,
+        "n_perm": 49,
+        "n_boot": 20,
+    },
     demo=_demo,
     claims=(
-        ('CSSI strata beat random strata of the same sizes (<source>, <reference>)',
-         'paired permutation over source genes of Δmetric between CSSI with these strata and with random strata of the observed sizes (H0: the two rankings exchangeable within every source gene), two-sided; one layer; CSSI vs pooled is descriptive'),
+        (
+            "CSSI strata beat random strata of the same sizes (<source>, <reference>)",
+            "paired permutation over source genes of Δmetric between CSSI with these strata and with random strata of the observed sizes (H0: the two rankings exchangeable within every source gene), two-sided; one layer; CSSI vs pooled is descriptive",
+        ),
     ),
 )
 def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
@@ -268,8 +285,12 @@ def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
                     row["null_mean_diff"] = float(np.mean(null_d)) if null_d else np.nan
                     res = comparison_result(p, row, comp, how, n=pairs.n_pos)
                     unit = Unit(ds, base.model, ref_name, f"cssi_{p.variant}:{base.label}", L)
-                    ctx.describe(res, unit, hypothesis=_hypothesis(p, base.label, ref_name),
-                                 extra={"n_strata": row["n_strata"], "strata": how})  # fmt: skip
+                    ctx.describe(
+                        res,
+                        unit,
+                        hypothesis=_hypothesis(p, base.label, ref_name),
+                        extra={"n_strata": row["n_strata"], "strata": how},
+                    )
                     # the claim: these strata against random strata of the same sizes
                     res_rand = None
                     if nulls:
@@ -291,11 +312,20 @@ def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
                         row["vs_random_ci_low"] = cr[f"{k}_ci_low"]
                         row["vs_random_ci_high"] = cr[f"{k}_ci_high"]
                         row["vs_random_p"] = cr["p"]
-                        res_rand = random_strata_result(p, cr, how, n=pairs.n_pos,
-                                                        n_draws=len(nulls))  # fmt: skip
+                        res_rand = random_strata_result(
+                            p, cr, how, n=pairs.n_pos, n_draws=len(nulls)
+                        )
                     if null_d:
-                        _describe_shuffle(ctx, p, unit, comp["diff"], np.array(null_d), base,
-                                          ref_name, n=pairs.n_pos)  # fmt: skip
+                        _describe_shuffle(
+                            ctx,
+                            p,
+                            unit,
+                            comp["diff"],
+                            np.array(null_d),
+                            base,
+                            ref_name,
+                            n=pairs.n_pos,
+                        )
                     rows.append(row)
                     items.append((base, res_rand))
                     for K, (k_kept, agg) in scans.items():
@@ -331,9 +361,7 @@ def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
     if table.empty:
         notes.append("No edge source could be evaluated with CSSI (see the other notes).")
         tables = {"cssi": pd.DataFrame({"note": ["nothing evaluated"]})}
-    return AnalysisResult(
-        tables=tables, figures=figures, summary=_summary(table, p), notes=notes
-    )
+    return AnalysisResult(tables=tables, figures=figures, summary=_summary(table, p), notes=notes)
 
 
 def _effect(p: CSSIParams, row: dict) -> tuple[str, float, float, float, float]:
@@ -382,8 +410,9 @@ def random_strata_scores(nulls: list[dict], layer, variant: str, base: EdgeScore
     with warnings.catch_warnings():  # a pair no draw scored stays NaN (lowest rank)
         warnings.simplefilter("ignore", RuntimeWarning)
         m = np.nanmean(S, axis=0)
-    return EdgeScores(m, base.genes, method=f"cssi_{variant}_random", layer=layer,
-                      directed=base.directed)  # fmt: skip
+    return EdgeScores(
+        m, base.genes, method=f"cssi_{variant}_random", layer=layer, directed=base.directed
+    )
 
 
 def random_strata_result(p: CSSIParams, comp: dict, how: str, *, n: int, n_draws: int):
@@ -429,25 +458,44 @@ def _describe_shuffle(ctx, p, unit, obs: float, null: np.ndarray, base, ref_name
 
     M = p.verdict_metric.upper()
     pg = float((1 + np.sum(null >= obs)) / (len(null) + 1))
-    res = StatTestResult(obs, pg, obs, n, f"label shuffle of the strata ({len(null)} draws, "
-                         "one-sided)", f"Δ{M}", f"Δ{M} (CSSI − pooled)", "greater",
-                         p_greater=pg, null_value=float(np.mean(null)),
-                         p_floor=attainable_floor(null, "greater"), h0=H0_SHUFFLE,
-                         null_name="strata_label_shuffle")  # fmt: skip
-    ctx.describe(res, unit, hypothesis=f"CSSI-{p.variant} of {base.label} beats shuffled-label "
-                 f"strata on {ref_name}")  # fmt: skip
+    res = StatTestResult(
+        obs,
+        pg,
+        obs,
+        n,
+        f"label shuffle of the strata ({len(null)} draws, one-sided)",
+        f"Δ{M}",
+        f"Δ{M} (CSSI − pooled)",
+        "greater",
+        p_greater=pg,
+        null_value=float(np.mean(null)),
+        p_floor=attainable_floor(null, "greater"),
+        h0=H0_SHUFFLE,
+        null_name="strata_label_shuffle",
+    )
+    ctx.describe(
+        res,
+        unit,
+        hypothesis=f"CSSI-{p.variant} of {base.label} beats shuffled-label strata on {ref_name}",
+    )
 
 
 def _claim(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> None:
     base0 = items[0][0]
     claim = f"CSSI strata beat random strata of the same sizes ({source_label(base0)}, {ref_name})"
-    hyp = (f"CSSI-{p.variant} of {{}} with its strata ranks {ref_name} edges better than with "
-           "random strata of the same sizes (stratifying by these strata helps, not any "
-           "stratification)")  # fmt: skip
+    hyp = (
+        f"CSSI-{p.variant} of {{}} with its strata ranks {ref_name} edges better than with "
+        "random strata of the same sizes (stratifying by these strata helps, not any "
+        "stratification)"
+    )
     if any(r is None for _, r in items):
         unit = Unit(ds, base0.model, ref_name, f"cssi_{p.variant}:{base0.label}", None)
-        ctx.not_assessable(unit, claim=claim, test="paired permutation vs random strata",
-                           reason="n_null_strata = 0: no random strata to compare with")  # fmt: skip
+        ctx.not_assessable(
+            unit,
+            claim=claim,
+            test="paired permutation vs random strata",
+            reason="n_null_strata = 0: no random strata to compare with",
+        )
         return
     if base0.layer is None:
         i, res, why = 0, items[0][1], ""
@@ -456,8 +504,13 @@ def _claim(ctx, p: CSSIParams, items: list, ds: str, ref_name: str) -> None:
         i, res, why = choose_layer([(b.layer, r) for b, r in items], p.verdict_layer)
     base = items[i][0]
     unit = Unit(ds, base.model, ref_name, f"cssi_{p.variant}:{base.label}", base.layer)
-    ctx.claim(res, unit, claim=claim, layer_choice=why,
-              hypothesis=hyp.format(f"{base.method} (selected layer)"))  # fmt: skip
+    ctx.claim(
+        res,
+        unit,
+        claim=claim,
+        layer_choice=why,
+        hypothesis=hyp.format(f"{base.method} (selected layer)"),
+    )
 
 
 def _summary(table: pd.DataFrame, p: CSSIParams) -> str:
@@ -470,8 +523,11 @@ def _summary(table: pd.DataFrame, p: CSSIParams) -> str:
             f"{r.source}{lay} vs {r.reference} on {r.dataset}: AUROC {r.pooled_auroc:.3f} → "
             f"{getattr(r, f'cssi_{p.variant}_auroc'):.3f}, F1 {r.pooled_f1:.3f} → "
             f"{getattr(r, f'cssi_{p.variant}_f1'):.3f} ({r.n_strata} strata)"
-            + (f"; random strata of the same sizes: AUROC {r.random_auroc:.3f}"
-               if pd.notna(getattr(r, "random_auroc", np.nan)) else "")
+            + (
+                f"; random strata of the same sizes: AUROC {r.random_auroc:.3f}"
+                if pd.notna(getattr(r, "random_auroc", np.nan))
+                else ""
+            )
         )
     return (
         f"CSSI-{p.variant} against pooled scoring: " + "; ".join(parts) + ". The claim "
@@ -528,8 +584,11 @@ def _cal_scenarios():
                 f"planted GRN, 6 states with state-specific edges, state-program SD {s:g}, "
                 "k-means strata",
                 strength=s,
-                params={"sim": {**_HET, "state_program_strength": s}, "hub": False,
-                        "strata": "kmeans"},
+                params={
+                    "sim": {**_HET, "state_program_strength": s},
+                    "hub": False,
+                    "strata": "kmeans",
+                },
             )
         )
     return out
@@ -574,13 +633,21 @@ def _cal_replicate(sc, seed: int):
     b = pair_scores(random_strata_scores(nulls, None, "mean", cssi), pairs)
     c = paired_comparison(a, b, pairs, metric="auroc", n_perm=199, n_boot=100, seed=seed)
     pooled = paired_comparison(
-        a, pair_scores(coexpression(ad), pairs), pairs, metric="auroc", n_perm=199, n_boot=10,
+        a,
+        pair_scores(coexpression(ad), pairs),
+        pairs,
+        metric="auroc",
+        n_perm=199,
+        n_boot=10,
         seed=seed,
-    )  # fmt: skip
+    )
     res = random_strata_result(
-        CSSIParams(), c, "k-means (K = 4)" if sc.params["strata"] == "kmeans" else "random",
-        n=pairs.n_pos, n_draws=_CAL_RANDOM_DRAWS,
-    )  # fmt: skip
+        CSSIParams(),
+        c,
+        "k-means (K = 4)" if sc.params["strata"] == "kmeans" else "random",
+        n=pairs.n_pos,
+        n_draws=_CAL_RANDOM_DRAWS,
+    )
     return ReplicateOutcome.of(
         res, extra={"p_vs_pooled": pooled["p"], "diff_vs_pooled": pooled["diff"]}
     )

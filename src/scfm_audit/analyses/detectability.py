@@ -95,8 +95,15 @@ class DetectabilityParams(UnitParams):
 
 
 def _quick(**kw) -> dict:
-    return {"datasets": ["sim"], "n_splits": 1, "n_perm": 49, "n_sim": 4,
-            "sim_effects": [0.1], "sim_cells": [1.0], **kw}  # fmt: skip
+    return {
+        "datasets": ["sim"],
+        "n_splits": 1,
+        "n_perm": 49,
+        "n_sim": 4,
+        "sim_effects": [0.1],
+        "sim_cells": [1.0],
+        **kw,
+    }
 
 
 def _demo(*, quick: bool = False, models: bool = False) -> dict | None:
@@ -139,8 +146,10 @@ def run_detectability(ctx: AnalysisContext, p: DetectabilityParams) -> AnalysisR
                 continue
             src = StrataSource(ctx, CSSIParams(), ds, en, pooled)
             if src.scorer not in SCORERS:
-                notes.append(f"{ds}/{en}: scorer '{src.scorer}' has no per-cell noise to "
-                             f"estimate (only {SCORERS}).")  # fmt: skip
+                notes.append(
+                    f"{ds}/{en}: scorer '{src.scorer}' has no per-cell noise to "
+                    f"estimate (only {SCORERS})."
+                )
                 continue
             refs = p.evaluable(ctx, src.genes, where=f"{ds}/{en}", notes=notes)
             if not refs:
@@ -156,14 +165,18 @@ def run_detectability(ctx: AnalysisContext, p: DetectabilityParams) -> AnalysisR
                 per, _ = src.stratum_scores(lab)
                 halves.append({L: mats for L, mats in per.items() if len(mats) == 2})
             for ref_name, pairs in refs.items():
-                ns = null_structure(pairs, n_draws=max(1000, p.n_perm), seed=ctx.seed_for(ds, ref_name))
+                ns = null_structure(
+                    pairs, n_draws=max(1000, p.n_perm), seed=ctx.seed_for(ds, ref_name)
+                )
                 n1, n0 = pairs.n_pos, len(pairs) - pairs.n_pos
                 last = None
                 for base in pooled:
                     row = _row(ctx, p, ds, en, ref_name, base, pairs, halves, ns, n, n1, n0)
                     if row is None:
-                        notes.append(f"{ds}/{en}/{ref_name}: layer {base.layer}: the halves "
-                                     "could not be scored.")  # fmt: skip
+                        notes.append(
+                            f"{ds}/{en}/{ref_name}: layer {base.layer}: the halves "
+                            "could not be scored."
+                        )
                         continue
                     rows.append(row)
                     _describe(ctx, p, row, base, ds, ref_name)
@@ -187,9 +200,16 @@ def run_detectability(ctx: AnalysisContext, p: DetectabilityParams) -> AnalysisR
                         n_perm_max=max(999, math.ceil(4 * p.n_claims / p.alpha)),
                         seed=ctx.seed_for(ds, en, ref_name, "simulation"),
                     )
-                    sim_rows += [{"dataset": ds, "edges": en, "reference": ref_name,
-                                  "layer": last["layer"], **r}
-                                 for r in sim.to_dict("records")]  # fmt: skip
+                    sim_rows += [
+                        {
+                            "dataset": ds,
+                            "edges": en,
+                            "reference": ref_name,
+                            "layer": last["layer"],
+                            **r,
+                        }
+                        for r in sim.to_dict("records")
+                    ]
     table = pd.DataFrame(rows)
     if table.empty:
         notes.append("No edge source could be evaluated (see the other notes).")
@@ -205,8 +225,7 @@ def run_detectability(ctx: AnalysisContext, p: DetectabilityParams) -> AnalysisR
         "Detectability makes no claim: it is a planning quantity. BH over the run's claims "
         f"is approximated by α/m with m = n_claims = {p.n_claims} (one true claim among m)."
     )
-    return AnalysisResult(tables=tables, figures=figures, summary=_summary(table, p),
-                          notes=notes)  # fmt: skip
+    return AnalysisResult(tables=tables, figures=figures, summary=_summary(table, p), notes=notes)
 
 
 def _row(ctx, p, ds, en, ref_name, base: EdgeScores, pairs, halves, ns, n, n1, n0):
@@ -216,22 +235,32 @@ def _row(ctx, p, ds, en, ref_name, base: EdgeScores, pairs, halves, ns, n, n1, n
     for split in halves:
         if L not in split:
             continue
-        a, b = (pair_scores(EdgeScores(m, base.genes, method=base.method, layer=L,
-                                       directed=base.directed), pairs)
-                for m in split[L])  # fmt: skip
+        a, b = (
+            pair_scores(
+                EdgeScores(m, base.genes, method=base.method, layer=L, directed=base.directed),
+                pairs,
+            )
+            for m in split[L]
+        )
         est.append(noise_from_halves(full, a, b, pairs.label, n))
     if not est:
         return None
     sig2 = float(np.nanmean([e["noise_var"] for e in est]))
     tau2 = float(np.nanmean([e["signal_var"] for e in est]))
     v = sig2 / tau2 if tau2 > 0 else math.inf
-    rec = edge_recovery(base, pairs, n_boot=1, n_perm=p.n_perm, n_perm_max=0,
-                        seed=ctx.seed_for(ds, en, ref_name, L))  # fmt: skip
+    rec = edge_recovery(
+        base, pairs, n_boot=1, n_perm=p.n_perm, n_perm_max=0, seed=ctx.seed_for(ds, en, ref_name, L)
+    )
     se0 = math.sqrt(hanley_mcneil_var(0.5, n1, n0))
     sd = rec["auroc_null_sd"]
     deff = (sd / se0) ** 2 if np.isfinite(sd) and sd > 0 else ns["design_effect"]
-    kw = dict(alpha=p.alpha, n_claims=p.n_claims, design_effect=deff,
-              retention=ns["retention"], retention_sd=ns["retention_sd"])  # fmt: skip
+    kw = dict(
+        alpha=p.alpha,
+        n_claims=p.n_claims,
+        design_effect=deff,
+        retention=ns["retention"],
+        retention_sd=ns["retention_sd"],
+    )
     d_n, d_inf = detectable_effect(n1, n0, power=p.power, n_cells=n, noise_ratio=v, **kw)
     return {
         "dataset": ds,
@@ -257,8 +286,9 @@ def _row(ctx, p, ds, en, ref_name, base: EdgeScores, pairs, halves, ns, n, n1, n
         "power_at_effect": power_at_cells(p.effect, n, noise_ratio=v, n_pos=n1, n_neg=n0, **kw)
         if math.isfinite(v)
         else 0.0,
-        "cells_needed": cells_needed(p.effect, noise_ratio=v, n_pos=n1, n_neg=n0,
-                                     power=p.power, **kw),
+        "cells_needed": cells_needed(
+            p.effect, noise_ratio=v, n_pos=n1, n_neg=n0, power=p.power, **kw
+        ),
         "power": p.power,
         "alpha": p.alpha,
         "n_claims": p.n_claims,
@@ -289,26 +319,49 @@ def _describe(ctx, p, row: dict, base: EdgeScores, ds: str, ref_name: str) -> No
         res,
         Unit.of(base, ds, ref_name),
         hypothesis=f"{base.label} on {ref_name}: detectable ΔAUROC at {row['n_cells']} cells",
-        extra={k: row[k] for k in ("detectable_delta_at_n", "cells_needed", "noise_ratio",
-                                   "design_effect", "null_retention", "power_at_effect")},
-    )  # fmt: skip
+        extra={
+            k: row[k]
+            for k in (
+                "detectable_delta_at_n",
+                "cells_needed",
+                "noise_ratio",
+                "design_effect",
+                "null_retention",
+                "power_at_effect",
+            )
+        },
+    )
 
 
 def _phase_grid(p: DetectabilityParams, row: dict) -> list[dict]:
     n, v = row["n_cells"], row["noise_ratio"]
-    kw = dict(noise_ratio=v, n_pos=row["n_pos"], n_neg=row["n_neg"], alpha=p.alpha,
-              n_claims=p.n_claims, design_effect=row["design_effect"],
-              retention=row["null_retention"],
-              retention_sd=row["null_retention_sd"])  # fmt: skip
+    kw = dict(
+        noise_ratio=v,
+        n_pos=row["n_pos"],
+        n_neg=row["n_neg"],
+        alpha=p.alpha,
+        n_claims=p.n_claims,
+        design_effect=row["design_effect"],
+        retention=row["null_retention"],
+        retention_sd=row["null_retention_sd"],
+    )
     out = []
     if not math.isfinite(v):
         return out
     cells = np.unique(np.geomspace(max(2.0, n / 16), n * 64, 33).round())
     for c in cells:
         for d in np.linspace(0.01, 0.3, 30):
-            out.append({"dataset": row["dataset"], "edges": row["edges"],
-                        "reference": row["reference"], "layer": row["layer"], "n_cells": c,
-                        "delta": float(d), "power": power_at_cells(float(d), c, **kw)})  # fmt: skip
+            out.append(
+                {
+                    "dataset": row["dataset"],
+                    "edges": row["edges"],
+                    "reference": row["reference"],
+                    "layer": row["layer"],
+                    "n_cells": c,
+                    "delta": float(d),
+                    "power": power_at_cells(float(d), c, **kw),
+                }
+            )
     return out
 
 
@@ -328,30 +381,46 @@ def _figures(phase: pd.DataFrame, sim: pd.DataFrame | None, table: pd.DataFrame,
         ax.contour(cells, deltas, Z.to_numpy(), levels=levels, colors=colours)
         for lev, col in zip(levels, colours, strict=True):  # legend entries of the lines
             ax.plot([], [], color=col, label=f"closed-form power {lev:g}")
-        t = table[(table["dataset"] == ds) & (table["edges"] == en)
-                  & (table["reference"] == ref)]  # fmt: skip
+        t = table[(table["dataset"] == ds) & (table["edges"] == en) & (table["reference"] == ref)]
         r = t.iloc[-1]
         ax.axvline(r["n_cells"], color="#1f77b4", lw=1, ls="--")
         ax.text(r["n_cells"], deltas[-1], " this run", color="#1f77b4", fontsize=8, va="top")
         if np.isfinite(r["detectable_delta"]):
-            ax.plot([r["n_cells"]], [r["detectable_delta"]], marker="*", ms=12, color="#1f77b4",
-                    label=f"detectable ΔAUROC {r['detectable_delta']:.3f}")  # fmt: skip
+            ax.plot(
+                [r["n_cells"]],
+                [r["detectable_delta"]],
+                marker="*",
+                ms=12,
+                color="#1f77b4",
+                label=f"detectable ΔAUROC {r['detectable_delta']:.3f}",
+            )
         if sim is not None and len(sim):
             s = sim[(sim["dataset"] == ds) & (sim["edges"] == en) & (sim["reference"] == ref)]
             if len(s):
-                sc = ax.scatter(s["n_cells"], s["delta"], c=s["power_sim"], cmap="viridis",
-                                vmin=0, vmax=1, s=60, edgecolors="k", zorder=3,
-                                label="simulated power (real recovery test)")  # fmt: skip
+                sc = ax.scatter(
+                    s["n_cells"],
+                    s["delta"],
+                    c=s["power_sim"],
+                    cmap="viridis",
+                    vmin=0,
+                    vmax=1,
+                    s=60,
+                    edgecolors="k",
+                    zorder=3,
+                    label="simulated power (real recovery test)",
+                )
                 for x, y, pw in zip(s["n_cells"], s["delta"], s["power_sim"], strict=True):
-                    ax.annotate(f"{pw:.2f}", (x, y), textcoords="offset points", xytext=(6, 4),
-                                fontsize=7)  # fmt: skip
+                    ax.annotate(
+                        f"{pw:.2f}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7
+                    )
                 fig.colorbar(sc, ax=ax, label="simulated power")
         ax.set_xscale("log")
         ax.set_xlabel("cells")
         ax.set_ylabel("ΔAUROC (noiseless effect)")
         lay = f" L{int(r['layer'])}" if pd.notna(r["layer"]) else ""
-        ax.set_title(f"Detectability: {en}{lay} on {ref} ({ds}); α/m = {p.alpha:g}/{p.n_claims}",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"Detectability: {en}{lay} on {ref} ({ds}); α/m = {p.alpha:g}/{p.n_claims}", fontsize=9
+        )
         ax.legend(fontsize=7, loc="upper right")
         figs[f"phase_{ds}_{en}_{ref}"] = fig
     return figs
@@ -362,11 +431,18 @@ def _summary(table: pd.DataFrame, p: DetectabilityParams) -> str:
     for r in table.itertuples():
         lay = f"/L{int(r.layer)}" if pd.notna(r.layer) else ""
         det = f"{r.detectable_delta:.3f}" if np.isfinite(r.detectable_delta) else "none < 0.5"
-        need = f"{r.cells_needed:,.0f}" if np.isfinite(r.cells_needed) else "∞ (reference too small)"
-        parts.append(f"{r.source}{lay} vs {r.reference} on {r.dataset} ({r.n_cells} cells): "
-                     f"detectable ΔAUROC {det}; cells for ΔAUROC {p.effect:g}: {need}")  # fmt: skip
-    return (f"With power {p.power:g} at α/m = {p.alpha:g}/{p.n_claims}: " + "; ".join(parts[:8])
-            + ". A 'no evidence' for an effect below the detectable ΔAUROC says little.")  # fmt: skip
+        need = (
+            f"{r.cells_needed:,.0f}" if np.isfinite(r.cells_needed) else "∞ (reference too small)"
+        )
+        parts.append(
+            f"{r.source}{lay} vs {r.reference} on {r.dataset} ({r.n_cells} cells): "
+            f"detectable ΔAUROC {det}; cells for ΔAUROC {p.effect:g}: {need}"
+        )
+    return (
+        f"With power {p.power:g} at α/m = {p.alpha:g}/{p.n_claims}: "
+        + "; ".join(parts[:8])
+        + ". A 'no evidence' for an effect below the detectable ΔAUROC says little."
+    )
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -393,20 +469,35 @@ def _cal_scenarios():
     ns = null_structure(pairs, seed=0)
     n1, n0 = pairs.n_pos, len(pairs) - pairs.n_pos
     out = [
-        Scenario("hub_null_delta_0", "null", "hub reference, planted ΔAUROC 0, 100 cells",
-                 truth=None, params={"delta": 0.0})
+        Scenario(
+            "hub_null_delta_0",
+            "null",
+            "hub reference, planted ΔAUROC 0, 100 cells",
+            truth=None,
+            params={"delta": 0.0},
+        )
     ]
     for d in (0.05, 0.1):
-        pw = power_at_cells(d, _CAL["n_cells"], noise_ratio=_CAL["noise_ratio"], n_pos=n1,
-                            n_neg=n0, design_effect=ns["design_effect"],
-                            retention=ns["retention"],
-                            retention_sd=ns["retention_sd"])  # fmt: skip
+        pw = power_at_cells(
+            d,
+            _CAL["n_cells"],
+            noise_ratio=_CAL["noise_ratio"],
+            n_pos=n1,
+            n_neg=n0,
+            design_effect=ns["design_effect"],
+            retention=ns["retention"],
+            retention_sd=ns["retention_sd"],
+        )
         out.append(
-            Scenario(f"planted_delta_{d:g}", "planted",
-                     f"hub reference, planted ΔAUROC {d:g}, 100 cells (noise ratio 100); the "
-                     "rate is the simulated power: compare it with the mean of the closed "
-                     f"form's column power_closed (reference of seed 0: {pw:.2f})",
-                     strength=d, params={"delta": d})
+            Scenario(
+                f"planted_delta_{d:g}",
+                "planted",
+                f"hub reference, planted ΔAUROC {d:g}, 100 cells (noise ratio 100); the "
+                "rate is the simulated power: compare it with the mean of the closed "
+                f"form's column power_closed (reference of seed 0: {pw:.2f})",
+                strength=d,
+                params={"delta": d},
+            )
         )
     return out
 
@@ -418,13 +509,26 @@ def _cal_replicate(sc, seed: int):
 
     pairs = _cal_pairs(seed)
     rng = np.random.default_rng(seed + 1)
-    out = simulated_recovery(pairs, delta=sc.params["delta"], noise_ratio=_CAL["noise_ratio"],
-                             n_cells=_CAL["n_cells"], rng=rng, n_perm=199, n_boot=100)  # fmt: skip
+    out = simulated_recovery(
+        pairs,
+        delta=sc.params["delta"],
+        noise_ratio=_CAL["noise_ratio"],
+        n_cells=_CAL["n_cells"],
+        rng=rng,
+        n_perm=199,
+        n_boot=100,
+    )
     ns = null_structure(pairs, seed=seed)
-    pw = power_at_cells(sc.params["delta"], _CAL["n_cells"], noise_ratio=_CAL["noise_ratio"],
-                        n_pos=pairs.n_pos, n_neg=len(pairs) - pairs.n_pos,
-                        design_effect=ns["design_effect"], retention=ns["retention"],
-                        retention_sd=ns["retention_sd"])  # fmt: skip
+    pw = power_at_cells(
+        sc.params["delta"],
+        _CAL["n_cells"],
+        noise_ratio=_CAL["noise_ratio"],
+        n_pos=pairs.n_pos,
+        n_neg=len(pairs) - pairs.n_pos,
+        design_effect=ns["design_effect"],
+        retention=ns["retention"],
+        retention_sd=ns["retention_sd"],
+    )
     return ReplicateOutcome.of(recovery_result(out), extra={"power_closed": pw})
 
 

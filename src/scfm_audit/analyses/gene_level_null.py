@@ -225,8 +225,13 @@ def comparison_result(summ: dict, *, n_boot: int):
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"gene_level_null": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
-                                "n_boot": 200 if quick else 1000}}
+    return {
+        "gene_level_null": {
+            "datasets": ["sim"],
+            "references": ["sim_grn", "sim_ppi"],
+            "n_boot": 200 if quick else 1000,
+        }
+    }
 
 
 @register_analysis(
@@ -239,11 +244,13 @@ def _demo(*, quick: bool, models: bool) -> dict:
     version="1.0",
     category="A. Does attention encode biology?",
     reference="Catalogue 5; preprint: gene-level baselines beat attention and correlation",
-    quick={'n_boot': 100},
+    quick={"n_boot": 100},
     demo=_demo,
     claims=(
-        ('<source> beats gene-level baselines on <reference> (also with expression-matched negatives)',
-         'paired two-way vertex bootstrap of ΔAUROC against every expression baseline: intersection-union for the claimed side, Bonferroni for the other, two-sided; one layer'),
+        (
+            "<source> beats gene-level baselines on <reference> (also with expression-matched negatives)",
+            "paired two-way vertex bootstrap of ΔAUROC against every expression baseline: intersection-union for the claimed side, Bonferroni for the other, two-sided; one layer",
+        ),
     ),
 )
 def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> AnalysisResult:
@@ -327,8 +334,19 @@ def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> Analysi
                         base_rows.extend({**meta, **r} for r in per.to_dict("records"))
                         rows.append({**meta, **{k: v for k, v in summ.items()}})
                         res = comparison_result(summ, n_boot=p.n_boot)
-                        _describe(ctx, es, ds, ref_name, setting, summ, res, score, pairs,
-                                  baselines, sub_rows)
+                        _describe(
+                            ctx,
+                            es,
+                            ds,
+                            ref_name,
+                            setting,
+                            summ,
+                            res,
+                            score,
+                            pairs,
+                            baselines,
+                            sub_rows,
+                        )
                         items[setting].append((es, res))
                 for setting, its in items.items():
                     if its:
@@ -362,9 +380,7 @@ def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> Analysi
         }.items()
         if not v.empty
     }
-    return AnalysisResult(
-        tables=tables, figures=figures, summary=_summary(table), notes=notes
-    )
+    return AnalysisResult(tables=tables, figures=figures, summary=_summary(table), notes=notes)
 
 
 def _hypothesis(label: str, ref_name: str, setting: str) -> str:
@@ -379,17 +395,33 @@ def _describe(ctx, es, ds, ref_name, setting, summ, res, score, pairs, baselines
     from scfm_audit.stats._tests import StatTestResult
 
     unit = Unit.of(es, ds, ref_name)
-    ctx.describe(res, unit, hypothesis=_hypothesis(es.label, ref_name, setting),
-                 extra={"best_baseline": summ["best"], "negatives": setting,
-                        "n_positives": summ["n_positives"]})  # fmt: skip
+    ctx.describe(
+        res,
+        unit,
+        hypothesis=_hypothesis(es.label, ref_name, setting),
+        extra={
+            "best_baseline": summ["best"],
+            "negatives": setting,
+            "n_positives": summ["n_positives"],
+        },
+    )
     if summ["best"] is None:
         return
     r = np.arange(len(pairs)) if rows is None else rows
     d = delong_test(pairs.label[r], score[r], baselines[summ["best"]][r])
     neg = "expression-matched negatives" if setting == "matched" else "all candidate pairs"
-    delong = StatTestResult(d.z, d.p, summ["delta"], len(r), "DeLong paired AUROC test", "z",
-                            "ΔAUROC", "two-sided", h0=DELONG_H0,
-                            null_name="delong_independent_pairs")  # fmt: skip
+    delong = StatTestResult(
+        d.z,
+        d.p,
+        summ["delta"],
+        len(r),
+        "DeLong paired AUROC test",
+        "z",
+        "ΔAUROC",
+        "two-sided",
+        h0=DELONG_H0,
+        null_name="delong_independent_pairs",
+    )
     ctx.describe(delong, unit, hypothesis=f"{es.label} vs {summ['best']} on {ref_name} ({neg})")
 
 
@@ -399,14 +431,23 @@ def _claim(ctx, p, items: list[tuple], ds: str, ref_name: str, setting: str) -> 
     if setting == "matched":
         claim += " (expression-matched negatives)"
     if es0.layer is None:
-        ctx.claim(items[0][1], Unit.of(es0, ds, ref_name), claim=claim,
-                  hypothesis=_hypothesis(es0.label, ref_name, setting))  # fmt: skip
+        ctx.claim(
+            items[0][1],
+            Unit.of(es0, ds, ref_name),
+            claim=claim,
+            hypothesis=_hypothesis(es0.label, ref_name, setting),
+        )
         return
     by_layer = sorted(items, key=lambda x: x[0].layer)
     i, res, why = choose_layer([(es.layer, r) for es, r in by_layer], p.verdict_layer)
     es = by_layer[i][0]
-    ctx.claim(res, Unit.of(es, ds, ref_name), claim=claim, layer_choice=why,
-              hypothesis=_hypothesis(f"{es.method} (selected layer)", ref_name, setting))  # fmt: skip
+    ctx.claim(
+        res,
+        Unit.of(es, ds, ref_name),
+        claim=claim,
+        layer_choice=why,
+        hypothesis=_hypothesis(f"{es.method} (selected layer)", ref_name, setting),
+    )
 
 
 def _summary(table: pd.DataFrame) -> str:

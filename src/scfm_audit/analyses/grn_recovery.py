@@ -83,11 +83,19 @@ class GRNRecoveryParams(UnitParams, LayerClaimParams):
 def _demo(*, quick: bool, models: bool) -> dict:
     """The demo's blocks: the planted network and PPI, and the same analysis on data
     simulated without regulation (p must not be small there)."""
-    n = dict(n_boot=200, n_perm=199, n_rewire=50) if quick else dict(n_boot=1000, n_perm=999, n_rewire=200)
+    n = (
+        dict(n_boot=200, n_perm=199, n_rewire=50)
+        if quick
+        else dict(n_boot=1000, n_perm=999, n_rewire=200)
+    )
     return {
         "grn_recovery": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"], **n},
-        "grn_recovery@null": {"datasets": ["sim_null"], "edges": ["spearman", "pearson"],
-                              "references": ["null_grn"], **n},
+        "grn_recovery@null": {
+            "datasets": ["sim_null"],
+            "edges": ["spearman", "pearson"],
+            "references": ["null_grn"],
+            **n,
+        },
     }
 
 
@@ -102,8 +110,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     reference="Recovery of reference networks by edge scores",
     demo=_demo,
     claims=(
-        ('<source> recovers <reference>',
-         "degree-matched relabelling of the reference's genes (H0: reference genes exchangeable with data genes of the same role and degree), adaptive Monte-Carlo, two-sided, side against the null's own centre; a layered source at one layer (a priori, or best × number of layers)"),
+        (
+            "<source> recovers <reference>",
+            "degree-matched relabelling of the reference's genes (H0: reference genes exchangeable with data genes of the same role and degree), adaptive Monte-Carlo, two-sided, side against the null's own centre; a layered source at one layer (a priori, or best × number of layers)",
+        ),
     ),
 )
 def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResult:
@@ -206,9 +216,7 @@ def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResu
                 title=f"{en}: per-head {ref_name} AUROC ({ds})",
             )
     summary = _summary(table)
-    return AnalysisResult(
-        tables={"recovery": table}, figures=figures, summary=summary, notes=notes
-    )
+    return AnalysisResult(tables={"recovery": table}, figures=figures, summary=summary, notes=notes)
 
 
 def describe_recovery(ctx, es: EdgeScores, ds: str, ref_name: str, r: dict) -> None:
@@ -235,11 +243,19 @@ def _describe(ctx, p: GRNRecoveryParams, es, ds: str, ref_name: str, r: dict) ->
         if name == p.verdict_null or np.isnan(r[key]):
             continue
         draws = r.get(f"null_{name}")
-        res = recovery_result({**r, "p": r[key], "p_floor": 2 / (n + 1), "n_null_draws": n,
-                               "p_greater": np.nan, "p_less": np.nan,
-                               "auroc_null_mean": float(np.mean(draws)) if draws is not None
-                               else np.nan, "auroc_null_sd": np.nan},
-                              null=name)  # fmt: skip
+        res = recovery_result(
+            {
+                **r,
+                "p": r[key],
+                "p_floor": 2 / (n + 1),
+                "n_null_draws": n,
+                "p_greater": np.nan,
+                "p_less": np.nan,
+                "auroc_null_mean": float(np.mean(draws)) if draws is not None else np.nan,
+                "auroc_null_sd": np.nan,
+            },
+            null=name,
+        )
         ctx.describe(
             res,
             Unit.of(es, ds, ref_name),
@@ -260,8 +276,7 @@ def _claim(
         ctx.claim(recovery_result(r0), Unit.of(es0, ds, ref_name), claim=claim)
         return es0, r0
     items = sorted(items, key=lambda x: x[0].layer)
-    i, res, why = choose_layer([(es.layer, recovery_result(r)) for es, r in items],
-                               p.verdict_layer)  # fmt: skip
+    i, res, why = choose_layer([(es.layer, recovery_result(r)) for es, r in items], p.verdict_layer)
     es, r = items[i]
     ctx.claim(
         res,
@@ -418,4 +433,3 @@ def _register_calibration() -> None:
 
 
 _register_calibration()
-

@@ -166,11 +166,27 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
     version="2.0",
     category="C. Does the model use those heads?",
     reference="Catalogue 10; paper: head ablation, three intervention channels",
-    quick={'ks': [2], 'channels': ['zero', 'mean'], 'n_random': 19, 'n_random_other': 0, 'n_entropy_matched': 2, 'n_cells': 8, 'n_reference_cells': 8, 'n_boot': 50, 'selection_n_perm': 99, 'selection_n_perm_max': 0, 'prediction_cells': 16, 'in_silico_cells': 8, 'in_silico_perturbations': 3},
+    quick={
+        "ks": [2],
+        "channels": ["zero", "mean"],
+        "n_random": 19,
+        "n_random_other": 0,
+        "n_entropy_matched": 2,
+        "n_cells": 8,
+        "n_reference_cells": 8,
+        "n_boot": 50,
+        "selection_n_perm": 99,
+        "selection_n_perm_max": 0,
+        "prediction_cells": 16,
+        "in_silico_cells": 8,
+        "in_silico_perturbations": 3,
+    },
     demo=_demo,
     claims=(
-        ('<model>: ablating regulatory heads degrades the model',
-         "masked-loss increase of the regulatory heads' ablation ranked among random head sets of equal size (exact when few sets exist; a design whose smallest attainable p cannot reach α, e.g. 1 head of 16: 0.125, answers n/a with what to change); regulatory heads lie above their own null's centre"),
+        (
+            "<model>: ablating regulatory heads degrades the model",
+            "masked-loss increase of the regulatory heads' ablation ranked among random head sets of equal size (exact when few sets exist; a design whose smallest attainable p cannot reach α, e.g. 1 head of 16: 0.125, answers n/a with what to change); regulatory heads lie above their own null's centre",
+        ),
     ),
 )
 def run_head_ablation(ctx: AnalysisContext, p: HeadAblationParams) -> AnalysisResult:
@@ -230,19 +246,36 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
 
     unit = Unit(ds, mname, p.reference, f"{en} ({p.verdict_channel})")
     sel = regulatory_heads(
-        ctx, heads_es, ds, en, [p.reference] if p.reference is not None else None,
-        top_auroc=p.selection == "top_auroc", k=p.selection_k, fdr=p.selection_fdr,
-        n_perm=p.selection_n_perm, n_perm_max=p.selection_n_perm_max,
-        min_positives=p.min_positives, notes=notes,
-    )  # fmt: skip
+        ctx,
+        heads_es,
+        ds,
+        en,
+        [p.reference] if p.reference is not None else None,
+        top_auroc=p.selection == "top_auroc",
+        k=p.selection_k,
+        fdr=p.selection_fdr,
+        n_perm=p.selection_n_perm,
+        n_perm_max=p.selection_n_perm_max,
+        min_positives=p.min_positives,
+        notes=notes,
+    )
     if sel is None:
-        return _not_run(ctx, unit, notes, "no reference has enough edges among the scored "
-                        "genes to select regulatory heads")  # fmt: skip
+        return _not_run(
+            ctx,
+            unit,
+            notes,
+            "no reference has enough edges among the scored genes to select regulatory heads",
+        )
     table, ref_name = sel
     unit = replace(unit, reference=ref_name)
     if not table["selected"].any():
-        return _not_run(ctx, unit, notes, f"no head of {en} lies above its degree-permutation "
-                        f"null's centre for {ref_name}: no regulatory head to ablate")  # fmt: skip
+        return _not_run(
+            ctx,
+            unit,
+            notes,
+            f"no head of {en} lies above its degree-permutation "
+            f"null's centre for {ref_name}: no regulatory head to ablate",
+        )
     adapter = ctx.model(mname)
     adata = ctx.dataset(ds)
     table = table.assign(layer=table["layer"].astype(int), head=table["head"].astype(int))
@@ -270,8 +303,7 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
     ref_batches = batches(ref_cells, False) if len(ref_cells) else batches(read_cells, False)
     means = compute_head_means(adapter, ref_batches) if "mean" in p.channels else None
     entropy = head_entropy(adapter, ref_batches)
-    conds, design = _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy,
-                                notes)  # fmt: skip
+    conds, design = _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy, notes)
     res = masked_loss_conditions(adapter, masked, conds, head_means=means)
     extra = {"analysis_cells": cell_kind, "objective": objective}
     cond_table = _condition_table(ctx, p, unit, en, adapter, conds, res, means, objective, extra)
@@ -300,13 +332,21 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         ylabel=f"{objective} increase",
     )
     heads_t = table.assign(model=mname, dataset=ds)
-    heads_t["entropy"] = [float(entropy.loc[(int(a), int(b))]) for a, b in
-                          zip(heads_t["layer"], heads_t["head"])]  # fmt: skip
+    heads_t["entropy"] = [
+        float(entropy.loc[(int(a), int(b))]) for a, b in zip(heads_t["layer"], heads_t["head"])
+    ]
     passes = pd.DataFrame(
-        [{"dataset": ds, "model": mname, "conditions": len(conds),
-          "layer_passes_cached": res.layer_passes, "layer_passes_full": res.full_passes,
-          "saved": 1 - res.layer_passes / max(res.full_passes, 1)}]
-    )  # fmt: skip
+        [
+            {
+                "dataset": ds,
+                "model": mname,
+                "conditions": len(conds),
+                "layer_passes_cached": res.layer_passes,
+                "layer_passes_full": res.full_passes,
+                "saved": 1 - res.layer_passes / max(res.full_passes, 1),
+            }
+        ]
+    )
     tables = {
         "conditions": cond_table[cond_table["kind"] != "random-k"],
         "random_sets": rnd_rows,
@@ -340,9 +380,12 @@ def _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy, no
             "random set to compare; those conditions are not run."
         )
     design = random_set_design(
-        all_heads(adapter.n_layers, adapter.n_heads), regulatory, p.n_random,
-        ctx.rng(ds, mname, "random sets"), layer_matched=p.random_sets == "layer_matched",
-    )  # fmt: skip
+        all_heads(adapter.n_layers, adapter.n_heads),
+        regulatory,
+        p.n_random,
+        ctx.rng(ds, mname, "random sets"),
+        layer_matched=p.random_sets == "layer_matched",
+    )
     rand_sets, n_distinct, exhaustive = design
     if n_distinct <= 1:
         notes.append(f"{mname}: no other head set of size {m} exists; no random-set test.")
@@ -358,9 +401,12 @@ def _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy, no
         for i, s in enumerate(rand_sets[:n]):
             conds.append(Condition("random-k", ch, s, draw=i, label=f"random-{m}"))
     em_sets = entropy_matched_sets(
-        entropy, regulatory, p.n_entropy_matched, ctx.rng(ds, mname, "entropy"),
+        entropy,
+        regulatory,
+        p.n_entropy_matched,
+        ctx.rng(ds, mname, "entropy"),
         n_near=p.entropy_pool,
-    )  # fmt: skip
+    )
     for i, s in enumerate(em_sets):
         conds.append(
             Condition("entropy-matched", p.verdict_channel, s, draw=i, label="entropy-matched")
@@ -373,8 +419,10 @@ def _conditions(ctx, p, ds, mname, adapter, regulatory, order, rule, entropy, no
     n = adapter.n_layers
     bad = [x for x in mlp_layers if not -n <= int(x) < n]
     if bad:  # an index is never wrapped onto another layer (9 on 4 layers is not layer 1)
-        raise ValueError(f"mlp_layers {bad} outside the model's {n} layers (0..{n - 1}, or "
-                         f"-{n}..-1 from the last); give indices in that range.")  # fmt: skip
+        raise ValueError(
+            f"mlp_layers {bad} outside the model's {n} layers (0..{n - 1}, or "
+            f"-{n}..-1 from the last); give indices in that range."
+        )
     for L in dict.fromkeys(int(x) % n for x in mlp_layers):
         role = "readout layer" if L == adapter.n_layers - 1 else ("early" if L == 0 else "")
         label = f"MLP {L}" + (f" ({role})" if role else "")
@@ -393,11 +441,19 @@ def _condition_table(ctx, p, unit, en, adapter, conds, res, means, objective, ex
     for i, c in enumerate(conds):
         iv = c.intervention(adapter, means)
         row = {
-            "dataset": unit.dataset, "model": unit.model, "edges": en,
-            "reference": unit.reference, "readout": f"(a) {objective}", "condition": c.name,
-            "kind": c.kind, "channel": c.channel, "size": c.size, "draw": c.draw,
+            "dataset": unit.dataset,
+            "model": unit.model,
+            "edges": en,
+            "reference": unit.reference,
+            "readout": f"(a) {objective}",
+            "condition": c.name,
+            "kind": c.kind,
+            "channel": c.channel,
+            "size": c.size,
+            "draw": c.draw,
             "heads": _heads_str(c.heads) if c.heads else "",
-            "mlp_layers": ",".join(map(str, c.layers)), "start_layer": c.start_layer,
+            "mlp_layers": ",".join(map(str, c.layers)),
+            "start_layer": c.start_layer,
             "baseline": float(np.nanmean(res.baseline)),
             "n_cells": int(np.isfinite(res.loss[i]).sum()),
             "fidelity_hidden": float(np.mean(res.hidden[i])),
@@ -405,19 +461,23 @@ def _condition_table(ctx, p, unit, en, adapter, conds, res, means, objective, ex
             "frac_cells_changed": float(np.mean(res.hidden[i] > 1e-6)),
             "order": check_intervention_order(adapter, iv, None).message,
             "structurally_unable": False,
-        }  # fmt: skip
+        }
         seed = ctx.seed_for(unit.dataset, unit.model, c.name)
         if c.kind in ("random-k", "entropy-matched"):
             d, lo, hi = mean_difference_ci(res.loss[i], res.baseline, n_boot=p.n_boot, seed=seed)
             row.update(change=d, ci_low=lo, ci_high=hi)
         else:
             r = change(
-                ctx, replace(unit, method=f"{en} ({c.channel})"), res.loss[i], res.baseline,
-                n_boot=p.n_boot, seed=seed, extra={"condition": c.name, **extra,
-                "fidelity_hidden": row["fidelity_hidden"]},
+                ctx,
+                replace(unit, method=f"{en} ({c.channel})"),
+                res.loss[i],
+                res.baseline,
+                n_boot=p.n_boot,
+                seed=seed,
+                extra={"condition": c.name, **extra, "fidelity_hidden": row["fidelity_hidden"]},
                 hypothesis=f"{c.name} ({CHANNEL_NAMES[c.channel]}) changes the masked loss "
                 f"of {unit.model}",
-            )  # fmt: skip
+            )
             row.update(change=r["change"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -439,49 +499,90 @@ def _set_tests(ctx, p, unit, en, conds, res, design, regulatory, rule, extra) ->
             continue
         against = f"random {m}-head sets ({p.random_sets})"
         r = set_vs_random(
-            res.loss[reg_i], res.loss[rnd], res.baseline, n_boot=p.n_boot,
-            seed=ctx.seed_for(unit.dataset, mname, "verdict", ch), against=against,
+            res.loss[reg_i],
+            res.loss[rnd],
+            res.baseline,
+            n_boot=p.n_boot,
+            seed=ctx.seed_for(unit.dataset, mname, "verdict", ch),
+            against=against,
             exact=exhaustive and len(rnd) == len(rand_sets),
-        )  # fmt: skip
+        )
         u = replace(unit, method=f"{en} ({ch})")
-        hyp = (f"ablating the regulatory heads of {mname} ({_heads_str(regulatory)}; "
-               f"{CHANNEL_NAMES[ch]}) raises the masked loss more than random sets of {m} heads")  # fmt: skip
-        more = {"channel": ch, "n_random": len(rnd), "heads": _heads_str(regulatory),
-                "selected_by": rule, "excess_over_random_mean": r["excess"],
-                "random_mean": r["random_mean"], **extra}  # fmt: skip
+        hyp = (
+            f"ablating the regulatory heads of {mname} ({_heads_str(regulatory)}; "
+            f"{CHANNEL_NAMES[ch]}) raises the masked loss more than random sets of {m} heads"
+        )
+        more = {
+            "channel": ch,
+            "n_random": len(rnd),
+            "heads": _heads_str(regulatory),
+            "selected_by": rule,
+            "excess_over_random_mean": r["excess"],
+            "random_mean": r["random_mean"],
+            **extra,
+        }
         if ch == p.verdict_channel:
             ctx.claim(
-                r["result"], u, claim=_claim_text(mname), hypothesis=hyp, direction="greater",
+                r["result"],
+                u,
+                claim=_claim_text(mname),
+                hypothesis=hyp,
+                direction="greater",
                 layer_choice=f"heads {_heads_str(regulatory)} ({rule} on {u.reference}); "
                 f"{CHANNEL_NAMES[ch]}; vs {len(rnd)} {against}",
                 reason=_advice(p, r["p_floor"], m, design, getattr(ctx, "alpha", 0.05)),
                 extra=more,
-            )  # fmt: skip
+            )
         else:
             ctx.describe(r["result"], u, hypothesis=hyp, extra=more)
-        rows.append({"dataset": unit.dataset, "model": mname, "channel": ch,
-                     "set": "regulatory", "against": f"random-{m}",
-                     **{k: v for k, v in r.items() if k != "result"}})  # fmt: skip
+        rows.append(
+            {
+                "dataset": unit.dataset,
+                "model": mname,
+                "channel": ch,
+                "set": "regulatory",
+                "against": f"random-{m}",
+                **{k: v for k, v in r.items() if k != "result"},
+            }
+        )
     if not idx("random-k", p.verdict_channel):
-        who = (f"every one of the {m} heads is regulatory" if p.random_sets == "any"
-               else f"the {m} regulatory heads fill whole layers (random_sets: layer_matched)")  # fmt: skip
+        who = (
+            f"every one of the {m} heads is regulatory"
+            if p.random_sets == "any"
+            else f"the {m} regulatory heads fill whole layers (random_sets: layer_matched)"
+        )
         ctx.not_assessable(
-            replace(unit, method=f"{en} ({p.verdict_channel})"), claim=_claim_text(mname),
+            replace(unit, method=f"{en} ({p.verdict_channel})"),
+            claim=_claim_text(mname),
             reason=f"{who}: no other head set of size {m} to compare with",
-        )  # fmt: skip
+        )
     em = idx("entropy-matched", p.verdict_channel)
     if em:
         reg_i = idx("regulatory", p.verdict_channel)[0]
-        r = set_vs_random(res.loss[reg_i], res.loss[em], res.baseline,
-                          against="entropy-matched head sets", h0=ENTROPY_H0)  # fmt: skip
+        r = set_vs_random(
+            res.loss[reg_i],
+            res.loss[em],
+            res.baseline,
+            against="entropy-matched head sets",
+            h0=ENTROPY_H0,
+        )
         ctx.describe(
-            r["result"], replace(unit, method=f"{en} ({p.verdict_channel})"),
+            r["result"],
+            replace(unit, method=f"{en} ({p.verdict_channel})"),
             hypothesis=f"ablating the regulatory heads of {mname} raises the masked loss "
-            "more than entropy-matched head sets", extra={"n_matched": len(em), **extra},
-        )  # fmt: skip
-        rows.append({"dataset": unit.dataset, "model": mname, "channel": p.verdict_channel,
-                     "set": "regulatory", "against": "entropy-matched",
-                     **{k: v for k, v in r.items() if k != "result"}})  # fmt: skip
+            "more than entropy-matched head sets",
+            extra={"n_matched": len(em), **extra},
+        )
+        rows.append(
+            {
+                "dataset": unit.dataset,
+                "model": mname,
+                "channel": p.verdict_channel,
+                "set": "regulatory",
+                "against": "entropy-matched",
+                **{k: v for k, v in r.items() if k != "result"},
+            }
+        )
     return rows
 
 
@@ -496,10 +597,14 @@ def _advice(p, floor: float, m: int, design, alpha: float) -> str:
         how = "select more regulatory heads (selection_k / selection_fdr)"
         if p.random_sets == "layer_matched":
             how = "draw random sets from all layers (random_sets: any) or " + how
-        return (f"only {n_distinct} distinct {m}-head sets exist: the exact test's smallest "
-                f"attainable p is {floor:.2g}; to lower it, {how}")  # fmt: skip
-    return (f"{len(sets)} random sets: the smallest attainable p is {floor:.2g}; to lower "
-            "it, raise n_random (199 sets: 0.01)")  # fmt: skip
+        return (
+            f"only {n_distinct} distinct {m}-head sets exist: the exact test's smallest "
+            f"attainable p is {floor:.2g}; to lower it, {how}"
+        )
+    return (
+        f"{len(sets)} random sets: the smallest attainable p is {floor:.2g}; to lower "
+        "it, raise n_random (199 sets: 0.01)"
+    )
 
 
 def _summary(tables: dict[str, pd.DataFrame]) -> str:
@@ -532,8 +637,9 @@ def _summary(tables: dict[str, pd.DataFrame]) -> str:
 _CAL_HEADS = all_heads(4, 4)
 
 
-def _synthetic_losses(seed: int, shift: float, *, size: int = 5, n_random: int = 50,
-                      n_cells: int = 32):  # fmt: skip
+def _synthetic_losses(
+    seed: int, shift: float, *, size: int = 5, n_random: int = 50, n_cells: int = 32
+):
     """(regulatory set's losses, random sets' losses, baseline, exhaustive)."""
     rng = np.random.default_rng(seed)
     effect = rng.lognormal(0.0, 1.2, len(_CAL_HEADS)) * 0.01  # hub-like: a few dominate
@@ -554,8 +660,9 @@ def _calibration_replicate(sc, seed: int):
 
     if sc.params.get("tiny_model"):
         return _tiny_model_replicate(seed)
-    ls, lr, base, exact = _synthetic_losses(seed, sc.params.get("shift", 0.0),
-                                            size=sc.params.get("size", 5))  # fmt: skip
+    ls, lr, base, exact = _synthetic_losses(
+        seed, sc.params.get("shift", 0.0), size=sc.params.get("size", 5)
+    )
     return outcome(set_vs_random(ls, lr, base, exact=exact)["result"])
 
 
@@ -573,8 +680,9 @@ def _tiny_model_replicate(seed: int, n_random: int = 99):
 
     bench = simulate_perturbseq(n_cells=60, n_genes=80, n_tfs=6, n_perturbations=2, seed=7)
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_scgpt_checkpoint(tmp + "/m", list(bench.adata.var_names), n_layers=2,
-                                      n_heads=4, seed=seed % 1000)  # fmt: skip
+        path = build_scgpt_checkpoint(
+            tmp + "/m", list(bench.adata.var_names), n_layers=2, n_heads=4, seed=seed % 1000
+        )
         model = ScGPTAdapter.load(path, device="cpu")
     rng = np.random.default_rng(seed)
     heads = all_heads(model.n_layers, model.n_heads)
@@ -591,19 +699,43 @@ def _register_calibration() -> None:
     from scfm_audit.analyses._calibration import Scenario, register_calibration
 
     hub = "16 heads with heavy-tailed (hub-like) ablation effects"
-    register_calibration("head_ablation", [
-        Scenario("hub_null_random_regulatory_set", "null", f"{hub}; the regulatory set is a "
-                 "random 5-head set, exchangeable with the 50 random sets", params={}),
-        Scenario("hub_null_one_head_of_16", "null", f"{hub}; one regulatory head: the exact "
-                 "test over 16 sets cannot give p below 0.125 (the claim answers n/a)",
-                 params={"size": 1}),
-        Scenario("null_tiny_scgpt_random_set", "null", "tiny random-weight scGPT (2 layers × "
-                 "4 heads): a random 3-head set against the 55 others, masked-value MSE",
-                 params={"tiny_model": True}),
-        *[Scenario(f"planted_regulatory_shift_{s}", "planted", f"as the hub null, the "
-                   f"regulatory heads' effects raised by {s} × the median head effect",
-                   strength=s, params={"shift": s}) for s in (3.0, 8.0)],
-    ])(_calibration_replicate)  # fmt: skip
+    register_calibration(
+        "head_ablation",
+        [
+            Scenario(
+                "hub_null_random_regulatory_set",
+                "null",
+                f"{hub}; the regulatory set is a "
+                "random 5-head set, exchangeable with the 50 random sets",
+                params={},
+            ),
+            Scenario(
+                "hub_null_one_head_of_16",
+                "null",
+                f"{hub}; one regulatory head: the exact "
+                "test over 16 sets cannot give p below 0.125 (the claim answers n/a)",
+                params={"size": 1},
+            ),
+            Scenario(
+                "null_tiny_scgpt_random_set",
+                "null",
+                "tiny random-weight scGPT (2 layers × "
+                "4 heads): a random 3-head set against the 55 others, masked-value MSE",
+                params={"tiny_model": True},
+            ),
+            *[
+                Scenario(
+                    f"planted_regulatory_shift_{s}",
+                    "planted",
+                    f"as the hub null, the "
+                    f"regulatory heads' effects raised by {s} × the median head effect",
+                    strength=s,
+                    params={"shift": s},
+                )
+                for s in (3.0, 8.0)
+            ],
+        ],
+    )(_calibration_replicate)
 
 
 _register_calibration()

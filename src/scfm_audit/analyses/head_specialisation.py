@@ -110,8 +110,11 @@ def head_recovery_table(
         res = recovery_result(r)
         results.append(res)
         if register:
-            ctx.describe(res, Unit.of(es, ds, ref_name),
-                         hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges")  # fmt: skip
+            ctx.describe(
+                res,
+                Unit.of(es, ds, ref_name),
+                hypothesis=f"{es.label} ranks {ref_name} edges apart from non-edges",
+            )
         part.append(
             {
                 "dataset": ds,
@@ -150,12 +153,18 @@ def regulatory_heads(
     ``references`` (default: all); :func:`select_heads`, or with ``top_auroc`` the top
     ``k`` heads by recovery AUROC among those above their null's centre. Returns the
     head table (``selected``, ``selected_by``) and the reference, or None."""
-    hp = HeadSpecialisationParams(n_boot=20, n_perm=n_perm, n_perm_max=n_perm_max, fdr=fdr,
-                                  fallback_k=k)  # fmt: skip
+    hp = HeadSpecialisationParams(
+        n_boot=20, n_perm=n_perm, n_perm_max=n_perm_max, fdr=fdr, fallback_k=k
+    )
     for ref_name in references or ctx.reference_names():
         where = f"head_ablation {ds}/{en}/{ref_name}"
-        pairs = evaluable_pairs(heads[0].genes, ctx.reference(ref_name),
-                                min_positives=min_positives, where=where, notes=notes)  # fmt: skip
+        pairs = evaluable_pairs(
+            heads[0].genes,
+            ctx.reference(ref_name),
+            min_positives=min_positives,
+            where=where,
+            notes=notes,
+        )
         if pairs is None:
             continue
         t, _ = head_recovery_table(ctx, heads, pairs, ds, en, ref_name, hp)
@@ -195,8 +204,13 @@ def claim_some_head(ctx, results: list[StatTestResult], heads, ds: str, ref_name
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"head_specialisation": {"datasets": ["sim"], "references": ["sim_grn", "sim_ppi"],
-                                    "n_boot": 50 if quick else 200}}
+    return {
+        "head_specialisation": {
+            "datasets": ["sim"],
+            "references": ["sim_grn", "sim_ppi"],
+            "n_boot": 50 if quick else 200,
+        }
+    }
 
 
 @register_analysis(
@@ -209,8 +223,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     reference="Candidate regulatory heads",
     demo=_demo,
     claims=(
-        ('<source>: regulatory heads found for <reference>',
-         'smallest one-sided degree-permutation p over heads × number of heads (H0: no head recovers the reference beyond its structure); one-sided: opposite not tested'),
+        (
+            "<source>: regulatory heads found for <reference>",
+            "smallest one-sided degree-permutation p over heads × number of heads (H0: no head recovers the reference beyond its structure); one-sided: opposite not tested",
+        ),
     ),
 )
 def run_head_specialisation(ctx: AnalysisContext, p: HeadSpecialisationParams) -> AnalysisResult:
@@ -245,9 +261,23 @@ def run_head_specialisation(ctx: AnalysisContext, p: HeadSpecialisationParams) -
         notes.append("No per-head edge source: set per_head: true on an attention source.")
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     chosen = pd.concat(selections, ignore_index=True) if selections else pd.DataFrame()
-    keep = ["dataset", "edges", "model", "reference", "layer", "head", "auroc",
-            "auroc_ci_low", "auroc_ci_high", "auroc_null_mean", "z", "p", "p_greater",
-            "q_heads", "selected_by"]  # fmt: skip
+    keep = [
+        "dataset",
+        "edges",
+        "model",
+        "reference",
+        "layer",
+        "head",
+        "auroc",
+        "auroc_ci_low",
+        "auroc_ci_high",
+        "auroc_null_mean",
+        "z",
+        "p",
+        "p_greater",
+        "q_heads",
+        "selected_by",
+    ]
     return AnalysisResult(
         tables={"heads": table, "regulatory_heads": chosen[keep]} if len(table) else {},
         figures=figures,
@@ -262,11 +292,17 @@ def _summary(table: pd.DataFrame, chosen: pd.DataFrame, p) -> str:
     n_groups = table.groupby(["dataset", "edges", "reference"]).ngroups
     n_fdr = int((chosen["selected_by"] == "FDR").sum()) if len(chosen) else 0
     n_fallback = (
-        int(chosen.groupby(["dataset", "edges", "reference"])["selected_by"]
-            .apply(lambda x: (x != "FDR").all()).sum()) if len(chosen) else 0
-    )  # fmt: skip
-    n_none = n_groups - (chosen.groupby(["dataset", "edges", "reference"]).ngroups
-                         if len(chosen) else 0)  # fmt: skip
+        int(
+            chosen.groupby(["dataset", "edges", "reference"])["selected_by"]
+            .apply(lambda x: (x != "FDR").all())
+            .sum()
+        )
+        if len(chosen)
+        else 0
+    )
+    n_none = n_groups - (
+        chosen.groupby(["dataset", "edges", "reference"]).ngroups if len(chosen) else 0
+    )
     return (
         f"{len(table)} head × reference tests; {n_fdr} heads pass BH at {p.fdr} (one-sided, "
         f"against each head's own null centre). In {n_fallback} of {n_groups} source × "
@@ -339,10 +375,13 @@ def _calibration_replicate(sc, seed: int):
     the outcome carries its p, the best head's AUROC and that head's null centre."""
     heads, pairs = _head_scores(seed, sc.params.get("auroc"))
     results = [
-        recovery_result(edge_recovery(es, pairs, n_boot=20, n_perm=199, n_perm_max=1999,
-                                      transform="raw", seed=seed))
+        recovery_result(
+            edge_recovery(
+                es, pairs, n_boot=20, n_perm=199, n_perm_max=1999, transform="raw", seed=seed
+            )
+        )
         for es in heads
-    ]  # fmt: skip
+    ]
     return outcome(best_head(results)[1])
 
 
@@ -351,8 +390,9 @@ def outcome(r: StatTestResult):
     estimate with its CI, and the null's own centre (its side is the tested side)."""
     from scfm_audit.analyses._calibration import ReplicateOutcome
 
-    return ReplicateOutcome(p=r.p, estimate=r.effect, ci_low=r.ci_low, ci_high=r.ci_high,
-                            null_value=r.null_value)  # fmt: skip
+    return ReplicateOutcome(
+        p=r.p, estimate=r.effect, ci_low=r.ci_low, ci_high=r.ci_high, null_value=r.null_value
+    )
 
 
 def _register_calibration() -> None:

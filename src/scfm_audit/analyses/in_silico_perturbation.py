@@ -54,6 +54,8 @@ STAT_LABEL = {
     "sign_agreement": "sign agreement on responders",
     "auroc": "AUROC of |predicted| for responders",
 }
+
+
 class InSilicoParams(ResponderParams):
     """Parameters of ``in_silico_perturbation`` (responder definition inherited)."""
 
@@ -123,8 +125,13 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
     """The models' own in-silico knock-downs (~15 s of CPU per demo model)."""
     if not models:
         return None
-    return {"in_silico_perturbation": {"datasets": ["sim"], "max_cells": 60 if quick else 100,
-                                       "n_boot": 500 if quick else 1000}}
+    return {
+        "in_silico_perturbation": {
+            "datasets": ["sim"],
+            "max_cells": 60 if quick else 100,
+            "n_boot": 500 if quick else 1000,
+        }
+    }
 
 
 @register_analysis(
@@ -136,11 +143,20 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
     version="1.0",
     category="B. Does it predict causal effects?",
     reference="Catalogue 11; Geneformer/scGPT in-silico perturbation vs Perturb-seq",
-    quick={'datasets': ['sim'], 'max_cells': 24, 'max_perturbations': 6, 'n_perm': 199, 'n_perm_max': 0, 'n_boot': 100},
+    quick={
+        "datasets": ["sim"],
+        "max_cells": 24,
+        "max_perturbations": 6,
+        "n_perm": 199,
+        "n_perm_max": 0,
+        "n_boot": 100,
+    },
     demo=_demo,
     claims=(
-        ("<model>'s in-silico perturbations predict the observed effects",
-         'specificity (matched − mismatched mean per-perturbation Spearman) against shuffled perturbation labels within arms (keeps every gene-level pattern), adaptive Monte-Carlo, two-sided'),
+        (
+            "<model>'s in-silico perturbations predict the observed effects",
+            "specificity (matched − mismatched mean per-perturbation Spearman) against shuffled perturbation labels within arms (keeps every gene-level pattern), adaptive Monte-Carlo, two-sided",
+        ),
     ),
 )
 def run_in_silico_perturbation(ctx: AnalysisContext, p: InSilicoParams) -> AnalysisResult:
@@ -162,8 +178,11 @@ def run_in_silico_perturbation(ctx: AnalysisContext, p: InSilicoParams) -> Analy
         for m in models:
             out = _one(ctx, p, m, ds, de, notes, skip_rows)
             if out is None:
-                ctx.not_assessable(Unit(ds, m), claim=_claim(m), reason="no perturbation "
-                                   "could be perturbed in silico and compared (see notes)")  # fmt: skip
+                ctx.not_assessable(
+                    Unit(ds, m),
+                    claim=_claim(m),
+                    reason="no perturbation could be perturbed in silico and compared (see notes)",
+                )
                 continue
             table, tests, meta = out
             per_rows.append(table.assign(model=m, dataset=ds))
@@ -419,14 +438,26 @@ def _record(ctx, p: InSilicoParams, m: str, ds: str, tests, meta) -> None:
             statistic_name=f"mean matched {s}",
             effect_name=f"{s}: matched − mismatched",
         )
-        hyp = (f"{m}'s in-silico perturbations predict the observed effects ({label}, "
-               "matched above shuffled perturbations)")  # fmt: skip
-        extra = {"shuffled_mean": t.null_mean, "matched_ci": [t.stat_ci_low, t.stat_ci_high],
-                 "modes": meta["modes"], "signed": meta["signed"]}  # fmt: skip
+        hyp = (
+            f"{m}'s in-silico perturbations predict the observed effects ({label}, "
+            "matched above shuffled perturbations)"
+        )
+        extra = {
+            "shuffled_mean": t.null_mean,
+            "matched_ci": [t.stat_ci_low, t.stat_ci_high],
+            "modes": meta["modes"],
+            "signed": meta["signed"],
+        }
         if s == p.verdict_statistic:
-            ctx.claim(r, unit, claim=_claim(m), hypothesis=hyp, direction="greater",
-                      layer_choice=f"model output ({meta['readout']} readout), no layer "
-                      "selection", extra=extra)  # fmt: skip
+            ctx.claim(
+                r,
+                unit,
+                claim=_claim(m),
+                hypothesis=hyp,
+                direction="greater",
+                layer_choice=f"model output ({meta['readout']} readout), no layer selection",
+                extra=extra,
+            )
         else:
             ctx.describe(r, unit, hypothesis=hyp, extra=extra)
 

@@ -208,9 +208,14 @@ def _label(prov: dict) -> str:
 def _demo(*, quick: bool, models: bool) -> dict:
     """Responders from gene-level features alone vs + attention / + co-expression
     (co-expression on the attention's cells when there are models)."""
-    return {"incremental_value": {"datasets": ["sim"], "reference": "sim_grn",
-                                  "correlation": ["spearman_attention_cells" if models else "spearman"],
-                                  "n_boot": 200 if quick else 1000}}
+    return {
+        "incremental_value": {
+            "datasets": ["sim"],
+            "reference": "sim_grn",
+            "correlation": ["spearman_attention_cells" if models else "spearman"],
+            "n_boot": 200 if quick else 1000,
+        }
+    }
 
 
 @register_analysis(
@@ -225,11 +230,13 @@ def _demo(*, quick: bool, models: bool) -> dict:
     version="1.0",
     category="B. Does it predict causal effects?",
     reference="Catalogue 8; preprint: ΔAUROC −0.0004 over 559,720 rows",
-    quick={'n_boot': 50, 'n_splits': 3, 'gbm_max_iter': 10, 'ks': [5]},
+    quick={"n_boot": 50, "n_splits": 3, "gbm_max_iter": 10, "ks": [5]},
     demo=_demo,
     claims=(
-        ('<source> adds predictive value for responders beyond gene-level features',
-         "grouped 5-fold (by perturbation) logistic regression, out-of-fold ΔAUROC, one-sided two-way bootstrap (perturbations × candidate genes): opposite not tested; `bootstrap: perturbation` (the paper's, type-I 7.5%) is marked as such; the likelihood-ratio test is descriptive"),
+        (
+            "<source> adds predictive value for responders beyond gene-level features",
+            "grouped 5-fold (by perturbation) logistic regression, out-of-fold ΔAUROC, one-sided two-way bootstrap (perturbations × candidate genes): opposite not tested; `bootstrap: perturbation` (the paper's, type-I 7.5%) is marked as such; the likelihood-ratio test is descriptive",
+        ),
     ),
 )
 def run_incremental_value(ctx: AnalysisContext, p: IncrementalValueParams) -> AnalysisResult:
@@ -257,17 +264,25 @@ def run_incremental_value(ctx: AnalysisContext, p: IncrementalValueParams) -> An
                 significant=lambda t: t["p"] < 0.05,
             )
             figures[f"delta_auroc_{ds}"] = forest_figure(
-                sub, label="row", effect="delta_auroc", ci_low="delta_auroc_ci_low",
-                ci_high="delta_auroc_ci_high", ref=0.0, hue="subset", mark="significant",
+                sub,
+                label="row",
+                effect="delta_auroc",
+                ci_low="delta_auroc_ci_low",
+                ci_high="delta_auroc_ci_high",
+                ref=0.0,
+                hue="subset",
+                mark="significant",
                 title=f"{ds}: AUROC(gene + edge) − AUROC(gene), out of fold "
-                f"({_BOOT[p.bootstrap]} bootstrap)", xlabel="ΔAUROC",
-            )  # fmt: skip
+                f"({_BOOT[p.bootstrap]} bootstrap)",
+                xlabel="ΔAUROC",
+            )
         tables["deltas"] = d.drop(columns="in_forest")
     if not tables:
         notes.append("Nothing could be evaluated (see the notes above).")
         tables = {"notes": pd.DataFrame({"note": notes})}
-    return AnalysisResult(tables=tables, figures=figures, summary=_summary(tables.get("deltas")),
-                          notes=notes)  # fmt: skip
+    return AnalysisResult(
+        tables=tables, figures=figures, summary=_summary(tables.get("deltas")), notes=notes
+    )
 
 
 def _dataset(ctx, p, ds, attn, corr, metrics, deltas, lrts, matching, notes):
@@ -306,11 +321,18 @@ def _dataset(ctx, p, ds, attn, corr, metrics, deltas, lrts, matching, notes):
 
     def evaluate(names, grouping, model, tag):
         cv = cross_validated_predictions(
-            rows, label="responder", perturbation="perturbation", candidate="candidate",
-            feature_sets={k: sets[k] for k in names}, grouping=grouping, model=model,
-            n_splits=p.n_splits, seed=ctx.seed_for(ds, "folds", grouping),
-            fold_features=fold_features, max_iter=p.gbm_max_iter if model == "gbm" else None,
-        )  # fmt: skip
+            rows,
+            label="responder",
+            perturbation="perturbation",
+            candidate="candidate",
+            feature_sets={k: sets[k] for k in names},
+            grouping=grouping,
+            model=model,
+            n_splits=p.n_splits,
+            seed=ctx.seed_for(ds, "folds", grouping),
+            fold_features=fold_features,
+            max_iter=p.gbm_max_iter if model == "gbm" else None,
+        )
         design = f"{model}, by {grouping}"
         subsets = {"all": np.arange(len(cv.rows))}
         if tag == "primary":
@@ -318,13 +340,32 @@ def _dataset(ctx, p, ds, attn, corr, metrics, deltas, lrts, matching, notes):
         out = {}
         for subset, sel in subsets.items():
             m, d = compare_predictions(
-                y[cv.rows][sel], {k: v[sel] for k, v in cv.predictions.items()},
-                units[cv.rows][sel], baseline=BASELINE, n_boot=p.n_boot,
-                seed=ctx.seed_for(ds, grouping, model, subset), ks=p.ks,
+                y[cv.rows][sel],
+                {k: v[sel] for k, v in cv.predictions.items()},
+                units[cv.rows][sel],
+                baseline=BASELINE,
+                n_boot=p.n_boot,
+                seed=ctx.seed_for(ds, grouping, model, subset),
+                ks=p.ks,
                 candidates=cands[cv.rows][sel] if p.bootstrap == "two-way" else None,
-            )  # fmt: skip
-            _collect(ctx, p, ds, m, d, prov, design, grouping, model, subset, cv, tag,
-                     metrics, deltas, out)  # fmt: skip
+            )
+            _collect(
+                ctx,
+                p,
+                ds,
+                m,
+                d,
+                prov,
+                design,
+                grouping,
+                model,
+                subset,
+                cv,
+                tag,
+                metrics,
+                deltas,
+                out,
+            )
         return cv, out
 
     # primary design: every layer, to choose the verdict layer
@@ -375,35 +416,65 @@ def _strata(ctx, p, sub: pd.DataFrame, notes, ds) -> dict[str, np.ndarray]:
     return out
 
 
-def _collect(ctx, p, ds, m, d, prov, design, grouping, model, subset, cv, tag, metrics,
-             deltas, out):  # fmt: skip
-    common = {"dataset": ds, "design": design, "grouping": grouping, "classifier": model,
-              "subset": subset, "coverage": cv.coverage}  # fmt: skip
+def _collect(
+    ctx, p, ds, m, d, prov, design, grouping, model, subset, cv, tag, metrics, deltas, out
+):
+    common = {
+        "dataset": ds,
+        "design": design,
+        "grouping": grouping,
+        "classifier": model,
+        "subset": subset,
+        "coverage": cv.coverage,
+    }
     for r in m.to_dict("records"):
         pv = prov[r["feature_set"]]
-        metrics.append({**common, "source": pv["source"], "model": pv.get("model"),
-                        "layer": pv.get("layer"), **r})  # fmt: skip
+        metrics.append(
+            {
+                **common,
+                "source": pv["source"],
+                "model": pv.get("model"),
+                "layer": pv.get("layer"),
+                **r,
+            }
+        )
     for r in d.to_dict("records"):
         name = r["feature_set"]
         pv = prov[name]
         res = delta_result(r, p.bootstrap, p.n_boot, f"{model} by {grouping}, {p.n_splits} folds")
-        deltas.append({**common, "source": pv["source"], "model": pv.get("model"),
-                       "layer": pv.get("layer"), "edges": pv.get("edges"), **r,
-                       "n_perturbations": int(r["n_units"])})  # fmt: skip
+        deltas.append(
+            {
+                **common,
+                "source": pv["source"],
+                "model": pv.get("model"),
+                "layer": pv.get("layer"),
+                "edges": pv.get("edges"),
+                **r,
+                "n_perturbations": int(r["n_units"]),
+            }
+        )
         if tag == "primary" and subset == "all":
             out[name] = res  # the claim's candidates: recorded by _claim
             continue
         what = "" if subset == "all" else f" ({subset})"
-        ctx.describe(res, _unit(pv, ds, p), extra=_extra(r, grouping, model, subset),
-                     hypothesis=f"{_name(pv)} adds predictive value for responders beyond "
-                     f"gene-level features{what} [{design}]")  # fmt: skip
+        ctx.describe(
+            res,
+            _unit(pv, ds, p),
+            extra=_extra(r, grouping, model, subset),
+            hypothesis=f"{_name(pv)} adds predictive value for responders beyond "
+            f"gene-level features{what} [{design}]",
+        )
 
 
 def delta_result(r: dict, bootstrap: str, n_boot: int, design: str) -> StatTestResult:
     """The claim's test of one ``deltas`` row (see :func:`evaluate._incremental.delta_test`)."""
-    return delta_test(r, h0=DELTA_H0, null_name=f"{bootstrap}_bootstrap_delta",
-                      test=f"{_BOOT[bootstrap]} bootstrap of out-of-fold ΔAUROC ({n_boot} "
-                      f"draws, one-sided); {design}")  # fmt: skip
+    return delta_test(
+        r,
+        h0=DELTA_H0,
+        null_name=f"{bootstrap}_bootstrap_delta",
+        test=f"{_BOOT[bootstrap]} bootstrap of out-of-fold ΔAUROC ({n_boot} "
+        f"draws, one-sided); {design}",
+    )
 
 
 def _claim(ctx, p, ds, names, results, prov, primary) -> str:
@@ -416,9 +487,13 @@ def _claim(ctx, p, ds, names, results, prov, primary) -> str:
         name = sorted(layered, key=lambda n: prov[n]["layer"])[i]
         for n in layered:
             if n != name:
-                ctx.describe(results[n], _unit(prov[n], ds, p), extra={"grouping": primary},
-                             hypothesis=f"{_name(prov[n])} adds predictive value for "
-                             "responders beyond gene-level features [logistic, primary]")  # fmt: skip
+                ctx.describe(
+                    results[n],
+                    _unit(prov[n], ds, p),
+                    extra={"grouping": primary},
+                    hypothesis=f"{_name(prov[n])} adds predictive value for "
+                    "responders beyond gene-level features [logistic, primary]",
+                )
     else:
         name, why = names[0], "unlayered source"
         res = results[name]
@@ -427,11 +502,18 @@ def _claim(ctx, p, ds, names, results, prov, primary) -> str:
     reason = ""
     if p.bootstrap == "perturbation":
         reason = PAPER_DESIGN
-        extra.update(design="the paper's (bootstrap over perturbations)",
-                     calibrated_type_I=CALIBRATED_TYPE_I)  # fmt: skip
-    ctx.claim(res, _unit(pv, ds, p), direction="greater", layer_choice=why, reason=reason,
-              claim=f"{pv['source']} adds predictive value for responders beyond gene-level "
-              "features", extra=extra)  # fmt: skip
+        extra.update(
+            design="the paper's (bootstrap over perturbations)", calibrated_type_I=CALIBRATED_TYPE_I
+        )
+    ctx.claim(
+        res,
+        _unit(pv, ds, p),
+        direction="greater",
+        layer_choice=why,
+        reason=reason,
+        claim=f"{pv['source']} adds predictive value for responders beyond gene-level features",
+        extra=extra,
+    )
     return name
 
 
@@ -444,23 +526,42 @@ def _unit(pv: dict, ds: str, p) -> Unit:
 
 
 def _extra(r: dict, grouping: str, model: str, subset: str) -> dict:
-    return {"grouping": grouping, "classifier": model, "subset": subset,
-            "n_perturbations": int(r["n_units"]), "n_responders": int(r["n_positives"]),
-            "p_two_sided": r["p_two_sided"], "delta_auprc": r["delta_auprc"],
-            "p_auprc": r["p_auprc"]}  # fmt: skip
+    return {
+        "grouping": grouping,
+        "classifier": model,
+        "subset": subset,
+        "n_perturbations": int(r["n_units"]),
+        "n_responders": int(r["n_positives"]),
+        "p_two_sided": r["p_two_sided"],
+        "delta_auprc": r["delta_auprc"],
+        "p_auprc": r["p_auprc"],
+    }
 
 
 def _matched(ctx, p, ds, rows, y, units, cv0, chosen, prov, matching, metrics, deltas, notes):
     prop = np.full(len(rows), np.nan)
     prop[cv0.rows] = cv0.predictions[BASELINE]
     ev = cv0.rows
-    mr = propensity_matched(y[ev], prop[ev], units[ev], n_per=p.n_matched, caliper=p.caliper,
-                            seed=ctx.seed_for(ds, "match"))  # fmt: skip
-    matching.append({
-        "dataset": ds, "design": f"logistic, by {cv0.grouping}",
-        "n_responders": mr.n_responders, "n_matched": mr.n_matched, "n_full": mr.n_full,
-        "n_negatives": mr.n_negatives, "n_per": mr.n_per, "caliper_sd_logit": mr.caliper,
-    })  # fmt: skip
+    mr = propensity_matched(
+        y[ev],
+        prop[ev],
+        units[ev],
+        n_per=p.n_matched,
+        caliper=p.caliper,
+        seed=ctx.seed_for(ds, "match"),
+    )
+    matching.append(
+        {
+            "dataset": ds,
+            "design": f"logistic, by {cv0.grouping}",
+            "n_responders": mr.n_responders,
+            "n_matched": mr.n_matched,
+            "n_full": mr.n_full,
+            "n_negatives": mr.n_negatives,
+            "n_per": mr.n_per,
+            "caliper_sd_logit": mr.caliper,
+        }
+    )
     notes.append(
         f"{ds}: propensity matching (gene-only out-of-fold propensity, within perturbation): "
         f"{mr.n_matched}/{mr.n_responders} responders matched ({mr.n_full} with all "
@@ -471,12 +572,32 @@ def _matched(ctx, p, ds, rows, y, units, cv0, chosen, prov, matching, metrics, d
     sel = mr.rows
     cands = rows["candidate"].astype(str).to_numpy()[ev][sel]
     m, d = compare_predictions(
-        y[ev][sel], {k: cv0.predictions[k][sel] for k in chosen}, units[ev][sel],
-        baseline=BASELINE, n_boot=p.n_boot, seed=ctx.seed_for(ds, "matched"), ks=p.ks,
+        y[ev][sel],
+        {k: cv0.predictions[k][sel] for k in chosen},
+        units[ev][sel],
+        baseline=BASELINE,
+        n_boot=p.n_boot,
+        seed=ctx.seed_for(ds, "matched"),
+        ks=p.ks,
         candidates=cands if p.bootstrap == "two-way" else None,
-    )  # fmt: skip
-    _collect(ctx, p, ds, m, d, prov, f"logistic, by {cv0.grouping}", cv0.grouping, "logistic",
-             "matched negatives", cv0, "robustness", metrics, deltas, {})  # fmt: skip
+    )
+    _collect(
+        ctx,
+        p,
+        ds,
+        m,
+        d,
+        prov,
+        f"logistic, by {cv0.grouping}",
+        cv0.grouping,
+        "logistic",
+        "matched negatives",
+        cv0,
+        "robustness",
+        metrics,
+        deltas,
+        {},
+    )
 
 
 def _lrt(ctx, p, ds, rows, y, sets, chosen, prov, lrts):
@@ -488,8 +609,12 @@ def _lrt(ctx, p, ds, rows, y, sets, chosen, prov, lrts):
         pv = prov[name]
         lrts.append({"dataset": ds, "source": pv["source"], "layer": pv.get("layer"), **r})
         res = lrt_test(r, h0=LRT_H0)
-        ctx.describe(res, _unit(pv, ds, p), hypothesis=f"{pv['source']} improves the "
-                     "in-sample logistic fit of responders beyond gene-level features")
+        ctx.describe(
+            res,
+            _unit(pv, ds, p),
+            hypothesis=f"{pv['source']} improves the "
+            "in-sample logistic fit of responders beyond gene-level features",
+        )
 
 
 def _summary(d: pd.DataFrame | None) -> str:
@@ -522,22 +647,45 @@ def _calibration_scenarios():
 
     hub = "responders concentrated on highly expressed hub targets (predictability 1); "
     return [
-        Scenario("hub_null_random_hub_edges", "null", hub + "edge = a heavy-tailed random "
-                 "network placed independently of the data + noise", truth=None,
-                 params={"edge": "random_hub", "gene_level_predictability": 1.0}),
-        Scenario("hub_null_candidate_level", "null", hub + "edge = the candidate's control "
-                 "mean + noise (gene level only)", truth=None,
-                 params={"edge": "candidate_mean", "gene_level_predictability": 1.0}),
-        *[Scenario(f"planted_truth_{k}", "planted", f"edge = {k} · [true downstream gene of "
-                   "the perturbed TF] + N(0, 1); predictability 0", strength=k,
-                   params={"edge": "truth", "strength": k, "gene_level_predictability": 0.0})
-          for k in (0.3, 0.6)],
-        Scenario("coexpression_regulation", "planted", "edge = |Spearman| of perturbed gene "
-                 "and candidate on control cells; strong regulation (1.5), predictability 0: "
-                 "pairwise regulation carries unique signal", strength=None,
-                 params={"edge": "coexpression", "gene_level_predictability": 0.0,
-                         "regulation_strength": 1.5}),
-    ]  # fmt: skip
+        Scenario(
+            "hub_null_random_hub_edges",
+            "null",
+            hub + "edge = a heavy-tailed random network placed independently of the data + noise",
+            truth=None,
+            params={"edge": "random_hub", "gene_level_predictability": 1.0},
+        ),
+        Scenario(
+            "hub_null_candidate_level",
+            "null",
+            hub + "edge = the candidate's control mean + noise (gene level only)",
+            truth=None,
+            params={"edge": "candidate_mean", "gene_level_predictability": 1.0},
+        ),
+        *[
+            Scenario(
+                f"planted_truth_{k}",
+                "planted",
+                f"edge = {k} · [true downstream gene of "
+                "the perturbed TF] + N(0, 1); predictability 0",
+                strength=k,
+                params={"edge": "truth", "strength": k, "gene_level_predictability": 0.0},
+            )
+            for k in (0.3, 0.6)
+        ],
+        Scenario(
+            "coexpression_regulation",
+            "planted",
+            "edge = |Spearman| of perturbed gene "
+            "and candidate on control cells; strong regulation (1.5), predictability 0: "
+            "pairwise regulation carries unique signal",
+            strength=None,
+            params={
+                "edge": "coexpression",
+                "gene_level_predictability": 0.0,
+                "regulation_strength": 1.5,
+            },
+        ),
+    ]
 
 
 def incremental_test(
@@ -556,17 +704,28 @@ def incremental_test(
     gene-only / gene + edge metrics."""
     rows = rows.reset_index(drop=True)
     cv = cross_validated_predictions(
-        rows, label="responder", perturbation="perturbation", candidate="candidate",
+        rows,
+        label="responder",
+        perturbation="perturbation",
+        candidate="candidate",
         feature_sets={BASELINE: list(GENE_COLUMNS), "edge": [*GENE_COLUMNS, *edge_columns]},
-        grouping="perturbation", model="logistic", n_splits=n_splits, seed=seed,
+        grouping="perturbation",
+        model="logistic",
+        n_splits=n_splits,
+        seed=seed,
         fold_features=lambda train: {"responsiveness": responsiveness(rows, train)},
-    )  # fmt: skip
+    )
     y = rows["responder"].to_numpy(bool)[cv.rows]
     m, d = compare_predictions(
-        y, cv.predictions, rows["perturbation"].to_numpy()[cv.rows], baseline=BASELINE,
-        n_boot=n_boot, seed=seed, ks=ks,
+        y,
+        cv.predictions,
+        rows["perturbation"].to_numpy()[cv.rows],
+        baseline=BASELINE,
+        n_boot=n_boot,
+        seed=seed,
+        ks=ks,
         candidates=rows["candidate"].to_numpy()[cv.rows] if bootstrap == "two-way" else None,
-    )  # fmt: skip
+    )
     out = d.iloc[0].to_dict()
     out["auroc_gene"] = float(m.loc[m["feature_set"] == BASELINE, "auroc"].iloc[0])
     out["auroc_edge"] = float(m.loc[m["feature_set"] == "edge", "auroc"].iloc[0])
@@ -580,17 +739,21 @@ def _calibration_replicate(sc, seed: int, *, n_boot: int = 200):
     rows = calibration_rows(sc.params, seed)
     rows["|edge|"] = rows["edge"].abs()
     boot = sc.params.get("bootstrap", "two-way")
-    r = incremental_test(rows, edge_columns=["edge", "|edge|"], n_boot=n_boot, seed=seed,
-                         bootstrap=boot)  # fmt: skip
+    r = incremental_test(
+        rows, edge_columns=["edge", "|edge|"], n_boot=n_boot, seed=seed, bootstrap=boot
+    )
     res = delta_result(r, boot, n_boot, "logistic by perturbation")  # the claim's own test
     rows["responsiveness"] = responsiveness(rows)
     base = rows[list(GENE_COLUMNS)].to_numpy(float)
     lrt = nested_lrt(rows["responder"].to_numpy(bool), base, rows[["edge", "|edge|"]].to_numpy())
     return ReplicateOutcome(
-        p=res.p, estimate=res.effect, ci_low=res.ci_low, ci_high=res.ci_high,
+        p=res.p,
+        estimate=res.effect,
+        ci_low=res.ci_low,
+        ci_high=res.ci_high,
         null_value=res.null_value,
         extra={"p_lrt": lrt["p"], "auroc_gene": r["auroc_gene"], "n_rows": r["n_rows"]},
-    )  # fmt: skip
+    )
 
 
 def _register_calibration() -> None:

@@ -199,8 +199,14 @@ def trend_results(t: dict, *, n_layers: int, n_boot: int, n: int):
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"layer_organisation": {"datasets": ["sim"], "ppi_references": ["sim_ppi"],
-                                   "tf_references": ["sim_grn"], "n_boot": 200 if quick else 500}}
+    return {
+        "layer_organisation": {
+            "datasets": ["sim"],
+            "ppi_references": ["sim_ppi"],
+            "tf_references": ["sim_grn"],
+            "n_boot": 200 if quick else 500,
+        }
+    }
 
 
 @register_analysis(
@@ -213,8 +219,10 @@ def _demo(*, quick: bool, models: bool) -> dict:
     reference="Layer-specific structure: PPI early, regulation late",
     demo=_demo,
     claims=(
-        ('<source>: <PPI reference> recovered early, <TF reference> late',
-         'OLS slope of AUROC(PPI) − AUROC(TF) on layer depth, joint vertex bootstrap of genes (H0: slope 0), two-sided; claimed side: negative'),
+        (
+            "<source>: <PPI reference> recovered early, <TF reference> late",
+            "OLS slope of AUROC(PPI) − AUROC(TF) on layer depth, joint vertex bootstrap of genes (H0: slope 0), two-sided; claimed side: negative",
+        ),
     ),
 )
 def run_layer_organisation(ctx: AnalysisContext, p: LayerOrganisationParams) -> AnalysisResult:
@@ -281,8 +289,7 @@ def run_layer_organisation(ctx: AnalysisContext, p: LayerOrganisationParams) -> 
                     transform=p.score_transform,
                 )
                 model = pooled[0].model
-                slope, rho = trend_results(t, n_layers=len(pooled), n_boot=p.n_boot,
-                                           n=len(genes))  # fmt: skip
+                slope, rho = trend_results(t, n_layers=len(pooled), n_boot=p.n_boot, n=len(genes))
                 unit = Unit(ds, model, f"{ppi_name} vs {tf_name}", pooled[0].method)
                 ctx.claim(
                     slope,
@@ -359,9 +366,7 @@ def run_layer_organisation(ctx: AnalysisContext, p: LayerOrganisationParams) -> 
         else "No layered edge source could be evaluated (see notes)."
     )
     tables = {"by_layer": table, "trend": trends} if len(table) else {}
-    return AnalysisResult(
-        tables=tables, figures=figures, summary=summary, notes=notes
-    )
+    return AnalysisResult(tables=tables, figures=figures, summary=summary, notes=notes)
 
 
 def _coexpression_levels(ctx, ds: str, genes) -> dict[str, float]:

@@ -203,8 +203,14 @@ class _Acc:
 
 def _demo(*, quick: bool, models: bool) -> dict:
     """Responders ranked by attention vs co-expression on the same cells."""
-    return {"perturbation_prediction": {"datasets": ["sim"], "coexpression": "spearman_attention_cells",
-                                        "reference": "sim_grn", "n_boot": 500 if quick else 2000}}
+    return {
+        "perturbation_prediction": {
+            "datasets": ["sim"],
+            "coexpression": "spearman_attention_cells",
+            "reference": "sim_grn",
+            "n_boot": 500 if quick else 2000,
+        }
+    }
 
 
 @register_analysis(
@@ -218,13 +224,17 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="B. Does it predict causal effects?",
     reference="Catalogue 7; preprint: gene-level baselines (variance 0.881) beat attention "
     "(0.704) and correlation (0.703) on K562",
-    quick={'n_boot': 100},
+    quick={"n_boot": 100},
     demo=_demo,
     claims=(
-        ('gene-level baseline (variance, pre-declared) beats <attention> at predicting responders',
-         'paired Wilcoxon signed-rank over perturbations of per-perturbation AUROC (H0: differences symmetric about 0); side and effect (Hodges–Lehmann ΔAUROC) from the ranks, not the mean; layer a priori, best or nested CV over perturbations, p × layers'),
-        ('<attention> beats co-expression at predicting responders',
-         'the same signed-rank test on attention − co-expression AUROC'),
+        (
+            "gene-level baseline (variance, pre-declared) beats <attention> at predicting responders",
+            "paired Wilcoxon signed-rank over perturbations of per-perturbation AUROC (H0: differences symmetric about 0); side and effect (Hodges–Lehmann ΔAUROC) from the ranks, not the mean; layer a priori, best or nested CV over perturbations, p × layers",
+        ),
+        (
+            "<attention> beats co-expression at predicting responders",
+            "the same signed-rank test on attention − co-expression AUROC",
+        ),
     ),
 )
 def run_perturbation_prediction(ctx: AnalysisContext, p: PredictionParams) -> AnalysisResult:
@@ -237,11 +247,18 @@ def run_perturbation_prediction(ctx: AnalysisContext, p: PredictionParams) -> An
     for ds in p.datasets or ctx.dataset_names():
         for en in sources:
             d = prediction_data(
-                ctx, ds, en, p, coexpression=p.coexpression,
-                allow_different_cells=p.allow_different_cells, reference=p.reference,
-                score_transform=p.score_transform, heads=p.heads, top_k=tuple(p.top_k),
+                ctx,
+                ds,
+                en,
+                p,
+                coexpression=p.coexpression,
+                allow_different_cells=p.allow_different_cells,
+                reference=p.reference,
+                score_transform=p.score_transform,
+                heads=p.heads,
+                top_k=tuple(p.top_k),
                 notes=acc.notes,
-            )  # fmt: skip
+            )
             if d is None or d.metrics.empty:
                 continue
             acc.per.append(d.metrics)
@@ -253,9 +270,12 @@ def run_perturbation_prediction(ctx: AnalysisContext, p: PredictionParams) -> An
     per_df = pd.concat(acc.per, ignore_index=True) if acc.per else pd.DataFrame()
     summary = pd.DataFrame(acc.summ)
     tables = {
-        "per_perturbation": per_df, "summary": summary, "comparisons": pd.DataFrame(acc.comps),
-        "layers": pd.DataFrame(acc.layer_rows), "excluded": pd.DataFrame(acc.excl),
-    }  # fmt: skip
+        "per_perturbation": per_df,
+        "summary": summary,
+        "comparisons": pd.DataFrame(acc.comps),
+        "layers": pd.DataFrame(acc.layer_rows),
+        "excluded": pd.DataFrame(acc.excl),
+    }
     acc.notes.append(
         "Perturbations are the independent units: tests and CIs resample / rank over "
         "perturbations; pooled AUROC/AUPRC and DeLong treat rows as independent "
@@ -270,8 +290,9 @@ def run_perturbation_prediction(ctx: AnalysisContext, p: PredictionParams) -> An
     )
 
 
-def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who: str,
-         acc: _Acc) -> None:  # fmt: skip
+def _arm(
+    ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who: str, acc: _Acc
+) -> None:
     """Summary rows, descriptive per-layer tests and the two claims of one arm."""
     ds, en = d.dataset, d.edges
     acc.summ.extend(_summary_rows(d, arm, p))
@@ -295,47 +316,110 @@ def _arm(ctx, p: PredictionParams, d: PredictionData, arm: str, suffix: str, who
         )
         acc.notes.append(f"{where}/{en}: {reason}; claims n/a.")
         for claim in (claim1, claim2):
-            ctx.not_assessable(unit, claim=claim + suffix, reason=reason, h0=WILCOXON_H0,
-                           test="Wilcoxon signed-rank over perturbations")  # fmt: skip
+            ctx.not_assessable(
+                unit,
+                claim=claim + suffix,
+                reason=reason,
+                h0=WILCOXON_H0,
+                test="Wilcoxon signed-rank over perturbations",
+            )
         return
     att, layer, mult, why = choose_attention(
-        wide, d.attention_layers, p.verdict_layer, folds=p.cv_folds,
-        cv_bonferroni=p.cv_bonferroni, seed=ctx.seed_for(ds, en, arm, "cv"),
-    )  # fmt: skip
+        wide,
+        d.attention_layers,
+        p.verdict_layer,
+        folds=p.cv_folds,
+        cv_bonferroni=p.cv_bonferroni,
+        seed=ctx.seed_for(ds, en, arm, "cv"),
+    )
     comp, res, bname = baseline_claim(wide, att, p.verdict_baseline, n_boot=p.n_boot, seed=seed)
     res = res.times(mult, why=why)
     claim_comparison(
-        ctx, comp, res, replace(unit, method=f"{bname} − attention", layer=layer),
-        claim=claim1 + suffix, hypothesis=f"{claim1} ({where}; baseline {bname} − attention)",
-        why=why, extra={"arm": arm, "baseline": bname},
-    )  # fmt: skip
-    acc.comps.append({**base, "a": bname, "b": "attention (claim)", "layer": layer,
-                      **comp.row(), "p_claim": res.p, "role": "claim"})  # fmt: skip
+        ctx,
+        comp,
+        res,
+        replace(unit, method=f"{bname} − attention", layer=layer),
+        claim=claim1 + suffix,
+        hypothesis=f"{claim1} ({where}; baseline {bname} − attention)",
+        why=why,
+        extra={"arm": arm, "baseline": bname},
+    )
+    acc.comps.append(
+        {
+            **base,
+            "a": bname,
+            "b": "attention (claim)",
+            "layer": layer,
+            **comp.row(),
+            "p_claim": res.p,
+            "role": "claim",
+        }
+    )
     if d.coexpression is None:
-        ctx.not_assessable(unit, claim=claim2 + suffix, reason=d.coexp_reason, h0=WILCOXON_H0,
-                       test="Wilcoxon signed-rank over perturbations")  # fmt: skip
+        ctx.not_assessable(
+            unit,
+            claim=claim2 + suffix,
+            reason=d.coexp_reason,
+            h0=WILCOXON_H0,
+            test="Wilcoxon signed-rank over perturbations",
+        )
         return
-    c2 = paired_comparison(att, wide[d.coexpression].to_numpy(float), n_boot=p.n_boot,
-                           seed=seed, h0=WILCOXON_H0)  # fmt: skip
+    c2 = paired_comparison(
+        att, wide[d.coexpression].to_numpy(float), n_boot=p.n_boot, seed=seed, h0=WILCOXON_H0
+    )
     claim_comparison(
-        ctx, c2, c2.result.times(mult, why=why),
+        ctx,
+        c2,
+        c2.result.times(mult, why=why),
         replace(unit, method=f"attention − {p.coexpression}", layer=layer),
-        claim=claim2 + suffix, hypothesis=f"{claim2} ({where}; attention − {p.coexpression})",
-        why=why, extra={"arm": arm},
-    )  # fmt: skip
-    acc.comps.append({**base, "a": "attention (claim)", "b": p.coexpression, "layer": layer,
-                      **c2.row(), "p_claim": min(1.0, c2.p * mult), "role": "claim"})  # fmt: skip
+        claim=claim2 + suffix,
+        hypothesis=f"{claim2} ({where}; attention − {p.coexpression})",
+        why=why,
+        extra={"arm": arm},
+    )
+    acc.comps.append(
+        {
+            **base,
+            "a": "attention (claim)",
+            "b": p.coexpression,
+            "layer": layer,
+            **c2.row(),
+            "p_claim": min(1.0, c2.p * mult),
+            "role": "claim",
+        }
+    )
 
 
-def claim_comparison(ctx, comp: PairedComparison, res: StatTestResult, unit: Unit, *,
-                     claim: str, hypothesis: str, why: str, extra: dict):  # fmt: skip
+def claim_comparison(
+    ctx,
+    comp: PairedComparison,
+    res: StatTestResult,
+    unit: Unit,
+    *,
+    claim: str,
+    hypothesis: str,
+    why: str,
+    extra: dict,
+):
     """Record ``res`` (the signed-rank test of ``comp``) as the one test of ``claim``
     ("a beats b": the ranks of a − b above 0); the mean ΔAUROC goes along as description."""
-    more = {**extra, "n_a_wins": comp.n_a_wins, "rank_biserial": comp.rank_biserial,
-            "mean_delta": comp.mean_delta, "mean_delta_ci_low": comp.ci_low,
-            "mean_delta_ci_high": comp.ci_high}  # fmt: skip
-    return ctx.claim(res, unit, claim=claim, hypothesis=hypothesis, direction="greater",
-                     layer_choice=why, extra=more)  # fmt: skip
+    more = {
+        **extra,
+        "n_a_wins": comp.n_a_wins,
+        "rank_biserial": comp.rank_biserial,
+        "mean_delta": comp.mean_delta,
+        "mean_delta_ci_low": comp.ci_low,
+        "mean_delta_ci_high": comp.ci_high,
+    }
+    return ctx.claim(
+        res,
+        unit,
+        claim=claim,
+        hypothesis=hypothesis,
+        direction="greater",
+        layer_choice=why,
+        extra=more,
+    )
 
 
 def _summary_rows(d: PredictionData, arm: str, p: PredictionParams) -> list[dict]:
@@ -348,16 +432,26 @@ def _summary_rows(d: PredictionData, arm: str, p: PredictionParams) -> list[dict
     for sc, g in m.groupby("scorer", sort=False):
         ok = g["auroc"].notna()
         s = d.scores[sc][mask]
-        out.append({
-            "dataset": d.dataset, "edges": d.edges, "arm": arm, "scorer": sc,
-            "kind": g["kind"].iloc[0], "layer": g["layer"].iloc[0], "head": g["head"].iloc[0],
-            "n_perturbations": int(ok.sum()), "n_not_evaluable": int((~ok).sum()),
-            "mean_auroc": g["auroc"].mean(), "median_auroc": g["auroc"].median(),
-            "pooled_auroc": auroc(y, s), "pooled_auprc": auprc(y, s),
-            "mean_auprc": g["auprc"].mean(),
-            "responder_rate": float(y.mean()) if len(y) else np.nan,
-            **{f"mean_recall@{k}": g[f"recall@{k}"].mean() for k in p.top_k},
-        })  # fmt: skip
+        out.append(
+            {
+                "dataset": d.dataset,
+                "edges": d.edges,
+                "arm": arm,
+                "scorer": sc,
+                "kind": g["kind"].iloc[0],
+                "layer": g["layer"].iloc[0],
+                "head": g["head"].iloc[0],
+                "n_perturbations": int(ok.sum()),
+                "n_not_evaluable": int((~ok).sum()),
+                "mean_auroc": g["auroc"].mean(),
+                "median_auroc": g["auroc"].median(),
+                "pooled_auroc": auroc(y, s),
+                "pooled_auprc": auprc(y, s),
+                "mean_auprc": g["auprc"].mean(),
+                "responder_rate": float(y.mean()) if len(y) else np.nan,
+                **{f"mean_recall@{k}": g[f"recall@{k}"].mean() for k in p.top_k},
+            }
+        )
     return out
 
 
@@ -376,18 +470,26 @@ def _figures(per_df: pd.DataFrame, layer_rows: list[dict]) -> dict:
             ),
         )
         figures["auroc_distributions"] = distribution_figure(
-            show, group="who", value="auroc", col="panel",
+            show,
+            group="who",
+            value="auroc",
+            col="panel",
             title="AUROC per perturbation (responders among candidates), per scorer",
             ylabel="AUROC per perturbation",
-        )  # fmt: skip
+        )
     lr = pd.DataFrame(layer_rows)
     lr = lr.dropna(subset=["layer"]) if not lr.empty else lr
     if not lr.empty:
         lr = lr.assign(panel=lr["dataset"] + " · " + lr["arm"] + " · " + lr["edges"])
         figures["auroc_by_layer"] = metric_by_layer_figure(
-            lr, y="auroc", hue="scorer", ci=None, col="panel",
-            title="Mean AUROC per perturbation by layer", ylabel="mean AUROC",
-        )  # fmt: skip
+            lr,
+            y="auroc",
+            hue="scorer",
+            ci=None,
+            col="panel",
+            title="Mean AUROC per perturbation by layer",
+            ylabel="mean AUROC",
+        )
     return figures
 
 
@@ -411,22 +513,39 @@ def _descriptive(ctx, p, d, wide, col, layer, arm, where, comps, seed) -> None:
     named = [b for b in BASELINES if p.verdict_baseline in (b, "all")]  # the claim's only
     pairs = [(b, wide[b].to_numpy(float), att, b, "attention") for b in named]
     if d.coexpression:
-        pairs.append(("coexp", att, wide[d.coexpression].to_numpy(float), "attention",
-                      p.coexpression))  # fmt: skip
+        pairs.append(
+            ("coexp", att, wide[d.coexpression].to_numpy(float), "attention", p.coexpression)
+        )
     mask = (d.rows["arm"] == arm).to_numpy()
     y = d.rows["responder"].to_numpy(bool)[mask]
     for key, a, b, na, nb in pairs:
         c = paired_comparison(a, b, n_boot=min(p.n_boot, 500), seed=seed, h0=WILCOXON_H0)
         unit = Unit(d.dataset, d.model, None, f"{na} − {nb}", layer)
-        ctx.describe(c.result, unit, extra={"arm": arm, "mean_delta": c.mean_delta},
-                     hypothesis=f"{na} vs {nb} at ranking responders ({where}, layer {layer})")  # fmt: skip
-        comps.append({**base, "a": na, "b": nb, "layer": layer, **c.row(), "p_claim": c.p,
-                      "role": "per layer"})  # fmt: skip
+        ctx.describe(
+            c.result,
+            unit,
+            extra={"arm": arm, "mean_delta": c.mean_delta},
+            hypothesis=f"{na} vs {nb} at ranking responders ({where}, layer {layer})",
+        )
+        comps.append(
+            {
+                **base,
+                "a": na,
+                "b": nb,
+                "layer": layer,
+                **c.row(),
+                "p_claim": c.p,
+                "role": "per layer",
+            }
+        )
         sa = d.scores[col if na == "attention" else na][mask]
         sb = d.scores[d.coexpression if key == "coexp" else col][mask]
-        ctx.describe(pooled_delong(y, sa, sb, h0=DELONG_H0),
-                     replace(unit, method=f"{na} − {nb} (pooled)"), extra={"arm": arm},
-                     hypothesis=f"{na} vs {nb}, pooled rows ({where}, layer {layer})")  # fmt: skip
+        ctx.describe(
+            pooled_delong(y, sa, sb, h0=DELONG_H0),
+            replace(unit, method=f"{na} − {nb} (pooled)"),
+            extra={"arm": arm},
+            hypothesis=f"{na} vs {nb}, pooled rows ({where}, layer {layer})",
+        )
 
 
 def _summary(summary: pd.DataFrame, p: PredictionParams) -> str:
@@ -463,31 +582,48 @@ def _summary(summary: pd.DataFrame, p: PredictionParams) -> str:
 # baseline keeps σ = 1 while attention's noise grows (σ = 1.5, 3): the baseline wins by a
 # planted margin.
 
+
 def _prediction_scenarios():
     from scfm_audit.analyses._calibration import Scenario
 
     out = [
-        Scenario("prediction_exchangeable_null", "null",
-                 "baseline and attention: the same signal plus independent noise of equal SD",
-                 truth=0.0, params={"sim": {}, "sd_baseline": 1.5, "sd_attention": 1.5}),
-        Scenario("prediction_hub_null", "null",
-                 "responders concentrated on the targets of 12 hub TFs (highly expressed); "
-                 "exchangeable noisy scores", truth=0.0,
-                 params={"sim": CAL_HUB, "sd_baseline": 1.5, "sd_attention": 1.5}),
-    ]  # fmt: skip
+        Scenario(
+            "prediction_exchangeable_null",
+            "null",
+            "baseline and attention: the same signal plus independent noise of equal SD",
+            truth=0.0,
+            params={"sim": {}, "sd_baseline": 1.5, "sd_attention": 1.5},
+        ),
+        Scenario(
+            "prediction_hub_null",
+            "null",
+            "responders concentrated on the targets of 12 hub TFs (highly expressed); "
+            "exchangeable noisy scores",
+            truth=0.0,
+            params={"sim": CAL_HUB, "sd_baseline": 1.5, "sd_attention": 1.5},
+        ),
+    ]
     for sd in (1.5, 3.0):
         out.append(
-            Scenario(f"prediction_planted_noise_{sd:g}", "planted",
-                     f"baseline = signal + N(0, 1); attention = signal + N(0, {sd:g}²)",
-                     strength=sd, params={"sim": {}, "sd_baseline": 1.0, "sd_attention": sd})
-        )  # fmt: skip
+            Scenario(
+                f"prediction_planted_noise_{sd:g}",
+                "planted",
+                f"baseline = signal + N(0, 1); attention = signal + N(0, {sd:g}²)",
+                strength=sd,
+                params={"sim": {}, "sd_baseline": 1.0, "sd_attention": sd},
+            )
+        )
     out.append(
-        Scenario("prediction_gene_level_world", "planted",
-                 "simulator world (i): targets enriched among highly expressed genes "
-                 "(gene_level_predictability 1); the real variance feature against "
-                 "attention = |Spearman| on control cells + N(0, 0.1²)", strength=1.0,
-                 params={"sim": {"gene_level_predictability": 1.0}, "world": "gene_level"})
-    )  # fmt: skip
+        Scenario(
+            "prediction_gene_level_world",
+            "planted",
+            "simulator world (i): targets enriched among highly expressed genes "
+            "(gene_level_predictability 1); the real variance feature against "
+            "attention = |Spearman| on control cells + N(0, 0.1²)",
+            strength=1.0,
+            params={"sim": {"gene_level_predictability": 1.0}, "world": "gene_level"},
+        )
+    )
     return out
 
 
@@ -500,8 +636,10 @@ def _prediction_replicate(sc, seed: int, *, n_boot: int = 400):
     sig = rows["signal"].to_numpy()
     if world is not None:  # real gene-level feature vs co-expression-like attention
         sp = rows["spearman"].to_numpy()
-        scores = {"variance": rows["variance"].to_numpy(),
-                  "attention": sp + 0.1 * rng.normal(size=len(sp))}  # fmt: skip
+        scores = {
+            "variance": rows["variance"].to_numpy(),
+            "attention": sp + 0.1 * rng.normal(size=len(sp)),
+        }
     else:
         scores = {
             "variance": sig + sc.params["sd_baseline"] * rng.normal(size=len(sig)),
@@ -514,10 +652,13 @@ def _prediction_replicate(sc, seed: int, *, n_boot: int = 400):
     )
     # the claim's own typed result: its estimate (Hodges–Lehmann) has the side of its tails
     return ReplicateOutcome(
-        p=res.p, estimate=res.effect, ci_low=res.ci_low, ci_high=res.ci_high,
+        p=res.p,
+        estimate=res.effect,
+        ci_low=res.ci_low,
+        ci_high=res.ci_high,
         null_value=res.null_value,
         extra={"n_perturbations": float(comp.n), "mean_delta": comp.mean_delta},
-    )  # fmt: skip
+    )
 
 
 def _register_calibration() -> None:

@@ -146,10 +146,14 @@ def _de(ctx, ds: str, p: PerturbationRespondersParams) -> pd.DataFrame:
 def _demo(*, quick: bool, models: bool) -> dict:
     """DE, responders, on-target QC and a sweep sized to the demo screen (the paper's grid
     would be capped everywhere at 3,000 cells × 300 genes)."""
-    return {"perturbation_responders": {"datasets": ["sim", "sim_null", "sim_crispra"],
-                                        "sweep_control_cells": [250, 500, 1000],
-                                        "sweep_hvgs": [100, 200, 300],
-                                        "sweep_reference": [0.5, 500, 200]}}
+    return {
+        "perturbation_responders": {
+            "datasets": ["sim", "sim_null", "sim_crispra"],
+            "sweep_control_cells": [250, 500, 1000],
+            "sweep_hvgs": [100, 200, 300],
+            "sweep_reference": [0.5, 500, 200],
+        }
+    }
 
 
 @register_analysis(
@@ -163,14 +167,24 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="B. Does it predict causal effects?",
     reference="Catalogue 6; preprint: responders by Welch t, |log2FC| > 0.5, BH 0.05 within "
     "perturbation; sensitivity sweep",
-    quick={'n_boot': 200, 'sweep_lfc': [0.5, 1.0], 'sweep_control_cells': [60, 1000], 'sweep_hvgs': [60, 1000], 'sweep_reference': [0.5, 60, 60]},
+    quick={
+        "n_boot": 200,
+        "sweep_lfc": [0.5, 1.0],
+        "sweep_control_cells": [60, 1000],
+        "sweep_hvgs": [60, 1000],
+        "sweep_reference": [0.5, 60, 60],
+    },
     demo=_demo,
     claims=(
-        ('perturbations knock down / activate their targets (<arm>)',
-         'Wilcoxon signed-rank over perturbations of the on-target log2FC (H0: symmetric about 0); effect: Hodges–Lehmann log2FC with the inverted-test CI'),
+        (
+            "perturbations knock down / activate their targets (<arm>)",
+            "Wilcoxon signed-rank over perturbations of the on-target log2FC (H0: symmetric about 0); effect: Hodges–Lehmann log2FC with the inverted-test CI",
+        ),
     ),
 )
-def run_perturbation_responders(ctx: AnalysisContext, p: PerturbationRespondersParams) -> AnalysisResult:
+def run_perturbation_responders(
+    ctx: AnalysisContext, p: PerturbationRespondersParams
+) -> AnalysisResult:
     from scfm_audit.plotting import perturbation_bars_figure, sweep_heatmap
 
     tables: dict[str, list[pd.DataFrame]] = {
@@ -292,38 +306,64 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
     h0 = WELCH_H0 if p.de_method == "welch" else WILCOXON_H0
     for r in qc.dropna(subset=["p"]).itertuples():
         verb = "knocks down" if r.expected == "down" else "activates"
-        res = target_test(r, test=f"{test_name} of the target gene, perturbed vs control, "
-                          "two-sided", statistic_name="t" if p.de_method == "welch" else "z",
-                          h0=h0, null_name=f"on_target_{p.de_method}")  # fmt: skip
-        ctx.describe(res, Unit(ds, method=f"on_target_{p.de_method}"),
-                     hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
-                     extra={"arm": r.arm, "perturbation": r.perturbation,
-                            "qc_status": r.status})  # fmt: skip
+        res = target_test(
+            r,
+            test=f"{test_name} of the target gene, perturbed vs control, two-sided",
+            statistic_name="t" if p.de_method == "welch" else "z",
+            h0=h0,
+            null_name=f"on_target_{p.de_method}",
+        )
+        ctx.describe(
+            res,
+            Unit(ds, method=f"on_target_{p.de_method}"),
+            hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
+            extra={"arm": r.arm, "perturbation": r.perturbation, "qc_status": r.status},
+        )
     for arm, sub in qc.groupby("arm"):
         direction = expected_direction(arm, other=p.other_direction)
         verb = "knock down" if direction == "down" else "activate"
         lfc = sub["on_target_log2fc"]
         res = on_target_test(lfc, n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target"))
         claim = on_target_claim(lfc)
-        arm_rows.append(pd.DataFrame([{
-            "dataset": ds, "arm": arm, "expected": direction, **res,
-            "hodges_lehmann": claim.effect, "hl_ci_low": claim.ci_low,
-            "hl_ci_high": claim.ci_high,
-            "n_pass": int((sub["status"] == "pass").sum()),
-            "n_fail": int((sub["status"] == "fail").sum()),
-            "n_unmeasured": int((sub["status"] == "target not measured").sum()),
-        }]))  # fmt: skip
+        arm_rows.append(
+            pd.DataFrame(
+                [
+                    {
+                        "dataset": ds,
+                        "arm": arm,
+                        "expected": direction,
+                        **res,
+                        "hodges_lehmann": claim.effect,
+                        "hl_ci_low": claim.ci_low,
+                        "hl_ci_high": claim.ci_high,
+                        "n_pass": int((sub["status"] == "pass").sum()),
+                        "n_fail": int((sub["status"] == "fail").sum()),
+                        "n_unmeasured": int((sub["status"] == "target not measured").sum()),
+                    }
+                ]
+            )
+        )
         what = f"perturbations {verb} their targets ({arm})"
         unit = Unit(ds, method="on_target")
         side = "less" if direction == "down" else "greater"
         if res["n"] < 2:
-            ctx.not_assessable(unit, claim=what, direction=side, test=claim.test, h0=ON_TARGET_H0,
-                           reason="fewer than 2 perturbations with a measured target")  # fmt: skip
+            ctx.not_assessable(
+                unit,
+                claim=what,
+                direction=side,
+                test=claim.test,
+                h0=ON_TARGET_H0,
+                reason="fewer than 2 perturbations with a measured target",
+            )
             continue
-        ctx.claim(claim, unit, claim=what, direction=side,
-                  hypothesis=f"perturbations of the {arm} arm of {ds} {verb} their targets",
-                  extra={"arm": arm, "n_unmeasured": int(lfc.isna().sum()),
-                         "median": res["median"]})  # fmt: skip
+        ctx.claim(
+            claim,
+            unit,
+            claim=what,
+            direction=side,
+            hypothesis=f"perturbations of the {arm} arm of {ds} {verb} their targets",
+            extra={"arm": arm, "n_unmeasured": int(lfc.isna().sum()), "median": res["median"]},
+        )
 
 
 def on_target_claim(lfc) -> StatTestResult:
@@ -332,8 +372,11 @@ def on_target_claim(lfc) -> StatTestResult:
     (its side is the side of the ranks; the median is reported beside it)."""
     x = np.asarray(lfc, float)
     res = signed_rank(x[np.isfinite(x)], h0=ON_TARGET_H0, name="on-target log2FC")
-    return replace(res, test="Wilcoxon signed-rank over perturbations of the on-target "
-                   "log2FC, two-sided", null_name="on_target_signed_rank")  # fmt: skip
+    return replace(
+        res,
+        test="Wilcoxon signed-rank over perturbations of the on-target log2FC, two-sided",
+        null_name="on_target_signed_rank",
+    )
 
 
 def _sweep(ctx, p, ds, keep: pd.DataFrame) -> pd.DataFrame | None:
@@ -456,8 +499,13 @@ def _calibration_replicate(sc, seed: int):
     )
     qc = on_target_qc(de)
     res = on_target_claim(qc["on_target_log2fc"])  # the claim's own typed result
-    return ReplicateOutcome(p=res.p, estimate=res.effect, ci_low=res.ci_low,
-                            ci_high=res.ci_high, null_value=res.null_value)  # fmt: skip
+    return ReplicateOutcome(
+        p=res.p,
+        estimate=res.effect,
+        ci_low=res.ci_low,
+        ci_high=res.ci_high,
+        null_value=res.null_value,
+    )
 
 
 def _register_calibration() -> None:

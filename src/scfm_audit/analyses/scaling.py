@@ -140,9 +140,15 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
 
 
 def _demo(*, quick: bool, models: bool) -> dict:
-    return {"scaling": {"datasets": ["sim"], "references": ["sim_grn"],
-                        "grid": [50, 100, 200, 300] if quick else [50, 100, 200, 400, 600],
-                        "n_repeats": 2 if quick else 3, "n_boot": 200 if quick else 500}}
+    return {
+        "scaling": {
+            "datasets": ["sim"],
+            "references": ["sim_grn"],
+            "grid": [50, 100, 200, 300] if quick else [50, 100, 200, 400, 600],
+            "n_repeats": 2 if quick else 3,
+            "n_boot": 200 if quick else 500,
+        }
+    }
 
 
 @register_analysis(
@@ -156,11 +162,13 @@ def _demo(*, quick: bool, models: bool) -> dict:
     category="D. Scaling and CSSI",
     reference="Catalogue D scaling; paper: top-K F1 falls from 200 to 1,000 cells while "
     "AUROC rises",
-    quick={'datasets': ['sim'], 'grid': [20, 40, 80], 'n_repeats': 2, 'n_boot': 50},
+    quick={"datasets": ["sim"], "grid": [20, 40, 80], "n_repeats": 2, "n_boot": 50},
     demo=_demo,
     claims=(
-        ('<metric> recovery declines beyond its best cell count (<source>, <reference>)',
-         'vertex bootstrap of Δmetric (best smaller grid point − largest), two-sided, p × (grid points − 1); one layer'),
+        (
+            "<metric> recovery declines beyond its best cell count (<source>, <reference>)",
+            "vertex bootstrap of Δmetric (best smaller grid point − largest), two-sided, p × (grid points − 1); one layer",
+        ),
     ),
 )
 def run_scaling(ctx: AnalysisContext, p: ScalingParams) -> AnalysisResult:
@@ -236,10 +244,16 @@ def run_scaling(ctx: AnalysisContext, p: ScalingParams) -> AnalysisResult:
                         )
                         fits = fit_curves(grid, np.nanmean(vals, axis=0))
                         fit_rows += [
-                            {"dataset": ds, "reference": ref_name, "edges": en, "layer": L,
-                             "metric": metric, **{k: v for k, v in f.items() if k != "params"}}
+                            {
+                                "dataset": ds,
+                                "reference": ref_name,
+                                "edges": en,
+                                "layer": L,
+                                "metric": metric,
+                                **{k: v for k, v in f.items() if k != "params"},
+                            }
                             for f in fits.to_dict("records")
-                        ]  # fmt: skip
+                        ]
                         t = _decline(ctx, p, per, vals, grid, pairs, metric, (ds, en, ref_name, L))
                         t.update(dataset=ds, reference=ref_name, edges=en, layer=L, metric=metric)
                         test_rows.append(t)
@@ -353,16 +367,28 @@ def _register(ctx, base: EdgeScores, ds, ref_name, pairs, t, metric, how):
     M = metric.upper()
     unit = Unit(ds, base.model, ref_name, f"scaling:{base.label}", base.layer)
     pos, neg = t["repeats_best_higher"], t["repeats_largest_higher"]
-    sign = replace(sign_test(pos, pos + neg), effect=t["diff"], null_value=0.0,
-                   effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
-                   test="two-sided sign test across repeats (repeats share cells: "
-                   "descriptive only)", h0=H0_SIGN, null_name="sign_test_repeats")  # fmt: skip
-    ctx.describe(sign, unit, hypothesis=f"{M} of {base.label} on {ref_name}: best of "
-                 f"{t['n_grid'] - 1} smaller grid points vs the largest, per repeat")  # fmt: skip
+    sign = replace(
+        sign_test(pos, pos + neg),
+        effect=t["diff"],
+        null_value=0.0,
+        effect_name=f"Δ{M} (n={t['best_n']} − n={t['largest_n']})",
+        test="two-sided sign test across repeats (repeats share cells: descriptive only)",
+        h0=H0_SIGN,
+        null_name="sign_test_repeats",
+    )
+    ctx.describe(
+        sign,
+        unit,
+        hypothesis=f"{M} of {base.label} on {ref_name}: best of "
+        f"{t['n_grid'] - 1} smaller grid points vs the largest, per repeat",
+    )
     res = replace(decline_result(t, metric, how), n=pairs.n_pos)
-    ctx.describe(res, unit, hypothesis=_hypothesis(base.label, ref_name, t, metric),
-                 extra={"best_n": t["best_n"], "largest_n": t["largest_n"],
-                        "selection": "Bonferroni"})  # fmt: skip
+    ctx.describe(
+        res,
+        unit,
+        hypothesis=_hypothesis(base.label, ref_name, t, metric),
+        extra={"best_n": t["best_n"], "largest_n": t["largest_n"], "selection": "Bonferroni"},
+    )
     return res
 
 
@@ -387,10 +413,14 @@ def _claim(ctx, p: ScalingParams, items: list, ds: str, ref_name: str) -> None:
         i, res, why = choose_layer([(b.layer, r) for b, r in items], p.verdict_layer)
         why = f"{why}; {sel_why}"
     base = items[i][0]
-    ctx.claim(res, Unit(ds, base.model, ref_name, f"scaling:{base.label}", base.layer),
-              claim=claim, layer_choice=why,
-              hypothesis=f"{p.verdict_metric.upper()} of {base.label} on {ref_name}: best "
-              "cell count differs from the largest (selected layer)")  # fmt: skip
+    ctx.claim(
+        res,
+        Unit(ds, base.model, ref_name, f"scaling:{base.label}", base.layer),
+        claim=claim,
+        layer_choice=why,
+        hypothesis=f"{p.verdict_metric.upper()} of {base.label} on {ref_name}: best "
+        "cell count differs from the largest (selected layer)",
+    )
 
 
 def _figures(curve: pd.DataFrame, fits: pd.DataFrame) -> dict:
@@ -439,9 +469,15 @@ def _summary(tests: pd.DataFrame, fits: pd.DataFrame, p: ScalingParams) -> str:
 # edges shifted by β·h(n), h = 1 up to 100 cells then falling linearly in log n to 0.2 at
 # the largest grid point: recovery that declines with N beyond 100 cells, at β = 0.5, 1.
 _CAL_SIM = dict(
-    n_cells=420, n_genes=80, n_tfs=8, n_perturbations=2, n_states=1, n_donors=1,
-    state_specificity=0.0, control_fraction=0.95,
-)  # fmt: skip
+    n_cells=420,
+    n_genes=80,
+    n_tfs=8,
+    n_perturbations=2,
+    n_states=1,
+    n_donors=1,
+    state_specificity=0.0,
+    control_fraction=0.95,
+)
 _CAL_GRID = [25, 50, 100, 200, 380]
 _CAL_REPEATS = 4
 

@@ -109,8 +109,17 @@ def relabelling_h0(metric: str, matching: str, *, whose: str, given: str) -> str
     )
 
 
-def relabelling_result(t, metric: str, matching: str, *, effect_name: str, h0: str, n: int,
-                       ci=(np.nan, np.nan), what: str = ""):  # fmt: skip
+def relabelling_result(
+    t,
+    metric: str,
+    matching: str,
+    *,
+    effect_name: str,
+    h0: str,
+    n: int,
+    ci=(np.nan, np.nan),
+    what: str = "",
+):
     """A relabelling test (:class:`~scfm_audit.evaluate._agreement.AgreementTest`) as a
     typed result: the observed mean against the relabelled draws' centre."""
     kind = "rank" if metric == "spearman" else "top"
@@ -244,11 +253,13 @@ def _claim_text(es) -> str:
         }
     },
     claims=(
-        ("top-k edges of <source> are reproducible across halves",
-         "top-k Jaccard of the source's edges between two cell halves (two shards of one "
-         "pass), against gene relabellings that keep each gene's top-k degree and expression "
-         "within 1 SD (H0: the halves share top-k edges only as much as gene-level degree "
-         "structure implies), two-sided Monte-Carlo; layer a priori or best × layers"),
+        (
+            "top-k edges of <source> are reproducible across halves",
+            "top-k Jaccard of the source's edges between two cell halves (two shards of one "
+            "pass), against gene relabellings that keep each gene's top-k degree and expression "
+            "within 1 SD (H0: the halves share top-k edges only as much as gene-level degree "
+            "structure implies), two-sided Monte-Carlo; layer a priori or best × layers",
+        ),
     ),
 )
 def run_stability(ctx: AnalysisContext, p: StabilityParams) -> AnalysisResult:
@@ -378,15 +389,27 @@ def _source(ctx, p: StabilityParams, ds: str, en: str, pooled: list, notes: list
         seed = ctx.seed_for(ds, en, key, "full")
         t = relabelling_test([a, b], "jaccard", stages=p.stages(False), seed=seed)
         jac = t.observed
-        res_j = relabelling_result(t, "jaccard", matched, effect_name="top-k Jaccard (halves)",
-                                   h0=_h0(matched, "jaccard"), n=u.size,
-                                   ci=_ci(a, b, p, seed, "jaccard"))  # fmt: skip
+        res_j = relabelling_result(
+            t,
+            "jaccard",
+            matched,
+            effect_name="top-k Jaccard (halves)",
+            h0=_h0(matched, "jaccard"),
+            n=u.size,
+            ci=_ci(a, b, p, seed, "jaccard"),
+        )
         tr = relabelling_test([a, b], "spearman", stages=(p.n_perm_descriptive,), seed=seed + 1)
         rho = tr.observed
         boot = bootstrap_agreement([a, b], metrics=("spearman",), n_boot=p.n_boot, seed=seed)
-        res_r = relabelling_result(tr, "spearman", matched, effect_name="Spearman ρ (halves)",
-                                   h0=_h0(matched, "spearman"), n=len(u.sub),
-                                   ci=percentile_ci(boot["spearman"][:, 0]))  # fmt: skip
+        res_r = relabelling_result(
+            tr,
+            "spearman",
+            matched,
+            effect_name="Spearman ρ (halves)",
+            h0=_h0(matched, "spearman"),
+            n=len(u.sub),
+            ci=percentile_ci(boot["spearman"][:, 0]),
+        )
         unit = Unit(ds, base.model, None, f"stability:{base.label}", base.layer)
         extra = {"k": a.k, "n_cells_half": grid[-1], "balanced_by": how}
         ctx.describe(
@@ -523,8 +546,15 @@ def _claims(ctx, p: StabilityParams, ds, en, by_key: dict, results: dict, u, mat
         if len(p.stages(True)) > 1:
             seed = ctx.seed_for(ds, en, key, "full")  # same first stage as the layer's test
             t = relabelling_test([a, b], "jaccard", stages=p.stages(True), seed=seed)
-            res = relabelling_result(t, "jaccard", matched, effect_name="top-k Jaccard (halves)",
-                                     h0=res.h0, n=u.size, ci=(res.ci_low, res.ci_high))  # fmt: skip
+            res = relabelling_result(
+                t,
+                "jaccard",
+                matched,
+                effect_name="top-k Jaccard (halves)",
+                h0=res.h0,
+                n=u.size,
+                ci=(res.ci_low, res.ci_high),
+            )
         if mult > 1:
             res = res.times(mult, why=why)
         base = by_key[key]
@@ -648,9 +678,17 @@ def _cal_cells(sc, seed: int):
     from scfm_audit.evaluate._agreement import expression_covariates
 
     sim = dict(
-        n_cells=800, n_genes=CAL_GENES, n_tfs=8, n_perturbations=2, n_states=1, n_donors=1,
-        state_specificity=0.0, control_fraction=0.95, regulation_strength=0.0, module_size=6,
-    )  # fmt: skip
+        n_cells=800,
+        n_genes=CAL_GENES,
+        n_tfs=8,
+        n_perturbations=2,
+        n_states=1,
+        n_donors=1,
+        state_specificity=0.0,
+        control_fraction=0.95,
+        regulation_strength=0.0,
+        module_size=6,
+    )
     ms = sc.params["module_strength"]
     bench = simulate_perturbseq(**sim, n_modules=10 if ms else 0, module_strength=ms, seed=seed)
     ad = bench.adata[bench.adata.obs["perturbation"].eq("non-targeting").to_numpy()]
@@ -680,8 +718,9 @@ def _cal_replicate(sc, seed: int):
     matched = "both" if sc.params.get("cells") else "structure"
     a, b = (ScoreSet(M, u, k=k, covariates=c) for M, c in zip((A, B), covs, strict=True))
     t = relabelling_test([a, b], "jaccard", stages=(999,), seed=seed)
-    res = relabelling_result(t, "jaccard", matched, effect_name="top-k Jaccard",
-                             h0=_h0(matched, "jaccard"), n=u.size)  # fmt: skip
+    res = relabelling_result(
+        t, "jaccard", matched, effect_name="top-k Jaccard", h0=_h0(matched, "jaccard"), n=u.size
+    )
     tr = relabelling_test([a, b], "spearman", stages=(199,), seed=seed + 1)
     return ReplicateOutcome.of(
         res,

@@ -41,8 +41,9 @@ class SyntheticControlsParams(AnalysisParams):
 def _demo(*, quick: bool, models: bool) -> dict:
     """A smoke check inside the audit: one hub-structured null and the strongest planted
     effect per calibrated analysis (``benchmarks/calibration.py`` runs the full table)."""
-    return {"synthetic_controls": {"n_replicates": 6 if quick else 10,
-                                   "scenarios": _smoke_scenarios()}}
+    return {
+        "synthetic_controls": {"n_replicates": 6 if quick else 10, "scenarios": _smoke_scenarios()}
+    }
 
 
 def _smoke_scenarios() -> list[str]:
@@ -67,11 +68,13 @@ def _smoke_scenarios() -> list[str]:
     version="1.0",
     category="E. Quality control",
     reference="Calibration on simulated nulls and planted effects",
-    quick={'n_replicates': 5, 'scenarios': ['hub_null_directed_150', 'planted_auroc_0.65']},
+    quick={"n_replicates": 5, "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"]},
     demo=_demo,
     claims=(
-        ('<analysis>: type-I error exceeds α on <null scenario> / detects the planted effect in <scenario>',
-         'exact one-sided binomial test of the rejection rate against α over simulated replicates'),
+        (
+            "<analysis>: type-I error exceeds α on <null scenario> / detects the planted effect in <scenario>",
+            "exact one-sided binomial test of the rejection rate against α over simulated replicates",
+        ),
     ),
 )
 def run_synthetic_controls(ctx: AnalysisContext, p: SyntheticControlsParams) -> AnalysisResult:

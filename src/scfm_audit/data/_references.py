@@ -532,9 +532,11 @@ def _directed_column(df: pd.DataFrame, p: Path) -> bool:
     values = {words.get(str(v).strip().lower()) for v in df[col].dropna().unique()}
     if None in values or len(values) > 1:
         raise ReferenceFormatError(
-            p, None, f"column {col!r} must hold one value, True or False, for the whole file "
-            "(a network is directed or not); or set the option directed: true/false."
-        )  # fmt: skip
+            p,
+            None,
+            f"column {col!r} must hold one value, True or False, for the whole file "
+            "(a network is directed or not); or set the option directed: true/false.",
+        )
     return values.pop() if values else True
 
 

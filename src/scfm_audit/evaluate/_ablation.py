@@ -433,15 +433,24 @@ def set_vs_random(
     out["p_floor"] = _set_floor(d_set, d_rand, exact=exact)
     kind = f"all {len(d_rand)} other" if exact else f"{len(d_rand)}"
     out["result"] = StatTestResult(
-        statistic=d_set, p=out["p"], effect=out["quantile"], n=out["n_cells"],
+        statistic=d_set,
+        p=out["p"],
+        effect=out["quantile"],
+        n=out["n_cells"],
         test=f"rank of the mean masked-loss increase among {kind} {against}; two-sided"
         + (" (exact permutation test)" if exact else ""),
         statistic_name="mean masked-loss increase",
         effect_name="quantile of the increase among the compared sets",
-        alternative="two-sided", ci_low=out["ci_low"], ci_high=out["ci_high"],
-        p_greater=out["p_greater"], p_less=out["p_less"], null_value=0.5,
-        p_floor=out["p_floor"], h0=h0, null_name=against.replace(" ", "_"),
-    )  # fmt: skip
+        alternative="two-sided",
+        ci_low=out["ci_low"],
+        ci_high=out["ci_high"],
+        p_greater=out["p_greater"],
+        p_less=out["p_less"],
+        null_value=0.5,
+        p_floor=out["p_floor"],
+        h0=h0,
+        null_name=against.replace(" ", "_"),
+    )
     return out
 
 

@@ -127,8 +127,16 @@ def reliability_table(prob: np.ndarray, y: np.ndarray, *, bins: int = 10) -> pd.
     with np.errstate(invalid="ignore"):
         pm = np.bincount(idx, weights=prob, minlength=bins) / n
         ob = np.bincount(idx, weights=y, minlength=bins) / n
-    return pd.DataFrame({"bin": np.arange(bins), "lower": edges[:-1], "upper": edges[1:],
-                         "n": n, "bin_mean": pm, "observed": ob})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "bin": np.arange(bins),
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "n": n,
+            "bin_mean": pm,
+            "observed": ob,
+        }
+    )
 
 
 def expected_calibration_error(prob: np.ndarray, y: np.ndarray, *, bins: int = 10) -> float:
@@ -167,14 +175,22 @@ def spiegelhalter_terms(prob: np.ndarray, y: np.ndarray, groups: np.ndarray) -> 
     g = pd.factorize(np.asarray(groups))[0]
     G = int(g.max()) + 1
     r = y - p
-    return np.column_stack([np.bincount(g, weights=r, minlength=G),
-                            np.bincount(g, weights=r * (1 - 2 * p), minlength=G)])  # fmt: skip
+    return np.column_stack(
+        [
+            np.bincount(g, weights=r, minlength=G),
+            np.bincount(g, weights=r * (1 - 2 * p), minlength=G),
+        ]
+    )
 
 
 def spiegelhalter_test(
-    prob: np.ndarray, y: np.ndarray, groups: np.ndarray, *, map_cov: np.ndarray | None = None,
+    prob: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    map_cov: np.ndarray | None = None,
     what: str = "",
-):  # fmt: skip
+):
     """Calibration test clustered by perturbation (see the module docstring): Hotelling's
     T² of the per-perturbation sums of :func:`spiegelhalter_terms` (mean 0 under H0),
     covariance = their sample covariance / G (+ ``map_cov``, the map's own estimation
@@ -187,35 +203,60 @@ def spiegelhalter_test(
 
     S = spiegelhalter_terms(prob, y, groups) if len(np.asarray(y)) else np.zeros((0, 2))
     G = len(S)
-    name = ("calibration T² (observed − expected, Spiegelhalter) clustered by perturbation"
-            + (f" ({what})" if what else ""))  # fmt: skip
+    name = "calibration T² (observed − expected, Spiegelhalter) clustered by perturbation" + (
+        f" ({what})" if what else ""
+    )
     C = np.cov(S, rowvar=False) / G if G > 2 else np.zeros((2, 2))
     if map_cov is not None:
         C = C + np.asarray(map_cov, float)
     if G < 4 or not np.isfinite(C).all() or np.linalg.det(C) <= 0:
         nan = math.nan
-        return StatTestResult(nan, nan, nan, G, name, "T²", "T²", "greater", null_value=2.0,
-                              h0=SPIEGELHALTER_H0, null_name="perfect calibration",
-                              reason=f"{G} test perturbations (< 4) or singular covariance")  # fmt: skip
+        return StatTestResult(
+            nan,
+            nan,
+            nan,
+            G,
+            name,
+            "T²",
+            "T²",
+            "greater",
+            null_value=2.0,
+            h0=SPIEGELHALTER_H0,
+            null_name="perfect calibration",
+            reason=f"{G} test perturbations (< 4) or singular covariance",
+        )
     m = S.mean(0)
     t2 = float(m @ np.linalg.solve(C, m))
     f = t2 * (G - 2) / (2 * (G - 1))
     pg = float(stats.f.sf(f, 2, G - 2))
     z = m / np.sqrt(np.diag(C))
     return StatTestResult(
-        statistic=t2, p=pg, effect=t2, n=G,
+        statistic=t2,
+        p=pg,
+        effect=t2,
+        n=G,
         test=f"{name}; z(O−E) = {z[0]:+.2f}, z(Spiegelhalter) = {z[1]:+.2f} over {G} "
-        f"perturbations, F(2, {G - 2}) reference", statistic_name="T²",
-        effect_name="calibration T²", alternative="greater", p_greater=pg,
-        p_less=float(stats.f.cdf(f, 2, G - 2)), null_value=2.0, p_floor=0.0,
-        h0=SPIEGELHALTER_H0, null_name="perfect calibration (Hotelling over perturbation sums)",
-    )  # fmt: skip
+        f"perturbations, F(2, {G - 2}) reference",
+        statistic_name="T²",
+        effect_name="calibration T²",
+        alternative="greater",
+        p_greater=pg,
+        p_less=float(stats.f.cdf(f, 2, G - 2)),
+        null_value=2.0,
+        p_floor=0.0,
+        h0=SPIEGELHALTER_H0,
+        null_name="perfect calibration (Hotelling over perturbation sums)",
+    )
 
 
 def conformal_sets(
-    p_cal: np.ndarray, y_cal: np.ndarray, p_test: np.ndarray, y_test: np.ndarray, *,
+    p_cal: np.ndarray,
+    y_cal: np.ndarray,
+    p_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
     level: float = 0.9,
-) -> dict:  # fmt: skip
+) -> dict:
     """Split-conformal prediction sets for the binary label: nonconformity
     ``s = 1 − p̂(true class)`` (p̂(1) = p, p̂(0) = 1 − p) on the calibration rows,
     threshold q = the ⌈(n + 1) level⌉-th smallest; a test row's set holds every class
@@ -235,9 +276,12 @@ def conformal_sets(
     m = len(yt)
     c = int(covered.sum())
     return {
-        "threshold": q, "coverage": c / m if m else math.nan, "n_test": m, "n_covered": c,
+        "threshold": q,
+        "coverage": c / m if m else math.nan,
+        "n_test": m,
+        "n_covered": c,
         "mean_set_size": float((in0.astype(int) + in1).mean()) if m else math.nan,
         "empty": float((~in0 & ~in1).mean()) if m else math.nan,
         "both": float((in0 & in1).mean()) if m else math.nan,
         "p_binomial": float(stats.binomtest(c, m, level).pvalue) if m else math.nan,
-    }  # fmt: skip
+    }

@@ -272,8 +272,12 @@ def paired_comparison(
 
         ge = float((1 + np.sum(null >= obs - 1e-12)) / (n_perm + 1))
         le = float((1 + np.sum(null <= obs + 1e-12)) / (n_perm + 1))
-        out.update(p=min(1.0, 2 * min(ge, le)), p_greater=ge, p_less=le,
-                   p_floor=attainable_floor(null, "two-sided"))  # fmt: skip
+        out.update(
+            p=min(1.0, 2 * min(ge, le)),
+            p_greater=ge,
+            p_less=le,
+            p_floor=attainable_floor(null, "two-sided"),
+        )
     else:
         out.update(p=nan, p_greater=nan, p_less=nan, p_floor=nan)
     out["n_perm"] = int(n_perm)

@@ -64,9 +64,7 @@ def hanley_mcneil_var(auc: float, n_pos: int, n_neg: int) -> float:
         raise ValueError(f"need ≥ 1 positive and negative, got {n_pos} and {n_neg}.")
     a = float(auc)
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    return (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (
-        n_pos * n_neg
-    )
+    return (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
 
 
 def _separation(delta: float) -> float:
@@ -102,8 +100,9 @@ def detection_power(
     whose spread grows by ``delta_n · retention_sd`` (that share varies between draws)."""
     z = norm.ppf(1 - alpha / (2 * n_claims))
     d = math.sqrt(design_effect)
-    se0 = math.hypot(d * math.sqrt(hanley_mcneil_var(0.5, n_pos, n_neg)),
-                     abs(delta_n) * retention_sd)  # fmt: skip
+    se0 = math.hypot(
+        d * math.sqrt(hanley_mcneil_var(0.5, n_pos, n_neg)), abs(delta_n) * retention_sd
+    )
     se1 = d * math.sqrt(hanley_mcneil_var(0.5 + abs(delta_n), n_pos, n_neg))
     x = abs(delta_n) * (1.0 - retention)
     return float(norm.cdf((x - z * se0) / se1) + norm.cdf((-x - z * se0) / se1))
@@ -125,9 +124,16 @@ def power_at_cells(
     """Power to detect a noiseless effect ``delta`` with ``n_cells`` cells (see the
     module docstring)."""
     a_n = attenuated_auroc(delta, n_cells, noise_ratio)
-    return detection_power(a_n - 0.5, n_pos, n_neg, alpha=alpha, n_claims=n_claims,
-                           design_effect=design_effect, retention=retention,
-                           retention_sd=retention_sd)  # fmt: skip
+    return detection_power(
+        a_n - 0.5,
+        n_pos,
+        n_neg,
+        alpha=alpha,
+        n_claims=n_claims,
+        design_effect=design_effect,
+        retention=retention,
+        retention_sd=retention_sd,
+    )
 
 
 def detectable_effect(
@@ -149,9 +155,19 @@ def detectable_effect(
     effect below ½ is detectable: a reference too small for the power)."""
 
     def gap(x: float) -> float:
-        return detection_power(x, n_pos, n_neg, alpha=alpha, n_claims=n_claims,
-                               design_effect=design_effect, retention=retention,
-                               retention_sd=retention_sd) - power  # fmt: skip
+        return (
+            detection_power(
+                x,
+                n_pos,
+                n_neg,
+                alpha=alpha,
+                n_claims=n_claims,
+                design_effect=design_effect,
+                retention=retention,
+                retention_sd=retention_sd,
+            )
+            - power
+        )
 
     hi = 0.5 - 1e-9
     if gap(hi) < 0:
@@ -180,9 +196,16 @@ def cells_needed(
     """Cells needed to detect a noiseless effect ``delta`` with ``power``:
     ``n* = v / ((δ/δ*)² − 1)`` with ``δ*`` the separation of the detectable ``Δ_n``;
     ``inf`` when noiseless scores on this reference cannot reach the power."""
-    d_n, _ = detectable_effect(n_pos, n_neg, power=power, alpha=alpha, n_claims=n_claims,
-                               design_effect=design_effect, retention=retention,
-                               retention_sd=retention_sd)  # fmt: skip
+    d_n, _ = detectable_effect(
+        n_pos,
+        n_neg,
+        power=power,
+        alpha=alpha,
+        n_claims=n_claims,
+        design_effect=design_effect,
+        retention=retention,
+        retention_sd=retention_sd,
+    )
     if not math.isfinite(d_n) or delta <= d_n:
         return math.inf
     ratio = (_separation(delta) / _separation(d_n)) ** 2
@@ -231,8 +254,12 @@ def null_structure(
         R = rank_matrix(nan_lowest_ranks(rng.standard_normal(len(pairs))), pairs)
         var.append(relabelled_auroc_null(R, pairs, chunk).var(ddof=1))
     deff = float(np.mean(var)) / hanley_mcneil_var(0.5, n1, n0)
-    return {"retention": kappa, "retention_sd": float(k_draw.std()), "design_effect": deff,
-            "overlap": f}
+    return {
+        "retention": kappa,
+        "retention_sd": float(k_draw.std()),
+        "design_effect": deff,
+        "overlap": f,
+    }
 
 
 def noise_from_halves(
@@ -290,8 +317,15 @@ def simulated_recovery(
     if not pairs.directed:
         M[pairs.target, pairs.source] = s
     es = EdgeScores(M, pairs.genes, method="simulated", directed=pairs.directed)
-    return edge_recovery(es, pairs, n_boot=n_boot, n_perm=n_perm, n_perm_max=n_perm_max,
-                         transform="raw", seed=int(rng.integers(2**31)))  # fmt: skip
+    return edge_recovery(
+        es,
+        pairs,
+        n_boot=n_boot,
+        n_perm=n_perm,
+        n_perm_max=n_perm_max,
+        transform="raw",
+        seed=int(rng.integers(2**31)),
+    )
 
 
 def simulate_power(
@@ -339,8 +373,15 @@ def simulate_power(
             rng = np.random.default_rng(ss.spawn(1)[0])
             hits, aucs = 0, []
             for _ in range(n_rep):
-                out = simulated_recovery(pairs, delta=delta, noise_ratio=noise_ratio, n_cells=n,
-                                         rng=rng, n_perm=n_perm, n_perm_max=n_perm_max)  # fmt: skip
+                out = simulated_recovery(
+                    pairs,
+                    delta=delta,
+                    noise_ratio=noise_ratio,
+                    n_cells=n,
+                    rng=rng,
+                    n_perm=n_perm,
+                    n_perm_max=n_perm_max,
+                )
                 aucs.append(out["auroc"])
                 hits += bool(out["p"] < alpha / n_claims and out["p_greater"] < out["p_less"])
             lo, hi = clopper_pearson(hits, n_rep)
@@ -352,9 +393,16 @@ def simulate_power(
                     "power_sim_low": lo,
                     "power_sim_high": hi,
                     "power_closed": power_at_cells(
-                        delta, n, noise_ratio=noise_ratio, n_pos=n1, n_neg=n0, alpha=alpha,
-                        n_claims=n_claims, design_effect=ns["design_effect"],
-                        retention=ns["retention"], retention_sd=ns["retention_sd"],
+                        delta,
+                        n,
+                        noise_ratio=noise_ratio,
+                        n_pos=n1,
+                        n_neg=n0,
+                        alpha=alpha,
+                        n_claims=n_claims,
+                        design_effect=ns["design_effect"],
+                        retention=ns["retention"],
+                        retention_sd=ns["retention_sd"],
                     ),
                     "mean_auroc": float(np.mean(aucs)),
                     "auroc_closed": attenuated_auroc(delta, n, noise_ratio),

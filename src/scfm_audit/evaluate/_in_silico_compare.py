@@ -294,8 +294,18 @@ def in_silico_test(
     n_def = int(np.isfinite(d).sum())
     if n < min_units or n_def < min_units:
         why = f"fewer than {min_units} perturbations could be compared"
-        r = StatTestResult(nan, nan, nan, n_def, "shuffled perturbation labels", "", "",
-                           "two-sided", h0=SHUFFLE_H0, reason=why)  # fmt: skip
+        r = StatTestResult(
+            nan,
+            nan,
+            nan,
+            n_def,
+            "shuffled perturbation labels",
+            "",
+            "",
+            "two-sided",
+            h0=SHUFFLE_H0,
+            reason=why,
+        )
         return InSilicoTest(nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, n_def, np.empty(0), r)
     rows = np.arange(n)
     with _quiet():
@@ -330,15 +340,25 @@ def in_silico_test(
         lo_e, hi_e = np.nanquantile(boots[:, 1], [0.025, 0.975]) if n_boot else (nan, nan)
     null = mc.null[np.isfinite(mc.null)]
     result = StatTestResult(
-        statistic=stat, p=float(mc.p), effect=eff, n=n_def,
+        statistic=stat,
+        p=float(mc.p),
+        effect=eff,
+        n=n_def,
         test=f"shuffled perturbation labels within arm ({mc.n_draws} draws, adaptive, "
         "two-sided); mean per-perturbation statistic",
-        statistic_name="mean matched statistic", effect_name="matched − mismatched",
-        alternative="two-sided", ci_low=float(lo_e), ci_high=float(hi_e),
-        p_greater=float(mc.p_greater), p_less=float(mc.p_less), null_value=0.0,
-        p_floor=float(mc.p_floor), null_scale=float(null.std()) if null.size > 1 else nan,
-        h0=SHUFFLE_H0, null_name="shuffled_perturbation_labels",
-    )  # fmt: skip
+        statistic_name="mean matched statistic",
+        effect_name="matched − mismatched",
+        alternative="two-sided",
+        ci_low=float(lo_e),
+        ci_high=float(hi_e),
+        p_greater=float(mc.p_greater),
+        p_less=float(mc.p_less),
+        null_value=0.0,
+        p_floor=float(mc.p_floor),
+        null_scale=float(null.std()) if null.size > 1 else nan,
+        h0=SHUFFLE_H0,
+        null_name="shuffled_perturbation_labels",
+    )
     return InSilicoTest(
         statistic=stat,
         null_mean=float(np.nanmean(mc.null)) if mc.null.size else nan,

@@ -569,10 +569,22 @@ def delta_test(row: dict, *, test: str, h0: str, null_name: str) -> StatTestResu
     cannot read "opposite" (the bootstrap holds the fitted models fixed, see
     :func:`compare_predictions`); its floor is the bootstrap's ``1 / (B + 1)``."""
     return StatTestResult(
-        row["delta_auroc"], row["p"], row["delta_auroc"], int(row["n_rows"]), test, "ΔAUROC",
-        "ΔAUROC", "greater", row["delta_auroc_ci_low"], row["delta_auroc_ci_high"],
-        p_greater=row["p"], null_value=0.0, p_floor=row["p_floor"], h0=h0, null_name=null_name,
-    )  # fmt: skip
+        row["delta_auroc"],
+        row["p"],
+        row["delta_auroc"],
+        int(row["n_rows"]),
+        test,
+        "ΔAUROC",
+        "ΔAUROC",
+        "greater",
+        row["delta_auroc_ci_low"],
+        row["delta_auroc_ci_high"],
+        p_greater=row["p"],
+        null_value=0.0,
+        p_floor=row["p_floor"],
+        h0=h0,
+        null_name=null_name,
+    )
 
 
 def _greater_p(draws: np.ndarray) -> tuple[float, float]:
@@ -643,10 +655,19 @@ def lrt_test(r: dict, *, h0: str) -> StatTestResult:
     """A :func:`nested_lrt` result as a typed test: upper tail of χ²(df), the statistic's
     null centre ``df``."""
     return StatTestResult(
-        r["lr"], r["p"], r["lr"], int(r["n"]), f"likelihood-ratio test of nested logistic "
-        f"models (χ², df {r['df']})", "LR", "LR", "greater", p_greater=r["p"],
-        null_value=float(r["df"]), h0=h0, null_name="nested_lrt_independent_rows",
-    )  # fmt: skip
+        r["lr"],
+        r["p"],
+        r["lr"],
+        int(r["n"]),
+        f"likelihood-ratio test of nested logistic models (χ², df {r['df']})",
+        "LR",
+        "LR",
+        "greater",
+        p_greater=r["p"],
+        null_value=float(r["df"]),
+        h0=h0,
+        null_name="nested_lrt_independent_rows",
+    )
 
 
 def propensity_matched(

@@ -151,9 +151,14 @@ class RidgeCV:
 
 
 def cv_balanced_accuracy(
-    F: np.ndarray, y: np.ndarray, strata: np.ndarray | None = None, *, folds: int = 5,
-    seed: int = 0, alpha: float = 1.0,
-) -> float:  # fmt: skip
+    F: np.ndarray,
+    y: np.ndarray,
+    strata: np.ndarray | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    alpha: float = 1.0,
+) -> float:
     """Cross-validated balanced accuracy of the ridge classifier of :class:`RidgeCV`
     predicting ``y`` from ``F`` (folds from :func:`fold_labels`). NaN with < 2 classes
     or no feature."""

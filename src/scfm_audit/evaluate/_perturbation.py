@@ -249,8 +249,9 @@ def combine_intersection_union(
         i = int(np.argmax(mine))
     else:
         i = int(np.argmin(theirs))
-    floors = np.array([r.p_floor / 2 if r.alternative == "two-sided" else r.p_floor
-                       for r in results], float)  # fmt: skip
+    floors = np.array(
+        [r.p_floor / 2 if r.alternative == "two-sided" else r.p_floor for r in results], float
+    )
     floor = min(1.0, 2 * min(float(floors.max()), k * float(floors.min())))
     tails = {claimed: p_mine, other: p_theirs}
     return replace(
@@ -264,8 +265,9 @@ def combine_intersection_union(
     ), i
 
 
-def pooled_delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, h0: str
-                  ) -> StatTestResult:  # fmt: skip
+def pooled_delong(
+    y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, h0: str
+) -> StatTestResult:
     """DeLong's paired test of two scorers' AUROC on pooled (perturbation, candidate) rows
     as a typed result: normal tails of z, effect the pooled ΔAUROC (a − b) with the Wald
     CI. Treats rows as independent (they share perturbations and genes): descriptive."""
@@ -275,8 +277,18 @@ def pooled_delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, h0
 
     dl = delong_test(y, score_a, score_b)
     return StatTestResult(
-        dl.z, dl.p, dl.delta, len(y), "DeLong paired AUROC test on pooled (perturbation, "
-        "candidate) rows", "z", "pooled ΔAUROC", dl.alternative, dl.ci_low, dl.ci_high,
-        p_greater=float(norm.sf(dl.z)), p_less=float(norm.cdf(dl.z)), h0=h0,
+        dl.z,
+        dl.p,
+        dl.delta,
+        len(y),
+        "DeLong paired AUROC test on pooled (perturbation, candidate) rows",
+        "z",
+        "pooled ΔAUROC",
+        dl.alternative,
+        dl.ci_low,
+        dl.ci_high,
+        p_greater=float(norm.sf(dl.z)),
+        p_less=float(norm.cdf(dl.z)),
+        h0=h0,
         null_name="delong_independent_rows",
-    )  # fmt: skip
+    )

@@ -131,18 +131,27 @@ def on_target_test(lfc: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -
     )
 
 
-def target_test(qc_row, *, test: str, statistic_name: str, h0: str, null_name: str
-                ) -> StatTestResult:  # fmt: skip
+def target_test(
+    qc_row, *, test: str, statistic_name: str, h0: str, null_name: str
+) -> StatTestResult:
     """One perturbation's DE test of its target gene (a row of :func:`on_target_qc`) as a
     typed two-sided result: the statistic (t or z) is symmetric under H0, so the tested
     side holds half of p and the other side the rest."""
     half, up = float(qc_row.p) / 2, float(qc_row.statistic) > 0
     return StatTestResult(
-        float(qc_row.statistic), float(qc_row.p), float(qc_row.on_target_log2fc),
-        int(qc_row.n_perturbed), test, statistic_name, "on-target log2FC", "two-sided",
-        p_greater=half if up else 1 - half, p_less=1 - half if up else half, h0=h0,
+        float(qc_row.statistic),
+        float(qc_row.p),
+        float(qc_row.on_target_log2fc),
+        int(qc_row.n_perturbed),
+        test,
+        statistic_name,
+        "on-target log2FC",
+        "two-sided",
+        p_greater=half if up else 1 - half,
+        p_less=1 - half if up else half,
+        h0=h0,
         null_name=null_name,
-    )  # fmt: skip
+    )
 
 
 def hvg_ranking(adata, spec=None, *, chunk_size: int = 20000, progress=None) -> pd.Index:

@@ -219,6 +219,12 @@ def decline_test(
         out["p_floor"] = 2 * one
         out["ci_low"], out["ci_high"] = map(float, np.quantile(d, [0.025, 0.975]))
     else:
-        out.update(p=math.nan, p_floor=math.nan, p_greater=math.nan, p_less=math.nan,
-                   ci_low=math.nan, ci_high=math.nan)  # fmt: skip
+        out.update(
+            p=math.nan,
+            p_floor=math.nan,
+            p_greater=math.nan,
+            p_less=math.nan,
+            ci_low=math.nan,
+            ci_high=math.nan,
+        )
     return out

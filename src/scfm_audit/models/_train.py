@@ -56,12 +56,29 @@ __all__ = [
 #: differs, set by :func:`recipe_settings` so that both take about ``steps`` steps. How it
 #: was chosen and what it achieved: ``docs/validation/demo-models.md``.
 DEMO_RECIPE: dict[str, dict[str, Any]] = {
-    "scgpt": {"d_model": 16, "n_layers": 4, "n_heads": 4, "d_hid": 32, "n_bins": 11,
-              "train_seq_len": 128, "batch_size": 16, "lr": 2e-3, "mask_ratio": 0.6,
-              "steps": 5440},
-    "geneformer": {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "intermediate_size": 128,
-                   "batch_size": 16, "lr": 2e-3, "mask_ratio": 0.15, "steps": 4080},
-}  # fmt: skip
+    "scgpt": {
+        "d_model": 16,
+        "n_layers": 4,
+        "n_heads": 4,
+        "d_hid": 32,
+        "n_bins": 11,
+        "train_seq_len": 128,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "mask_ratio": 0.6,
+        "steps": 5440,
+    },
+    "geneformer": {
+        "hidden_size": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "intermediate_size": 128,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "mask_ratio": 0.15,
+        "steps": 4080,
+    },
+}
 
 
 def batches_per_epoch(n_cells: int, batch_size: int) -> int:

@@ -46,8 +46,10 @@ class Architecture:
     weight_d_model: int | None = None
 
 
-_SCGPT_QKV = re.compile(r"transformer_encoder\.layers\.(\d+)\.self_attn\.(?:_impl\.)?"
-                        r"(?:Wqkv\.weight|in_proj_weight)$")  # fmt: skip
+_SCGPT_QKV = re.compile(
+    r"transformer_encoder\.layers\.(\d+)\.self_attn\.(?:_impl\.)?"
+    r"(?:Wqkv\.weight|in_proj_weight)$"
+)
 _BERT_Q = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self\.query\.weight$")
 
 

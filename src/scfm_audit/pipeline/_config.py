@@ -251,9 +251,13 @@ class AuditConfig(_Strict):
                 errors.append(f"edges.{name}: the attention scorer needs 'model' (a models entry)")
             accepted = scorer_parameters(e.scorer, fn)
             errors += check_options(
-                f"edges.{name}", e.options(), accepted, fn=[fn, *_targets(e.scorer)],
-                owner=f"edge scorer {e.scorer!r}", reserved=RESERVED["edges"],
-            )  # fmt: skip
+                f"edges.{name}",
+                e.options(),
+                accepted,
+                fn=[fn, *_targets(e.scorer)],
+                owner=f"edge scorer {e.scorer!r}",
+                reserved=RESERVED["edges"],
+            )
         for name, r in self.references.items():
             if r.format == "simulated":
                 extra = sorted(r.options())
@@ -269,15 +273,21 @@ class AuditConfig(_Strict):
                 errors.append(f"references.{name}.format: {err} (or 'simulated')")
                 continue
             siblings = {
-                f"format {f!r}": [o for o in (keyword_parameters(fn) or {})
-                                  if o not in RESERVED["references"]]
-                for f, fn in REFERENCE_LOADERS.items() if f != r.format
-            }  # fmt: skip
+                f"format {f!r}": [
+                    o for o in (keyword_parameters(fn) or {}) if o not in RESERVED["references"]
+                ]
+                for f, fn in REFERENCE_LOADERS.items()
+                if f != r.format
+            }
             errors += check_options(
-                f"references.{name}", r.options(), keyword_parameters(loader), fn=loader,
-                owner=f"reference format {r.format!r}", reserved=RESERVED["references"],
+                f"references.{name}",
+                r.options(),
+                keyword_parameters(loader),
+                fn=loader,
+                owner=f"reference format {r.format!r}",
+                reserved=RESERVED["references"],
                 elsewhere=siblings,
-            )  # fmt: skip
+            )
         for name, m in self.models.items():
             try:
                 cls = MODEL_FAMILIES.get(m.family)
@@ -285,10 +295,13 @@ class AuditConfig(_Strict):
                 errors.append(f"models.{name}.family: {err}")
                 continue
             errors += check_options(
-                f"models.{name}", m.options(), model_parameters(cls),
-                fn=[cls.load, cls.__init__], owner=f"model family {m.family!r}",
+                f"models.{name}",
+                m.options(),
+                model_parameters(cls),
+                fn=[cls.load, cls.__init__],
+                owner=f"model family {m.family!r}",
                 reserved=RESERVED["models"],
-            )  # fmt: skip
+            )
         return errors
 
     def _missing(self, where: str, item: str, section: str) -> list[str]:

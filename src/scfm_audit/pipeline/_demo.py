@@ -10,11 +10,19 @@ from scfm_audit.pipeline._config import AuditConfig, config_from_dict
 
 #: simulator settings of the demo benchmark (small enough for 2 cores in minutes)
 DEMO_SIMULATION: dict[str, Any] = {
-    "n_cells": 3000, "n_genes": 300, "n_tfs": 30, "module_strength": 2.0, "seed": 0,
-}  # fmt: skip
+    "n_cells": 3000,
+    "n_genes": 300,
+    "n_tfs": 30,
+    "module_strength": 2.0,
+    "seed": 0,
+}
 QUICK_SIMULATION: dict[str, Any] = {
-    "n_cells": 1200, "n_genes": 200, "n_tfs": 20, "module_strength": 2.0, "seed": 0,
-}  # fmt: skip
+    "n_cells": 1200,
+    "n_genes": 200,
+    "n_tfs": 20,
+    "module_strength": 2.0,
+    "seed": 0,
+}
 
 
 #: How the demo (and the acceptance test of the demo recipe, ``tests/test_train.py``) reads
@@ -78,9 +86,17 @@ def write_provenance(folder: str | Path, *, quick: bool, seed: int, command: str
         log = json.loads((folder / name / LOG_FILE).read_text())
         models[name] = {
             k: log[k]
-            for k in ("family", "steps", "eval_loss_final", "baseline_loss", "baseline",
-                      "chance_loss", "learned", "seconds")
-        }  # fmt: skip
+            for k in (
+                "family",
+                "steps",
+                "eval_loss_final",
+                "baseline_loss",
+                "baseline",
+                "chance_loss",
+                "learned",
+                "seconds",
+            )
+        }
     key = demo_models_key(quick=quick, seed=seed)
     prov = {
         "command": command,
@@ -197,9 +213,12 @@ def ensure_demo_models(
         not retrain and shipped is not None and _shipped_matches(shipped, quick=quick, seed=seed)
     )
     key = stable_hash(
-        {**demo_models_key(quick=quick, seed=seed), "version": __version__,
-         "source": "shipped" if use_shipped else "trained"}
-    )  # fmt: skip
+        {
+            **demo_models_key(quick=quick, seed=seed),
+            "version": __version__,
+            "source": "shipped" if use_shipped else "trained",
+        }
+    )
     fresh = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
     if retrain or not (fresh and all((folder / name).is_dir() for name in _FAMILIES)):
         tmp = folder.parent / f".models-tmp-{key}"
@@ -217,9 +236,10 @@ def ensure_demo_models(
         tmp.rename(folder)  # the whole folder appears at once: a killed training leaves none
         atomic_write_text(
             stamp,
-            json.dumps({"key": key, "simulation": sim,
-                        "source": "shipped" if use_shipped else "trained"}),
-        )  # fmt: skip
+            json.dumps(
+                {"key": key, "simulation": sim, "source": "shipped" if use_shipped else "trained"}
+            ),
+        )
     return {name: {"family": fam, "path": str(folder / name)} for name, fam in _FAMILIES.items()}
 
 

@@ -166,12 +166,17 @@ def _layer_checks(cfg: AuditConfig, name: str, p: Any, models: dict[str, Any]) -
         for src, n in sources.items():
             bad = [v for v in values if not _in_range(int(v), n, f)]
             if bad:
-                out.append(_check(f"analyses.{name}.{f}", (
-                    f"analyses.{name}.{f}: {', '.join(map(str, bad))} is out of range for "
-                    f"{src}, which has {n} layer{'s' if n != 1 else ''} (valid: "
-                    f"{_range_text(n, f)}); an index is never wrapped round. Use a layer "
-                    "the model has" + (" or 'best'." if "verdict" in f else ".")
-                )))  # fmt: skip
+                out.append(
+                    _check(
+                        f"analyses.{name}.{f}",
+                        (
+                            f"analyses.{name}.{f}: {', '.join(map(str, bad))} is out of range for "
+                            f"{src}, which has {n} layer{'s' if n != 1 else ''} (valid: "
+                            f"{_range_text(n, f)}); an index is never wrapped round. Use a layer "
+                            "the model has" + (" or 'best'." if "verdict" in f else ".")
+                        ),
+                    )
+                )
     return out
 
 
@@ -184,15 +189,27 @@ def _edge_layer_checks(cfg: AuditConfig, models: dict[str, Any]) -> list[Check]:
         n = int(models[ec.model].n_layers)
         values = layers if isinstance(layers, list | tuple) else [layers]
         if any(isinstance(v, bool) for v in values):
-            out.append(_check(f"edges.{e}.layers", (
-                f"edges.{e}.layers: got {layers!r}; layers are integers (a boolean would be "
-                "read as layer 1 or 0).")))  # fmt: skip
+            out.append(
+                _check(
+                    f"edges.{e}.layers",
+                    (
+                        f"edges.{e}.layers: got {layers!r}; layers are integers (a boolean would be "
+                        "read as layer 1 or 0)."
+                    ),
+                )
+            )
             continue
         bad = [v for v in values if isinstance(v, int) and not -n <= v < n]
         if bad:
-            out.append(_check(f"edges.{e}.layers", (
-                f"edges.{e}.layers: {', '.join(map(str, bad))} is out of range for model "
-                f"{ec.model!r}, which has {n} layers (valid: {_range_text(n, 'layers')}).")))  # fmt: skip
+            out.append(
+                _check(
+                    f"edges.{e}.layers",
+                    (
+                        f"edges.{e}.layers: {', '.join(map(str, bad))} is out of range for model "
+                        f"{ec.model!r}, which has {n} layers (valid: {_range_text(n, 'layers')})."
+                    ),
+                )
+            )
     return out
 
 
@@ -204,8 +221,9 @@ def _obs_columns(adata: Any) -> list[str]:
 def _did_you_mean(name: str, options: list[str]) -> str:
     lower = {o.lower(): o for o in options}
     close = [lower[name.lower()]] if name.lower() in lower else []
-    close += [c for c in difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-              if c not in close]  # fmt: skip
+    close += [
+        c for c in difflib.get_close_matches(name, options, n=3, cutoff=0.5) if c not in close
+    ]
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -223,9 +241,15 @@ def _column_checks(
             if ds not in data or col in data[ds].obs.columns:
                 continue
             cols = _obs_columns(data[ds])
-            out.append(_check(f"analyses.{name}.{f}", (
-                f"analyses.{name}.{f}: column {col!r} is not in dataset {ds!r}'s obs."
-                f"{_did_you_mean(col, cols)} Its columns: {', '.join(cols) or '(none)'}.")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}.{f}",
+                    (
+                        f"analyses.{name}.{f}: column {col!r} is not in dataset {ds!r}'s obs."
+                        f"{_did_you_mean(col, cols)} Its columns: {', '.join(cols) or '(none)'}."
+                    ),
+                )
+            )
     return out
 
 
@@ -236,14 +260,24 @@ def _size_checks(name: str, p: Any) -> list[Check]:
         if not isinstance(v, list | tuple):
             continue
         if len(v) == 0:
-            out.append(_check(f"analyses.{name}.{f}", "empty; give at least one size (or "
-                              "leave the key out for the default)."))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}.{f}",
+                    "empty; give at least one size (or leave the key out for the default).",
+                )
+            )
             continue
         bad = [x for x in v if isinstance(x, int | float) and x < 1]
         if bad:
-            out.append(_check(f"analyses.{name}.{f}", (
-                f"analyses.{name}.{f}: {', '.join(map(str, bad))} — sizes are counts (of "
-                f"cells, clusters or top-ranked items) and must be at least 1.")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}.{f}",
+                    (
+                        f"analyses.{name}.{f}: {', '.join(map(str, bad))} — sizes are counts (of "
+                        f"cells, clusters or top-ranked items) and must be at least 1."
+                    ),
+                )
+            )
     return out
 
 
@@ -258,14 +292,25 @@ def _strata_checks(
         if col is not None:
             continue  # a named column that is missing is reported by the dataset check
         cols = _obs_columns(data[ds]) if ds in data else []
-        hint = [c for c in cols if any(k in c.lower() for k in ("state", "type", "cluster",
-                                                                  "leiden", "louvain"))]  # fmt: skip
-        out.append(_check(f"analyses.{name}.strata", (
-            f"'annotation' stratifies by the dataset's cell-state column, but dataset {ds!r} "
-            f"names none (datasets.{ds}.cell_state is not set)"
-            + (f"; its obs has {', '.join(repr(h) for h in hint)}" if hint else "")
-            + ". Set datasets." + ds + ".cell_state, or choose another strata; a "
-            "pre-declared stratification is never replaced by clustering.")))  # fmt: skip
+        hint = [
+            c
+            for c in cols
+            if any(k in c.lower() for k in ("state", "type", "cluster", "leiden", "louvain"))
+        ]
+        out.append(
+            _check(
+                f"analyses.{name}.strata",
+                (
+                    f"'annotation' stratifies by the dataset's cell-state column, but dataset {ds!r} "
+                    f"names none (datasets.{ds}.cell_state is not set)"
+                    + (f"; its obs has {', '.join(repr(h) for h in hint)}" if hint else "")
+                    + ". Set datasets."
+                    + ds
+                    + ".cell_state, or choose another strata; a "
+                    "pre-declared stratification is never replaced by clustering."
+                ),
+            )
+        )
     return out
 
 
@@ -286,11 +331,14 @@ def _arms(adata: Any, spec: Any) -> pd.DataFrame:
     for a in pd.unique(arm):
         in_arm = arm == a
         pert = in_arm & ~ctrl & known
-        rows.append({
-            "arm": str(a), "perturbed": int(pert.sum()),
-            "perturbations": int(labels[pert].astype(str).nunique()),
-            "controls": int((in_arm & ctrl).sum()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "arm": str(a),
+                "perturbed": int(pert.sum()),
+                "perturbations": int(labels[pert].astype(str).nunique()),
+                "controls": int((in_arm & ctrl).sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=["arm", "perturbed", "perturbations", "controls"])
 
 
@@ -310,49 +358,81 @@ def _perturbation_checks(
         d = cfg.datasets[ds]
         if d.perturbation is None or d.perturbation not in data[ds].obs:
             if explicit:
-                out.append(_check(f"analyses.{name}.datasets", (
-                    f"analyses.{name} analyses perturbations, but dataset {ds!r} names no "
-                    f"perturbation column (datasets.{ds}.perturbation).")))  # fmt: skip
+                out.append(
+                    _check(
+                        f"analyses.{name}.datasets",
+                        (
+                            f"analyses.{name} analyses perturbations, but dataset {ds!r} names no "
+                            f"perturbation column (datasets.{ds}.perturbation)."
+                        ),
+                    )
+                )
             continue
         control = tuple(d.control) if isinstance(d.control, list) else d.control
         spec = DatasetSpec(perturbation=d.perturbation, control=control, modality=d.modality)
         arms = _arms(data[ds], spec)
         if arms["perturbed"].sum() == 0:
             if explicit:
-                out.append(_check(f"analyses.{name} on {ds}", (
-                    f"dataset {ds!r} holds only control cells ({data[ds].n_obs} cells labelled "
-                    f"{control!r} in obs[{d.perturbation!r}]): analysis {name!r} compares "
-                    "perturbed cells with controls. Use a dataset with perturbations, or "
-                    f"leave {ds!r} out of analyses.{name}.datasets.")))  # fmt: skip
+                out.append(
+                    _check(
+                        f"analyses.{name} on {ds}",
+                        (
+                            f"dataset {ds!r} holds only control cells ({data[ds].n_obs} cells labelled "
+                            f"{control!r} in obs[{d.perturbation!r}]): analysis {name!r} compares "
+                            "perturbed cells with controls. Use a dataset with perturbations, or "
+                            f"leave {ds!r} out of analyses.{name}.datasets."
+                        ),
+                    )
+                )
             continue
         orphan = arms[(arms["perturbed"] > 0) & (arms["controls"] == 0)]
-        ctrl_arms = ", ".join(f"{a!r} ({n})" for a, n in
-                              zip(arms["arm"], arms["controls"], strict=True) if n)  # fmt: skip
+        ctrl_arms = ", ".join(
+            f"{a!r} ({n})" for a, n in zip(arms["arm"], arms["controls"], strict=True) if n
+        )
         for r in orphan.itertuples():
-            out.append(_check(f"analyses.{name} on {ds}", (
-                f"dataset {ds!r}: modality arm {r.arm!r} has {r.perturbed} perturbed cells "
-                f"({r.perturbations} perturbation{'s' if r.perturbations != 1 else ''}) but no "
-                f"control cell of its own (the controls' obs[{d.modality!r}]: "
-                f"{ctrl_arms or 'none'}; 'nan' controls are not shared between arms); each arm "
-                "is compared with its own controls, so this arm would drop out of every "
-                f"result. Label that arm's controls {r.arm!r} in obs[{d.modality!r}], or "
-                "remove the arm's cells.")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name} on {ds}",
+                    (
+                        f"dataset {ds!r}: modality arm {r.arm!r} has {r.perturbed} perturbed cells "
+                        f"({r.perturbations} perturbation{'s' if r.perturbations != 1 else ''}) but no "
+                        f"control cell of its own (the controls' obs[{d.modality!r}]: "
+                        f"{ctrl_arms or 'none'}; 'nan' controls are not shared between arms); each arm "
+                        "is compared with its own controls, so this arm would drop out of every "
+                        f"result. Label that arm's controls {r.arm!r} in obs[{d.modality!r}], or "
+                        "remove the arm's cells."
+                    ),
+                )
+            )
         usable[ds] = arms[(arms["perturbed"] > 0) & (arms["controls"] > 0)]
     if used and not usable and not explicit and not out and all(ds in data for ds in used):
-        out.append(_check(f"analyses.{name}", (
-            f"analysis {name!r} compares perturbed cells with controls, but no dataset it "
-            f"uses ({', '.join(used)}) has both (a perturbation column with perturbed and "
-            "control cells). Add a Perturb-seq dataset or remove the analysis.")))  # fmt: skip
+        out.append(
+            _check(
+                f"analyses.{name}",
+                (
+                    f"analysis {name!r} compares perturbed cells with controls, but no dataset it "
+                    f"uses ({', '.join(used)}) has both (a perturbation column with perturbed and "
+                    "control cells). Add a Perturb-seq dataset or remove the analysis."
+                ),
+            )
+        )
     k = getattr(p, "min_perturbations", None)
     if isinstance(k, int) and usable:
-        most = {ds: int(arms["perturbations"].max()) if len(arms) else 0
-                for ds, arms in usable.items()}  # fmt: skip
+        most = {
+            ds: int(arms["perturbations"].max()) if len(arms) else 0 for ds, arms in usable.items()
+        }
         if max(most.values()) < k:  # some datasets may fall short: they are left out, stated
             shown = ", ".join(f"{ds}: {n}" for ds, n in most.items())
-            out.append(_check(f"analyses.{name}", (
-                f"analyses.{name}.min_perturbations={k}, but no dataset it uses has that many "
-                f"perturbations in one arm even before responder filtering ({shown}), so "
-                "nothing could be evaluated. Use a larger screen or lower min_perturbations.")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}",
+                    (
+                        f"analyses.{name}.min_perturbations={k}, but no dataset it uses has that many "
+                        f"perturbations in one arm even before responder filtering ({shown}), so "
+                        "nothing could be evaluated. Use a larger screen or lower min_perturbations."
+                    ),
+                )
+            )
     return out
 
 
@@ -361,27 +441,46 @@ def _reference_checks(cfg: AuditConfig, name: str, p: Any, refs: dict[str, Any])
     fields = type(p).model_fields
     out = []
     if "references" in fields and not (getattr(p, "references", None) or cfg.references):
-        out.append(_check(f"analyses.{name}", (
-            f"analysis {name!r} scores edges against reference networks and the config "
-            "defines none; add one under `references` (e.g. {format: trrust, path: ...}).")))  # fmt: skip
+        out.append(
+            _check(
+                f"analyses.{name}",
+                (
+                    f"analysis {name!r} scores edges against reference networks and the config "
+                    "defines none; add one under `references` (e.g. {format: trrust, path: ...})."
+                ),
+            )
+        )
     if "ppi_references" in fields and "tf_references" in fields:
         ppi = p.ppi_references or [n for n, r in refs.items() if not r.directed]
         tf = p.tf_references or [n for n, r in refs.items() if r.directed]
         wrong = [n for n in (p.ppi_references or []) if n in refs and refs[n].directed]
         wrong += [n for n in (p.tf_references or []) if n in refs and not refs[n].directed]
-        missing = [w for w, v in (("an undirected (PPI-type)", ppi), ("a directed (TF)", tf))
-                   if not v]  # fmt: skip
+        missing = [
+            w for w, v in (("an undirected (PPI-type)", ppi), ("a directed (TF)", tf)) if not v
+        ]
         if missing and len(refs) == len(cfg.references):  # unloadable ones reported already
-            out.append(_check(f"analyses.{name}", (
-                f"analysis {name!r} compares an undirected (PPI-type) with a directed (TF) "
-                f"reference and the config has no {' and no '.join(m.split(' ', 1)[1] for m in missing)} one "
-                f"(undirected: {', '.join(ppi) or 'none'}; directed: {', '.join(tf) or 'none'}). "
-                "Add one (format table with directed: false for a PPI list, or string).")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}",
+                    (
+                        f"analysis {name!r} compares an undirected (PPI-type) with a directed (TF) "
+                        f"reference and the config has no {' and no '.join(m.split(' ', 1)[1] for m in missing)} one "
+                        f"(undirected: {', '.join(ppi) or 'none'}; directed: {', '.join(tf) or 'none'}). "
+                        "Add one (format table with directed: false for a PPI list, or string)."
+                    ),
+                )
+            )
         for n in wrong:
             kind = "directed" if refs[n].directed else "undirected"
-            out.append(_check(f"analyses.{name}", (
-                f"analyses.{name}: reference {n!r} is {kind}, listed under the other kind "
-                "(ppi_references: undirected; tf_references: directed).")))  # fmt: skip
+            out.append(
+                _check(
+                    f"analyses.{name}",
+                    (
+                        f"analyses.{name}: reference {n!r} is {kind}, listed under the other kind "
+                        "(ppi_references: undirected; tf_references: directed)."
+                    ),
+                )
+            )
     return out
 
 
@@ -414,11 +513,18 @@ def _token_collisions(
             continue
         names = data[ds].var_names
         shown = "; ".join(" + ".join(map(str, names[g])) for g in groups[:3])
-        out.append(_check(f"model {m} on {ds}", (
-            f"dataset {ds!r}: {len(groups)} group(s) of genes share an Ensembl id and so one "
-            f"Geneformer token of model {m!r} ({shown}"
-            + (" ..." if len(groups) > 3 else "") + "): the tokenizer would sum their counts "
-            "and every attention score of the token would be credited to the first gene "
-            "only. Aggregate or drop the duplicated genes in the data (one row of var per "
-            "Ensembl id).")))  # fmt: skip
+        out.append(
+            _check(
+                f"model {m} on {ds}",
+                (
+                    f"dataset {ds!r}: {len(groups)} group(s) of genes share an Ensembl id and so one "
+                    f"Geneformer token of model {m!r} ({shown}"
+                    + (" ..." if len(groups) > 3 else "")
+                    + "): the tokenizer would sum their counts "
+                    "and every attention score of the token would be credited to the first gene "
+                    "only. Aggregate or drop the duplicated genes in the data (one row of var per "
+                    "Ensembl id)."
+                ),
+            )
+        )
     return out

@@ -74,8 +74,11 @@ def model_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
     if load is not None:
         return load
     init = inspect.signature(cls.__init__).parameters.values()
-    own = {n: p for n, p in inspect.signature(cls.load).parameters.items()
-           if p.kind is inspect.Parameter.KEYWORD_ONLY}  # fmt: skip
+    own = {
+        n: p
+        for n, p in inspect.signature(cls.load).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     return own | {p.name: p for p in init if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 

@@ -493,8 +493,10 @@ def run_audit(
             raise full from None
         if run.warnings:
             n = sum(run.warnings.values())
-            progress.say(f"{n} warning{'s' if n > 1 else ''} while computing (numpy / scipy "
-                         "and others): counted in run.json, logged at debug level")  # fmt: skip
+            progress.say(
+                f"{n} warning{'s' if n > 1 else ''} while computing (numpy / scipy "
+                "and others): counted in run.json, logged at debug level"
+            )
         with progress.status("swapping the new outputs in"):
             tx.commit()
         return run
@@ -556,8 +558,9 @@ def _run_analyses(
                 raise full from None
             # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
             debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
-            log.log(logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name,
-                    exc_info=True)  # fmt: skip
+            log.log(
+                logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name, exc_info=True
+            )
             errors[name] = f"{type(e).__name__}: {e}"
             registry.rollback(n_before)
             progress.say(f"[red]{name} failed[/]: {escape(errors[name])}")
@@ -588,9 +591,16 @@ def _run_analyses(
 
 #: Packages whose versions ``run.json`` records.
 RECORDED_PACKAGES = (
-    "scfm-audit", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "transformers",
+    "scfm-audit",
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "anndata",
+    "scanpy",
+    "transformers",
     "pydantic",
-)  # fmt: skip
+)
 
 
 def environment() -> dict[str, Any]:

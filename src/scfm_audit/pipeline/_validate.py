@@ -106,10 +106,17 @@ def input_checks(
             continue
         if len(net.edges) == 0:
             where = cfg.references[name].path or f"the simulated {cfg.references[name].network}"
-            checks.append(Check(f"reference {name}", False, (
-                f"reference {name!r} ({where}) has no edges: the file has a header and no "
-                "edge line, or every line was filtered out (e.g. by min_score / "
-                "min_confidence). Give a reference with edges, or loosen its filter.")))  # fmt: skip
+            checks.append(
+                Check(
+                    f"reference {name}",
+                    False,
+                    (
+                        f"reference {name!r} ({where}) has no edges: the file has a header and no "
+                        "edge line, or every line was filtered out (e.g. by min_score / "
+                        "min_confidence). Give a reference with edges, or loosen its filter."
+                    ),
+                )
+            )
             continue
         refs[name] = net
         checks.append(Check(f"reference {name}", True, repr(net)))
@@ -156,8 +163,13 @@ def _usage_checks(
                 seen.add(("ref", ref, dataset))
                 n = int(genes.isin(refs[ref].genes).sum())
                 if n == 0:
-                    checks.append(Check(f"reference {ref} on {dataset}", False, _no_overlap(
-                        ref, refs[ref].genes, dataset, genes, analysis)))  # fmt: skip
+                    checks.append(
+                        Check(
+                            f"reference {ref} on {dataset}",
+                            False,
+                            _no_overlap(ref, refs[ref].genes, dataset, genes, analysis),
+                        )
+                    )
             for edge in edges:
                 if ("edge", edge, dataset) in seen or edge not in cfg.edges:
                     continue
@@ -172,11 +184,18 @@ def _usage_checks(
                 need = cfg.edges[edge].min_source_cells
                 if n_cells < need:
                     which = "control cells" if cfg.edges[edge].cells == "control" else "cells"
-                    checks.append(Check(f"edges {edge} on {dataset}", False, (
-                        f"dataset {dataset!r} gives edge source {edge!r} only {n_cells} {which}; at "
-                        f"least {need} are needed for scores and CIs that mean anything. Use a "
-                        f"dataset with more {which}, set edges.{edge}.cells: all, or (at your own "
-                        f"risk) lower edges.{edge}.min_source_cells.")))  # fmt: skip
+                    checks.append(
+                        Check(
+                            f"edges {edge} on {dataset}",
+                            False,
+                            (
+                                f"dataset {dataset!r} gives edge source {edge!r} only {n_cells} {which}; at "
+                                f"least {need} are needed for scores and CIs that mean anything. Use a "
+                                f"dataset with more {which}, set edges.{edge}.cells: all, or (at your own "
+                                f"risk) lower edges.{edge}.min_source_cells."
+                            ),
+                        )
+                    )
     return checks
 
 

@@ -769,16 +769,39 @@ def ablation_figure(
         v = random.loc[random["channel"] == ch, "value"].to_numpy(float) if len(random) else []
         v = np.asarray(v)[np.isfinite(v)]
         if v.size:
-            ax.boxplot([v], positions=[i], widths=0.5, showfliers=False,
-                       medianprops={"color": "0.3"}, boxprops={"color": "0.6"},
-                       whiskerprops={"color": "0.6"}, capprops={"color": "0.6"})  # fmt: skip
-            ax.scatter(i + rng.uniform(-0.18, 0.18, v.size), v, s=9, color=PALETTE[5],
-                       alpha=0.7, label="random sets" if i == 0 else None, zorder=2)  # fmt: skip
+            ax.boxplot(
+                [v],
+                positions=[i],
+                widths=0.5,
+                showfliers=False,
+                medianprops={"color": "0.3"},
+                boxprops={"color": "0.6"},
+                whiskerprops={"color": "0.6"},
+                capprops={"color": "0.6"},
+            )
+            ax.scatter(
+                i + rng.uniform(-0.18, 0.18, v.size),
+                v,
+                s=9,
+                color=PALETTE[5],
+                alpha=0.7,
+                label="random sets" if i == 0 else None,
+                zorder=2,
+            )
     for j, (label, g) in enumerate(marks.groupby("label", sort=False) if len(marks) else []):
         st = _style(j)
         xs = [channels.index(c) for c in g["channel"]]
-        ax.scatter(np.asarray(xs) + 0.3, g["value"], marker=st["marker"], color=st["color"],
-                   s=46, edgecolor="black", linewidth=0.5, label=label, zorder=3)  # fmt: skip
+        ax.scatter(
+            np.asarray(xs) + 0.3,
+            g["value"],
+            marker=st["marker"],
+            color=st["color"],
+            s=46,
+            edgecolor="black",
+            linewidth=0.5,
+            label=label,
+            zorder=3,
+        )
     ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(channels)), channels)
     ax.set_xlabel("channel")
@@ -1002,8 +1025,9 @@ def leakage_figure(
             z = np.asarray(draws, dtype=float)
             z = z[np.isfinite(z)]
             if z.size:
-                ax.boxplot([z], positions=[i], vert=False, widths=0.5, whis=(2.5, 97.5),
-                           showfliers=False)  # fmt: skip
+                ax.boxplot(
+                    [z], positions=[i], vert=False, widths=0.5, whis=(2.5, 97.5), showfliers=False
+                )
             ax.plot([obs], [i], "o", color="black", zorder=3)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels([_pretty(n) for n in names], fontsize=7)
@@ -1016,9 +1040,7 @@ def leakage_figure(
     return fig
 
 
-def reliability_figure(
-    curves: Mapping[str, pd.DataFrame], *, title: str | None = None
-) -> Figure:
+def reliability_figure(curves: Mapping[str, pd.DataFrame], *, title: str | None = None) -> Figure:
     """Reliability diagram: per panel (a score set), one line per probability map
     (``curves[label]`` long table ``map, bin_mean, observed, n``), mean predicted
     probability of a bin against the observed frequency, point size ∝ bin count; the
@@ -1033,10 +1055,16 @@ def reliability_figure(
         for i, (name, sub) in enumerate(df.groupby("map", sort=False)):
             sub = sub[sub["n"] > 0]
             st = _style(i)
-            ax.plot(sub["bin_mean"], sub["observed"], color=st["color"], linewidth=1.2,
-                    label=str(name))  # fmt: skip
-            ax.scatter(sub["bin_mean"], sub["observed"], s=8 + 60 * sub["n"] / sub["n"].max(),
-                       color=st["color"], zorder=3)  # fmt: skip
+            ax.plot(
+                sub["bin_mean"], sub["observed"], color=st["color"], linewidth=1.2, label=str(name)
+            )
+            ax.scatter(
+                sub["bin_mean"],
+                sub["observed"],
+                s=8 + 60 * sub["n"] / sub["n"].max(),
+                color=st["color"],
+                zorder=3,
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("predicted probability", fontsize=8)

@@ -128,13 +128,16 @@ def compare_runs(a: RunTables, b: RunTables) -> dict[str, Any]:
         m = sa.merge(sb, on=["standard", *dims], suffixes=("_a", "_b"))
         for r in m.to_dict("records"):
             if r["answer_a"] != r["answer_b"]:
-                changed.append({
-                    "standard": r["title_a"],
-                    "where": " · ".join(str(r[d]) for d in dims) or "—",
-                    "a": r["answer_a"], "b": r["answer_b"],
-                    "a_col": f"{r.get('model_a', r.get('model'))}/{r.get('dataset_a', r.get('dataset'))}",
-                    "b_col": f"{r.get('model_b', r.get('model'))}/{r.get('dataset_b', r.get('dataset'))}",
-                })  # fmt: skip
+                changed.append(
+                    {
+                        "standard": r["title_a"],
+                        "where": " · ".join(str(r[d]) for d in dims) or "—",
+                        "a": r["answer_a"],
+                        "b": r["answer_b"],
+                        "a_col": f"{r.get('model_a', r.get('model'))}/{r.get('dataset_a', r.get('dataset'))}",
+                        "b_col": f"{r.get('model_b', r.get('model'))}/{r.get('dataset_b', r.get('dataset'))}",
+                    }
+                )
     ca, cb = a.scorecard.copy(), b.scorecard.copy()
     shared_ds = set(ca["dataset"].astype(str)) & set(cb["dataset"].astype(str))
     models_a = set(ca["model"].dropna().astype(str))
@@ -157,37 +160,61 @@ def compare_runs(a: RunTables, b: RunTables) -> dict[str, Any]:
     differ, tested = [], 0
     for r in mc[mc["_merge"] == "both"].to_dict("records"):
         same_scale = str(r["effect_name_a"]) == str(r["effect_name_b"])
-        t = diff_test(*(_f(r[f"{k}_a"]) for k in ("effect", "ci_low", "ci_high")),
-                      *(_f(r[f"{k}_b"]) for k in ("effect", "ci_low", "ci_high")))  # fmt: skip
+        t = diff_test(
+            *(_f(r[f"{k}_a"]) for k in ("effect", "ci_low", "ci_high")),
+            *(_f(r[f"{k}_b"]) for k in ("effect", "ci_low", "ci_high")),
+        )
         if not same_scale:
             t = {"delta": math.nan, "z": math.nan, "p_diff": math.nan}
         tested += not math.isnan(t["z"])
         if r["answer_a"] == r["answer_b"]:
             continue
-        differ.append({
-            "analysis": r["analysis"], "claim": r["claim_a"],
-            "dataset": r["dataset"] if "dataset" in key else f"{r['dataset_a']} | {r['dataset_b']}",
-            "reference": "" if r["reference"] in ("nan", "None") else r["reference"],
-            "answer_a": r["answer_a"], "answer_b": r["answer_b"],
-            "effect_name": "" if _missing(r["effect_name_a"]) else str(r["effect_name_a"]),
-            "effect_a": _f(r["effect_a"]), "ci_low_a": _f(r["ci_low_a"]),
-            "ci_high_a": _f(r["ci_high_a"]), "q_a": _f(r["q_a"]),
-            "effect_b": _f(r["effect_b"]), "ci_low_b": _f(r["ci_low_b"]),
-            "ci_high_b": _f(r["ci_high_b"]), "q_b": _f(r["q_b"]), **t,
-        })  # fmt: skip
+        differ.append(
+            {
+                "analysis": r["analysis"],
+                "claim": r["claim_a"],
+                "dataset": r["dataset"]
+                if "dataset" in key
+                else f"{r['dataset_a']} | {r['dataset_b']}",
+                "reference": "" if r["reference"] in ("nan", "None") else r["reference"],
+                "answer_a": r["answer_a"],
+                "answer_b": r["answer_b"],
+                "effect_name": "" if _missing(r["effect_name_a"]) else str(r["effect_name_a"]),
+                "effect_a": _f(r["effect_a"]),
+                "ci_low_a": _f(r["ci_low_a"]),
+                "ci_high_a": _f(r["ci_high_a"]),
+                "q_a": _f(r["q_a"]),
+                "effect_b": _f(r["effect_b"]),
+                "ci_low_b": _f(r["ci_low_b"]),
+                "ci_high_b": _f(r["ci_high_b"]),
+                "q_b": _f(r["q_b"]),
+                **t,
+            }
+        )
     n_both = int((mc["_merge"] == "both").sum())
     return {
-        "a": a, "b": b, "dims": dims, "changed": changed,
-        "differ": pd.DataFrame(differ), "n_matched": n_both, "n_tested": tested,
+        "a": a,
+        "b": b,
+        "dims": dims,
+        "changed": changed,
+        "differ": pd.DataFrame(differ),
+        "n_matched": n_both,
+        "n_tested": tested,
         "only_a": int((mc["_merge"] == "left_only").sum()),
         "only_b": int((mc["_merge"] == "right_only").sum()),
         "claim_key": key,
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------------- html --
-_CLS = {"yes": "yes", "opposite": "opp", "no evidence": "no", "mixed": "mix", "n/a": "na",
-        "not run": "nr"}  # fmt: skip
+_CLS = {
+    "yes": "yes",
+    "opposite": "opp",
+    "no evidence": "no",
+    "mixed": "mix",
+    "n/a": "na",
+    "not run": "nr",
+}
 
 
 def _est(e: float, lo: float, hi: float) -> str:
@@ -212,25 +239,34 @@ def _matrix_view(std: pd.DataFrame, other: pd.DataFrame | None = None) -> dict[s
         return {"columns": [], "rows": []}
     pairs = list(dict.fromkeys(zip(std["model"], std["dataset"], strict=True)))
     look = {(r["standard"], r["model"], r["dataset"]): r for r in std.to_dict("records")}
-    theirs = {} if other is None or other.empty else {
-        (r["standard"], r["model"], r["dataset"]): r["answer"] for r in other.to_dict("records")
-    }  # fmt: skip
+    theirs = (
+        {}
+        if other is None or other.empty
+        else {
+            (r["standard"], r["model"], r["dataset"]): r["answer"] for r in other.to_dict("records")
+        }
+    )
     rows = []
     for s in STANDARDS:
         cells = []
         for m, d in pairs:
             r = look.get((s.id, m, d))
             ans = r["answer"] if r is not None else "not run"
-            title = "" if r is None else (
-                f"{_est(_f(r['effect']), _f(r['ci_low']), _f(r['ci_high']))}, "
-                f"q {_pfmt(_f(r['q']))}\n{'' if _missing(r['claims']) else r['claims']}"
-            )  # fmt: skip
+            title = (
+                ""
+                if r is None
+                else (
+                    f"{_est(_f(r['effect']), _f(r['ci_low']), _f(r['ci_high']))}, "
+                    f"q {_pfmt(_f(r['q']))}\n{'' if _missing(r['claims']) else r['claims']}"
+                )
+            )
             then = theirs.get((s.id, m, d))
             changed = then is not None and then != ans
             if changed:
                 title = f"the other run: {then}\n{title}"
-            cells.append({"answer": ans, "cls": _CLS.get(ans, "na"), "title": title,
-                          "changed": changed})  # fmt: skip
+            cells.append(
+                {"answer": ans, "cls": _CLS.get(ans, "na"), "title": title, "changed": changed}
+            )
         rows.append({"title": s.title, "meaning": s.meaning, "cells": cells})
     return {"columns": [{"model": m, "dataset": d} for m, d in pairs], "rows": rows}
 
@@ -244,25 +280,37 @@ def render_compare(result: dict[str, Any], path: str | Path) -> Path:
     tpl = env.from_string(src.read_text(encoding="utf-8"))
     differ = []
     for r in result["differ"].to_dict("records") if len(result["differ"]) else []:
-        differ.append({
-            **{k: r[k] for k in ("analysis", "claim", "dataset", "reference", "effect_name")},
-            "a": r["answer_a"], "b": r["answer_b"],
-            "cls_a": _CLS.get(r["answer_a"], "na"), "cls_b": _CLS.get(r["answer_b"], "na"),
-            "est_a": _est(r["effect_a"], r["ci_low_a"], r["ci_high_a"]),
-            "est_b": _est(r["effect_b"], r["ci_low_b"], r["ci_high_b"]),
-            "q_a": _pfmt(r["q_a"]), "q_b": _pfmt(r["q_b"]),
-            "delta": "—" if math.isnan(r["delta"]) else f"{r['delta']:.3g}",
-            "z": "—" if math.isnan(r["z"]) else f"{r['z']:.2f}", "p": _pfmt(r["p_diff"]),
-        })  # fmt: skip
+        differ.append(
+            {
+                **{k: r[k] for k in ("analysis", "claim", "dataset", "reference", "effect_name")},
+                "a": r["answer_a"],
+                "b": r["answer_b"],
+                "cls_a": _CLS.get(r["answer_a"], "na"),
+                "cls_b": _CLS.get(r["answer_b"], "na"),
+                "est_a": _est(r["effect_a"], r["ci_low_a"], r["ci_high_a"]),
+                "est_b": _est(r["effect_b"], r["ci_low_b"], r["ci_high_b"]),
+                "q_a": _pfmt(r["q_a"]),
+                "q_b": _pfmt(r["q_b"]),
+                "delta": "—" if math.isnan(r["delta"]) else f"{r['delta']:.3g}",
+                "z": "—" if math.isnan(r["z"]) else f"{r['z']:.2f}",
+                "p": _pfmt(r["p_diff"]),
+            }
+        )
     html = tpl.render(
-        a=str(result["a"].folder), b=str(result["b"].folder),
+        a=str(result["a"].folder),
+        b=str(result["b"].folder),
         ma=_matrix_view(result["a"].standards, result["b"].standards),
         mb=_matrix_view(result["b"].standards, result["a"].standards),
-        changed=result["changed"], differ=differ, note=TEST_NOTE,
-        n_matched=result["n_matched"], n_tested=result["n_tested"],
-        only_a=result["only_a"], only_b=result["only_b"], dims=" × ".join(result["dims"]),
+        changed=result["changed"],
+        differ=differ,
+        note=TEST_NOTE,
+        n_matched=result["n_matched"],
+        n_tested=result["n_tested"],
+        only_a=result["only_a"],
+        only_b=result["only_b"],
+        dims=" × ".join(result["dims"]),
         date=datetime.now().strftime("%Y-%m-%d %H:%M"),
-    )  # fmt: skip
+    )
     path = Path(path)
     atomic_write_text(path, html)
     return path

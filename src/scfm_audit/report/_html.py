@@ -294,8 +294,7 @@ def _standards(run: RunResult) -> dict[str, Any]:
                 hover.append(f"{r['n_claims']} claims behind it")
             if r["claims"]:
                 hover += [c.strip() for c in str(r["claims"]).split("; ")]
-            cells.append({"cls": cls, "word": word, "est": est, "q": q,
-                          "title": "\n".join(hover)})  # fmt: skip
+            cells.append({"cls": cls, "word": word, "est": est, "q": q, "title": "\n".join(hover)})
         rows.append({"title": st.title, "meaning": st.meaning, "cells": cells})
     return {
         "columns": [{"model": mo, "dataset": d} for mo, d in pairs],
@@ -345,8 +344,9 @@ def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
             lo, hi = cis[str(c)]
             d = column_decimals(pd.concat([col, df[lo], df[hi]]))
             header.append({"text": f"{c} [CI]", "cls": "num"})
-            formats.append(lambda r, c=c, lo=lo, hi=hi, d=d: _text(
-                fmt_value_ci(r[c], r[lo], r[hi], d)))  # fmt: skip
+            formats.append(
+                lambda r, c=c, lo=lo, hi=hi, d=d: _text(fmt_value_ci(r[c], r[lo], r[hi], d))
+            )
         elif _numeric(col) and _P_COLUMN.search(str(c)):
             header.append({"text": str(c), "cls": "num"})
             formats.append(lambda r, c=c: _text(fmt_p(r[c])))

@@ -95,86 +95,130 @@ class Standard:
 
 STANDARDS: tuple[Standard, ...] = (
     Standard(
-        "recovers_reference", "recovers reference networks", "recovers references",
+        "recovers_reference",
+        "recovers reference networks",
+        "recovers references",
         "The source's edge scores rank known regulatory / interaction edges above "
         "degree-matched random pairs; without it the edges carry no recoverable biology "
         "and nothing below is worth reading.",
         (Rule("grn_recovery"),),
     ),
     Standard(
-        "beats_baselines", "attention beats gene-level baselines", "beats gene baselines",
+        "beats_baselines",
+        "attention beats gene-level baselines",
+        "beats gene baselines",
         "Edge scores do better than scores built from single genes alone (expression, "
         "variance, degree); failing, the 'regulatory' signal is gene-level structure that "
         "needs no model.",
-        (Rule("gene_level_null"),
-         Rule("perturbation_prediction", r"^gene-level baseline\b.*\bbeats\b", invert=True)),
+        (
+            Rule("gene_level_null"),
+            Rule("perturbation_prediction", r"^gene-level baseline\b.*\bbeats\b", invert=True),
+        ),
     ),
     Standard(
-        "beats_coexpression", "attention beats co-expression", "beats co-expression",
+        "beats_coexpression",
+        "attention beats co-expression",
+        "beats co-expression",
         "Attention carries signal beyond plain co-expression of the same cells; failing, "
         "the model's attention is a costly way to compute a correlation.",
-        (Rule("attention_vs_coexpression"),
-         Rule("perturbation_prediction", r"beats co-expression")),
+        (
+            Rule("attention_vs_coexpression"),
+            Rule("perturbation_prediction", r"beats co-expression"),
+        ),
     ),
     Standard(
-        "incremental_value", "edges add value for responders", "adds value (responders)",
+        "incremental_value",
+        "edges add value for responders",
+        "adds value (responders)",
         "Edge scores improve the prediction of perturbation responders beyond gene-level "
         "features, out of fold; failing, edges do not help the task they are claimed for.",
         (Rule("incremental_value"),),
     ),
     Standard(
-        "heads_causal", "regulatory heads are causally used", "heads causally used",
+        "heads_causal",
+        "regulatory heads are causally used",
+        "heads causally used",
         "Ablating the heads read as regulatory degrades the model more than ablating "
         "random heads; failing, the heads' attention is read out, not used.",
         (Rule("head_ablation"),),
     ),
     Standard(
-        "cssi_specific", "CSSI beats random strata", "CSSI > random strata",
+        "cssi_specific",
+        "CSSI beats random strata",
+        "CSSI > random strata",
         "Cell-state-specific scoring recovers more than the same scoring on random strata "
         "of the same sizes; failing, any stratification helps and 'cell state' adds "
         "nothing.",
         (Rule("cssi", r"random strata"),),
     ),
     Standard(
-        "stable", "stable across halves", "stable across halves",
+        "stable",
+        "stable across halves",
+        "stable across halves",
         "The top-k edges of two halves of the cells overlap beyond gene-level degree "
         "structure; failing, the edge list is noise at this number of cells.",
         (Rule("stability"),),
     ),
     Standard(
-        "consistent", "consistent across contexts", "consistent (contexts)",
+        "consistent",
+        "consistent across contexts",
+        "consistent (contexts)",
         "The same source's edges agree across datasets / cell types / donors beyond "
         "gene-level structure; failing, edges are context artefacts or noise.",
         (Rule("cross_context_consistency"),),
     ),
     Standard(
-        "no_batch_leakage", "no batch leakage", "no batch leakage",
+        "no_batch_leakage",
+        "no batch leakage",
+        "no batch leakage",
         "Batch cannot be predicted from the edges beyond within-cell-state chance; an "
         "'opposite' (the leakage claim holds) means edges encode batch and comparisons "
         "across batches are confounded.",
-        (Rule("batch_leakage", r"^no batch leakage"),
-         Rule("batch_leakage", r"\bleak", invert=True, failure=True)),
+        (
+            Rule("batch_leakage", r"^no batch leakage"),
+            Rule("batch_leakage", r"\bleak", invert=True, failure=True),
+        ),
     ),
     Standard(
-        "calibrated", "calibrated on held-out perturbations", "calibrated",
+        "calibrated",
+        "calibrated on held-out perturbations",
+        "calibrated",
         "Edge scores mapped to responder probabilities are calibrated on perturbations "
         "not used to fit the map; an 'opposite' (the miscalibration claim holds) means "
         "the scores cannot be read as probabilities.",
-        (Rule("calibration", r"\bmiscalibrated\b", invert=True, failure=True),
-         Rule("calibration", r"\bcalibrated\b")),
+        (
+            Rule("calibration", r"\bmiscalibrated\b", invert=True, failure=True),
+            Rule("calibration", r"\bcalibrated\b"),
+        ),
     ),
     Standard(
-        "detectable", "detectable at this size", "detectable at this size",
+        "detectable",
+        "detectable at this size",
+        "detectable at this size",
         "The run has the cells to detect the pre-declared recovery effect with the stated "
         "power after BH (detectability's closed form); 'no evidence' here means too few "
         "cells, so a 'no evidence' elsewhere says little.",
         table="detectability",
     ),
-)  # fmt: skip
+)
 
 BY_ID = {s.id: s for s in STANDARDS}
-COLUMNS = ["standard", "title", "model", "dataset", "answer", "effect_name", "effect",
-           "ci_low", "ci_high", "q", "n_claims", "inverted", "claims", "meaning"]  # fmt: skip
+COLUMNS = [
+    "standard",
+    "title",
+    "model",
+    "dataset",
+    "answer",
+    "effect_name",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "q",
+    "n_claims",
+    "inverted",
+    "claims",
+    "meaning",
+]
 
 
 def _missing(v: Any) -> bool:
@@ -217,18 +261,30 @@ def _claim_items(scorecard: pd.DataFrame) -> list[dict[str, Any]]:
             continue
         s, rule = hit
         answer = str(r.get("answer") or "n/a")
-        items.append({
-            "standard": s.id, "model": None if _missing(r.get("model")) else str(r["model"]),
-            "datasets": _datasets(r.get("dataset")),
-            "answer": ("not detected" if rule.failure and answer == "no evidence"
-                       else INVERT.get(answer, answer) if rule.invert else answer),
-            "claim_answer": answer, "inverted": rule.invert, "claim": str(r.get("claim", "")),
-            "reference": None if _missing(r.get("reference")) else str(r["reference"]),
-            "effect_name": "" if _missing(r.get("effect_name")) else str(r["effect_name"]),
-            "effect": _fnum(r.get("effect")), "ci_low": _fnum(r.get("ci_low")),
-            "ci_high": _fnum(r.get("ci_high")), "q": _fnum(r.get("q")),
-            "placeholder": str(r.get("claim", "")).endswith(": no claim answered"),
-        })  # fmt: skip
+        items.append(
+            {
+                "standard": s.id,
+                "model": None if _missing(r.get("model")) else str(r["model"]),
+                "datasets": _datasets(r.get("dataset")),
+                "answer": (
+                    "not detected"
+                    if rule.failure and answer == "no evidence"
+                    else INVERT.get(answer, answer)
+                    if rule.invert
+                    else answer
+                ),
+                "claim_answer": answer,
+                "inverted": rule.invert,
+                "claim": str(r.get("claim", "")),
+                "reference": None if _missing(r.get("reference")) else str(r["reference"]),
+                "effect_name": "" if _missing(r.get("effect_name")) else str(r["effect_name"]),
+                "effect": _fnum(r.get("effect")),
+                "ci_low": _fnum(r.get("ci_low")),
+                "ci_high": _fnum(r.get("ci_high")),
+                "q": _fnum(r.get("q")),
+                "placeholder": str(r.get("claim", "")).endswith(": no claim answered"),
+            }
+        )
     return items
 
 
@@ -246,16 +302,25 @@ def _detectability_items(table: pd.DataFrame | None) -> list[dict[str, Any]]:
         where = f"{r.get('source')} on {r.get('reference')}" + (
             "" if _missing(layer) else f", layer {int(_fnum(layer))}"
         )
-        items.append({
-            "standard": "detectable", "model": _model_of_source(r.get("source")),
-            "datasets": _datasets(r.get("dataset")), "answer": answer,
-            "claim_answer": answer, "inverted": False,
-            "claim": f"{where}: power {at:.2f} at ΔAUROC {_fnum(r.get('effect')):g} "
-                     f"with {r.get('n_cells')} cells (needs {_fnum(r.get('cells_needed')):.0f})",
-            "reference": r.get("reference"), "effect_name": "detectable ΔAUROC at n",
-            "effect": _fnum(r.get("detectable_delta_at_n")), "ci_low": math.nan,
-            "ci_high": math.nan, "q": math.nan, "placeholder": False,
-        })  # fmt: skip
+        items.append(
+            {
+                "standard": "detectable",
+                "model": _model_of_source(r.get("source")),
+                "datasets": _datasets(r.get("dataset")),
+                "answer": answer,
+                "claim_answer": answer,
+                "inverted": False,
+                "claim": f"{where}: power {at:.2f} at ΔAUROC {_fnum(r.get('effect')):g} "
+                f"with {r.get('n_cells')} cells (needs {_fnum(r.get('cells_needed')):.0f})",
+                "reference": r.get("reference"),
+                "effect_name": "detectable ΔAUROC at n",
+                "effect": _fnum(r.get("detectable_delta_at_n")),
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "q": math.nan,
+                "placeholder": False,
+            }
+        )
     return items
 
 
@@ -313,27 +378,36 @@ def standards_matrix(
         mine = [i for i in items if i["standard"] == s.id]
         for model, ds in cols:
             cell = [
-                i for i in mine
-                if not i["placeholder"] and ds in i["datasets"]
+                i
+                for i in mine
+                if not i["placeholder"]
+                and ds in i["datasets"]
                 and (i["model"] == model or (no_model_run and i["model"] is None))
-            ]  # fmt: skip
+            ]
             if not cell:  # an analysis that answered nothing: n/a where it was asked
                 cell = [i for i in mine if i["placeholder"] and ds in i["datasets"]]
             answer = aggregate([i["answer"] for i in cell])
             behind = [i for i in cell if i["answer"] == answer] or cell
             qs = [i for i in behind if not math.isnan(i["q"])]
             best = min(qs, key=lambda i: i["q"]) if qs else (behind[0] if behind else None)
-            rows.append({
-                "standard": s.id, "title": s.title, "model": model, "dataset": ds,
-                "answer": answer,
-                "effect_name": best["effect_name"] if best else "",
-                "effect": best["effect"] if best else math.nan,
-                "ci_low": best["ci_low"] if best else math.nan,
-                "ci_high": best["ci_high"] if best else math.nan,
-                "q": best["q"] if best else math.nan,
-                "n_claims": len(cell), "inverted": any(i["inverted"] for i in cell),
-                "claims": "; ".join(_claim_line(i) for i in cell), "meaning": s.meaning,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "standard": s.id,
+                    "title": s.title,
+                    "model": model,
+                    "dataset": ds,
+                    "answer": answer,
+                    "effect_name": best["effect_name"] if best else "",
+                    "effect": best["effect"] if best else math.nan,
+                    "ci_low": best["ci_low"] if best else math.nan,
+                    "ci_high": best["ci_high"] if best else math.nan,
+                    "q": best["q"] if best else math.nan,
+                    "n_claims": len(cell),
+                    "inverted": any(i["inverted"] for i in cell),
+                    "claims": "; ".join(_claim_line(i) for i in cell),
+                    "meaning": s.meaning,
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -372,8 +446,13 @@ def matrix_lines(
     heads = _headers(pairs, cell_w - 1, prefix)
     per_block = max((width - label_w) // cell_w, 1)
     look = {(r.standard, r.model, r.dataset): r.answer for r in matrix.itertuples()}
-    colours = {"yes": "green", "opposite": "magenta", "no evidence": "red", "mixed": "yellow",
-               "not detected": "cyan"}
+    colours = {
+        "yes": "green",
+        "opposite": "magenta",
+        "no evidence": "red",
+        "mixed": "yellow",
+        "not detected": "cyan",
+    }
     lines: list[str] = []
     for b in range(0, len(pairs), per_block):
         block = pairs[b : b + per_block]

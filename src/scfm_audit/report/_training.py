@@ -75,8 +75,7 @@ def training_curve_figure(name: str, tlog: dict[str, Any]) -> Figure:
     ax.set_title(f"{name} ({tlog.get('family', '?')}): {verdict}", fontsize=10)
     # below the axes: inside, the legend sits on the chance / baseline lines, which lie
     # near the top when a model's loss is close to chance (Geneformer's rank tokens)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
-              frameon=False)  # fmt: skip
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -121,6 +121,7 @@ def attainable_floor(null: np.ndarray, alternative: Alternative) -> float:
     floor = {"greater": up, "less": lo, "two-sided": 2 * min(up, lo)}[alternative]
     return min(1.0, floor)
 
+
 def _tails(observed: float, null: np.ndarray) -> tuple[float, float, int]:
     gamma = abs(observed) * 100 * np.finfo(np.float64).eps if np.isfinite(observed) else 0.0
     valid = null[~np.isnan(null)]

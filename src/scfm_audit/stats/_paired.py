@@ -140,19 +140,35 @@ def sign_flip_test(
     n = x.size
     if n == 0 or not np.any(x != 0):
         nan = math.nan
-        return StatTestResult(nan, nan, nan, n, "sign-flip permutation", "mean", "mean",
-                              alternative, reason="no non-zero difference")  # fmt: skip
+        return StatTestResult(
+            nan,
+            nan,
+            nan,
+            n,
+            "sign-flip permutation",
+            "mean",
+            "mean",
+            alternative,
+            reason="no non-zero difference",
+        )
 
     def draw(k: int, rng: np.random.Generator) -> np.ndarray:
         signs = rng.integers(0, 2, size=(k, n)) * 2 - 1
         return signs @ x / n
 
-    mc = adaptive_mc_pvalue(draw, float(x.mean()), stages=stages, alternative=alternative,
-                            seed=seed)  # fmt: skip
+    mc = adaptive_mc_pvalue(
+        draw, float(x.mean()), stages=stages, alternative=alternative, seed=seed
+    )
     c = float(np.quantile(np.abs(mc.null), ci))
-    res = mc.result(float(x.mean()), test="sign-flip permutation of the mean",
-                    effect_name="mean", h0=h0, null_name="sign_flip",
-                    ci=(float(x.mean()) - c, float(x.mean()) + c), n=n)  # fmt: skip
+    res = mc.result(
+        float(x.mean()),
+        test="sign-flip permutation of the mean",
+        effect_name="mean",
+        h0=h0,
+        null_name="sign_flip",
+        ci=(float(x.mean()) - c, float(x.mean()) + c),
+        n=n,
+    )
     return replace(res, null_value=0.0)  # symmetric null: its centre is 0 exactly
 
 
@@ -186,15 +202,26 @@ def within_block_permutation(
     k = int(g_codes.max()) + 1 if g_codes.size else 0
     counts = np.bincount(g_codes, minlength=k).astype(float) if k else np.zeros(0)
     nan = math.nan
-    informative = sum(
-        len(np.unique(g_codes[b_codes == b])) > 1 for b in np.unique(b_codes)
-    ) if v.size else 0  # fmt: skip
-    test = (f"within-block permutation of group labels, block-centred ({informative} blocks "
-            "with ≥ 2 groups)")  # fmt: skip
+    informative = (
+        sum(len(np.unique(g_codes[b_codes == b])) > 1 for b in np.unique(b_codes)) if v.size else 0
+    )
+    test = (
+        f"within-block permutation of group labels, block-centred ({informative} blocks "
+        "with ≥ 2 groups)"
+    )
     if k < 2 or informative == 0:
         why = "no block holds two groups" if informative == 0 else "fewer than two groups"
-        return StatTestResult(nan, nan, nan, int(v.size), test, "range of group means",
-                              "range of group means", "greater", reason=why)  # fmt: skip
+        return StatTestResult(
+            nan,
+            nan,
+            nan,
+            int(v.size),
+            test,
+            "range of group means",
+            "range of group means",
+            "greater",
+            reason=why,
+        )
 
     def stat(codes: np.ndarray) -> np.ndarray:
         """Range of group means per row of ``codes`` (draws × values)."""
@@ -215,6 +242,12 @@ def within_block_permutation(
 
     mc = adaptive_mc_pvalue(draw, observed, stages=stages, alternative="greater", seed=seed)
     c = float(np.quantile(mc.null, ci))
-    return mc.result(observed, test=test, h0=h0, null_name="within_block_permutation",
-                     effect_name="range of group means (block-centred)",
-                     ci=(max(0.0, observed - c), observed + c), n=int(v.size))  # fmt: skip
+    return mc.result(
+        observed,
+        test=test,
+        h0=h0,
+        null_name="within_block_permutation",
+        effect_name="range of group means (block-centred)",
+        ci=(max(0.0, observed - c), observed + c),
+        n=int(v.size),
+    )

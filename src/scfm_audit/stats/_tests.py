@@ -81,7 +81,7 @@ class StatTestResult:
 
     @property
     def side(self) -> str:
-        """"greater", "less" or "none": the side the tested statistic lies on, from its
+        """ "greater", "less" or "none": the side the tested statistic lies on, from its
         one-sided tails when both exist, else the effect against ``null_value``."""
         return tested_side(self.p_greater, self.p_less, self.effect, self.null_value)
 
@@ -381,8 +381,16 @@ def sign_test(
         raise ValueError(f"need 0 <= n_pos <= n, got n_pos={n_pos}, n={n}.")
     if n == 0:
         return StatTestResult(
-            float(n_pos), math.nan, math.nan, 0, "sign_test", "n_pos", "proportion", alternative,
-            null_value=p0, reason="no trials",
+            float(n_pos),
+            math.nan,
+            math.nan,
+            0,
+            "sign_test",
+            "n_pos",
+            "proportion",
+            alternative,
+            null_value=p0,
+            reason="no trials",
         )
     res = stats.binomtest(int(n_pos), int(n), p=p0, alternative=alternative)
     pg = float(stats.binomtest(int(n_pos), int(n), p=p0, alternative="greater").pvalue)

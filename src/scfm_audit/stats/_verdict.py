@@ -156,7 +156,17 @@ def answer_result(
         "claimed": claimed,
         "reason": result.reason,
     }
-    rest = [{**row, "p": float(p), "p_floor": 0.0, "p_greater": nan, "p_less": nan,
-             "effect": nan, "reason": ""} for p in others]  # fmt: skip
+    rest = [
+        {
+            **row,
+            "p": float(p),
+            "p_floor": 0.0,
+            "p_greater": nan,
+            "p_less": nan,
+            "effect": nan,
+            "reason": "",
+        }
+        for p in others
+    ]
     out = answer_claims(pd.DataFrame([row, *rest]), alpha=alpha)
     return str(out["answer"].iloc[0]), str(out["reason"].iloc[0])

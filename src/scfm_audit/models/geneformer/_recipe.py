@@ -80,8 +80,9 @@ def _gf_baselines(
     c = col[ids]
     ok = rows.attention_mask & (c >= 0) & (rows.input_ids < len(col))
     pos = torch.arange(rows.input_ids.shape[1]).expand_as(ids)
-    counts.index_put_((pos[ok], c[ok]), torch.ones(int(ok.sum()), dtype=torch.float64),
-                      accumulate=True)  # fmt: skip
+    counts.index_put_(
+        (pos[ok], c[ok]), torch.ones(int(ok.sum()), dtype=torch.float64), accumulate=True
+    )
     logp = (counts / counts.sum(1, keepdim=True)).log()
     epos = torch.arange(eval_batch.input_ids.shape[1]).expand_as(eval_batch.input_ids)[sel]
     etok = col[eval_batch.input_ids[sel]]
@@ -138,10 +139,16 @@ def train_geneformer_demo(
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         ck = build_geneformer_checkpoint(
-            Path(tmp) / "init", ids, dict(zip(ids, med.tolist())), version=version,
-            hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads,
-            intermediate_size=intermediate_size, seed=seed,
-        )  # fmt: skip
+            Path(tmp) / "init",
+            ids,
+            dict(zip(ids, med.tolist())),
+            version=version,
+            hidden_size=hidden_size,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            intermediate_size=intermediate_size,
+            seed=seed,
+        )
         adapter = GeneformerAdapter.load(ck, device=device, name=out_dir.name)
     data = adapter.tokenize(adata)
     lengths = data.attention_mask.sum(1).numpy()
@@ -166,9 +173,11 @@ def train_geneformer_demo(
 
     def loss_on(b: TokenizedBatch, new: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         masked = TokenizedBatch(
-            input_ids=new, attention_mask=b.attention_mask, gene_index=b.gene_index,
+            input_ids=new,
+            attention_mask=b.attention_mask,
+            gene_index=b.gene_index,
             cell_index=b.cell_index,
-        )  # fmt: skip
+        )
         out = adapter._forward(masked.to(adapter.device), return_logits=True)
         s = sel.to(adapter.device)
         return F.cross_entropy(out.logits[s], b.input_ids.to(adapter.device)[s])
@@ -189,36 +198,68 @@ def train_geneformer_demo(
     with torch.random.fork_rng(devices=[]), _fixed_threads(TRAIN_THREADS):
         torch.manual_seed(seed)
         fit = _fit(
-            name="Geneformer (masked genes)", module=module, cells=train_cells,
-            lengths=lengths, loss_fn=loss_fn, eval_fn=eval_fn, epochs=epochs,
-            batch_size=batch_size, lr=lr, gen=torch.Generator().manual_seed(seed),
-            max_seconds=max_seconds, max_steps=max_steps, progress=progress,
+            name="Geneformer (masked genes)",
+            module=module,
+            cells=train_cells,
+            lengths=lengths,
+            loss_fn=loss_fn,
+            eval_fn=eval_fn,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            gen=torch.Generator().manual_seed(seed),
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            progress=progress,
             started=started,
-        )  # fmt: skip
+        )
     adapter.save_pretrained(out_dir)
     report = TrainReport(
-        family="geneformer", path=out_dir,
+        family="geneformer",
+        path=out_dir,
         objective="masked gene modelling (cross-entropy on masked rank-value tokens)",
-        n_cells=int(adata.n_obs), n_genes=len(ids), n_params=_n_params(module),
-        epochs=fit.epochs, steps=fit.steps, loss_per_epoch=fit.losses,
-        eval_loss_initial=fit.eval_losses[0], eval_loss_final=fit.eval_losses[-1],
-        seconds=now() - started, complete=fit.complete,
-        loss_per_step=fit.step_losses, eval_loss_per_epoch=fit.eval_losses,
-        chance_loss=chance, baseline_loss=baseline,
+        n_cells=int(adata.n_obs),
+        n_genes=len(ids),
+        n_params=_n_params(module),
+        epochs=fit.epochs,
+        steps=fit.steps,
+        loss_per_epoch=fit.losses,
+        eval_loss_initial=fit.eval_losses[0],
+        eval_loss_final=fit.eval_losses[-1],
+        seconds=now() - started,
+        complete=fit.complete,
+        loss_per_step=fit.step_losses,
+        eval_loss_per_epoch=fit.eval_losses,
+        chance_loss=chance,
+        baseline_loss=baseline,
         baseline="per-rank-position gene frequency",
-        n_eval_cells=len(eval_cells), eval_held_out=held_out,
+        n_eval_cells=len(eval_cells),
+        eval_held_out=held_out,
         params=dict(
-            hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads,
-            intermediate_size=intermediate_size, version=version, epochs=epochs,
-            batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, seed=seed,
-            max_seconds=max_seconds, max_steps=max_steps, optimizer="AdamW",
-            weight_decay=WEIGHT_DECAY, clip_norm=CLIP_NORM, warmup_fraction=WARMUP_FRACTION,
-            schedule="linear warm-up, cosine decay", cells=CELLS_NOTE, threads=TRAIN_THREADS,
+            hidden_size=hidden_size,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            intermediate_size=intermediate_size,
+            version=version,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            mask_ratio=mask_ratio,
+            seed=seed,
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            optimizer="AdamW",
+            weight_decay=WEIGHT_DECAY,
+            clip_norm=CLIP_NORM,
+            warmup_fraction=WARMUP_FRACTION,
+            schedule="linear warm-up, cosine decay",
+            cells=CELLS_NOTE,
+            threads=TRAIN_THREADS,
             masking="80% <mask> / 10% random gene / 10% unchanged",
             gene_medians="non-zero median of counts / n_counts × 10,000, from the data",
             device=str(adapter.device),
         ),
         adapter=adapter,
-    )  # fmt: skip
+    )
     report.write(out_dir)
     return report

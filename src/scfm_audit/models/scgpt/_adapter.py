@@ -242,8 +242,10 @@ class ScGPTAdapter(ModelAdapter):
 
     def _var_token_ids(self, adata) -> np.ndarray:
         """Token id of every ``var`` gene (-1 outside the vocabulary or a special token)."""
-        key = (adata.var_names if self.gene_symbol_column is None else adata.var,
-               self.gene_symbol_column)  # fmt: skip
+        key = (
+            adata.var_names if self.gene_symbol_column is None else adata.var,
+            self.gene_symbol_column,
+        )
         c = self._var_cache
         if c is not None and c[0][0] is key[0] and c[0][1] == key[1]:
             ids = c[2]

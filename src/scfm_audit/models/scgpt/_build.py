@@ -66,7 +66,7 @@ def _pretrain_args(
         "save_interval": 1000,
         "mask_value": -1,
         "pad_value": -2,
-    }  # fmt: skip
+    }
 
 
 def build_scgpt_checkpoint(
@@ -101,13 +101,25 @@ def build_scgpt_checkpoint(
     for tok in SPECIAL_TOKENS:
         vocab[tok] = len(vocab)
     args = _pretrain_args(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_hid=d_hid, n_bins=n_bins,
-        max_seq_len=max_seq_len, flash=flash,
-    )  # fmt: skip
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_hid=d_hid,
+        n_bins=n_bins,
+        max_seq_len=max_seq_len,
+        flash=flash,
+    )
     config = ScGPTConfig(
-        ntoken=len(vocab), d_model=d_model, nhead=n_heads, d_hid=d_hid, nlayers=n_layers,
-        pad_id=vocab["<pad>"], pad_value=-2.0, flag_encoder=True, mvc_style="inner product",
-    )  # fmt: skip
+        ntoken=len(vocab),
+        d_model=d_model,
+        nhead=n_heads,
+        d_hid=d_hid,
+        nlayers=n_layers,
+        pad_id=vocab["<pad>"],
+        pad_value=-2.0,
+        flag_encoder=True,
+        mvc_style="inner product",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = ScGPTModule(config)

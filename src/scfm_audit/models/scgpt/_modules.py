@@ -240,14 +240,27 @@ class ScGPTModule(nn.Module):
             lay.self_attn.in_proj_weight, lay.self_attn.in_proj_bias
         )
         return LayerWeights(
-            q_w=q, q_b=qb, k_w=k, k_b=kb, v_w=v, v_b=vb,
-            o_w=lay.self_attn.out_proj.weight, o_b=lay.self_attn.out_proj.bias,
-            ln1_w=lay.norm1.weight, ln1_b=lay.norm1.bias,
-            ff1_w=lay.linear1.weight, ff1_b=lay.linear1.bias,
-            ff2_w=lay.linear2.weight, ff2_b=lay.linear2.bias,
-            ln2_w=lay.norm2.weight, ln2_b=lay.norm2.bias,
-            n_heads=self.config.nhead, activation=F.relu, ln_eps=LN_EPS, norm_first=False,
-        )  # fmt: skip
+            q_w=q,
+            q_b=qb,
+            k_w=k,
+            k_b=kb,
+            v_w=v,
+            v_b=vb,
+            o_w=lay.self_attn.out_proj.weight,
+            o_b=lay.self_attn.out_proj.bias,
+            ln1_w=lay.norm1.weight,
+            ln1_b=lay.norm1.bias,
+            ff1_w=lay.linear1.weight,
+            ff1_b=lay.linear1.bias,
+            ff2_w=lay.linear2.weight,
+            ff2_b=lay.linear2.bias,
+            ln2_w=lay.norm2.weight,
+            ln2_b=lay.norm2.bias,
+            n_heads=self.config.nhead,
+            activation=F.relu,
+            ln_eps=LN_EPS,
+            norm_first=False,
+        )
 
     def mvc(self, cell_emb: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """MVC / GEPC head: expression of each token's gene predicted from the cell

@@ -89,9 +89,12 @@ def _scgpt_loss(adapter, batch: TokenizedBatch, sel: torch.Tensor) -> torch.Tens
     target = batch.values[sel]
     vals[sel] = SCGPT_MASK_VALUE
     masked = TokenizedBatch(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-        gene_index=batch.gene_index, cell_index=batch.cell_index, values=vals,
-    )  # fmt: skip
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        gene_index=batch.gene_index,
+        cell_index=batch.cell_index,
+        values=vals,
+    )
     out = adapter._forward(masked.to(adapter.device))
     pred = out.gene_predictions[sel.to(adapter.device)]
     return F.mse_loss(pred, target.to(adapter.device))
@@ -208,9 +211,16 @@ def train_scgpt_demo(
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         ck = build_scgpt_checkpoint(
-            Path(tmp) / "init", genes, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-            d_hid=d_hid, n_bins=n_bins, max_seq_len=max_seq_len, seed=seed,
-        )  # fmt: skip
+            Path(tmp) / "init",
+            genes,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_hid=d_hid,
+            n_bins=n_bins,
+            max_seq_len=max_seq_len,
+            seed=seed,
+        )
         adapter = ScGPTAdapter.load(ck, device=device, name=out_dir.name, seed=seed)
     data = adapter.tokenize(adata)
     lengths = data.attention_mask.sum(1).numpy()
@@ -240,37 +250,79 @@ def train_scgpt_demo(
     with torch.random.fork_rng(devices=[]), _fixed_threads(TRAIN_THREADS):
         torch.manual_seed(seed)
         fit = _fit(
-            name="scGPT (masked values)", module=module, cells=train_cells,
-            lengths=lengths, loss_fn=loss_fn, eval_fn=eval_fn, epochs=epochs,
-            batch_size=batch_size, lr=lr, gen=gen, max_seconds=max_seconds,
-            max_steps=max_steps, progress=progress, started=started,
-        )  # fmt: skip
+            name="scGPT (masked values)",
+            module=module,
+            cells=train_cells,
+            lengths=lengths,
+            loss_fn=loss_fn,
+            eval_fn=eval_fn,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            gen=gen,
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            progress=progress,
+            started=started,
+        )
     adapter.args.update(
-        data_source="scfm-audit demo (synthetic benchmark, all cells)", epochs=fit.epochs,
-        lr=lr, batch_size=batch_size, mask_ratio=mask_ratio, training_tasks="mlm",
-    )  # fmt: skip
+        data_source="scfm-audit demo (synthetic benchmark, all cells)",
+        epochs=fit.epochs,
+        lr=lr,
+        batch_size=batch_size,
+        mask_ratio=mask_ratio,
+        training_tasks="mlm",
+    )
     adapter.save_pretrained(out_dir)
     report = TrainReport(
-        family="scgpt", path=out_dir,
+        family="scgpt",
+        path=out_dir,
         objective="masked value modelling (MSE on masked bins)",
-        n_cells=int(adata.n_obs), n_genes=len(genes), n_params=_n_params(module),
-        epochs=fit.epochs, steps=fit.steps, loss_per_epoch=fit.losses,
-        eval_loss_initial=fit.eval_losses[0], eval_loss_final=fit.eval_losses[-1],
-        seconds=now() - started, complete=fit.complete,
-        loss_per_step=fit.step_losses, eval_loss_per_epoch=fit.eval_losses,
-        chance_loss=chance, baseline_loss=baseline, baseline="per-gene mean bin",
-        n_eval_cells=len(eval_cells), eval_held_out=held_out,
+        n_cells=int(adata.n_obs),
+        n_genes=len(genes),
+        n_params=_n_params(module),
+        epochs=fit.epochs,
+        steps=fit.steps,
+        loss_per_epoch=fit.losses,
+        eval_loss_initial=fit.eval_losses[0],
+        eval_loss_final=fit.eval_losses[-1],
+        seconds=now() - started,
+        complete=fit.complete,
+        loss_per_step=fit.step_losses,
+        eval_loss_per_epoch=fit.eval_losses,
+        chance_loss=chance,
+        baseline_loss=baseline,
+        baseline="per-gene mean bin",
+        n_eval_cells=len(eval_cells),
+        eval_held_out=held_out,
         params=dict(
-            d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_hid=d_hid, n_bins=n_bins,
-            max_seq_len=max_seq_len, train_seq_len=train_seq_len, epochs=epochs,
-            batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, mask_value=SCGPT_MASK_VALUE,
-            seed=seed, max_seconds=max_seconds, max_steps=max_steps, optimizer="AdamW",
-            weight_decay=WEIGHT_DECAY, clip_norm=CLIP_NORM, warmup_fraction=WARMUP_FRACTION,
-            schedule="linear warm-up, cosine decay", cells=CELLS_NOTE, threads=TRAIN_THREADS,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_hid=d_hid,
+            n_bins=n_bins,
+            max_seq_len=max_seq_len,
+            train_seq_len=train_seq_len,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            mask_ratio=mask_ratio,
+            mask_value=SCGPT_MASK_VALUE,
+            seed=seed,
+            max_seconds=max_seconds,
+            max_steps=max_steps,
+            optimizer="AdamW",
+            weight_decay=WEIGHT_DECAY,
+            clip_norm=CLIP_NORM,
+            warmup_fraction=WARMUP_FRACTION,
+            schedule="linear warm-up, cosine decay",
+            cells=CELLS_NOTE,
+            threads=TRAIN_THREADS,
             init="build_scgpt_checkpoint(seed) + value-encoder kinks + decoder bias at "
-            "the mean bin", device=str(adapter.device),
+            "the mean bin",
+            device=str(adapter.device),
         ),
         adapter=adapter,
-    )  # fmt: skip
+    )
     report.write(out_dir)
     return report
