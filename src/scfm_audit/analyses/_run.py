@@ -5,6 +5,7 @@ layer that orchestrates runs."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,53 @@ from typing import Any
 import pandas as pd
 
 from scfm_audit.analyses._contract import AnalysisResult, AnalysisSpec
+
+#: a source's label without its layer / head ("attention[scgpt]/L3/H5" -> "attention[scgpt]")
+_LAYERED = re.compile(r"(/L\d+)?(/H\d+)?$")
+
+
+def power_notes(scorecard: pd.DataFrame, detectability: pd.DataFrame | None) -> pd.DataFrame:
+    """``scorecard`` with ``detectable_effect`` and ``power_note`` on each "no evidence"
+    answer of the recovery test (effect AUROC against a reference) for which the
+    ``detectability`` analysis sized the same dataset, source, reference and layer.
+
+    ``detectable_effect`` is the smallest ΔAUROC over the null's centre, as this run's
+    estimate would show it, that the test finds with the stated power after BH;
+    ``power_note`` says whether the run is below the size at which the pre-declared
+    effect is detectable (then "no evidence" says little) or not. Other rows: NaN / "".
+    """
+    out = scorecard.copy()
+    out["detectable_effect"] = float("nan")
+    out["power_note"] = ""
+    if detectability is None or detectability.empty or out.empty:
+        return out
+    det = detectability
+    for i, r in out.iterrows():
+        if r["answer"] != "no evidence" or r.get("effect_name") != "AUROC":
+            continue
+        if pd.isna(r.get("reference")) or pd.isna(r.get("method")) or pd.isna(r["dataset"]):
+            continue
+        base = _LAYERED.sub("", str(r["method"]))
+        hit = det[
+            (det["dataset"] == r["dataset"])
+            & (det["reference"] == r["reference"])
+            & (det["source"] == base)
+        ]
+        if not pd.isna(r.get("layer")) and hit["layer"].notna().any():
+            hit = hit[hit["layer"] == r["layer"]]
+        if hit.empty:
+            continue
+        d = hit.iloc[0]
+        out.at[i, "detectable_effect"] = d["detectable_delta_at_n"]
+        below = not (d["power_at_effect"] >= d["power"])
+        out.at[i, "power_note"] = (
+            f"{'below' if below else 'at or above'} the detectable size: with "
+            f"{int(d['n_cells'])} cells this test finds ΔAUROC ≥ "
+            f"{d['detectable_delta_at_n']:.3f} over its null's centre with power "
+            f"{d['power']:.0%}; the pre-declared ΔAUROC {d['effect']:g} needs "
+            f"{d['cells_needed']:.0f} cells"
+        )
+    return out
 
 
 @dataclass
@@ -79,6 +127,7 @@ class RunResult:
                         "layer_choice": v.layer_choice,
                         "test": rec.test,
                         "null_name": rec.null_name,
+                        "method": rec.method,
                     }
                 )
         cols = [
@@ -104,11 +153,18 @@ class RunResult:
             "layer_choice",
             "test",
             "null_name",
+            "method",
+            "detectable_effect",
+            "power_note",
         ]
         if not rows:
             return pd.DataFrame(columns=cols)
         answered = answer_claims(pd.DataFrame(rows), alpha=self.alpha)
-        return answered[cols]
+        return power_notes(answered, self._detectability())[cols]
+
+    def _detectability(self) -> pd.DataFrame | None:
+        res = self.results.get("detectability")
+        return None if res is None else res.tables.get("detectability")
 
     def verdicts(self) -> pd.DataFrame:
         """The claims' scorecard rows (:meth:`RunResult.verdicts`), a claim over several

@@ -226,6 +226,7 @@ def _scorecard(run: RunResult) -> dict[str, Any]:
                 "badge_cls": cls,
                 "badge": label,
                 "reason": "" if _is_missing(r.get("reason")) else str(r.get("reason")),
+                "power_note": "" if _is_missing(r.get("power_note")) else str(r.get("power_note")),
                 "q": fmt_p(q),
                 "p": fmt_p(r.get("p")),
                 "effect_name": effect_name,

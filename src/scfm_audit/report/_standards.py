@@ -283,6 +283,7 @@ def _claim_items(scorecard: pd.DataFrame) -> list[dict[str, Any]]:
                 "ci_high": _fnum(r.get("ci_high")),
                 "q": _fnum(r.get("q")),
                 "placeholder": str(r.get("claim", "")).endswith(": no claim answered"),
+                "below_detectable": str(r.get("power_note") or "").startswith("below"),
             }
         )
     return items
@@ -361,6 +362,8 @@ def _claim_line(i: dict[str, Any]) -> str:
         bits.append(f"{i['effect_name'] or 'effect'} {est}")
     if not math.isnan(i["q"]):
         bits.append(f"q={i['q']:.3g}")
+    if i.get("below_detectable"):
+        bits.append("(below the detectable size: 'no evidence' says little)")
     return " ".join(bits)
 
 
