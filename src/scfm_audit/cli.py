@@ -282,10 +282,12 @@ def compare(
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for compare.html."),
 ) -> None:
     """Two runs side by side: standard by standard, the claims whose answers differ, a
-    descriptive test of each matched claim's effect difference; writes compare.html."""
+    descriptive test of each matched claim's effect difference, and a paired test where
+    both runs scored the same edges (read from their caches); writes compare.html."""
     import math
 
     from scfm_audit.report._compare import (
+        PAIRED_NOTE,
         TEST_NOTE,
         NotARunError,
         compare_runs,
@@ -349,6 +351,19 @@ def compare(
         import textwrap
 
         console.print(f"[dim]{escape(textwrap.fill(TEST_NOTE, 100))}[/]", soft_wrap=True)
+        pt = res["paired"]
+        console.print(f"\n[bold]paired tests on the same edges[/]: {len(pt)}")
+        if len(pt):
+            _table(
+                "Paired tests on the same edges",
+                ("claim", "dataset", "ΔAUROC (A−B)", "95% CI", "p (paired)"),
+                [
+                    (r.claim, r.dataset, _n(r.delta), f"[{_n(r.ci_low)}, {_n(r.ci_high)}]", _n(r.p))
+                    for r in pt.itertuples()
+                ],
+                fold=True,
+            )
+            console.print(f"[dim]{escape(textwrap.fill(PAIRED_NOTE, 100))}[/]", soft_wrap=True)
         out.mkdir(parents=True, exist_ok=True)
         path = render_compare(res, out / "compare.html")
         console.print(f"compare: [bold]{escape(str(path))}[/]", soft_wrap=True)

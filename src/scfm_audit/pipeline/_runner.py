@@ -203,6 +203,17 @@ class Resources:
         return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
 
     def edge_scores(self, edges: str, dataset: str) -> list:
+        """Score sets of edge source ``edges`` on ``dataset`` (computed once, cached)."""
+        out = self._edge_scores(edges, dataset, cached_only=False)
+        assert out is not None
+        return out
+
+    def cached_edge_scores(self, edges: str, dataset: str) -> list | None:
+        """The score sets a finished run left in the artifact cache, or None: never
+        computes (``scfm-audit compare`` reads them for its paired tests)."""
+        return self._edge_scores(edges, dataset, cached_only=True)
+
+    def _edge_scores(self, edges: str, dataset: str, *, cached_only: bool) -> list | None:
         key = (edges, dataset)
         if key in self._edges:
             return self._edges[key]
@@ -243,7 +254,11 @@ class Resources:
             )
             return out
 
-        if e.model is not None:  # genes the model cannot see are reported, never dropped silently
+        if cached_only:
+            where = self.cache.path_for("edges", cache_key)
+            if where is None or not (where / "DONE").exists():
+                return None
+        elif e.model is not None:  # genes the model cannot see are reported, never dropped
             self._note_vocabulary(e.model, dataset)
         out = self.cache.get_or_compute("edges", cache_key, compute, codec="edges")
         out = [
