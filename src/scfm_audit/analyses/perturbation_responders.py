@@ -29,9 +29,16 @@ Tests. Per perturbation with a measured target: the DE test of its target gene
 knock down (CRISPRi) / activate (CRISPRa) their targets", claimed side "less" / "greater"):
 Wilcoxon signed-rank over perturbations — the independent units — of the on-target log2
 FC, H0: symmetric about 0, two-sided; every perturbation with a measured target enters
-(excluding QC failures would make the test circular). Effect: the Hodges–Lehmann
-on-target log2 FC with the CI from inverting the same test (its side is the side of the
-ranks); the median with a bootstrap CI over perturbations is reported beside it.
+(excluding QC failures would make the test circular). The fold changes of this test are
+taken against **disjoint control shares**
+(:func:`~scfm_audit.evaluate._responders.split_control_on_target`): against one shared
+control group they are dependent (a chance drift of the controls' composition moves every
+target's control mean at once) and the signed-rank test over-rejected on hub-structured
+nulls (11–13.5 % at α = 0.05); with a share each they are independent. This costs power
+(each fold change rests on fewer controls); the shared-control fold changes stay in the
+QC table and the arm table's median. Effect: the Hodges–Lehmann on-target log2 FC of the
+split fold changes with the CI from inverting the same test (its side is the side of the
+ranks).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from scfm_audit.evaluate._responders import (
     on_target_qc,
     on_target_test,
     responder_sweep,
+    split_control_on_target,
     target_test,
 )
 from scfm_audit.stats._paired import signed_rank
@@ -178,7 +186,9 @@ def _demo(*, quick: bool, models: bool) -> dict:
     claims=(
         (
             "perturbations knock down / activate their targets (<arm>)",
-            "Wilcoxon signed-rank over perturbations of the on-target log2FC (H0: symmetric about 0); effect: Hodges–Lehmann log2FC with the inverted-test CI",
+            "Wilcoxon signed-rank over perturbations of the on-target log2FC, each against its "
+            "own disjoint share of the controls (H0: symmetric about 0); effect: "
+            "Hodges–Lehmann log2FC with the inverted-test CI",
         ),
     ),
 )
@@ -319,12 +329,16 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
             hypothesis=f"{r.perturbation} ({r.arm}) {verb} its target gene",
             extra={"arm": r.arm, "perturbation": r.perturbation, "qc_status": r.status},
         )
+    split = split_control_on_target(
+        ctx.dataset(ds), ctx.dataset_spec(ds), seed=ctx.seed_for(ds, "split_controls")
+    )
     for arm, sub in qc.groupby("arm"):
         direction = expected_direction(arm, other=p.other_direction)
         verb = "knock down" if direction == "down" else "activate"
         lfc = sub["on_target_log2fc"]
         res = on_target_test(lfc, n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target"))
-        claim = on_target_claim(lfc)
+        mine = split[split["arm"] == arm]
+        claim = on_target_claim(mine["on_target_log2fc"])
         arm_rows.append(
             pd.DataFrame(
                 [
@@ -336,6 +350,9 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
                         "hodges_lehmann": claim.effect,
                         "hl_ci_low": claim.ci_low,
                         "hl_ci_high": claim.ci_high,
+                        "p_split_controls": claim.p,
+                        "n_split": len(mine),
+                        "control_share": int(mine["n_control"].min()) if len(mine) else 0,
                         "n_pass": int((sub["status"] == "pass").sum()),
                         "n_fail": int((sub["status"] == "fail").sum()),
                         "n_unmeasured": int((sub["status"] == "target not measured").sum()),
@@ -346,14 +363,15 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
         what = f"perturbations {verb} their targets ({arm})"
         unit = Unit(ds, method="on_target")
         side = "less" if direction == "down" else "greater"
-        if res["n"] < 2:
+        if len(mine) < 2:
             ctx.not_assessable(
                 unit,
                 claim=what,
                 direction=side,
                 test=claim.test,
                 h0=ON_TARGET_H0,
-                reason="fewer than 2 perturbations with a measured target",
+                reason="fewer than 2 perturbations with a measured target and a share of "
+                "the controls",
             )
             continue
         ctx.claim(
@@ -374,7 +392,8 @@ def on_target_claim(lfc) -> StatTestResult:
     res = signed_rank(x[np.isfinite(x)], h0=ON_TARGET_H0, name="on-target log2FC")
     return replace(
         res,
-        test="Wilcoxon signed-rank over perturbations of the on-target log2FC, two-sided",
+        test="Wilcoxon signed-rank over perturbations of the on-target log2FC (each against "
+        "its own disjoint control share), two-sided",
         null_name="on_target_signed_rank",
     )
 
@@ -432,7 +451,7 @@ def _summary(out: dict[str, pd.DataFrame]) -> str:
 # on-target QC, the test). Nulls: no on-target effect (knockdown 0 for CRISPRi, activation
 # 1 for CRISPRa), once on a plain screen and once with hub TFs (many targets each, strong
 # regulation) that perturb their targets but not themselves. Planted: CRISPRi knock-downs
-# of 10 % and 25 % (claim direction "less").
+# of 10 %, 25 % and 50 % (claim direction "less"; real CRISPRi guides reach 70–90 %).
 
 _CAL_BASE = {
     "n_cells": 1500,
@@ -481,7 +500,7 @@ def _calibration_scenarios():
                 strength=k,
                 params={"knockdown": k},
             )
-            for k in (0.1, 0.25)
+            for k in (0.1, 0.25, 0.5)
         ],
     ]
 
@@ -492,13 +511,9 @@ def _calibration_replicate(sc, seed: int):
     from scfm_audit.data._dataset import DatasetSpec
 
     bench = simulate_perturbseq(**{**_CAL_BASE, **sc.params, "seed": seed})
-    ad = bench.adata
-    targets = sorted(set(ad.obs["perturbation"].astype(str)) - {"non-targeting"})
-    de = differential_expression(
-        ad, DatasetSpec(perturbation="perturbation", modality="modality"), genes=targets
-    )
-    qc = on_target_qc(de)
-    res = on_target_claim(qc["on_target_log2fc"])  # the claim's own typed result
+    spec = DatasetSpec(perturbation="perturbation", modality="modality")
+    split = split_control_on_target(bench.adata, spec, seed=seed)
+    res = on_target_claim(split["on_target_log2fc"])  # the claim's own typed result
     return ReplicateOutcome(
         p=res.p,
         estimate=res.effect,
