@@ -321,3 +321,23 @@ def test_two_arm_screen_maps_arms_to_modes_and_refuses_an_unmapped_arm(tmp_path,
     assert (a["n_cells"] == 16).all()  # overexpression acts on every control cell
     assert "CRISPRa" in run.errors["in_silico_perturbation@bad"]
     assert "arm_modes" in run.errors["in_silico_perturbation@bad"]
+
+
+def test_specificity_ci_inverts_the_shuffled_label_test():
+    """The CI of the specificity is the acceptance region of the shuffled-label test under
+    a shift model: on exchangeable (null) matrices it covers 0 at the test's level, and a
+    planted shift of the matched entries lies inside it."""
+    from scfm_audit.evaluate._in_silico_compare import _specificity, shift_inversion_ci
+
+    rng = np.random.default_rng(0)
+    arms = np.array(["a"] * 8 + ["b"] * 7)
+    covered = 0
+    for _ in range(200):
+        M = rng.standard_normal((15, 15))
+        lo, hi = shift_inversion_ci(M, arms, n_draws=499, rng=rng)
+        covered += lo <= 0 <= hi
+    assert 0.92 <= covered / 200 <= 0.985  # binomial band around 0.95 (n = 200)
+    M = rng.standard_normal((15, 15)) + 1.5 * np.eye(15)
+    lo, hi = shift_inversion_ci(M, arms, n_draws=999, rng=rng)
+    _, eff = _specificity(M, np.arange(15), arms)
+    assert 0 < lo < eff < hi and lo < 1.5 < hi

@@ -32,8 +32,9 @@ profile of π(j), π a random within-arm permutation of the perturbations (pertu
 the independent units; the permutation keeps every gene-level pattern, e.g. "variable genes
 move in every perturbation", so such patterns do not count). p: two-sided adaptive
 Monte-Carlo (``n_perm``, then ``n_perm_max`` draws while p < 0.05). Effect: matched −
-mismatched mean statistic (perturbation specificity, 0 under H0) with a percentile
-bootstrap CI over perturbations. The side is read from the test's own tails and its
+mismatched mean statistic (perturbation specificity, 0 under H0) with the CI that inverts
+the same shuffled-label test under a shift model (it covers a null effect at the test's
+own level; a percentile bootstrap over perturbations undercovered). The side is read from the test's own tails and its
 floor from the Monte-Carlo draws (the kernel's typed result). The other statistics get
 the same test, descriptive.
 """
