@@ -20,6 +20,7 @@ Missing scores (NaN), ``nan_policy``:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -59,7 +60,8 @@ def _as_labels(y: ArrayLike) -> np.ndarray:
     if not ok.all():
         bad = np.unique(arr[~ok])[:5]
         raise ValueError(f"y must be binary (0/1 or bool); found values {bad.tolist()}.")
-    return arr == 1
+    labels: np.ndarray = arr == 1
+    return labels
 
 
 def _prepare(
@@ -145,7 +147,7 @@ def _tie_groups(y: np.ndarray, s_cols: np.ndarray) -> _Groups:
     return _Groups(col, starts - col * n, size, pos, ss.ravel()[starts])
 
 
-def _column_chunks(s: np.ndarray):
+def _column_chunks(s: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(j0, j1, s_cols)`` with ``s_cols = s[:, j0:j1].T`` contiguous."""
     n, k = s.shape
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
@@ -180,7 +182,9 @@ def _midranks(s: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _sorted_classes(labels: np.ndarray, s: np.ndarray):
+def _sorted_classes(
+    labels: np.ndarray, s: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(j, sorted positive scores, sorted negative scores)`` for each column ``j``.
 
     A loop over columns of 1-D contiguous sorts: measured ~3× faster than one argsort of

@@ -25,8 +25,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from scfm_audit.stats._tests import StatTestResult
 
 from scfm_audit.stats._resampling import Alternative, Seed, _check_alternative, _rng
 
@@ -68,7 +72,7 @@ class MonteCarloP:
         ci: tuple[float, float] = (float("nan"), float("nan")),
         n: int = 0,
         reason: str = "",
-    ):
+    ) -> StatTestResult:
         """This p-value as a typed :class:`~scfm_audit.stats._tests.StatTestResult`: the
         estimate ``observed`` against the null's own centre (the draws' mean, not a
         textbook value: a null that keeps hubs is not centred on AUROC 0.5), both tails,
@@ -119,7 +123,7 @@ def attainable_floor(null: np.ndarray, alternative: Alternative) -> float:
     if values.size <= 20 and counts.min() >= 5:
         up, lo = counts[-1] / (n + 1.0), counts[0] / (n + 1.0)
     floor = {"greater": up, "less": lo, "two-sided": 2 * min(up, lo)}[alternative]
-    return min(1.0, floor)
+    return float(min(1.0, floor))
 
 
 def _tails(observed: float, null: np.ndarray) -> tuple[float, float, int]:

@@ -35,7 +35,7 @@ from scipy import stats
 
 from scfm_audit.stats._montecarlo import adaptive_mc_pvalue, permute_within_classes
 from scfm_audit.stats._resampling import Seed
-from scfm_audit.stats._tests import StatTestResult, paired_wilcoxon
+from scfm_audit.stats._tests import Alternative, StatTestResult, paired_wilcoxon
 
 __all__ = [
     "hodges_lehmann",
@@ -64,7 +64,7 @@ def _signed_rank_lower(n: int, alpha: float) -> int:
         ok = np.flatnonzero(cdf <= alpha / 2 * (1 + 1e-12))
         return int(ok[-1]) if ok.size else -1
     sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
-    return math.floor(m / 2 + stats.norm.ppf(alpha / 2) * sd - 0.5)
+    return math.floor(m / 2 + float(stats.norm.ppf(alpha / 2)) * sd - 0.5)
 
 
 def hodges_lehmann(d: ArrayLike, *, ci: float = 0.95) -> tuple[float, float, float]:
@@ -91,7 +91,7 @@ def signed_rank(
     d: ArrayLike,
     *,
     ci: float = 0.95,
-    alternative: str = "two-sided",
+    alternative: Alternative = "two-sided",
     h0: str = "",
     name: str = "Δ",
 ) -> StatTestResult:
@@ -127,7 +127,7 @@ def sign_flip_test(
     *,
     seed: Seed,
     stages: Sequence[int] = (999, 9_999),
-    alternative: str = "two-sided",
+    alternative: Alternative = "two-sided",
     ci: float = 0.95,
     h0: str = "the differences are symmetric about 0",
 ) -> StatTestResult:
@@ -154,7 +154,8 @@ def sign_flip_test(
 
     def draw(k: int, rng: np.random.Generator) -> np.ndarray:
         signs = rng.integers(0, 2, size=(k, n)) * 2 - 1
-        return signs @ x / n
+        means: np.ndarray = signs @ x / n
+        return means
 
     mc = adaptive_mc_pvalue(
         draw, float(x.mean()), stages=stages, alternative=alternative, seed=seed
@@ -229,7 +230,8 @@ def within_block_permutation(
         flat = codes + k * np.arange(b)[:, None]
         sums = np.bincount(flat.ravel(), weights=np.tile(v, b), minlength=b * k)
         means = sums.reshape(b, k) / counts
-        return means.max(axis=1) - means.min(axis=1)
+        spread: np.ndarray = means.max(axis=1) - means.min(axis=1)
+        return spread
 
     observed = float(stat(g_codes[None, :])[0])
 

@@ -4,6 +4,7 @@ within its family: the claim tests (one per scorecard line) and the descriptive 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -138,7 +139,7 @@ class TestRegistry:
         self._records.append(record)
         return record
 
-    def extend(self, records) -> None:
+    def extend(self, records: Iterable[TestRecord]) -> None:
         for r in records:
             self.add(r)
 

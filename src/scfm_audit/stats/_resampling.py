@@ -347,7 +347,8 @@ class _Units:
         sizes = self._sizes[units]
         offsets = np.cumsum(sizes) - sizes
         pos = np.repeat(self._starts[units] - offsets, sizes) + np.arange(sizes.sum())
-        return self._order[pos]
+        rows: np.ndarray = self._order[pos]
+        return rows
 
     def leave_one_out(self, unit: int) -> np.ndarray:
         """Row indices of everything except ``unit`` (original row order)."""
@@ -516,4 +517,5 @@ def _bca_levels(
     a_hat = np.sum(d**3) / (6.0 * den**1.5)
     z = ndtri(np.array([alpha, 1.0 - alpha]))
     num = z0 + z
-    return ndtr(z0 + num / (1.0 - a_hat * num))
+    adjusted: np.ndarray = ndtr(z0 + num / (1.0 - a_hat * num))
+    return adjusted

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,7 +155,7 @@ def tested_side(p_greater: float, p_less: float, effect: float, null_value: floa
     return "greater" if effect > null_value else "less"
 
 
-def _tails_of(fn, *args, **kw) -> tuple[float, float]:
+def _tails_of(fn: Callable[..., Any], *args: Any, **kw: Any) -> tuple[float, float]:
     """``fn(*args, alternative=...)``'s p for "greater" and "less" (scipy results)."""
     return (
         float(fn(*args, alternative="greater", **kw).pvalue),
@@ -184,7 +185,8 @@ def _vector(x: ArrayLike, name: str) -> np.ndarray:
 
 def _finite(x: ArrayLike, name: str) -> np.ndarray:
     a = _vector(x, name)
-    return a[~np.isnan(a)]
+    finite: np.ndarray = a[~np.isnan(a)]
+    return finite
 
 
 def _pairs(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

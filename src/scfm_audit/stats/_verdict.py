@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from scfm_audit.stats._fdr import bh_fdr
-from scfm_audit.stats._tests import tested_side
+from scfm_audit.stats._tests import StatTestResult, tested_side
 
 ANSWERS = ("yes", "opposite", "no evidence", "n/a")
 
@@ -139,7 +139,11 @@ def answer_claims(claims: pd.DataFrame, *, alpha: float) -> pd.DataFrame:
 
 
 def answer_result(
-    result, *, claimed: str = "greater", alpha: float = 0.05, others: tuple[float, ...] = ()
+    result: StatTestResult,
+    *,
+    claimed: str = "greater",
+    alpha: float = 0.05,
+    others: tuple[float, ...] = (),
 ) -> tuple[str, str]:
     """The answer one typed result (:class:`~scfm_audit.stats._tests.StatTestResult`)
     gets as a claim beside other claims with p-values ``others`` (none: a family of one).
