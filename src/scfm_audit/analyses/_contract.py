@@ -13,9 +13,9 @@ floor); the runner does the rest (caching, FDR, writing, the report).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from scfm_audit.models._base import ModelAdapter
     from scfm_audit.stats._registry import TestRecord
     from scfm_audit.stats._tests import StatTestResult
+
+T = TypeVar("T")
 
 
 class AnalysisParams(BaseModel):
@@ -362,13 +364,40 @@ class AnalysisContext(Protocol):
     def model(self, name: str) -> ModelAdapter: ...
     def rng(self, *keys: Any) -> np.random.Generator: ...
     def add_test(self, **fields: Any) -> TestRecord: ...
-    def claim(self, result: StatTestResult, unit: Unit, *, claim: str, **kw: Any) -> Verdict: ...
+    def claim(
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        claim: str,
+        hypothesis: str | None = None,
+        direction: str = "greater",
+        layer_choice: str = "",
+        reason: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Verdict: ...
     def describe(
-        self, result: StatTestResult, unit: Unit, *, hypothesis: str, **kw: Any
+        self,
+        result: StatTestResult,
+        unit: Unit,
+        *,
+        hypothesis: str,
+        extra: dict[str, Any] | None = None,
     ) -> TestRecord: ...
-    def not_assessable(self, unit: Unit, *, claim: str, reason: str, **kw: Any) -> Verdict: ...
+    def not_assessable(
+        self,
+        unit: Unit,
+        *,
+        claim: str,
+        reason: str,
+        test: str = "",
+        h0: str = "",
+        direction: str = "greater",
+    ) -> Verdict: ...
     def seed_for(self, *keys: Any) -> int: ...
-    def progress(self, iterable, *, description: str, total: int | None = None): ...
+    def progress(
+        self, iterable: Iterable[T], *, description: str, total: int | None = None
+    ) -> Iterator[T]: ...
     def cached(
         self, key: dict[str, Any], compute: Callable[[], Any], *, kind: str, shared: bool = False
     ) -> Any: ...

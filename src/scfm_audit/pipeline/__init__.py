@@ -8,10 +8,11 @@ from scfm_audit.analyses._contract import (
     Verdict,
     register_analysis,
 )
+from scfm_audit.analyses._run import RunResult
 from scfm_audit.pipeline._cache import ArtifactCache
 from scfm_audit.pipeline._config import AuditConfig, ConfigError, config_from_dict, load_config
 from scfm_audit.pipeline._demo import demo_config
-from scfm_audit.pipeline._runner import RunContext, RunResult, run_audit
+from scfm_audit.pipeline._runner import RunContext, run_audit
 
 __all__ = [
     "ANALYSES",

@@ -162,7 +162,7 @@ class AuditConfig(_Strict):
 
     @field_validator("datasets")
     @classmethod
-    def _some_data(cls, v: dict) -> dict:
+    def _some_data(cls, v: dict[str, DatasetConfig]) -> dict[str, DatasetConfig]:
         if not v:
             raise ValueError("at least one dataset is needed")
         return v
@@ -417,7 +417,7 @@ def _format_errors(
     return lines
 
 
-def _known_keys(model: Any, loc: tuple) -> list[str]:
+def _known_keys(model: Any, loc: tuple[int | str, ...]) -> list[str]:
     """Field names of the (nested) pydantic model found at ``loc`` inside ``model``."""
     import typing
 
@@ -502,7 +502,7 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
             if isinstance(extra.get(k), str):
                 extra[k] = str(fix(Path(extra[k])))
     for m in cfg.models.values():
-        m.path = fix(m.path)
+        m.path = fix(m.path) or m.path
     cfg.output = fix(cfg.output) or cfg.output
     return cfg
 

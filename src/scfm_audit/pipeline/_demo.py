@@ -223,7 +223,7 @@ def ensure_demo_models(
     if retrain or not (fresh and all((folder / name).is_dir() for name in _FAMILIES)):
         tmp = folder.parent / f".models-tmp-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
-        if use_shipped:
+        if use_shipped and shipped is not None:
             tmp.mkdir(parents=True)
             for name in _FAMILIES:
                 shutil.copytree(shipped / name, tmp / name)

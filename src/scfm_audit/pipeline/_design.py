@@ -282,7 +282,7 @@ def _size_checks(name: str, p: Any) -> list[Check]:
 
 
 def _strata_checks(
-    cfg: AuditConfig, name: str, p: Any, raw: dict, data: dict[str, Any], used: list[str]
+    cfg: AuditConfig, name: str, p: Any, raw: dict[str, Any], data: dict[str, Any], used: list[str]
 ) -> list[Check]:
     if getattr(p, "strata", None) != "annotation" or "strata" not in raw:
         return []  # only a pre-declared choice (scaling's default documents its fallback)
@@ -494,7 +494,7 @@ def _token_collisions(
     pairs: set[tuple[str, str]] = set()
     for p in params.values():
         used = _datasets_of(cfg, p)
-        named = {cfg.edges[e].model for e in _edge_sources(cfg, p)} - {None}
+        named = {m for e in _edge_sources(cfg, p) if (m := cfg.edges[e].model) is not None}
         if "models" in type(p).model_fields:
             named |= set(getattr(p, "models", None) or cfg.models)
         pairs |= {(m, ds) for m in named for ds in used}

@@ -11,9 +11,12 @@ import inspect
 import json
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict, ValidationError, create_model
+
+if TYPE_CHECKING:
+    from scfm_audit.models._base import ModelAdapter
 
 #: Scorers registered as ``fn(adata, *, genes, seed, **params)`` forward ``params`` to
 #: these functions; their keyword arguments are the options a config may set.
@@ -33,7 +36,7 @@ RESERVED = {
 }
 
 
-def keyword_parameters(*fns: Callable) -> dict[str, inspect.Parameter] | None:
+def keyword_parameters(*fns: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
     """Keyword parameters accepted by ``fns`` together (all but the first positional), or
     None when one of them takes ``**kwargs`` that go somewhere we cannot see."""
     out: dict[str, inspect.Parameter] = {}
@@ -57,7 +60,7 @@ def keyword_parameters(*fns: Callable) -> dict[str, inspect.Parameter] | None:
     return out
 
 
-def scorer_parameters(name: str, fn: Callable) -> dict[str, inspect.Parameter] | None:
+def scorer_parameters(name: str, fn: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
     """Options of a registered edge scorer (following its ``**params`` for built-ins)."""
     target = SCORER_TARGETS.get(name)
     if target is None:
@@ -67,7 +70,7 @@ def scorer_parameters(name: str, fn: Callable) -> dict[str, inspect.Parameter] |
     return keyword_parameters(fn, getattr(importlib.import_module(target[0]), target[1]))
 
 
-def model_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
+def model_parameters(cls: type[ModelAdapter]) -> dict[str, inspect.Parameter] | None:
     """Options of a model family: keywords of ``cls.load`` plus, when ``load`` forwards
     ``**options`` to the constructor, the constructor's keyword-only arguments."""
     load = keyword_parameters(cls.load)
@@ -87,7 +90,7 @@ def check_options(
     given: dict[str, Any],
     accepted: dict[str, inspect.Parameter] | None,
     *,
-    fn: Callable | list[Callable] | None = None,
+    fn: Callable[..., Any] | list[Callable[..., Any]] | None = None,
     owner: str,
     reserved: frozenset[str] = frozenset(),
     elsewhere: dict[str, list[str]] | None = None,
@@ -121,7 +124,10 @@ def check_options(
 
 
 def _check_values(
-    where: str, given: dict[str, Any], params: dict[str, inspect.Parameter], fn: Callable | None
+    where: str,
+    given: dict[str, Any],
+    params: dict[str, inspect.Parameter],
+    fn: Callable[..., Any] | list[Callable[..., Any]] | None,
 ) -> list[str]:
     hints: dict[str, Any] = {}
     for f in _functions(fn):
@@ -161,7 +167,7 @@ def _check_values(
     return []
 
 
-def _functions(fn: Callable | Any) -> list[Callable]:
+def _functions(fn: Callable[..., Any] | Any) -> list[Callable[..., Any]]:
     if fn is None:
         return []
     if isinstance(fn, list | tuple):

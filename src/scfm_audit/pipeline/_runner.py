@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,13 @@ from rich.markup import escape
 
 from scfm_audit import __version__
 from scfm_audit._io import atomic_path, atomic_write_text, write_table
-from scfm_audit.analyses._contract import ANALYSES, AnalysisResult, AnalysisSpec, ClaimRecorder
+from scfm_audit.analyses._contract import (
+    ANALYSES,
+    AnalysisResult,
+    AnalysisSpec,
+    ClaimRecorder,
+    Verdict,
+)
 from scfm_audit.analyses._run import RunResult
 from scfm_audit.pipeline._cache import ArtifactCache, file_fingerprint, stable_hash
 from scfm_audit.pipeline._config import (
@@ -48,6 +54,18 @@ from scfm_audit.pipeline._config import (
     load_config,
 )
 from scfm_audit.stats._registry import TestRecord, TestRegistry
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scfm_audit.data._dataset import DatasetSpec
+    from scfm_audit.data._network import ReferenceNetwork
+    from scfm_audit.data._simulate import SimulatedBenchmark
+    from scfm_audit.edges._scores import EdgeScores
+    from scfm_audit.models._base import ModelAdapter
+    from scfm_audit.pipeline._config import EdgeConfig
+
+    T = TypeVar("T")
 
 log = logging.getLogger("scfm_audit")
 
@@ -68,7 +86,7 @@ class Resources:
         self._benchmarks: dict[str, Any] = {}
         self._references: dict[str, Any] = {}
         self._models: dict[str, Any] = {}
-        self._edges: dict[tuple[str, str], list] = {}
+        self._edges: dict[tuple[str, str], list[EdgeScores]] = {}
         self._shared: dict[tuple[str, str], Any] = {}
         self.notes: list[str] = []
 
@@ -81,20 +99,24 @@ class Resources:
         return self._shared[k]
 
     # -- datasets ----------------------------------------------------------------------
-    def _simulated(self, name: str):
+    def _simulated(self, name: str) -> SimulatedBenchmark:
         if name not in self._benchmarks:
             from scfm_audit.data._simulate import SimulationParams, simulate_perturbseq
 
-            params = SimulationParams(**self.cfg.datasets[name].simulate)
+            sim = self.cfg.datasets[name].simulate
+            if sim is None:  # the config's validation rules this out
+                raise ValueError(f"datasets.{name}: not a simulated dataset")
+            params = SimulationParams(**sim)
             self._benchmarks[name] = self.cache.get_or_compute(
                 "simulation",
                 {"params": params.model_dump(mode="json")},
                 lambda: simulate_perturbseq(params),
                 codec="pickle",
             )
-        return self._benchmarks[name]
+        bench: SimulatedBenchmark = self._benchmarks[name]
+        return bench
 
-    def dataset_spec(self, name: str):
+    def dataset_spec(self, name: str) -> DatasetSpec:
         from scfm_audit.data._dataset import DatasetSpec
 
         d = self.cfg.datasets[name]
@@ -109,7 +131,7 @@ class Resources:
             gene_id_column=d.gene_id_column,
         )
 
-    def dataset(self, name: str):
+    def dataset(self, name: str) -> AnnData:
         if name not in self._datasets:
             from scfm_audit.data._dataset import load_dataset, validate_dataset
 
@@ -133,22 +155,27 @@ class Resources:
         return base
 
     # -- references ----------------------------------------------------------------------
-    def reference(self, name: str):
+    def reference(self, name: str) -> ReferenceNetwork:
         if name not in self._references:
             r = self.cfg.references[name]
             if r.format == "simulated":
+                if r.dataset is None:  # the config's validation rules this out
+                    raise ValueError(f"references.{name}: format 'simulated' needs 'dataset'")
                 bench = self._simulated(r.dataset)
                 net = bench.grn if r.network == "grn" else bench.ppi
                 net = replace(net, name=name)
             else:
                 from scfm_audit.data._references import load_reference
 
+                if r.path is None:  # the config's validation rules this out
+                    raise ValueError(f"references.{name}: 'path' is required for {r.format!r}")
                 net = load_reference(r.format, r.path, name=name, **r.options())
             self._references[name] = net
-        return self._references[name]
+        ref: ReferenceNetwork = self._references[name]
+        return ref
 
     # -- models --------------------------------------------------------------------------
-    def model(self, name: str):
+    def model(self, name: str) -> ModelAdapter:
         if name not in self._models:
             from scfm_audit.models._base import load_model
 
@@ -156,7 +183,8 @@ class Resources:
             self._models[name] = load_model(
                 m.family, m.path, device=m.device, name=name, **m.options()
             )
-        return self._models[name]
+        model: ModelAdapter = self._models[name]
+        return model
 
     def _note_vocabulary(self, model: str, dataset: str) -> None:
         note_key = f"vocabulary {model} {dataset}"
@@ -187,7 +215,7 @@ class Resources:
             cells = np.sort(rng.choice(cells, size=e.max_cells, replace=False))
         return cells
 
-    def edge_genes(self, edges: str, dataset: str, adata_cells) -> list[str] | None:
+    def edge_genes(self, edges: str, dataset: str, adata_cells: AnnData) -> list[str] | None:
         e = self.cfg.edges[edges]
         if e.genes == "all" or adata_cells.n_vars <= e.n_top_genes:
             return None
@@ -202,18 +230,20 @@ class Resources:
         sc.pp.highly_variable_genes(tmp, n_top_genes=e.n_top_genes, flavor="seurat")
         return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
 
-    def edge_scores(self, edges: str, dataset: str) -> list:
+    def edge_scores(self, edges: str, dataset: str) -> list[EdgeScores]:
         """Score sets of edge source ``edges`` on ``dataset`` (computed once, cached)."""
         out = self._edge_scores(edges, dataset, cached_only=False)
         assert out is not None
         return out
 
-    def cached_edge_scores(self, edges: str, dataset: str) -> list | None:
+    def cached_edge_scores(self, edges: str, dataset: str) -> list[EdgeScores] | None:
         """The score sets a finished run left in the artifact cache, or None: never
         computes (``scfm-audit compare`` reads them for its paired tests)."""
         return self._edge_scores(edges, dataset, cached_only=True)
 
-    def _edge_scores(self, edges: str, dataset: str, *, cached_only: bool) -> list | None:
+    def _edge_scores(
+        self, edges: str, dataset: str, *, cached_only: bool
+    ) -> list[EdgeScores] | None:
         key = (edges, dataset)
         if key in self._edges:
             return self._edges[key]
@@ -234,7 +264,7 @@ class Resources:
             m = self.cfg.models[e.model]
             cache_key["model"] = {"family": m.family, "files": file_fingerprint(m.path)}
 
-        def compute() -> list:
+        def compute() -> list[EdgeScores]:
             sub = adata[cells]
             sub = sub.to_memory() if getattr(sub, "isbacked", False) else sub.copy()
             genes = self.edge_genes(edges, dataset, sub)
@@ -252,7 +282,8 @@ class Resources:
                 len(out),
                 time.perf_counter() - t0,
             )
-            return out
+            scores: list[EdgeScores] = out
+            return scores
 
         if cached_only:
             where = self.cache.path_for("edges", cache_key)
@@ -291,7 +322,9 @@ class Progress:
         if not self.quiet:
             self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
 
-    def track(self, iterable: Iterable, *, description: str, total: int | None = None) -> Iterator:
+    def track(
+        self, iterable: Iterable[T], *, description: str, total: int | None = None
+    ) -> Iterator[T]:
         if not self.live:
             if self.quiet:
                 yield from iterable
@@ -349,15 +382,15 @@ class RunContext(ClaimRecorder):
     registry: TestRegistry
     progress_: Progress
     alpha: float = 0.05
-    claims: list = field(default_factory=list)
+    claims: list[Verdict] = field(default_factory=list)
 
     def dataset_names(self) -> list[str]:
         return list(self.resources.cfg.datasets)
 
-    def dataset(self, name: str):
+    def dataset(self, name: str) -> AnnData:
         return self.resources.dataset(name)
 
-    def dataset_spec(self, name: str):
+    def dataset_spec(self, name: str) -> DatasetSpec:
         return self.resources.dataset_spec(name)
 
     def dataset_fingerprint(self, name: str) -> dict[str, Any]:
@@ -367,16 +400,16 @@ class RunContext(ClaimRecorder):
     def reference_names(self) -> list[str]:
         return list(self.resources.cfg.references)
 
-    def reference(self, name: str):
+    def reference(self, name: str) -> ReferenceNetwork:
         return self.resources.reference(name)
 
     def edge_names(self) -> list[str]:
         return list(self.resources.cfg.edges)
 
-    def edge_scores(self, edges: str, dataset: str) -> list:
+    def edge_scores(self, edges: str, dataset: str) -> list[EdgeScores]:
         return self.resources.edge_scores(edges, dataset)
 
-    def edge_source(self, edges: str):
+    def edge_source(self, edges: str) -> EdgeConfig:
         """The edge source's config entry (scorer, model, cells, options())."""
         return self.resources.cfg.edges[edges]
 
@@ -387,7 +420,7 @@ class RunContext(ClaimRecorder):
     def model_names(self) -> list[str]:
         return list(self.resources.cfg.models)
 
-    def model(self, name: str):
+    def model(self, name: str) -> ModelAdapter:
         return self.resources.model(name)
 
     def rng(self, *keys: Any) -> np.random.Generator:
@@ -402,7 +435,9 @@ class RunContext(ClaimRecorder):
         fields.setdefault("seed", self.seed)
         return self.registry.add(**fields)
 
-    def progress(self, iterable, *, description: str, total: int | None = None):
+    def progress(
+        self, iterable: Iterable[T], *, description: str, total: int | None = None
+    ) -> Iterator[T]:
         return self.progress_.track(iterable, description=description, total=total)
 
     def cached(
@@ -529,7 +564,14 @@ def _routed_warnings() -> Iterator[dict[str, int]]:
 
     counts: dict[str, int] = {}
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         key = f"{category.__name__}: {str(message).strip()}"[:300]
         counts[key] = counts.get(key, 0) + 1
         log.debug("warning %s (%s:%s)", key, filename, lineno)

@@ -9,6 +9,7 @@ columns, sizes, strata, perturbations and references each analysis needs).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,9 @@ def input_checks(
             checks.append(Check(f"reference {name}", False, _message(e, f"references.{name}")))
             continue
         if len(net.edges) == 0:
-            where = cfg.references[name].path or f"the simulated {cfg.references[name].network}"
+            where = str(
+                cfg.references[name].path or f"the simulated {cfg.references[name].network}"
+            )
             checks.append(
                 Check(
                     f"reference {name}",
@@ -141,12 +144,16 @@ def input_checks(
 
 
 def _usage_checks(
-    cfg: AuditConfig, res: Resources, params: dict[str, Any], data: dict, refs: dict
+    cfg: AuditConfig,
+    res: Resources,
+    params: dict[str, Any],
+    data: dict[str, Any],
+    refs: dict[str, Any],
 ) -> list[Check]:
     """Per analysis: each reference shares genes with each dataset it is used on; each
     edge source gets at least ``min_source_cells`` cells of each dataset."""
     checks: list[Check] = []
-    seen: set[tuple] = set()
+    seen: set[tuple[str, ...]] = set()
     for analysis, analysis_params in params.items():
         datasets = [
             d for d in (getattr(analysis_params, "datasets", None) or cfg.datasets) if d in data
@@ -199,8 +206,10 @@ def _usage_checks(
     return checks
 
 
-def _no_overlap(ref: str, ref_genes, ds: str, genes, analysis: str) -> str:
-    def show(idx) -> str:
+def _no_overlap(
+    ref: str, ref_genes: Iterable[str], ds: str, genes: Iterable[str], analysis: str
+) -> str:
+    def show(idx: Iterable[str]) -> str:
         return ", ".join(map(str, list(idx)[:3]))
 
     return (
