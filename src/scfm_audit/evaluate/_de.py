@@ -53,13 +53,23 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 from scipy import sparse, special
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scfm_audit._typing import ProgressFn
+    from scfm_audit.data._dataset import DatasetSpec
+
+#: counts and sums of the tests' arithmetic: per-group arrays, or one group's scalar
+_Values = NDArray[np.float64] | float
 
 __all__ = [
     "DE_COLUMNS",
@@ -111,7 +121,13 @@ class _Layout:
     controls_available: dict[str, int]
 
 
-def _layout(adata, spec, perturbations, max_control_cells: int | None, seed: int) -> _Layout:
+def _layout(
+    adata: AnnData,
+    spec: DatasetSpec,
+    perturbations: list[str] | None,
+    max_control_cells: int | None,
+    seed: int,
+) -> _Layout:
     from scfm_audit.data._dataset import _perturbation_column, control_mask
 
     labels = _perturbation_column(adata, spec).astype(object)
@@ -123,7 +139,7 @@ def _layout(adata, spec, perturbations, max_control_cells: int | None, seed: int
     else:
         arms = np.full(adata.n_obs, "all", dtype=object)
     group = np.full(adata.n_obs, -1, dtype=np.int64)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     available: dict[str, int] = {}
     wanted = None if perturbations is None else set(map(str, perturbations))
     for arm in sorted(pd.unique(arms)):
@@ -150,7 +166,7 @@ def _layout(adata, spec, perturbations, max_control_cells: int | None, seed: int
 
 
 # ----------------------------------------------------------------------------- reading
-def _counts_source(adata, spec):
+def _counts_source(adata: AnnData, spec: DatasetSpec) -> Any:
     X = adata.X if spec.counts == "X" else adata.layers.get(spec.counts)
     if X is None:
         from scfm_audit.data._dataset import counts_matrix
@@ -160,7 +176,12 @@ def _counts_source(adata, spec):
 
 
 def _chunks(
-    adata, spec, keep: np.ndarray, chunk_size: int, progress, description: str
+    adata: AnnData,
+    spec: DatasetSpec,
+    keep: np.ndarray,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    description: str,
 ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
     """``(rows, counts)`` for each contiguous chunk of cells holding a used cell (``keep``);
     ``counts`` is CSR float64 of the used rows only, all genes."""
@@ -184,7 +205,12 @@ MAX_BLOCK_NNZ = 1 << 21
 
 
 def _raw_chunks(
-    adata, spec, keep: np.ndarray, chunk_size: int, progress, description: str
+    adata: AnnData,
+    spec: DatasetSpec,
+    keep: np.ndarray,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    description: str,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """``(first_row, data, indices, indptr)``: the CSR arrays, as stored (no dtype change),
     of contiguous row blocks holding a used cell (``keep``); rows not kept stay in the
@@ -203,24 +229,24 @@ def _raw_chunks(
     group = getattr(X, "group", None)
     if group is not None and getattr(X, "format", None) == "csr":
         ptr = np.asarray(group["indptr"][:], dtype=np.int64)
-        starts = []
+        bounds: list[tuple[int, int]] = []
         a = 0
         while a < n:
             # rows a..b: at most chunk_size rows and MAX_BLOCK_NNZ values (≥ 1 row)
             b = min(a + chunk_size, int(np.searchsorted(ptr, ptr[a] + MAX_BLOCK_NNZ, "right")) - 1)
             b = max(b, a + 1)
             if keep[a:b].any():
-                starts.append((a, b))
+                bounds.append((a, b))
             a = b
-        it = starts if progress is None else progress(starts, description=description)
+        bound_it = bounds if progress is None else progress(bounds, description=description)
         data, indices = group["data"], group["indices"]
-        for a, b in it:
+        for a, b in bound_it:
             lo, hi = int(ptr[a]), int(ptr[b])
             yield a, data[lo:hi], indices[lo:hi], ptr[a : b + 1] - lo
         return
     starts = [a for a in range(0, n, chunk_size) if keep[a : a + chunk_size].any()]
-    it = starts if progress is None else progress(starts, description=description)
-    for a in it:
+    start_it = starts if progress is None else progress(starts, description=description)
+    for a in start_it:
         block = X[a : min(a + chunk_size, n)]
         block = (
             sparse.csr_matrix(block)
@@ -255,7 +281,7 @@ def _log1p_inplace(x: np.ndarray) -> None:
         )
 
 
-def _log_normalise(X) -> sparse.csr_matrix | np.ndarray:
+def _log_normalise(X: Any) -> sparse.csr_matrix | np.ndarray:
     """counts / (total / 1e4) → log1p, row by row (total over all columns of ``X``), as
     float64; the same arithmetic as scanpy's ``normalize_total(target_sum=1e4)`` so that
     equal values (ties, which the Wilcoxon test counts) are equal bit for bit in both."""
@@ -279,7 +305,7 @@ def _indicator(codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
     )
 
 
-def _group_moments(Y, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
+def _group_moments(Y: Any, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
     """Per-group n, sum and sum of squares (groups × genes) of the rows of ``Y`` (``codes``:
     each row's group, −1 = none). The sums are the indicator product (groups × cells) @
     (cells × genes); for sparse ``Y`` it is computed as one scatter-add of the non-zeros by
@@ -305,7 +331,14 @@ def _group_moments(Y, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...
 
 
 # ----------------------------------------------------------------------------- tests
-def welch_from_moments(n1, s1, ss1, n0, s0, ss0) -> tuple[np.ndarray, ...]:
+def welch_from_moments(
+    n1: _Values,
+    s1: NDArray[np.float64],
+    ss1: NDArray[np.float64],
+    n0: _Values,
+    s0: NDArray[np.float64],
+    ss0: NDArray[np.float64],
+) -> tuple[np.ndarray, ...]:
     """Welch means, t and two-sided p from group counts, sums and sums of squares
     (broadcasting: ``n1`` (P, 1), ``s1`` (P, G); control ``n0`` scalar, ``s0`` (G,)).
     Returns ``(mean1, mean0, t, p)``; t and p are NaN where both variances are 0."""
@@ -347,7 +380,9 @@ def _two_sided_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     return out
 
 
-def mann_whitney_z(u1, n1, n0, *, ties=None) -> tuple[np.ndarray, np.ndarray]:
+def mann_whitney_z(
+    u1: _Values, n1: _Values, n0: _Values, *, ties: _Values | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """z and two-sided p of the Mann–Whitney U of group 1 (``u1`` = #pairs with group 1
     larger + ½ #ties) against ``n0`` controls, in scanpy's arithmetic (rank sum of group 1
     minus its mean, over the standard deviation). ``ties``: Σ t³ − t over the tie groups
@@ -385,8 +420,8 @@ def _bh_rows(p: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- engine
 def differential_expression(
-    adata,
-    spec=None,
+    adata: AnnData,
+    spec: DatasetSpec | None = None,
     *,
     method: Literal["welch", "wilcoxon"] = "welch",
     perturbations: list[str] | None = None,
@@ -398,7 +433,7 @@ def differential_expression(
     chunk_size: int = 20000,
     tie_correct: bool = True,
     max_rank_values: int = 2**28,
-    progress: Callable | None = None,
+    progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """DE of every perturbation (or ``perturbations``) against its arm's controls on
     ``genes`` (default: all; normalisation always uses every gene of a cell).
@@ -469,7 +504,7 @@ def differential_expression(
     )
 
 
-def _gene_index(adata, genes) -> np.ndarray:
+def _gene_index(adata: AnnData, genes: list[str] | None) -> np.ndarray:
     if genes is None:
         return np.arange(adata.n_vars)
     idx = pd.Index(adata.var_names).get_indexer(pd.Index(genes))
@@ -481,10 +516,21 @@ def _gene_index(adata, genes) -> np.ndarray:
         )
     if np.unique(idx).size < idx.size:
         raise DEInputError("genes contains duplicates; pass each gene once.")
-    return idx
+    positions: np.ndarray = idx
+    return positions
 
 
-def _rank_sums(adata, spec, lay, n, cnt, gene_idx, chunk_size, progress, max_values):
+def _rank_sums(
+    adata: AnnData,
+    spec: DatasetSpec,
+    lay: _Layout,
+    n: NDArray[np.float64],
+    cnt: NDArray[np.int64],
+    gene_idx: np.ndarray,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    max_values: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Mann–Whitney U and tie term (Σ t³ − t of the pooled sample) of every (perturbation
     group, gene) against its arm's controls, both (K, G).
 
@@ -528,7 +574,17 @@ def _rank_sums(adata, spec, lay, n, cnt, gene_idx, chunk_size, progress, max_val
     return u1, ties
 
 
-def _assemble(lay, n, s, ss, u1, ties, gnames, method, tie_correct) -> pd.DataFrame:
+def _assemble(
+    lay: _Layout,
+    n: NDArray[np.float64],
+    s: NDArray[np.float64],
+    ss: NDArray[np.float64],
+    u1: NDArray[np.float64] | None,
+    ties: NDArray[np.float64] | None,
+    gnames: np.ndarray,
+    method: str,
+    tie_correct: bool,
+) -> pd.DataFrame:
     """The long table from the per-group moments (and rank sums): columns built as numpy
     arrays and the DataFrame made once, in :data:`DE_COLUMNS` order (at screen scale every
     pandas copy of 16 M rows costs seconds)."""
@@ -539,6 +595,8 @@ def _assemble(lay, n, s, ss, u1, ties, gnames, method, tie_correct) -> pd.DataFr
         kp = sub.index[~sub["control"]].to_numpy()
         n1 = n[kp][:, None]
         if method == "wilcoxon":
+            if u1 is None or ties is None:
+                raise ValueError("the Wilcoxon columns need the rank sums (u1, ties)")
             with np.errstate(divide="ignore", invalid="ignore"):
                 m1, m0 = s[kp] / n1, s[k0] / n[k0]
             t, p = mann_whitney_z(u1[kp], n1, n[k0], ties=ties[kp] if tie_correct else None)
@@ -585,8 +643,17 @@ def _assemble(lay, n, s, ss, u1, ties, gnames, method, tie_correct) -> pd.DataFr
 
 
 def _pseudobulk(
-    adata, spec, lay, by, method, gene_idx, min_units, chunk_size, progress, tie_correct
-):
+    adata: AnnData,
+    spec: DatasetSpec,
+    lay: _Layout,
+    by: str,
+    method: Literal["welch", "wilcoxon"],
+    gene_idx: np.ndarray,
+    min_units: int,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    tie_correct: bool,
+) -> pd.DataFrame:
     """Sum counts per (group, unit), then DE on the pseudobulk samples (units = replicates)."""
     import anndata as ad
 

@@ -18,16 +18,24 @@ not).
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import numba
 import numpy as np
 from numba import prange
+from numpy.typing import NDArray
 
-_JIT = {"nogil": True, "cache": True}
+
+class _JitOptions(TypedDict):
+    nogil: bool
+    cache: bool
+
+
+_JIT: _JitOptions = {"nogil": True, "cache": True}
 
 
 @numba.njit(**_JIT)
-def _row_divisors(data, indptr):
+def _row_divisors(data: np.ndarray, indptr: np.ndarray) -> NDArray[np.float64]:
     R = indptr.size - 1
     div = np.empty(R)
     for r in range(R):
@@ -39,7 +47,17 @@ def _row_divisors(data, indptr):
 
 
 @numba.njit(parallel=True, **_JIT)
-def moments_chunk(data, indices, indptr, codes, gmap, s, ss, cnt, T):
+def moments_chunk(
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    codes: NDArray[np.int64],
+    gmap: NDArray[np.int64],
+    s: NDArray[np.float64],
+    ss: NDArray[np.float64],
+    cnt: NDArray[np.int64],
+    T: int,
+) -> None:
     """Add the chunk's per (group, gene) sums, sums of squares and non-zero counts of the
     log-normalised values into ``s``, ``ss`` (float64) and ``cnt`` (int64), all (K, G).
     ``codes``: each row's group (−1: not used); ``gmap``: each column's output gene (−1:
@@ -66,7 +84,16 @@ def moments_chunk(data, indices, indptr, codes, gmap, s, ss, cnt, T):
 
 
 @numba.njit(parallel=True, **_JIT)
-def fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, T):
+def fill_chunk(
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    codes: NDArray[np.int64],
+    gmap: NDArray[np.int64],
+    cursor: NDArray[np.int64],
+    vals: NDArray[np.float64],
+    T: int,
+) -> None:
     """Scatter the chunk's normalised non-zeros ``x / (total / 1e4)`` — before ``log1p``,
     which the caller applies with numpy's own ``np.log1p`` so that ties are the ties of
     scanpy's data bit for bit (numpy's SIMD log1p and libm's differ in the last bit on a
@@ -94,7 +121,7 @@ def fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, T):
 
 
 @numba.njit(**_JIT)
-def _sort_run(x):
+def _sort_run(x: NDArray[np.float64]) -> None:
     """Sort ``x`` in place: insertion sort for short runs (a perturbation's non-zeros at
     one gene are tens of values), numpy's sort otherwise."""
     n = x.size
@@ -111,7 +138,7 @@ def _sort_run(x):
 
 
 @numba.njit(**_JIT)
-def _lower_bound(a, x, lo):
+def _lower_bound(a: NDArray[np.float64], x: float, lo: int) -> int:
     """First index ≥ ``lo`` of sorted ``a`` with ``a[i] ≥ x`` (branch-free halving: the
     comparisons of a binary search over a run of controls are unpredictable)."""
     n = a.size - lo
@@ -126,13 +153,13 @@ def _lower_bound(a, x, lo):
 
 
 @numba.njit(**_JIT)
-def _bucket(v, vmin, scale, nb):
+def _bucket(v: float, vmin: float, scale: float, nb: int) -> int:
     b = int((v - vmin) * scale)
     return 0 if b < 0 else (nb - 1 if b >= nb else b)
 
 
 @numba.njit(**_JIT)
-def _bucket_index(c):
+def _bucket_index(c: NDArray[np.float64]) -> tuple[NDArray[np.int64], float, float, int]:
     """For sorted ``c``: ``nb`` equal-width value buckets over [c[0], c[-1]] (about four
     values each) and ``idx[b]`` = first position whose bucket is ≥ b. The bucket of a value
     is monotone in the value, so a value's lower bound lies in ``c[idx[b] : idx[b + 1]]``
@@ -158,7 +185,14 @@ def _bucket_index(c):
 
 
 @numba.njit(**_JIT)
-def _bucketed_lower_bound(c, v, idx, vmin, scale, nb):
+def _bucketed_lower_bound(
+    c: NDArray[np.float64],
+    v: float,
+    idx: NDArray[np.int64],
+    vmin: float,
+    scale: float,
+    nb: int,
+) -> int:
     """First index of sorted ``c`` with ``c[i] ≥ v`` (see :func:`_bucket_index`)."""
     if c.size == 0 or v <= c[0]:
         return 0
@@ -169,7 +203,7 @@ def _bucketed_lower_bound(c, v, idx, vmin, scale, nb):
 
 
 @numba.njit(**_JIT)
-def _upper_bound(c, v, lo):
+def _upper_bound(c: NDArray[np.float64], v: float, lo: int) -> int:
     """First index ≥ ``lo`` of sorted ``c`` with ``c[i] > v``: a short scan (ties are few),
     then halving (a large tie block, e.g. binary data)."""
     hi = lo
@@ -189,7 +223,16 @@ def _upper_bound(c, v, lo):
 
 
 @numba.njit(parallel=True, **_JIT)
-def rank_sums(vals, end, cnt, n, ctrl_of, g_off, u1, ties):
+def rank_sums(
+    vals: NDArray[np.float64],
+    end: NDArray[np.int64],
+    cnt: NDArray[np.int64],
+    n: NDArray[np.int64],
+    ctrl_of: NDArray[np.int64],
+    g_off: int,
+    u1: NDArray[np.float64],
+    ties: NDArray[np.float64],
+) -> None:
     """Mann–Whitney U and the tie term of every (perturbation group, gene) against its
     control group, from the non-zeros only.
 
