@@ -292,6 +292,14 @@ def test_too_few_controls_test_a_seeded_subset_of_perturbations(small):
     assert split_control_on_target(a, SPEC, min_share=n_ctrl + 1).empty
 
 
+def test_hvg_ranking_reads_dense_counts_like_sparse(small):
+    dense = small.adata.copy()
+    dense.X = sparse.csr_matrix(dense.X).toarray()
+    as_csr = small.adata.copy()
+    as_csr.X = sparse.csr_matrix(as_csr.X)
+    assert list(hvg_ranking(dense, SPEC)) == list(hvg_ranking(as_csr, SPEC))
+
+
 @pytest.mark.slow
 def test_calibration_keeps_level_and_finds_a_50_percent_knockdown():
     """12 perturbations, 450 controls (37 per share): a 50 % knock-down is found in every

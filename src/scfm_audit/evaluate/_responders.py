@@ -13,16 +13,23 @@ responder sensitivity sweep — kernels of ``perturbation_responders``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy import stats as sst
 
 from scfm_audit.evaluate._de import differential_expression, responder_labels
 from scfm_audit.stats._fdr import bh_fdr
 from scfm_audit.stats._tests import StatTestResult
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scfm_audit._typing import ProgressFn
+    from scfm_audit.data._dataset import DatasetSpec
 
 __all__ = [
     "ON_TARGET_H0",
@@ -215,7 +222,7 @@ def on_target_test(lfc: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -
 
 
 def target_test(
-    qc_row, *, test: str, statistic_name: str, h0: str, null_name: str
+    qc_row: Any, *, test: str, statistic_name: str, h0: str, null_name: str
 ) -> StatTestResult:
     """One perturbation's DE test of its target gene (a row of :func:`on_target_qc`) as a
     typed two-sided result: the statistic (t or z) is symmetric under H0, so the tested
@@ -237,7 +244,13 @@ def target_test(
     )
 
 
-def hvg_ranking(adata, spec=None, *, chunk_size: int = 20000, progress=None) -> pd.Index:
+def hvg_ranking(
+    adata: AnnData,
+    spec: DatasetSpec | None = None,
+    *,
+    chunk_size: int = 20000,
+    progress: ProgressFn | None = None,
+) -> pd.Index:
     """Genes ordered by decreasing variance of log-normalised expression over all cells
     with a perturbation label (controls included), read in row chunks. A simple HVG rule
     (scanpy's ``seurat`` flavour additionally standardises dispersion within mean bins)."""
@@ -251,7 +264,8 @@ def hvg_ranking(adata, spec=None, *, chunk_size: int = 20000, progress=None) -> 
         Y = _log_normalise(counts)
         n += Y.shape[0]
         s += np.asarray(Y.sum(axis=0)).ravel()
-        ss += np.asarray(Y.multiply(Y).sum(axis=0)).ravel()
+        sq = Y.multiply(Y) if isinstance(Y, sparse.csr_matrix) else Y * Y
+        ss += np.asarray(sq.sum(axis=0)).ravel()
     var = ss / max(n, 1) - (s / max(n, 1)) ** 2
     order = np.lexsort((np.arange(adata.n_vars), -var))
     return pd.Index(adata.var_names)[order]
@@ -266,8 +280,8 @@ def _requalify(de: pd.DataFrame) -> pd.DataFrame:
 
 
 def responder_sweep(
-    adata,
-    spec=None,
+    adata: AnnData,
+    spec: DatasetSpec | None = None,
     *,
     lfc_grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
     control_grid: Sequence[int] = (500, 2000, 10000),
@@ -280,7 +294,7 @@ def responder_sweep(
     perturbations: list[str] | None = None,
     seed: int = 0,
     chunk_size: int = 20000,
-    progress: Callable | None = None,
+    progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """Responders under every (lfc, control cells, HVGs) configuration of the grid.
 
