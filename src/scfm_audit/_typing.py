@@ -9,7 +9,9 @@ T = TypeVar("T")
 
 
 class ProgressFn(Protocol):
-    """``progress(iterable, description=...)``: wraps an iterable in a progress display
-    and yields the same items (e.g. :meth:`RunContext.progress`)."""
+    """``progress(iterable, description=..., total=...)``: wraps an iterable in a progress
+    display and yields the same items (e.g. :meth:`RunContext.progress`)."""
 
-    def __call__(self, iterable: Iterable[T], /, *, description: str) -> Iterable[T]: ...
+    def __call__(
+        self, iterable: Iterable[T], /, *, description: str, total: int | None = None
+    ) -> Iterable[T]: ...

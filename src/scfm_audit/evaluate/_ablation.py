@@ -24,8 +24,9 @@ random sets, ``1/(n+1)`` raised by ties at the extreme (doubled two-sided).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,13 @@ from scfm_audit.models._masked import MaskedBatch, masked_loss_per_cell
 from scfm_audit.stats._montecarlo import attainable_floor
 from scfm_audit.stats._resampling import bootstrap_ci, empirical_p
 from scfm_audit.stats._tests import StatTestResult
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scfm_audit.models._base import ModelAdapter, ModelOutput, TokenizedBatch
+    from scfm_audit.models._hooks import HookContext
+    from scfm_audit.models._interventions._ablate import AblationMethod
 
 __all__ = [
     "CHANNELS",
@@ -94,10 +102,13 @@ class Condition:
         """The lowest layer the condition touches: layers below it are unchanged."""
         return min(h[0] for h in self.heads) if self.heads else min(self.layers)
 
-    def intervention(self, adapter, head_means=None) -> Intervention:
+    def intervention(
+        self, adapter: ModelAdapter, head_means: Mapping[Any, torch.Tensor] | None = None
+    ) -> Intervention:
         if self.channel == "mlp":
             return zero_mlp(adapter, list(self.layers))
-        return ablate_heads(adapter, list(self.heads), method=self.channel, reference=head_means)
+        method = cast("AblationMethod", self.channel)  # ablate_heads rejects any other name
+        return ablate_heads(adapter, list(self.heads), method=method, reference=head_means)
 
 
 # -- head sets ---------------------------------------------------------------------------
@@ -117,7 +128,7 @@ def random_head_sets(
     (duplicates of a set across draws allowed: the draws are i.i.d.). With
     ``layer_matched`` (a head set), each draw has the same number of heads per layer as
     it (uniform within those layers)."""
-    heads = [tuple(map(int, h)) for h in heads]
+    heads = [(int(h[0]), int(h[1])) for h in heads]
     if not 0 < size <= len(heads):
         raise ValueError(f"set size {size} must lie in 1 … {len(heads)}.")
     out = []
@@ -137,7 +148,9 @@ def random_head_sets(
     return out
 
 
-def n_head_sets(heads: Sequence[Head], size: int, *, layer_matched=None) -> int:
+def n_head_sets(
+    heads: Sequence[Head], size: int, *, layer_matched: Sequence[Head] | None = None
+) -> int:
     """How many distinct head sets :func:`random_head_sets` can draw."""
     from math import comb
 
@@ -163,7 +176,7 @@ def every_head_set(
     these as the "random sets", the rank test is the exact permutation test."""
     from itertools import combinations, product
 
-    heads = [tuple(map(int, h)) for h in heads]
+    heads = [(int(h[0]), int(h[1])) for h in heads]
     if layer_matched is None:
         sets = [tuple(sorted(c)) for c in combinations(heads, size)]
     else:
@@ -229,13 +242,13 @@ def entropy_matched_sets(
     return out
 
 
-def head_entropy(adapter, batches: Iterable) -> pd.Series:
+def head_entropy(adapter: ModelAdapter, batches: Iterable[TokenizedBatch]) -> pd.Series:
     """Mean attention entropy (nats) of every head over the real query rows of
     ``batches``, indexed by ``(layer, head)``."""
     sums = torch.zeros(adapter.n_layers, adapter.n_heads, dtype=torch.float64)
     n = torch.zeros(adapter.n_layers, dtype=torch.float64)
 
-    def observe(p: torch.Tensor, *, site: str, ctx) -> None:
+    def observe(p: torch.Tensor, *, site: str, ctx: HookContext) -> None:
         L = int(site.split(".")[1])
         m = ctx.attention_mask
         m = torch.ones(p.shape[0], p.shape[2], dtype=torch.bool) if m is None else m
@@ -255,10 +268,11 @@ def head_entropy(adapter, batches: Iterable) -> pd.Series:
 # -- masked loss over conditions ----------------------------------------------------------
 def _cos_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.double(), b.double()
-    return 1.0 - (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-12)
+    dist: torch.Tensor = 1.0 - (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-12)
+    return dist
 
 
-def _fidelity(base, alt) -> tuple[np.ndarray, np.ndarray]:
+def _fidelity(base: ModelOutput, alt: ModelOutput) -> tuple[np.ndarray, np.ndarray]:
     """Per cell: hidden-state cosine distance (mean over real tokens) and output cosine
     distance (value predictions over real tokens; masked-LM logits per real token,
     averaged; else the cell embedding)."""
@@ -290,19 +304,20 @@ class ConditionLosses:
     cells: np.ndarray
     layer_passes: int = 0
     full_passes: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def degradation(self) -> np.ndarray:
         """Mean loss increase over cells per condition (n_conditions,)."""
-        return np.nanmean(self.loss - self.baseline[None, :], axis=1)
+        mean_increase: np.ndarray = np.nanmean(self.loss - self.baseline[None, :], axis=1)
+        return mean_increase
 
 
 def masked_loss_conditions(
-    adapter,
+    adapter: ModelAdapter,
     batches: Sequence[MaskedBatch],
     conditions: Sequence[Condition],
     *,
-    head_means=None,
+    head_means: Mapping[Any, torch.Tensor] | None = None,
     use_cache: bool = True,
 ) -> ConditionLosses:
     """Masked loss per cell for the baseline and every condition (same masked inputs).
@@ -382,7 +397,7 @@ def set_vs_random(
     exact: bool = False,
     against: str = "random head sets",
     h0: str = SET_VS_RANDOM_H0,
-) -> dict:
+) -> dict[str, Any]:
     """The empirical test of a head set against random sets of equal size.
 
     ``loss_set`` (n_cells,) per-cell loss with the set ablated; ``loss_random``
@@ -407,7 +422,7 @@ def set_vs_random(
     base, ls, lr = base[ok], ls[ok], lr[:, ok]
     d_set = float(np.mean(ls - base))
     d_rand = (lr - base[None, :]).mean(1)
-    out = {
+    out: dict[str, Any] = {
         "degradation": d_set,
         "random_mean": float(np.mean(d_rand)),
         "random_q95": float(np.quantile(d_rand, 0.95)),
@@ -470,8 +485,8 @@ def _set_floor(d_set: float, d_rand: np.ndarray, *, exact: bool) -> float:
 
 # -- attention-based perturbation prediction ---------------------------------------------------
 def attention_prediction(
-    adapter,
-    adata,
+    adapter: ModelAdapter,
+    adata: AnnData,
     *,
     cells: np.ndarray,
     layer: int,

@@ -82,14 +82,20 @@ agreement depends on which genes were measured, not on which cells.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 from scipy.special import ndtri
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 from scfm_audit.evaluate._recovery import nan_lowest_ranks
 from scfm_audit.stats._montecarlo import MonteCarloP, adaptive_mc_pvalue, permute_within_classes
+from scfm_audit.stats._resampling import Alternative
 
 __all__ = [
     "METRICS",
@@ -130,7 +136,7 @@ class Universe:
     def total_weight(self, w: np.ndarray) -> np.ndarray:
         """Σ over the universe of ``w_i · w_j`` for each row of gene weights ``w`` (D, n)."""
         s, q = w.sum(1), (w * w).sum(1)
-        tot = s * s - q
+        tot: np.ndarray = s * s - q
         return tot if self.directed else tot / 2
 
 
@@ -342,7 +348,7 @@ class ScoreSet:
             movable &= self.degree.sum(1) > 0
         return int(movable.sum())
 
-    def _matrix(self, values: np.ndarray, fill, dtype=np.float64) -> np.ndarray:
+    def _matrix(self, values: np.ndarray, fill: float, dtype: DTypeLike = np.float64) -> np.ndarray:
         n, u = self.u.n, self.u
         out = np.full((n, n), fill, dtype=dtype)
         out[u.src, u.tgt] = values
@@ -355,14 +361,14 @@ class _quiet:
     """Silence numpy's "Mean of empty slice" / "Degrees of freedom" warnings (genes or
     sets without a scored pair give NaN, which is handled)."""
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         import warnings
 
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self._w.__exit__(*exc)
 
 
@@ -427,10 +433,8 @@ def pair_metric(a: ScoreSet, b: ScoreSet, metric: str, r: np.ndarray | None = No
 def _relative(perms: list[np.ndarray | None], ia: int, ib: int, D: int, n: int) -> np.ndarray:
     """``r = p_b ∘ p_a⁻¹`` for each draw (None = identity)."""
     pa, pb = perms[ia], perms[ib]
-    if pa is None and pb is None:
-        return np.broadcast_to(_identity(n), (D, n))
     if pa is None:
-        return pb
+        return np.broadcast_to(_identity(n), (D, n)) if pb is None else pb
     qa = np.argsort(pa, axis=1)
     if pb is None:
         return qa
@@ -477,7 +481,7 @@ def relabelling_test(
     *,
     pairs: Sequence[tuple[int, int]] | None = None,
     stages: Sequence[int] = (999,),
-    alternative: str = "two-sided",
+    alternative: Alternative = "two-sided",
     seed: int,
 ) -> AgreementTest:
     """The mean of ``metric`` over ``pairs`` of sets (default: every pair) and its staged
@@ -492,7 +496,8 @@ def relabelling_test(
         d = relabelling_null(sets, metric, pairs, k, rng)
         if not kept:
             kept.append(d)
-        return d.mean(axis=1)
+        means: np.ndarray = d.mean(axis=1)
+        return means
 
     mc = adaptive_mc_pvalue(
         draw, obs, stages=stages, extend_below=0.05, alternative=alternative, seed=seed
@@ -533,7 +538,8 @@ def _weighted_corr(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
         mx = (W * x).sum(1, keepdims=True) / sw
         my = (W * y).sum(1, keepdims=True) / sw
         dx, dy = x - mx, y - my
-        return (W * dx * dy).sum(1) / np.sqrt((W * dx * dx).sum(1) * (W * dy * dy).sum(1))
+        r: np.ndarray = (W * dx * dy).sum(1) / np.sqrt((W * dx * dx).sum(1) * (W * dy * dy).sum(1))
+    return r
 
 
 def _weighted_top(s: ScoreSet, w: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -599,14 +605,15 @@ def bootstrap_agreement(
     return out
 
 
-def expression_covariates(adata, *, genes, counts: str = "X") -> np.ndarray:
+def expression_covariates(adata: AnnData, *, genes: Iterable[str], counts: str = "X") -> np.ndarray:
     """Gene-level expression covariates of ``genes`` over the cells of ``adata``: log1p of
     the mean and of the variance of log-normalised expression (``gene_statistics``),
     (n, 2) — what the co-expression of two genes depends on besides their pairing."""
     from scfm_audit.edges._gene_level import gene_statistics
 
     st = gene_statistics(adata, counts=counts, genes=list(genes))
-    return np.log1p(st[["mean", "variance"]].to_numpy(dtype=np.float64))
+    cov: np.ndarray = np.log1p(st[["mean", "variance"]].to_numpy(dtype=np.float64))
+    return cov
 
 
 def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -32,9 +32,37 @@ variance here is by perturbation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from scfm_audit.stats._tests import StatTestResult
+
+#: a fitted calibration map: scores → P(responder)
+CalibrationMap = Callable[[ArrayLike], NDArray[np.float64]]
+
+
+class BrierDecomposition(TypedDict):
+    brier: float
+    reliability: float
+    resolution: float
+    uncertainty: float
+
+
+class ConformalSets(TypedDict):
+    threshold: float
+    coverage: float
+    n_test: int
+    n_covered: int
+    mean_set_size: float
+    empty: float
+    both: float
+    p_binomial: float
+
 
 __all__ = [
     "brier_decomposition",
@@ -81,7 +109,7 @@ def perturbation_splits(
     return out
 
 
-def fit_maps(score: np.ndarray, y: np.ndarray) -> dict:
+def fit_maps(score: np.ndarray, y: np.ndarray) -> dict[str, CalibrationMap]:
     """``{"platt": f, "isotonic": f}``: functions score → P(responder) fitted on
     (``score``, ``y``); outputs clipped to [0.001, 0.999]. Platt: unpenalised logistic
     regression of ``y`` on the score (statsmodels' ``Logit``, Newton; scikit-learn's
@@ -108,11 +136,15 @@ def fit_maps(score: np.ndarray, y: np.ndarray) -> dict:
             beta = np.array([np.log(y.mean() / (1 - y.mean())), 0.0])
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
 
-    def _platt(x):
-        return np.clip(expit(beta[0] + beta[1] * np.asarray(x, float)), EPS, 1 - EPS)
+    def _platt(x: ArrayLike) -> NDArray[np.float64]:
+        p: NDArray[np.float64] = np.clip(
+            expit(beta[0] + beta[1] * np.asarray(x, float)), EPS, 1 - EPS
+        )
+        return p
 
-    def _iso(x):
-        return np.clip(iso.predict(np.asarray(x, float)), EPS, 1 - EPS)
+    def _iso(x: ArrayLike) -> NDArray[np.float64]:
+        p: NDArray[np.float64] = np.clip(iso.predict(np.asarray(x, float)), EPS, 1 - EPS)
+        return p
 
     return {"platt": _platt, "isotonic": _iso}
 
@@ -146,7 +178,7 @@ def expected_calibration_error(prob: np.ndarray, y: np.ndarray, *, bins: int = 1
     return float((t["n"] * (t["observed"] - t["bin_mean"]).abs()).sum() / t["n"].sum())
 
 
-def brier_decomposition(prob: np.ndarray, y: np.ndarray, *, bins: int = 10) -> dict:
+def brier_decomposition(prob: np.ndarray, y: np.ndarray, *, bins: int = 10) -> BrierDecomposition:
     """Brier score (scikit-learn's ``brier_score_loss``) and Murphy's decomposition over
     ``bins`` equal-width bins: ``reliability`` (Σ n_b (p̄_b − ō_b)² / N, 0 = calibrated),
     ``resolution`` (Σ n_b (ō_b − ō)² / N), ``uncertainty`` (ō (1 − ō)); the binned
@@ -190,7 +222,7 @@ def spiegelhalter_test(
     *,
     map_cov: np.ndarray | None = None,
     what: str = "",
-):
+) -> StatTestResult:
     """Calibration test clustered by perturbation (see the module docstring): Hotelling's
     T² of the per-perturbation sums of :func:`spiegelhalter_terms` (mean 0 under H0),
     covariance = their sample covariance / G (+ ``map_cov``, the map's own estimation
@@ -256,7 +288,7 @@ def conformal_sets(
     y_test: np.ndarray,
     *,
     level: float = 0.9,
-) -> dict:
+) -> ConformalSets:
     """Split-conformal prediction sets for the binary label: nonconformity
     ``s = 1 − p̂(true class)`` (p̂(1) = p, p̂(0) = 1 − p) on the calibration rows,
     threshold q = the ⌈(n + 1) level⌉-th smallest; a test row's set holds every class

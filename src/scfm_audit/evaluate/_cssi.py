@@ -24,10 +24,13 @@ per-stratum edge scores, compare with pooled scoring.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 from scfm_audit.evaluate._recovery import (
     CandidatePairs,
@@ -53,7 +56,7 @@ __all__ = [
 
 # -- strata ------------------------------------------------------------------------------------
 def hvg_pca(
-    adata, *, counts: str = "X", n_top_genes: int = 2000, n_pcs: int = 20, seed: int = 0
+    adata: AnnData, *, counts: str = "X", n_top_genes: int = 2000, n_pcs: int = 20, seed: int = 0
 ) -> np.ndarray:
     """(cells × n_pcs) PCA of log-normalised highly variable genes (scanpy defaults:
     normalise to 10⁴, log1p, Seurat HVGs, scaled to unit variance clipped at 10)."""
@@ -101,7 +104,8 @@ def stratify(
         k = min(int(n_clusters), len(X))
         # one thread: small inputs, and sklearn's OpenMP pool spins badly on busy machines
         with threadpool_limits(1):
-            return KMeans(k, n_init=10, random_state=seed).fit_predict(X).astype(np.int64)
+            km: np.ndarray = KMeans(k, n_init=10, random_state=seed).fit_predict(X).astype(np.int64)
+        return km
     if method != "leiden":
         raise ValueError(f"method must be 'leiden' or 'kmeans', got {method!r}.")
     import scanpy as sc
@@ -119,7 +123,8 @@ def stratify(
         directed=False,
         random_state=seed,
     )
-    return tmp.obs["leiden"].astype(int).to_numpy().astype(np.int64)
+    leiden: np.ndarray = tmp.obs["leiden"].astype(int).to_numpy().astype(np.int64)
+    return leiden
 
 
 def enforce_min_size(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -222,7 +227,8 @@ def _weighted_f1(scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.nda
     top = np.cumsum(Wo, axis=1) <= K
     tp = (Wo * y * top).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 2 * tp / ((Wo * top).sum(1) + K[:, 0])
+        f1: np.ndarray = 2 * tp / ((Wo * top).sum(1) + K[:, 0])
+    return f1
 
 
 def _weighted(metric: Metric, scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.ndarray:

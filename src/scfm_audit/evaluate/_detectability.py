@@ -35,11 +35,15 @@ on the real candidate universe, the noise of ``n`` cells, and the real recovery 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize
 from scipy.stats import norm
+
+if TYPE_CHECKING:
+    from scfm_audit.evaluate._recovery import CandidatePairs
 
 __all__ = [
     "attenuated_auroc",
@@ -68,7 +72,7 @@ def hanley_mcneil_var(auc: float, n_pos: int, n_neg: int) -> float:
 
 
 def _separation(delta: float) -> float:
-    return math.sqrt(2.0) * norm.ppf(0.5 + delta)
+    return math.sqrt(2.0) * float(norm.ppf(0.5 + delta))
 
 
 def attenuated_auroc(delta: float, n_cells: float, noise_ratio: float) -> float:
@@ -213,7 +217,7 @@ def cells_needed(
 
 
 def null_structure(
-    pairs, *, null: str = "degree_permutation", n_draws: int = 1000, seed: int = 0
+    pairs: CandidatePairs, *, null: str = "degree_permutation", n_draws: int = 1000, seed: int = 0
 ) -> dict[str, float]:
     """How the recovery test's relabelling null treats this reference, for the closed form.
 
@@ -293,7 +297,7 @@ def noise_from_halves(
 
 
 def simulated_recovery(
-    pairs,
+    pairs: CandidatePairs,
     *,
     delta: float,
     noise_ratio: float,
@@ -302,7 +306,7 @@ def simulated_recovery(
     n_perm: int = 199,
     n_perm_max: int = 0,
     n_boot: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     """One replicate of the detectability scenario: planted binormal pair scores with the
     noise of ``n_cells`` cells on the candidate universe ``pairs`` (see
     :func:`simulate_power`), tested by the real recovery test; its result dict."""
@@ -329,7 +333,7 @@ def simulated_recovery(
 
 
 def simulate_power(
-    pairs,
+    pairs: CandidatePairs,
     *,
     deltas: list[float],
     cells: list[float],

@@ -17,11 +17,20 @@ and reads how the model's output moves, the unperturbed pass once per batch. Rea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
+    from anndata import AnnData
+
+    from scfm_audit._typing import ProgressFn
+    from scfm_audit.data._dataset import DatasetSpec
+    from scfm_audit.models._base import ModelAdapter, TokenizedBatch
+    from scfm_audit.models._hooks import HookContext
 
 from scfm_audit.evaluate import _in_silico_compare
 from scfm_audit.evaluate._in_silico_compare import *  # noqa: F403  (re-exported)
@@ -35,7 +44,9 @@ EFFECT_COLUMNS = ["perturbation", "gene", "predicted_shift", "n_cells", "n_cells
 
 
 # ----------------------------------------------------------------------------- effects
-def perturbable(adapter, adata, perturbations: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+def perturbable(
+    adapter: ModelAdapter, adata: AnnData, perturbations: Iterable[str]
+) -> tuple[list[str], dict[str, str]]:
     """Split ``perturbations`` (labels naming ``var_names``) into those ``adapter`` can
     perturb and the others, with the reason (not a gene of the dataset / not in the
     model's vocabulary). Nothing is dropped silently: the caller reports the second."""
@@ -53,7 +64,7 @@ def perturbable(adapter, adata, perturbations: Iterable[str]) -> tuple[list[str]
     return ok, skipped
 
 
-def _take_rows(batch, rows: np.ndarray):
+def _take_rows(batch: TokenizedBatch, rows: np.ndarray) -> TokenizedBatch:
     """The cells ``rows`` of a TokenizedBatch, trailing all-padding columns cut."""
     import torch
 
@@ -73,7 +84,7 @@ def _take_rows(batch, rows: np.ndarray):
     )
 
 
-def _positions(batch, n_genes: int) -> np.ndarray:
+def _positions(batch: TokenizedBatch, n_genes: int) -> np.ndarray:
     """(B, G) token position of each dataset gene in each cell (-1 where absent)."""
     gidx = batch.gene_index.detach().cpu().numpy()
     mask = batch.attention_mask.detach().cpu().numpy().astype(bool)
@@ -87,7 +98,9 @@ class _Reader:
     """Runs the forward pass and returns the readout tensor of a batch: (B, T) predicted
     values (expression) or (B, T, D) gene embeddings of the chosen layer (embedding)."""
 
-    def __init__(self, adapter, readout: Readout, embedding_layer: int | None) -> None:
+    def __init__(
+        self, adapter: ModelAdapter, readout: Readout, embedding_layer: int | None
+    ) -> None:
         self.adapter = adapter
         self.readout = readout
         emb = getattr(adapter, "emb_layer", 0) if embedding_layer is None else embedding_layer
@@ -100,7 +113,7 @@ class _Reader:
         self.site = None if int(emb) == 0 else f"layers.{n + int(emb) - 1}.resid_post"
         self.embedding_layer = int(emb)
 
-    def __call__(self, batch) -> np.ndarray:
+    def __call__(self, batch: TokenizedBatch) -> np.ndarray:
         if self.readout == "expression":
             out = self.adapter.forward(batch)
             if out.gene_predictions is None:
@@ -108,17 +121,20 @@ class _Reader:
                     f"{self.adapter.name} has no expression read-out (gene_predictions); "
                     "use readout='embedding'."
                 )
-            return out.gene_predictions.detach().float().cpu().numpy()
+            values: np.ndarray = out.gene_predictions.detach().float().cpu().numpy()
+            return values
         if self.site is None:
-            return self.adapter.forward(batch).hidden.detach().float().cpu().numpy()
-        seen = {}
+            hidden: np.ndarray = self.adapter.forward(batch).hidden.detach().float().cpu().numpy()
+            return hidden
+        seen: dict[str, torch.Tensor] = {}
 
-        def grab(x, *, site, ctx):
+        def grab(x: torch.Tensor, *, site: str, ctx: HookContext) -> None:
             seen["x"] = x.detach()
 
         with self.adapter.hooks({self.site: grab}):
             self.adapter.forward(batch)
-        return seen["x"].float().cpu().numpy()
+        grabbed: np.ndarray = seen["x"].float().cpu().numpy()
+        return grabbed
 
 
 def _shift(
@@ -141,9 +157,9 @@ def _shift(
 
 
 def in_silico_effects(
-    adapter,
-    adata,
-    spec=None,
+    adapter: ModelAdapter,
+    adata: AnnData,
+    spec: DatasetSpec | None = None,
     *,
     perturbations: Sequence[str],
     cells: np.ndarray,
@@ -151,7 +167,7 @@ def in_silico_effects(
     batch_size: int = 32,
     readout: Readout = "auto",
     embedding_layer: int | None = None,
-    progress: Callable[..., Iterable] | None = None,
+    progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """The model's own in-silico perturbation of each gene of ``perturbations``.
 
@@ -192,12 +208,13 @@ def in_silico_effects(
     sums = np.zeros((P, G))
     counts_g = np.zeros((P, G), dtype=np.int64)
     n_cells = np.zeros(P, dtype=np.int64)
-    reader = None
+    reader: _Reader | None = None
     batches = list(range(0, len(cells), batch_size))
-    steps = ((b, j) for b in batches for j in range(P))
+    steps: Iterable[tuple[int, int]] = ((b, j) for b in batches for j in range(P))
     if progress is not None:
         steps = progress(steps, description=f"in-silico {mode} ({P} genes)", total=len(batches) * P)
-    cur, base, pos_b = None, None, None
+    cur: int | None = None
+    base = pos_b = np.empty((0, 0))  # set with the first batch (cur is None)
     for start, j in steps:
         if cur != start:  # baseline once per batch, reused for every perturbation
             batch = adapter.tokenize(adata, cells[start : start + batch_size], counts=counts)
@@ -210,6 +227,7 @@ def in_silico_effects(
             base = reader(batch)
             pos_b = _positions(batch, G)
             cur = start
+        assert reader is not None  # made with the first batch
         rows = np.arange(len(batch))
         if mode == "delete":
             rows = np.flatnonzero(pos_b[:, pos_of[j]] >= 0)

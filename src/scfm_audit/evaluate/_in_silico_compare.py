@@ -57,7 +57,8 @@ class CrossScores:
 
     @property
     def arms(self) -> np.ndarray:
-        return self.units["arm"].to_numpy()
+        arms: np.ndarray = self.units["arm"].to_numpy()
+        return arms
 
     def diagonal(self, name: str) -> np.ndarray:
         return np.diag(self.matrices[name]).copy()
@@ -68,7 +69,8 @@ class CrossScores:
         M = self.matrices[name].copy()
         np.fill_diagonal(M, np.nan)
         with np.errstate(invalid="ignore"), _quiet():
-            return np.nanmean(M, axis=1)
+            mean: np.ndarray = np.nanmean(M, axis=1)
+        return mean
 
 
 @contextlib.contextmanager
@@ -83,7 +85,8 @@ def _row_ranks(X: np.ndarray) -> np.ndarray:
     """Average ranks along rows, NaN kept as NaN (and not ranked)."""
     from scipy.stats import rankdata
 
-    return rankdata(X, axis=1, nan_policy="omit")
+    ranks: np.ndarray = rankdata(X, axis=1, nan_policy="omit")
+    return ranks
 
 
 def _row_pearson(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -101,10 +104,13 @@ def _row_pearson(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = sxy / np.sqrt(sxx * syy)
     r[(n < 3) | ~(sxx > 0) | ~(syy > 0)] = np.nan
-    return np.clip(r, -1.0, 1.0)
+    clipped: np.ndarray = np.clip(r, -1.0, 1.0)
+    return clipped
 
 
-def _arm_matrices(P, Obs, R, gene_pos, signed):
+def _arm_matrices(
+    P: np.ndarray, Obs: np.ndarray, R: np.ndarray, gene_pos: np.ndarray, signed: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The (n, n) statistic matrices of one arm (see :func:`cross_scores`)."""
     n, G = P.shape
     S = np.full((n, n), np.nan)

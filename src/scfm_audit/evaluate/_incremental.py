@@ -40,10 +40,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from scfm_audit.evaluate._pairwise import bootstrap_p
 from scfm_audit.stats._tests import StatTestResult
@@ -71,10 +72,13 @@ class IncrementalInputError(ValueError):
 
 
 # ----------------------------------------------------------------------------- folds
-def _fold_of(codes: np.ndarray, n_units: int, n_splits: int, rng: np.random.Generator):
+def _fold_of(
+    codes: np.ndarray, n_units: int, n_splits: int, rng: np.random.Generator
+) -> np.ndarray:
     """Units assigned to ``n_splits`` folds of (near) equal size at random."""
     fold_of_unit = rng.permutation(np.arange(n_units) % n_splits)
-    return fold_of_unit[codes]
+    folds: np.ndarray = fold_of_unit[codes]
+    return folds
 
 
 def grouped_folds(
@@ -293,7 +297,9 @@ def cross_validated_predictions(
 
 
 # ----------------------------------------------------------------------------- metrics
-def auroc_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
+def auroc_blocks(
+    y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """``C`` (``n_units × n_units``): ``C[p, q]`` = Σ over positives of unit ``p`` and
     negatives of unit ``q`` of ``[s₊ > s₋] + ½ [s₊ = s₋]``; and positives / negatives per
     unit. AUROC under unit weights ``w`` is ``wᵀCw / ((w·n1)(w·n0))``."""
@@ -315,7 +321,14 @@ def auroc_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
     return C, n1, n0
 
 
-def _two_way_auroc(y, s, pu, cu, W, V) -> np.ndarray:
+def _two_way_auroc(
+    y: np.ndarray,
+    s: NDArray[np.float64],
+    pu: np.ndarray,
+    cu: np.ndarray,
+    W: NDArray[np.float64],
+    V: NDArray[np.float64],
+) -> np.ndarray:
     """AUROC under row weights ``W[b, pu] · V[b, cu]`` for every draw ``b`` (one sort)."""
     pos = y.astype(bool)
     neg_order = np.argsort(s[~pos], kind="stable")
@@ -336,13 +349,15 @@ def _two_way_auroc(y, s, pu, cu, W, V) -> np.ndarray:
     return out
 
 
-def _weighted_ap(order_y: np.ndarray, order_u: np.ndarray, ends: np.ndarray, w: np.ndarray):
+def _weighted_ap(
+    order_y: np.ndarray, order_u: np.ndarray, ends: np.ndarray, w: np.ndarray
+) -> float:
     """Average precision of rows sorted by decreasing score (tie groups ending at
     ``ends``) with row weights ``w[unit]``."""
     return _ap_rows(order_y, w[order_u], ends)
 
 
-def _ap_rows(order_y: np.ndarray, rw: np.ndarray, ends: np.ndarray):
+def _ap_rows(order_y: np.ndarray, rw: np.ndarray, ends: np.ndarray) -> float:
     """Average precision of sorted rows with row weights ``rw`` (tie groups end at ``ends``)."""
     tp = np.cumsum(rw * order_y)[ends]
     fp = np.cumsum(rw * (1 - order_y))[ends]
@@ -357,7 +372,9 @@ def _ap_rows(order_y: np.ndarray, rw: np.ndarray, ends: np.ndarray):
 _AP_BLOCK_LIMIT = 10_000_000
 
 
-def ap_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
+def ap_blocks(
+    y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], np.ndarray]:
     """Per positive ``i`` and unit ``q``: positives (``tp``) and rows (``all``) of ``q``
     scored at least ``s_i``. Average precision under unit weights ``w`` is
     ``Σ_i w[u_i] (tp_i·w) / (all_i·w) / (w·n1)`` (all rows tied at a threshold enter
@@ -379,7 +396,17 @@ def ap_blocks(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int):
     return tp, al, up
 
 
-def _bootstrap_ap(y, s, codes, P, W, oy, ou, ends, chunk: int = 100) -> np.ndarray:
+def _bootstrap_ap(
+    y: np.ndarray,
+    s: NDArray[np.float64],
+    codes: np.ndarray,
+    P: int,
+    W: NDArray[np.float64],
+    oy: np.ndarray,
+    ou: np.ndarray,
+    ends: np.ndarray,
+    chunk: int = 100,
+) -> np.ndarray:
     """Average precision under every row of unit weights ``W`` (draws × units)."""
     n_pos = int(y.sum())
     if n_pos * P > _AP_BLOCK_LIMIT:
@@ -398,14 +425,16 @@ def _bootstrap_ap(y, s, codes, P, W, oy, ou, ends, chunk: int = 100) -> np.ndarr
     return out
 
 
-def _ap_setup(y, s):
+def _ap_setup(y: np.ndarray, s: NDArray[np.float64]) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-s, kind="stable")
     ss = s[order]
     ends = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), len(ss) - 1] if len(ss) else np.array([], int)
     return order, ends
 
 
-def topk_recall(y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int, k: int):
+def topk_recall(
+    y: np.ndarray, s: np.ndarray, units: np.ndarray, n_units: int, k: int
+) -> NDArray[np.float64]:
     """Per unit: the expected fraction of its positives among its ``k`` highest-scored rows
     (ties broken at random, in expectation); NaN for a unit without positives."""
     df = pd.DataFrame({"u": units, "s": s})
@@ -497,7 +526,7 @@ def compare_predictions(
         denom = n1.sum() * n0.sum()
         o = {"auroc": C.sum() / denom if denom > 0 else np.nan}
         d = {}
-        if V is not None and denom > 0:
+        if V is not None and cc is not None and W is not None and denom > 0:
             d["auroc"] = _two_way_auroc(y, s, codes, cc, W, V)
         elif W is not None and denom > 0:
             num = np.einsum("bp,pq,bq->b", W, C, W)
@@ -507,7 +536,7 @@ def compare_predictions(
         order, ends = _ap_setup(y, s)
         oy, ou = yf[order], codes[order]
         o["auprc"] = _weighted_ap(oy, ou, ends, np.ones(P))
-        if V is not None:
+        if V is not None and cc is not None and W is not None:
             occ = cc[order]
             d["auprc"] = np.array([_ap_rows(oy, W[b][ou] * V[b][occ], ends) for b in range(len(W))])
         elif W is not None:
@@ -523,13 +552,13 @@ def compare_predictions(
         obs[name], draws[name] = o, d
     alpha = (1 - ci) / 2
 
-    def _ci(x):
+    def _ci(x: np.ndarray) -> tuple[float, ...]:
         x = x[np.isfinite(x)]
         return (np.nan, np.nan) if len(x) == 0 else tuple(np.quantile(x, [alpha, 1 - alpha]))
 
     mrows = []
     for name in names:
-        row = {"feature_set": name}
+        row: dict[str, Any] = {"feature_set": name}
         for m, v in obs[name].items():
             row[m] = v
             if m in ("auroc", "auprc") and m in draws[name]:
@@ -563,7 +592,7 @@ def compare_predictions(
     return pd.DataFrame(mrows), pd.DataFrame(drows)
 
 
-def delta_test(row: dict, *, test: str, h0: str, null_name: str) -> StatTestResult:
+def delta_test(row: dict[str, Any], *, test: str, h0: str, null_name: str) -> StatTestResult:
     """A ``deltas`` row of :func:`compare_predictions` (``alternative="greater"``) as the
     typed one-sided test of H0: ΔAUROC ≤ 0 — one tail only, so a claim resting on it
     cannot read "opposite" (the bootstrap holds the fitted models fixed, see
@@ -608,12 +637,13 @@ def nested_lrt(y: np.ndarray, X0: np.ndarray, X1: np.ndarray) -> dict[str, float
     import statsmodels.api as sm
     from scipy.stats import chi2
 
-    def prep(X):
+    def prep(X: np.ndarray) -> NDArray[np.float64]:
         X = np.asarray(X, float).reshape(len(y), -1)
         mu = np.nanmean(X, axis=0)
         X = np.where(np.isnan(X), np.where(np.isfinite(mu), mu, 0.0), X)
         sd = X.std(axis=0)
-        return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        z: NDArray[np.float64] = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        return z
 
     y = np.asarray(y, float)
     A, B = prep(X0), prep(X1)
@@ -651,7 +681,7 @@ class MatchedRows:
     caliper: float
 
 
-def lrt_test(r: dict, *, h0: str) -> StatTestResult:
+def lrt_test(r: dict[str, float], *, h0: str) -> StatTestResult:
     """A :func:`nested_lrt` result as a typed test: upper tail of χ²(df), the statistic's
     null centre ``df``."""
     return StatTestResult(

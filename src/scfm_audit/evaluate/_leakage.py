@@ -27,8 +27,16 @@ Units: cells (the classifier's rows), edges (features and the per-edge sensitivi
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from scfm_audit.edges._scores import EdgeScores
+    from scfm_audit.stats._montecarlo import MonteCarloP
+    from scfm_audit.stats._tests import StatTestResult
 
 __all__ = [
     "RidgeCV",
@@ -48,7 +56,7 @@ LEAKAGE_H0 = (
 )
 
 
-def top_edges(es, k: int) -> pd.DataFrame:
+def top_edges(es: EdgeScores, k: int) -> pd.DataFrame:
     """The ``k`` edges of ``es`` (an :class:`~scfm_audit.edges._scores.EdgeScores`) with
     the largest |score| (NaN and the diagonal skipped; an undirected set once per pair):
     ``source, target, i, j, score`` (``i, j`` positions in ``es.genes``), by |score|
@@ -73,7 +81,7 @@ def edge_products(
 ) -> np.ndarray:
     """``(cells, edges)``: ``X[:, src] * X[:, tgt]`` (``X`` cells × genes, dense), times
     ``weights`` per edge when given."""
-    F = np.asarray(X)[:, src] * np.asarray(X)[:, tgt]
+    F: np.ndarray = np.asarray(X)[:, src] * np.asarray(X)[:, tgt]
     return F * np.asarray(weights, float)[None, :] if weights is not None else F
 
 
@@ -81,7 +89,8 @@ def residualise(F: np.ndarray, G: np.ndarray) -> np.ndarray:
     """``F`` minus its least-squares fit on ``[1, G]`` (fitted on all rows, no labels)."""
     A = np.column_stack([np.ones(len(G)), G])
     beta, *_ = np.linalg.lstsq(A, F, rcond=None)
-    return F - A @ beta
+    resid: np.ndarray = F - A @ beta
+    return resid
 
 
 def fold_labels(strata: np.ndarray | None, n: int, *, folds: int, seed: int) -> np.ndarray:
@@ -147,7 +156,8 @@ class RidgeCV:
             cnt = m.sum(1)
             present[:, c] = cnt > 0
             rec[:, c] = np.where(cnt > 0, ((pred == c) & m).sum(1) / np.maximum(cnt, 1), 0)
-        return rec.sum(1) / present.sum(1)
+        balanced: np.ndarray = rec.sum(1) / present.sum(1)
+        return balanced
 
 
 def cv_balanced_accuracy(
@@ -179,7 +189,7 @@ def leakage_test(
     stages: tuple[int, ...] = (999, 9999),
     seed: int,
     what: str = "edge products",
-):
+) -> tuple[StatTestResult, MonteCarloP]:
     """Balanced accuracy of ``F`` → ``y`` against ``y`` permuted within ``strata`` (one
     class when None): a typed, one-sided (greater) Monte-Carlo result
     (:class:`~scfm_audit.stats._tests.StatTestResult`; ``n`` = cells) and the
@@ -218,7 +228,8 @@ def _corr_cols(X: np.ndarray, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     Z = X - X.mean(0)
     sd = np.sqrt((Z**2).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (Z[:, src] * Z[:, tgt]).sum(0) / (sd[src] * sd[tgt])
+        r: np.ndarray = (Z[:, src] * Z[:, tgt]).sum(0) / (sd[src] * sd[tgt])
+    return r
 
 
 def artifact_sensitivity(
@@ -248,7 +259,7 @@ def artifact_sensitivity(
     return pd.DataFrame({"r_full": r_full, "r_balanced": r_bal, "sensitivity": sens})
 
 
-def jaccard(a, b) -> float:
+def jaccard(a: Iterable[Hashable], b: Iterable[Hashable]) -> float:
     """|A ∩ B| / |A ∪ B| of two collections of hashable items (NaN when both empty)."""
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else float("nan")
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else float("nan")

@@ -17,6 +17,7 @@ gene-level statistics and co-expression explain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ COVARIATE_STATS = ("mean", "variance", "detection")
 
 
 def pair_covariates(
-    stats: pd.DataFrame, pairs: CandidatePairs, *, columns=COVARIATE_STATS
+    stats: pd.DataFrame, pairs: CandidatePairs, *, columns: Sequence[str] = COVARIATE_STATS
 ) -> np.ndarray:
     """Gene-level covariates of the candidate pairs, ``(len(pairs), 2 · len(columns))``.
 
@@ -54,7 +55,8 @@ def pair_covariates(
 
 def rank_normal(s: np.ndarray) -> np.ndarray:
     """Rank-normal (van der Waerden) scores; NaN ranks lowest."""
-    return norm.ppf((nan_lowest_ranks(s) - 0.5) / len(s))
+    z: np.ndarray = norm.ppf((nan_lowest_ranks(s) - 0.5) / len(s))
+    return z
 
 
 def residualise(
@@ -85,7 +87,8 @@ def residualise(
     if method == "ols":
         A = np.column_stack([np.ones(len(z)), X])
         beta, *_ = np.linalg.lstsq(A, z, rcond=None)
-        return z - A @ beta
+        resid: np.ndarray = z - A @ beta
+        return resid
     if method != "gbm":
         raise ValueError(f"method must be 'ols' or 'gbm', got {method!r}")
     groups = np.arange(len(z)) if groups is None else np.asarray(groups)
@@ -98,7 +101,8 @@ def residualise(
         for train, test in GroupKFold(n_splits=k).split(X, z, groups):
             m = HistGradientBoostingRegressor(max_iter=max_iter, random_state=seed)
             fit[test] = m.fit(X[train], z[train]).predict(X[test])
-    return z - fit
+    resid = z - fit
+    return resid
 
 
 def paired_vertex_bootstrap(

@@ -15,6 +15,7 @@ no AUROC (NaN) and is counted by :func:`ranking_metrics` as not evaluable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,7 @@ def group_ranks(codes: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
     size = np.bincount(codes, minlength=int(codes.max()) + 1 if n else 0)[g]
     # descending positions greater+1 … greater+tied  →  ascending mid-rank
     midrank = size - (greater + (tied + 1) / 2.0) + 1
-    out = {"greater": np.empty(n, np.int64), "tied": np.empty(n, np.int64)}
+    out: dict[str, np.ndarray] = {"greater": np.empty(n, np.int64), "tied": np.empty(n, np.int64)}
     out["greater"][order] = greater
     out["tied"][order] = tied
     out["midrank"] = np.empty(n)
@@ -171,7 +172,7 @@ class PairedComparison:
     hl_ci_high: float = float("nan")
     result: StatTestResult | None = field(default=None, repr=False, compare=False)
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, Any]:
         """The table columns (everything but the typed result)."""
         return {k: v for k, v in self.__dict__.items() if k != "result"}
 

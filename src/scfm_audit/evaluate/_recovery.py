@@ -13,8 +13,9 @@ NaN scores (a pair never co-observed) rank below every real score: no evidence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,12 @@ from scipy.stats import rankdata
 from scfm_audit.data._network import ReferenceNetwork
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.stats._metrics import auprc, early_precision_ratio
+
+if TYPE_CHECKING:
+    from scfm_audit.stats._tests import StatTestResult
+
+#: ``draw(k, rng)``: ``k`` more draws of a null statistic
+NullSampler = Callable[[int, np.random.Generator], np.ndarray]
 
 
 @dataclass
@@ -89,13 +96,15 @@ def pair_scores(scores: EdgeScores, pairs: CandidatePairs, *, transform: str = "
         s = np.abs(s)
     elif transform != "raw":
         raise ValueError(f"transform must be 'abs' or 'raw', got {transform!r}")
-    return s
+    scored: np.ndarray = s
+    return scored
 
 
 def nan_lowest_ranks(s: np.ndarray) -> np.ndarray:
     """Average ranks with NaN placed below every real value (ties among NaN)."""
     s = np.where(np.isnan(s), -np.inf, s)
-    return rankdata(s)
+    ranks: np.ndarray = rankdata(s)
+    return ranks
 
 
 def auroc_from_ranks(ranks: np.ndarray, label: np.ndarray) -> float:
@@ -222,7 +231,8 @@ class _SortedScores:
         gn = np.add.reduceat(W * (1 - self.pos), self.starts, axis=1)
         below = np.cumsum(gn, axis=1) - gn
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (gp * (below + 0.5 * gn)).sum(1) / (gp.sum(1) * gn.sum(1))
+            auc: np.ndarray = (gp * (below + 0.5 * gn)).sum(1) / (gp.sum(1) * gn.sum(1))
+        return auc
 
 
 def weighted_auroc(scores: np.ndarray, label: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -250,7 +260,7 @@ NULL_H0 = {
 }
 
 
-def _rewired_auroc_sampler(R: np.ndarray, pairs: CandidatePairs, seed: int):
+def _rewired_auroc_sampler(R: np.ndarray, pairs: CandidatePairs, seed: int) -> NullSampler:
     """``draw(k, rng)`` giving the AUROCs of ``k`` more degree-preserving rewirings of the
     positives. All draws come from one Besag–Clifford hub (parallel Curveball chains), so
     that every draw, however many stages ask for them, is exchangeable with the reference
@@ -297,7 +307,7 @@ def edge_recovery(
     null: NullName = "degree_permutation",
     transform: str = "abs",
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Recovery metrics and null tests of one score set on one candidate universe.
 
     Returns a dict: ``auroc`` with ``auroc_ci_low/high`` (two-way vertex bootstrap),
@@ -320,7 +330,7 @@ def edge_recovery(
     auc = auroc_from_ranks(ranks, y)
     s_fill = np.where(np.isnan(s), -np.inf, s)
     nan = float("nan")
-    out = {
+    out: dict[str, Any] = {
         "auroc": auc,
         "auroc_ci_low": nan,
         "auroc_ci_high": nan,
@@ -355,7 +365,7 @@ def edge_recovery(
     out["p_shuffle"] = float(perm.p)
     out["null_label_shuffle"] = perm.null
 
-    def relabel(match: str):
+    def relabel(match: str) -> NullSampler:
         classes = gene_roles(pairs, match=match)
         return lambda k, rng: relabelled_auroc_null(
             R, pairs, permute_within_classes(classes, k, rng)
@@ -393,7 +403,7 @@ def edge_recovery(
     return out
 
 
-def recovery_result(r: dict, *, null: str | None = None):
+def recovery_result(r: dict[str, Any], *, null: str | None = None) -> StatTestResult:
     """The verdict test of one :func:`edge_recovery` result as a typed
     :class:`~scfm_audit.stats._tests.StatTestResult`: AUROC with its vertex-bootstrap CI
     against the verdict null's own centre (its draws' mean: a null that keeps hubs is not

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 
 from scfm_audit.evaluate._recovery import CandidatePairs, _SortedScores, gene_roles
 
@@ -64,23 +65,23 @@ def grid_buckets(grid: Sequence[int], n: int | None = None) -> np.ndarray:
 
 
 # -- curve fits ------------------------------------------------------------------------------------
-def _sat(n, a, b, c):
+def _sat(n: NDArray[np.float64], a: float, b: float, c: float) -> NDArray[np.float64]:
     return a - b * np.exp(-n / c)
 
 
-def _log(n, a, b):
+def _log(n: NDArray[np.float64], a: float, b: float) -> NDArray[np.float64]:
     return a + b * np.log(n)
 
 
-def _lin(n, a, b):
+def _lin(n: NDArray[np.float64], a: float, b: float) -> NDArray[np.float64]:
     return a + b * n
 
 
-def _pow(n, a, b):
+def _pow(n: NDArray[np.float64], a: float, b: float) -> NDArray[np.float64]:
     return a * np.power(n, b)
 
 
-CURVES: dict[str, tuple[Callable, tuple[str, ...], str]] = {
+CURVES: dict[str, tuple[Callable[..., NDArray[np.float64]], tuple[str, ...], str]] = {
     "saturating_exponential": (_sat, ("a", "b", "c"), "a − b·exp(−n/c)"),
     "logarithmic": (_log, ("a", "b"), "a + b·log n"),
     "linear": (_lin, ("a", "b"), "a + b·n"),
@@ -88,7 +89,11 @@ CURVES: dict[str, tuple[Callable, tuple[str, ...], str]] = {
 }
 
 
-def _start(name: str, n: np.ndarray, y: np.ndarray):
+#: a starting point and the bounds of scipy's curve_fit
+_Start = tuple[list[float], tuple[Any, Any]]
+
+
+def _start(name: str, n: np.ndarray, y: np.ndarray) -> _Start:
     if name == "saturating_exponential":
         return [y.max(), y.max() - y.min() + 1e-3, np.median(n)], (
             [-np.inf, -np.inf, 1e-3 * n.min()],
@@ -103,29 +108,30 @@ def _start(name: str, n: np.ndarray, y: np.ndarray):
     return [y.mean(), 0.0], (-np.inf, np.inf)
 
 
-def fit_curves(n: Sequence[float], y: Sequence[float]) -> pd.DataFrame:
+def fit_curves(n: ArrayLike, y: ArrayLike) -> pd.DataFrame:
     """Fit the four :data:`CURVES` to points (n, y) (NaN y dropped). One row per model:
     ``model, formula, params`` (dict), the parameters as columns, ``rss, r2, aic, k, m``
     (k parameters, m points) and ``best`` (lowest AIC). A model with m ≤ k points or a
     failed fit gets NaN."""
     from scipy.optimize import curve_fit
 
-    n, y = np.asarray(n, float), np.asarray(y, float)
-    ok = np.isfinite(y) & np.isfinite(n) & (n > 0)
-    n, y = n[ok], y[ok]
-    m = len(y)
-    tss = float(((y - y.mean()) ** 2).sum()) if m else math.nan
+    n_all, y_all = np.asarray(n, float), np.asarray(y, float)
+    ok = np.isfinite(y_all) & np.isfinite(n_all) & (n_all > 0)
+    x: NDArray[np.float64] = n_all[ok]
+    v: NDArray[np.float64] = y_all[ok]
+    m = len(v)
+    tss = float(((v - v.mean()) ** 2).sum()) if m else math.nan
     rows = []
     for name, (fn, pnames, formula) in CURVES.items():
         k = len(pnames)
-        row = {"model": name, "formula": formula, "k": k, "m": m, "rss": math.nan}
+        row: dict[str, Any] = {"model": name, "formula": formula, "k": k, "m": m, "rss": math.nan}
         row.update(dict.fromkeys(pnames, math.nan))
         if m > k:
-            p0, bounds = _start(name, n, y)
+            p0, bounds = _start(name, x, v)
             try:
                 with np.errstate(all="ignore"):
-                    par, _ = curve_fit(fn, n, y, p0=p0, bounds=bounds, maxfev=20000)
-                rss = float(((fn(n, *par) - y) ** 2).sum())
+                    par, _ = curve_fit(fn, x, v, p0=p0, bounds=bounds, maxfev=20000)
+                rss = float(((fn(x, *par) - v) ** 2).sum())
                 if np.isfinite(rss):
                     row.update(dict(zip(pnames, map(float, par), strict=True)), rss=rss)
             except (RuntimeError, ValueError):
@@ -143,7 +149,7 @@ def fit_curves(n: Sequence[float], y: Sequence[float]) -> pd.DataFrame:
     return out
 
 
-def predict(model: str, params: dict, n: np.ndarray) -> np.ndarray:
+def predict(model: str, params: dict[str, float], n: np.ndarray) -> np.ndarray:
     """The fitted curve ``model`` with ``params`` at ``n``."""
     fn, pnames, _ = CURVES[model]
     return fn(np.asarray(n, float), *[params[p] for p in pnames])
@@ -166,7 +172,8 @@ class _Scored:
         K = (Wo * y).sum(1, keepdims=True)
         top = np.cumsum(Wo, axis=1) <= K
         with np.errstate(invalid="ignore", divide="ignore"):
-            return 2 * (Wo * y * top).sum(1) / ((Wo * top).sum(1) + K[:, 0])
+            f1: np.ndarray = 2 * (Wo * y * top).sum(1) / ((Wo * top).sum(1) + K[:, 0])
+        return f1
 
 
 def decline_test(
@@ -212,11 +219,11 @@ def decline_test(
     d = d[np.isfinite(d)]
     out = {"metric_first": ma, "metric_second": mb, "diff": ma - mb, "n_boot": int(n_boot)}
     if len(d):
-        one = 1 / len(d)  # a bootstrap p is never reported as 0
-        out["p_greater"] = float(max((d <= 0).mean(), one))
-        out["p_less"] = float(max((d >= 0).mean(), one))
+        one_draw = 1 / len(d)  # a bootstrap p is never reported as 0
+        out["p_greater"] = float(max((d <= 0).mean(), one_draw))
+        out["p_less"] = float(max((d >= 0).mean(), one_draw))
         out["p"] = min(1.0, 2 * min(out["p_greater"], out["p_less"]))
-        out["p_floor"] = 2 * one
+        out["p_floor"] = 2 * one_draw
         out["ci_low"], out["ci_high"] = map(float, np.quantile(d, [0.025, 0.975]))
     else:
         out.update(
