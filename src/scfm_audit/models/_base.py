@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,12 @@ class TokenizedBatch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def value_tensor(self) -> torch.Tensor:
+        """``values``, for the families whose tokens carry them (scGPT)."""
+        if self.values is None:
+            raise ValueError("this batch has no input values (a rank-value tokenization)")
+        return self.values
 
     @property
     def seq_len(self) -> int:
@@ -233,7 +239,8 @@ class ModelAdapter(ABC):
         bad = sorted(L for L in wanted if not 0 <= L < n)
         if bad:
             raise ValueError(f"residual_cache: layers {bad} out of range (0 … {n - 1}).")
-        capture: dict[int, torch.Tensor] = dict.fromkeys(wanted | self._state_layers())
+        # placeholders (None) that _forward fills; checked below
+        capture = cast("dict[int, torch.Tensor]", dict.fromkeys(wanted | self._state_layers()))
         batch = batch.to(self.device)
         with torch.inference_mode():
             out = self._forward(batch, return_logits=return_logits, capture=capture)

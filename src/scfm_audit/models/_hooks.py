@@ -25,6 +25,7 @@ import contextlib
 import fnmatch
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -116,7 +117,7 @@ def hooks(
     a list of pairs allows several hooks on one site. Composable: nested ``with`` blocks
     stack hooks, innermost last.
     """
-    pts = getattr(points, "hook_points", points)
+    pts = cast("Mapping[str, HookPoint]", getattr(points, "hook_points", points))
     pairs = list(fns.items()) if isinstance(fns, Mapping) else list(fns)
     attached: list[tuple[HookPoint, HookFn]] = []
     try:

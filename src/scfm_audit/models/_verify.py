@@ -106,7 +106,8 @@ def _compare(a: Architecture, p: Path) -> None:
             )
     log = _train_log(p)
     if log is not None:
-        params = log.get("params") if isinstance(log.get("params"), dict) else {}
+        logged_params = log.get("params")
+        params = logged_params if isinstance(logged_params, dict) else {}
         for what, declared in (("heads", a.n_heads), ("layers", a.n_layers)):
             logged = params.get(f"n_{what}")
             if isinstance(logged, int) and declared is not None and logged != declared:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def parse_heads(
         and len(heads) == 2
         and all(isinstance(x, int | np.integer) for x in heads)
     ):
-        heads = [heads]  # a single head
+        heads = [cast("tuple[int, int] | str", heads)]  # a single head
     out = set()
     for item in heads:
         if isinstance(item, str):

@@ -70,10 +70,9 @@ def fidelity_per_cell(
     if isinstance(intervention, Intervention) or (
         callable(intervention) and not hasattr(intervention, "__enter__")
     ):
-        factory = intervention if not isinstance(intervention, Intervention) else None
         for batch in batches:
             base = _readouts(adapter.forward(batch))
-            with factory() if factory is not None else intervention:
+            with intervention if isinstance(intervention, Intervention) else intervention():
                 alt = _readouts(adapter.forward(batch))
             frames.append(_compare(batch, base, alt))
     else:

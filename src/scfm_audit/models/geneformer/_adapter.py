@@ -89,11 +89,13 @@ class GeneformerAdapter(ModelAdapter):
         if version not in ("V1", "V2"):
             raise ValueError(f"version must be 'V1' or 'V2', got {version!r}.")
         self.module = module
-        self._bert = module.bert if hasattr(module, "bert") else module
+        # a Hugging Face BertModel (or BertForMaskedLM's): its submodules and config are
+        # attributes that torch's stubs type as Tensor | Module
+        self._bert: Any = module.bert if hasattr(module, "bert") else module
         self._mlm_head = getattr(module, "cls", None) if hasattr(module, "bert") else None
         if self._mlm_head is not None and not hasattr(self._mlm_head, "predictions"):
             self._mlm_head = None
-        cfg = module.config
+        cfg: Any = module.config
         self.config = cfg
         self.token_dictionary = dict(token_dictionary)
         self.gene_medians = dict(gene_medians)
@@ -304,7 +306,7 @@ class GeneformerAdapter(ModelAdapter):
             plan,
             counts=counts,
             limit=self.model_input_size - 2 if special else self.model_input_size,
-            specials=(self.cls_token_id, self.eos_token_id) if special else None,
+            specials=self._specials() if special else None,
         )
         if n_bad:
             warnings.warn(
@@ -323,6 +325,12 @@ class GeneformerAdapter(ModelAdapter):
                 stacklevel=2,
             )
         return self._pad(seqs, poss, idx)
+
+    def _specials(self) -> tuple[int, int]:
+        """V2's ``<cls>`` and ``<eos>`` ids (the checkpoint reader makes sure of both)."""
+        if self.cls_token_id is None or self.eos_token_id is None:
+            raise ValueError(f"{self.name}: a V2 token dictionary needs '<cls>' and '<eos>'")
+        return self.cls_token_id, self.eos_token_id
 
     def _pad(
         self, seqs: Sequence[np.ndarray], poss: Sequence[np.ndarray], cell_index: np.ndarray
@@ -399,8 +407,10 @@ class GeneformerAdapter(ModelAdapter):
                 gene &= ids != tid
         g = gene.unsqueeze(-1).to(x.dtype)
         # mean_nonpadding_embs: masked sum / number of gene tokens
+        assert emb_source is not None  # set at layer `target` (checked above when skipped)
         cell = (emb_source * g).sum(1) / g.sum(1).clamp(min=1.0)
-        logits = self._mlm_head(x) if return_logits else None
+        head = self._mlm_head
+        logits = head(x) if return_logits and head is not None else None
         return ModelOutput(hidden=x, cell_embedding=cell, attention_mask=mask, logits=logits)
 
     def perturb(

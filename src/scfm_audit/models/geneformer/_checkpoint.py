@@ -185,6 +185,8 @@ def _read_dictionaries(
     ):
         if fname is not None:
             dict_files[key] = fname
+    if tok is None or meds is None:  # required=True raised already
+        raise CheckpointError("the token and gene median dictionaries are required")
     if "<pad>" not in tok:
         raise CheckpointError(
             f"The token dictionary ({tok_file or 'given'}) has no '<pad>' token; it is not "
@@ -193,7 +195,7 @@ def _read_dictionaries(
     return Dictionaries(tok, meds, mapping, names, dict_files)
 
 
-def _version(dicts: Dictionaries, version: str | None) -> Literal["V1", "V2"]:
+def _version(dicts: Dictionaries, version: Literal["V1", "V2"] | None) -> Literal["V1", "V2"]:
     """The version asked for, checked against the token dictionary, else inferred: V2
     when it holds ``<cls>`` and ``<eos>``."""
     tok, tok_file = dicts.token_dictionary, dicts.files.get("token_dictionary")

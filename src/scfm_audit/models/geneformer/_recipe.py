@@ -179,6 +179,8 @@ def train_geneformer_demo(
             cell_index=b.cell_index,
         )
         out = adapter._forward(masked.to(adapter.device), return_logits=True)
+        if out.logits is None:
+            raise ValueError(f"{adapter.name} has no masked-LM head to train")
         s = sel.to(adapter.device)
         return F.cross_entropy(out.logits[s], b.input_ids.to(adapter.device)[s])
 

@@ -357,7 +357,7 @@ class ScGPTAdapter(ModelAdapter):
     def embed(self, batch: TokenizedBatch) -> torch.Tensor:
         """Input of the first encoder layer (B, T, D) (differentiable)."""
         batch = batch.to(self.device)
-        return self.module.embed(batch.input_ids, batch.values)
+        return self.module.embed(batch.input_ids, batch.value_tensor())
 
     def _forward(
         self,
@@ -400,9 +400,9 @@ class ScGPTAdapter(ModelAdapter):
             if hit.numel():
                 return tok, int(hit[0])
             if cache is not None:
-                pos = np.flatnonzero(cache[1] == gene)
-                if pos.size:
-                    return tok, int(pos[0])
+                found = np.flatnonzero(cache[1] == gene)
+                if found.size:
+                    return tok, int(found[0])
             return tok, -1
         pos = int(gene)
         hit = ids[gidx == pos]
@@ -435,7 +435,7 @@ class ScGPTAdapter(ModelAdapter):
         tok, pos = self._resolve_gene(batch, gene)
         dev = batch.input_ids.device
         ids = batch.input_ids.cpu().numpy().copy()
-        vals = batch.values.cpu().numpy().copy()
+        vals = batch.value_tensor().cpu().numpy().copy()
         gidx = batch.gene_index.cpu().numpy().copy()
         mask = batch.attention_mask.cpu().numpy().astype(bool).copy()
         pad_id, pad_val = self.vocab[self.pad_token], self.module.config.pad_value

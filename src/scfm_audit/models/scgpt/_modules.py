@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -235,7 +236,7 @@ class ScGPTModule(nn.Module):
 
     def layer_weights(self, i: int) -> LayerWeights:
         """Views of layer ``i``'s parameters for ``encoder_layer`` (post-norm, ReLU)."""
-        lay = self.transformer_encoder.layers[i]
+        lay = cast(_EncoderLayer, self.transformer_encoder.layers[i])  # a ModuleList item
         (q, qb), (k, kb), (v, vb) = LayerWeights.split_packed(
             lay.self_attn.in_proj_weight, lay.self_attn.in_proj_bias
         )

@@ -21,6 +21,7 @@ bias starts at the mean bin. Both only shorten the start of training.
 
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def _subsample(batch: TokenizedBatch, length: int | None, gen: torch.Generator) 
         attention_mask=new_mask,
         gene_index=batch.gene_index.gather(1, order),
         cell_index=batch.cell_index,
-        values=batch.values.gather(1, order),
+        values=batch.value_tensor().gather(1, order),
     )
 
 
@@ -85,8 +86,8 @@ def _scgpt_mask(mask: torch.Tensor, ratio: float, gen: torch.Generator) -> torch
 
 def _scgpt_loss(adapter, batch: TokenizedBatch, sel: torch.Tensor) -> torch.Tensor:
     """MSE of the expression decoder at the masked positions ``sel``."""
-    vals = batch.values.clone()
-    target = batch.values[sel]
+    vals = batch.value_tensor().clone()
+    target = vals[sel]
     vals[sel] = SCGPT_MASK_VALUE
     masked = TokenizedBatch(
         input_ids=batch.input_ids,
@@ -109,13 +110,13 @@ def _scgpt_baselines(
     rows = _rows(data, train_cells)
     real = rows.attention_mask.clone()
     real[:, 0] = False  # <cls>
-    g, v = rows.gene_index[real].long(), rows.values[real].double()
+    g, v = rows.gene_index[real].long(), rows.value_tensor()[real].double()
     overall = float(v.mean())
     n_genes = int(max(int(data.gene_index.max()), 0)) + 1
     total = torch.zeros(n_genes, dtype=torch.float64).index_add_(0, g, v)
     count = torch.zeros(n_genes, dtype=torch.float64).index_add_(0, g, torch.ones_like(v))
     mean = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, overall))
-    target = eval_batch.values[sel].double()
+    target = eval_batch.value_tensor()[sel].double()
     chance = float(((target - overall) ** 2).mean())
     baseline = float(((target - mean[eval_batch.gene_index[sel].long()]) ** 2).mean())
     return chance, baseline
@@ -231,7 +232,8 @@ def train_scgpt_demo(
     real = data.attention_mask.clone()
     real[:, 0] = False
     with torch.no_grad():  # the expression decoder starts at the mean bin
-        module.decoder.fc[-1].bias.fill_(float(data.values[real].mean()))
+        last = cast(torch.nn.Linear, module.decoder.fc[-1])
+        last.bias.fill_(float(data.value_tensor()[real].mean()))
 
     train_cells, eval_cells, held_out = _holdout(adata.n_obs, seed)
     eval_gen = torch.Generator().manual_seed(seed + 7919)
