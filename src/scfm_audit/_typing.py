@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeGuard, TypeVar
+
+if TYPE_CHECKING:
+    from scipy.sparse import spmatrix
 
 T = TypeVar("T")
 
@@ -15,3 +18,10 @@ class ProgressFn(Protocol):
     def __call__(
         self, iterable: Iterable[T], /, *, description: str, total: int | None = None
     ) -> Iterable[T]: ...
+
+
+def is_sparse(x: object) -> TypeGuard[spmatrix]:
+    """``scipy.sparse.issparse`` that narrows the type for the checker."""
+    from scipy import sparse
+
+    return bool(sparse.issparse(x))

@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeAlias
 
 import anndata as ad
 import numpy as np
@@ -27,7 +28,7 @@ VAR_ID_COLUMNS = (*ENSEMBL_COLUMNS, "feature_id", "gene_ensembl", "ensg")
 #: A column "holds Ensembl ids" when at least this fraction of its values look like one.
 MIN_ENSEMBL_FRACTION = 0.5
 
-TableLike = str | Path | pd.DataFrame
+TableLike: TypeAlias = str | Path | pd.DataFrame
 
 
 class GeneIdError(ValueError):

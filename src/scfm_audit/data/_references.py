@@ -117,7 +117,7 @@ def _is_gz(path: Path) -> bool:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if _is_gz(path):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
     return path.open("r", encoding="utf-8", newline="")
 
 
@@ -537,7 +537,7 @@ def _directed_column(df: pd.DataFrame, p: Path) -> bool:
             f"column {col!r} must hold one value, True or False, for the whole file "
             "(a network is directed or not); or set the option directed: true/false.",
         )
-    return values.pop() if values else True
+    return bool(values.pop()) if values else True
 
 
 def _load_table(

@@ -336,9 +336,21 @@ class AttentionAccumulator:
 
     # -- combining and caching ----------------------------------------------------------
     def _check_compatible(self, other: AttentionAccumulator) -> None:
-        mine = (list(self.genes), self.layers, self.n_heads, self.per_head, self.scale)
-        theirs = (list(other.genes), other.layers, other.n_heads, other.per_head, other.scale)
-        names = ("genes", "layers", "n_heads", "per_head", "scale")
+        mine: tuple[Any, ...] = (
+            list(self.genes),
+            self.layers,
+            self.n_heads,
+            self.per_head,
+            self.scale,
+        )
+        theirs: tuple[Any, ...] = (
+            list(other.genes),
+            other.layers,
+            other.n_heads,
+            other.per_head,
+            other.scale,
+        )
+        names: tuple[str, ...] = ("genes", "layers", "n_heads", "per_head", "scale")
         keys = ("score", "site", "counts", "model")  # what makes the sums comparable
         mine += tuple(self.params.get(k) for k in keys)
         theirs += tuple(other.params.get(k) for k in keys)
@@ -447,9 +459,9 @@ class AttentionAccumulator:
 
         def make(mat: torch.Tensor, layer: int, head: int | None) -> EdgeScores:
             m = mat * self.scale / denom
-            m = m.masked_fill(absent, float("nan")).cpu().numpy()
+            arr = m.masked_fill(absent, float("nan")).cpu().numpy()
             edge_scores = EdgeScores(
-                scores=m,
+                scores=arr,
                 genes=self.genes,
                 method="attention",
                 layer=layer,
@@ -557,7 +569,7 @@ class GroupedAttentionAccumulator(AttentionAccumulator):
         self.group_cells += np.bincount(g, minlength=self.n_groups)
         return index
 
-    def update(self, pattern, gene_slot, groups=None) -> None:  # type: ignore[override]
+    def update(self, pattern, gene_slot, groups=None) -> None:
         """Fold one batch (``pattern`` as in the base class) of cells in ``groups``."""
         if not isinstance(pattern, Mapping):
             if len(self.layers) != 1:
@@ -870,6 +882,7 @@ def extract_attention_accumulator(
                 current["index"] = acc.add_cells(slot)
             else:
                 bg = torch.as_tensor(group_of[np.asarray(batch.cell_index)], device=device)
+                assert isinstance(acc, GroupedAttentionAccumulator)  # made with the groups
                 current["index"] = acc.add_cells(slot, bg)
             try:
                 adapter.forward(batch)
@@ -979,6 +992,6 @@ def _attention_scorer(adata, *, genes=None, seed: int = 0, model=None, **params)
 try:
     from scfm_audit.edges._registry import register_scorer
 except ImportError:  # the registry module is optional at import time
-    register_scorer = None
-if register_scorer is not None:
+    pass
+else:
     register_scorer("attention")(_attention_scorer)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scfm_audit._typing import is_sparse
 from scfm_audit.edges._registry import register_scorer
 from scfm_audit.edges._scores import EdgeScores
 
@@ -126,7 +127,7 @@ def cooccurrence_counts(
     """
     n, p = X.shape
     block = _block_size(n, p, chunk_size)
-    if sp.issparse(X) and X.nnz < _SPARSE_COOCCURRENCE_DENSITY * n * p:
+    if is_sparse(X) and X.nnz < _SPARSE_COOCCURRENCE_DENSITY * n * p:
         binary = sp.csc_matrix(X, copy=True)
         binary.eliminate_zeros()
         binary = sp.csc_matrix(
@@ -487,7 +488,7 @@ def _transform_block(
     if transform == "raw":
         sel = block[:, gene_idx]
         return sp.csr_matrix(sel)
-    if (block.data if sp.issparse(block) else block).min(initial=0.0) < 0:
+    if (block.data if is_sparse(block) else block).min(initial=0.0) < 0:
         raise ValueError(
             "transform='log1p' needs non-negative counts but the matrix has negative values "
             "(already scaled data?); pass raw counts or use transform='raw'."

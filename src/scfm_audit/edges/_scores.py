@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scfm_audit._typing import is_sparse
+
 
 @dataclass(frozen=True, eq=False)
 class EdgeScores:
@@ -91,7 +93,7 @@ class EdgeScores:
         return len(self.genes)
 
     def dense(self) -> np.ndarray:
-        return self.scores.toarray() if sp.issparse(self.scores) else np.asarray(self.scores)
+        return self.scores.toarray() if is_sparse(self.scores) else np.asarray(self.scores)
 
     # -- lookups -------------------------------------------------------------------
     def positions(self, genes: pd.Index | np.ndarray | list[str]) -> np.ndarray:
@@ -105,7 +107,7 @@ class EdgeScores:
         j = self.positions(targets)
         out = np.full(len(i), np.nan)
         ok = (i >= 0) & (j >= 0)
-        if sp.issparse(self.scores):
+        if is_sparse(self.scores):
             vals = np.asarray(self.scores.tocsr()[i[ok], j[ok]]).ravel()
         else:
             vals = np.asarray(self.scores)[i[ok], j[ok]]
@@ -129,7 +131,7 @@ class EdgeScores:
             raise ValueError(f"EdgeScores.subset: genes not scored: {missing} ...")
         s = (
             self.scores.tocsr()[pos][:, pos]
-            if sp.issparse(self.scores)
+            if is_sparse(self.scores)
             else self.dense()[np.ix_(pos, pos)]
         )
         cov = None if self.coverage is None else self.coverage[np.ix_(pos, pos)]
