@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -401,7 +401,8 @@ def head_heatmap(
     ax.set_xlabel(_pretty(head))
     ax.set_ylabel(_pretty(layer))
     if n_heads * n_layers <= 96 and z.count():
-        lo, hi = im.norm.vmin, im.norm.vmax
+        # set by imshow from the data (or the TwoSlopeNorm above)
+        lo, hi = cast(float, im.norm.vmin), cast(float, im.norm.vmax)
         for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
             if np.isfinite(v):
                 frac = (v - lo) / (hi - lo) if hi > lo else 0.5
@@ -419,7 +420,7 @@ def head_heatmap(
         m = data.pivot(index=layer, columns=head, values=mark).reindex_like(grid)
         ii, jj = np.nonzero(m.to_numpy(dtype=float) > 0.5)
         for i, j in zip(ii, jj):
-            ax.add_patch(_box(j, i))
+            ax.add_patch(_box(int(j), int(i)))
         fig.supxlabel(
             f"boxed: {_pretty(mark)} ({len(ii)} of {z.count()} cells)", fontsize=8, color="0.25"
         )
@@ -945,7 +946,7 @@ def cssi_figures(table: pd.DataFrame, scan: pd.DataFrame, *, variant: str) -> di
     """CSSI's figures: improvement over pooled by layer (or a forest for unlayered
     sources) with vertex-bootstrap CIs, and recovery against the number of strata K."""
 
-    figs = {}
+    figs: dict[str, Figure] = {}
     if table.empty:
         return figs
     for (ds, en), sub in table.groupby(["dataset", "edges"]):

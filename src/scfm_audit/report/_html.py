@@ -14,7 +14,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from importlib import resources
 from numbers import Integral, Real
@@ -338,7 +338,8 @@ def _table(df: pd.DataFrame, *, n_rows: int = TABLE_ROWS) -> dict[str, Any]:
     cis = _ci_columns(df)
     folded = {c for pair in cis.values() for c in pair}
     columns = [c for c in df.columns if c not in folded]
-    header, formats = [], []
+    header: list[dict[str, str]] = []
+    formats: list[Callable[..., dict[str, str]]] = []  # row -> cell (column bound as a default)
     for c in columns:
         col = df[c]
         if str(c) in cis:
@@ -426,7 +427,9 @@ _HOISTABLE = ("model", "dataset", "reference", "method", "layer", "head", "test"
 
 def _at_floor(r: dict[str, Any]) -> bool:
     p, floor = r.get("p"), r.get("p_floor")
-    return not (_is_missing(p) or _is_missing(floor)) and float(p) <= float(floor) * (1 + 1e-9)
+    if p is None or floor is None or _is_missing(p) or _is_missing(floor):
+        return False
+    return float(p) <= float(floor) * (1 + 1e-9)
 
 
 def _nulls(t: pd.DataFrame) -> list[dict[str, str]]:
@@ -513,12 +516,12 @@ def _tests_table(run: RunResult, name: str) -> dict[str, Any]:
                 cell["title"] = f"null: {r['null']}"
             cells.append(cell)
         if natural:
-            c = _shift(r) or 0.0
+            shift = _shift(r) or 0.0
             lo, hi = r.get("ci_low"), r.get("ci_high")
             stat = fmt_value_ci(
                 r.get("statistic"),
-                None if _is_missing(lo) else float(lo) + c,
-                None if _is_missing(hi) else float(hi) + c,
+                None if _is_missing(lo) else float(lo) + shift,
+                None if _is_missing(hi) else float(hi) + shift,
                 d_stat,
             )
         else:
@@ -570,7 +573,7 @@ def _shift(r: dict[str, Any]) -> float | None:
         return None
     c = float(m.group(3)) * (1 if m.group(2) in "-−" else -1)
     stat, eff = r.get("statistic"), r.get("effect")
-    if _is_missing(stat) or _is_missing(eff):
+    if stat is None or eff is None or _is_missing(stat) or _is_missing(eff):
         return c
     return c if abs(float(stat) - float(eff) - c) < 1e-9 else None
 
