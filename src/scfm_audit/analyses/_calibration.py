@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -152,7 +152,7 @@ def calibrate(
     n_replicates: int,
     seed: int | tuple[int, ...] = 0,
     alpha: float = 0.05,
-    scenarios: list[str | Scenario] | None = None,
+    scenarios: Sequence[str | Scenario] | None = None,
     progress: Callable | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``n_replicates`` replicates of each scenario of ``analysis``' calibration.

@@ -98,10 +98,15 @@ class SubsetScores:
         groups = [int(g) for g in groups]
         out = {}
         if self._acc is not None:
-            acc = self._acc.group(groups[0])
+            from scfm_audit.edges._attention import GroupedAttentionAccumulator
+
+            grouped = self._acc
+            assert isinstance(grouped, GroupedAttentionAccumulator)  # built with the strata
+            acc = grouped.group(groups[0])
             for g in groups[1:]:
-                acc.merge(self._acc.group(g))
-            for es in acc.to_edge_scores(model=self.model.name, **self._readout):
+                acc.merge(grouped.group(g))
+            model_name = self.model.name if self.model is not None else None
+            for es in acc.to_edge_scores(model=model_name, **self._readout):
                 if es.head is None and (es.method, es.layer) in self.keys:
                     out[(es.method, es.layer)] = self._label(es)
             return out

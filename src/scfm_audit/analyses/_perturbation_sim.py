@@ -5,13 +5,15 @@ scorer would know. Not an analysis: the calibrations import it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from scfm_audit.analyses._perturbation_common import GENE_FEATURES, ResponderParams
 
 #: simulated screens of the calibration (small: a replicate takes well under a second)
-CAL_SIM = {
+CAL_SIM: dict[str, Any] = {
     "n_cells": 1600,
     "n_genes": 120,
     "n_tfs": 24,
@@ -79,7 +81,9 @@ def calibration_screen(
     return rows
 
 
-_CAL_SIM = dict(n_cells=2000, n_genes=120, n_tfs=20, n_perturbations=16, frac_tf_perturbations=1.0)
+_CAL_SIM: dict[str, Any] = dict(
+    n_cells=2000, n_genes=120, n_tfs=20, n_perturbations=16, frac_tf_perturbations=1.0
+)
 
 
 def calibration_rows(params: dict, seed: int) -> pd.DataFrame:

@@ -79,7 +79,10 @@ class StrataSource:
         sizes = np.bincount(labels[labels >= 0], minlength=K)
         out: dict = {L: [] for L in self.layers}
         if self.scorer == "attention":
-            from scfm_audit.edges._attention import extract_attention_accumulator
+            from scfm_audit.edges._attention import (
+                GroupedAttentionAccumulator,
+                extract_attention_accumulator,
+            )
 
             o, readout = attention_options(self.opts)
             keep = np.flatnonzero(labels >= 0)
@@ -94,6 +97,7 @@ class StrataSource:
                 progress=False,
                 **o,
             )
+            assert isinstance(acc, GroupedAttentionAccumulator)  # extracted with groups
             for k in range(K):
                 for es in acc.group(k).to_edge_scores(**readout):
                     if es.head is None:

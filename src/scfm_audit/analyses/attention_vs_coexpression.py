@@ -49,7 +49,7 @@ residual AUROC with p × number of layers (Bonferroni).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -201,7 +201,9 @@ def run_attention_vs_coexpression(
             notes=[f"co-expression source {p.coexpression!r} is not among the edge sources."]
         )
     sources = [e for e in (p.edges or all_edges) if e != p.coexpression]
-    corr_rows, rec_rows, figures = [], [], {}
+    corr_rows: list[dict[str, Any]] = []
+    rec_rows: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {}
     for ds in datasets:
         coexp = next(s for s in ctx.edge_scores(p.coexpression, ds) if s.head is None)
         stats = gene_stats(ctx, p.coexpression, ds)

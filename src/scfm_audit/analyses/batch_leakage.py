@@ -50,6 +50,8 @@ edges.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -139,7 +141,11 @@ QUICK = {"max_cells": 200, "n_perm": 49, "n_perm_max": 0, "n_resamples": 3, "top
 def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisResult:
     from scfm_audit.plotting import distribution_figure, leakage_figure
 
-    rows, sens_rows, lobo_rows, notes, figures = [], [], [], [], {}
+    rows: list[dict[str, Any]] = []
+    sens_rows: list[pd.DataFrame] = []
+    lobo_rows: list[pd.DataFrame] = []
+    notes: list[str] = []
+    figures: dict[str, Any] = {}
     panels: dict[str, dict] = {}
     for ds in p.datasets or ctx.dataset_names():
         spec = ctx.dataset_spec(ds)
@@ -190,9 +196,9 @@ def run_batch_leakage(ctx: AnalysisContext, p: BatchLeakageParams) -> AnalysisRe
                 i, res, why_layer = 0, per_layer[0][1], ""
             else:
                 i, res, why_layer = choose_layer(
-                    [(es.layer, r) for es, r, _, _ in per_layer], p.verdict_layer
+                    [(es.layer or 0, r) for es, r, _, _ in per_layer], p.verdict_layer
                 )
-                per_layer = sorted(per_layer, key=lambda x: x[0].layer)
+                per_layer = sorted(per_layer, key=lambda x: x[0].layer or 0)
             es, _, mc, table = per_layer[i]
             ctx.claim(
                 res,
@@ -461,7 +467,7 @@ def _summary(table: pd.DataFrame, sens: pd.DataFrame) -> str:
 # [0.014, 0.071], composition_null 0.055 [0.028, 0.096] (unstratified permutation: 0.670),
 # planted_batch_0.1 0.63 [0.53, 0.72], planted_batch_0.3 1.00 [0.96, 1.00].
 
-CAL_SIM = {
+CAL_SIM: dict[str, Any] = {
     "n_cells": 500,
     "n_genes": 100,
     "n_tfs": 10,

@@ -39,7 +39,7 @@ splits (``min_perturbations``): n/a with the reason.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -300,7 +300,7 @@ def assess(
     map_var = _map_variance(
         score, y, groups, sp["fit"], t, n_boot=n_boot, seed=seed, distort=distort
     )
-    out = {"metrics": {}, "reliability": {}, "tests": {}, "n_perturbations": G}
+    out: dict[str, Any] = {"metrics": {}, "reliability": {}, "tests": {}, "n_perturbations": G}
     for m, f in maps.items():
         pt = f(score[t])
         if distort is not None:

@@ -41,7 +41,7 @@ Incremental value per context is left to ``incremental_value``.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -162,7 +162,8 @@ def run_context_dependence(ctx: AnalysisContext, p: ContextParams) -> AnalysisRe
     from scfm_audit.plotting import distribution_figure
 
     notes: list[str] = []
-    per_rows, ctx_rows = [], []
+    per_rows: list[dict[str, Any]] = []
+    ctx_rows: list[dict[str, Any]] = []
     sources = attention_sources(ctx, p.attention)
     if not sources:
         notes.append(

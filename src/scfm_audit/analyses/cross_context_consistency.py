@@ -44,7 +44,7 @@ Tests
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -139,7 +139,7 @@ class ConsistencyParams(SourceParams, AgreementParams, LayerClaimParams):
     ),
 )
 def run_consistency(ctx: AnalysisContext, p: ConsistencyParams) -> AnalysisResult:
-    out = {"pairs": [], "summary": [], "contexts": []}
+    out: dict[str, list[Any]] = {"pairs": [], "summary": [], "contexts": []}
     notes: list[str] = []
     figures: dict = {}
     for family in dict.fromkeys(p.contexts):
@@ -198,8 +198,9 @@ def _jobs(ctx, p: ConsistencyParams, family: str, notes: list):
                 got = [
                     next((s for s in per[ds] if (s.method, s.layer) == key), None) for ds in names
                 ]
-                if all(g is not None for g in got):
-                    sets[key] = [g.subset(shared) for g in got]
+                found = [g for g in got if g is not None]
+                if len(found) == len(got):
+                    sets[key] = [g.subset(shared) for g in found]
             n_cells = [int(per[ds][0].n_cells) for ds in names]
             cov = [
                 _dataset_covariates(ctx, en, ds, shared) if p.match != "structure" else None
@@ -259,11 +260,11 @@ def _jobs(ctx, p: ConsistencyParams, family: str, notes: list):
             code = {lv: i for i, lv in enumerate(names)}
             labels = np.array([code.get(v, -1) for v in values], dtype=np.int64)
             sub = SubsetScores(ctx, en, ds, labels, pooled=pooled)
-            per = [sub.scores([i]) for i in range(len(names))]
+            per_level = [sub.scores([i]) for i in range(len(names))]
             sets = {
-                (s.method, s.layer): [pc[(s.method, s.layer)] for pc in per]
+                (s.method, s.layer): [pc[(s.method, s.layer)] for pc in per_level]
                 for s in pooled
-                if all((s.method, s.layer) in pc for pc in per)
+                if all((s.method, s.layer) in pc for pc in per_level)
             }
             yield {
                 "family": family,

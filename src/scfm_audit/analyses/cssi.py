@@ -47,7 +47,7 @@ Tests
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -238,13 +238,13 @@ def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
                         "pooled_auroc": m_pool["auroc"],
                         "pooled_f1": m_pool["f1"],
                     }
-                    a_primary = None
+                    by_variant: dict[str, np.ndarray] = {}
                     for v in ("mean", "max"):
                         a = pair_scores(primary[(L, v)], pairs)
                         m = recovery_metrics(a, pairs)
                         row[f"cssi_{v}_auroc"], row[f"cssi_{v}_f1"] = m["auroc"], m["f1"]
-                        if v == p.variant:
-                            a_primary = a
+                        by_variant[v] = a
+                    a_primary = by_variant[p.variant]
                     seed = ctx.seed_for(ds, en, ref_name, L)
                     for metric in ("auroc", "f1"):
                         is_v = metric == p.verdict_metric
@@ -550,7 +550,7 @@ def _summary(table: pd.DataFrame, p: CSSIParams) -> str:
 #   what "any stratification" would give if it helped; here it must give no claim).
 # Planted: the simulator's GRN with state-specific edges (80 % of edges active in a subset
 # of states) at two strengths of heterogeneity (state-program SD 1 and 2).
-_CAL_SIM = dict(n_cells=300, n_genes=80, n_tfs=8, n_perturbations=2)
+_CAL_SIM: dict[str, Any] = dict(n_cells=300, n_genes=80, n_tfs=8, n_perturbations=2)
 _CAL_RANDOM_DRAWS = 5
 _HET = dict(n_states=6, state_program_strength=2.0, state_specificity=0.8)
 _HOM = dict(n_states=1, n_donors=1, state_specificity=0.0, control_fraction=0.95)

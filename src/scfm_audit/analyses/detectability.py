@@ -31,7 +31,7 @@ the reason, so that the numbers reach the test registry and the report.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -345,7 +345,7 @@ def _phase_grid(p: DetectabilityParams, row: dict) -> list[dict]:
         retention=row["null_retention"],
         retention_sd=row["null_retention_sd"],
     )
-    out = []
+    out: list[dict[str, Any]] = []
     if not math.isfinite(v):
         return out
     cells = np.unique(np.geomspace(max(2.0, n / 16), n * 64, 33).round())
@@ -368,7 +368,7 @@ def _phase_grid(p: DetectabilityParams, row: dict) -> list[dict]:
 def _figures(phase: pd.DataFrame, sim: pd.DataFrame | None, table: pd.DataFrame, p) -> dict:
     from matplotlib.figure import Figure
 
-    figs = {}
+    figs: dict[str, Figure] = {}
     if phase.empty:
         return figs
     for (ds, en, ref), sub in phase.groupby(["dataset", "edges", "reference"]):
@@ -451,14 +451,14 @@ def _summary(table: pd.DataFrame, p: DetectabilityParams) -> str:
 # noise ratio 100) on a hub-structured reference (150 genes). Null: ΔAUROC 0 (level);
 # planted: ΔAUROC 0.05 and 0.1, whose rejection rate (simulated power, α = 0.05, m = 1) is
 # to be compared with the closed-form power in the scenario's description.
-_CAL = dict(n_genes=150, n_cells=100, noise_ratio=100.0)
+_CAL: dict[str, Any] = dict(n_genes=150, n_cells=100, noise_ratio=100.0)
 
 
 def _cal_pairs(seed: int):
     from scfm_audit.data._hub_reference import hub_reference
     from scfm_audit.evaluate._recovery import candidate_pairs
 
-    ref = hub_reference(_CAL["n_genes"], seed=seed, directed=True)
+    ref = hub_reference(int(_CAL["n_genes"]), seed=seed, directed=True)
     return candidate_pairs(pd.Index([f"g{i}" for i in range(_CAL["n_genes"])]), ref)
 
 

@@ -36,7 +36,7 @@ best layer by ΔAUROC with p × number of layers (Bonferroni).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -176,14 +176,14 @@ def compare_to_baselines(
     # CI of min_k ΔAUROC_k (= Δ against the best baseline) as the intersection of the
     # per-baseline Bonferroni intervals: a percentile interval of the bootstrapped max
     # inherits the max's selection bias and under-covers (0.87 on a hub null)
-    k = len(comp)
-    q = [0.025 / k, 1 - 0.025 / k]
+    n_base = len(comp)
+    q = [0.025 / n_base, 1 - 0.025 / n_base]
     ends = np.array([np.nanquantile(draws["score"] - draws[b], q) for b in comp["baseline"]])
     lo, hi = float(ends[:, 0].min()), float(ends[:, 1].min())
     # "beats every baseline": intersection-union (the largest one-sided p); "some baseline
     # beats it": the smallest one-sided p × k (Bonferroni); two-sided: twice the smaller
     pg = float(comp["p_greater"].max())
-    pl = min(1.0, k * float(comp["p_less"].min()))
+    pl = min(1.0, n_base * float(comp["p_less"].min()))
     one = float(comp["p_floor"].min()) / 2
     return {
         **out,
@@ -258,7 +258,11 @@ def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> Analysi
 
     datasets = p.datasets_in(ctx)
     edge_names = p.edges_in(ctx)
-    rows, base_rows, match_rows, notes, figures = [], [], [], [], {}
+    rows: list[dict[str, Any]] = []
+    base_rows: list[pd.DataFrame] = []
+    match_rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    figures: dict[str, Any] = {}
     settings = ("unmatched", "matched") if p.matched else ("unmatched",)
     for ds in datasets:
         for en in edge_names:
@@ -307,13 +311,15 @@ def run_gene_level_null(ctx: AnalysisContext, p: GeneLevelNullParams) -> Analysi
                             f"positives matched ({matched.n_negatives} negatives, ≤ "
                             f"{p.max_per_positive} each, ±{p.tolerance:.0%} mean and detection)."
                         )
-                items = {s: [] for s in settings}
+                items: dict[str, list[Any]] = {s: [] for s in settings}
                 for es in ctx.progress(sets, description=f"{en} vs gene-level ({ref_name})"):
                     score = pair_scores(es.subset(genes), pairs, transform=p.score_transform)
                     for setting in settings:
                         if setting == "matched" and matched is None:
                             continue
-                        sub_rows = None if setting == "unmatched" else matched.rows
+                        sub_rows = (
+                            matched.rows if setting != "unmatched" and matched is not None else None
+                        )
                         seed = ctx.seed_for(ds, ref_name, es.label, setting)
                         summ, per = compare_to_baselines(
                             score,

@@ -144,7 +144,7 @@ def _heads_str(heads) -> str:
     return ", ".join(f"L{L}H{h}" for L, h in heads)
 
 
-def _claim_text(model: str) -> str:
+def _claim_text(model: str | None) -> str:
     return f"{model}: ablating regulatory heads degrades the model"
 
 
@@ -260,22 +260,24 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
         notes=notes,
     )
     if sel is None:
-        return _not_run(
+        _not_run(
             ctx,
             unit,
             notes,
             "no reference has enough edges among the scored genes to select regulatory heads",
         )
+        return None
     table, ref_name = sel
     unit = replace(unit, reference=ref_name)
     if not table["selected"].any():
-        return _not_run(
+        _not_run(
             ctx,
             unit,
             notes,
             f"no head of {en} lies above its degree-permutation "
             f"null's centre for {ref_name}: no regulatory head to ablate",
         )
+        return None
     adapter = ctx.model(mname)
     adata = ctx.dataset(ds)
     table = table.assign(layer=table["layer"].astype(int), head=table["head"].astype(int))
@@ -286,7 +288,8 @@ def _one_model(ctx, p, ds, mname, en, heads_es, notes) -> dict | None:
     read_cells, ref_cells, cell_kind = readout_cells(ctx, ds, p.n_cells, p.n_reference_cells)
     objective = masked_objective(adapter)
     if objective == "masked-gene cross-entropy" and getattr(adapter, "_mlm_head", 1) is None:
-        return _not_run(ctx, unit, notes, "no masked-LM head, so no masked-gene readout")
+        _not_run(ctx, unit, notes, "no masked-LM head, so no masked-gene readout")
+        return None
 
     def batches(cells, masked: bool):
         out = []

@@ -232,7 +232,8 @@ def _demo(*, quick: bool, models: bool) -> dict:
 def run_head_specialisation(ctx: AnalysisContext, p: HeadSpecialisationParams) -> AnalysisResult:
     from scfm_audit.plotting import head_heatmap
 
-    rows, selections, notes, figures = [], [], [], {}
+    rows, selections, figures = [], [], {}
+    notes: list[str] = []
     references = p.references if p.references is not None else ctx.reference_names()
     any_heads = False
     for ds in p.datasets or ctx.dataset_names():

@@ -41,7 +41,7 @@ the same test, descriptive.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -170,7 +170,10 @@ def run_in_silico_perturbation(ctx: AnalysisContext, p: InSilicoParams) -> Analy
         notes.append("no model in the run: nothing to perturb in silico.")
     if not datasets:
         notes.append("no dataset with a perturbation column: nothing to compare with.")
-    per_rows, sum_rows, skip_rows, figures = [], [], [], {}
+    per_rows: list[pd.DataFrame] = []
+    sum_rows: list[dict[str, Any]] = []
+    skip_rows: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {}
     for ds in datasets:
         if ctx.dataset_spec(ds).perturbation is None:
             notes.append(f"{ds}: no perturbation column; skipped.")
@@ -488,7 +491,7 @@ def _summary(df: pd.DataFrame, p: InSilicoParams) -> str:
 # without regulation. Planted: + strength × the perturbation's own true effect profile
 # (the simulator's ``true_effects``, z-scored), at two strengths; signed and unsigned.
 
-CALIBRATION_SIM = {
+CALIBRATION_SIM: dict[str, Any] = {
     "n_cells": 1200,
     "n_genes": 120,
     "n_tfs": 24,

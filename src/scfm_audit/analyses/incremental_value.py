@@ -42,7 +42,7 @@ beyond gene-level features", and one such claim per co-expression source.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -241,7 +241,11 @@ def _demo(*, quick: bool, models: bool) -> dict:
 )
 def run_incremental_value(ctx: AnalysisContext, p: IncrementalValueParams) -> AnalysisResult:
     datasets = p.datasets or ctx.dataset_names()
-    metrics, deltas, lrts, matching, notes = [], [], [], [], []
+    metrics: list[pd.DataFrame] = []
+    deltas: list[pd.DataFrame] = []
+    lrts: list[dict[str, Any]] = []
+    matching: list[dict[str, Any]] = []
+    notes: list[str] = []
     for ds in datasets:
         if ctx.dataset_spec(ds).perturbation is None:
             notes.append(f"{ds}: no perturbation column; not a perturbation screen.")
@@ -337,7 +341,7 @@ def _dataset(ctx, p, ds, attn, corr, metrics, deltas, lrts, matching, notes):
         subsets = {"all": np.arange(len(cv.rows))}
         if tag == "primary":
             subsets.update(_strata(ctx, p, rows.iloc[cv.rows], notes, ds))
-        out = {}
+        out: dict[str, Any] = {}
         for subset, sel in subsets.items():
             m, d = compare_predictions(
                 y[cv.rows][sel],

@@ -104,13 +104,13 @@ def depth_trend(
     d = a[0] - a[1]
     slope = float(_slope(d, layers))
     rng = np.random.default_rng(seed)
-    boot = []
+    chunks = []
     for start in range(0, n_boot, 50):
         b = min(50, n_boot - start)
         w = rng.multinomial(n, np.full(n, 1 / n), size=b).astype(float)
         ab = aurocs(w)
-        boot.append(_slope(ab[:, 0] - ab[:, 1], layers))
-    boot = np.concatenate(boot)
+        chunks.append(_slope(ab[:, 0] - ab[:, 1], layers))
+    boot = np.concatenate(chunks)
     boot = boot[np.isfinite(boot)]
     nan = math.nan
     # test inversion: P*(slope ≤ 0) is the one-sided p of "slope > 0"; never reported as 0
@@ -129,7 +129,9 @@ def depth_trend(
         perms = np.array(list(itertools.permutations(range(L))))
     else:
         perms = np.array([rng.permutation(L) for _ in range(20_000)])
-    null = np.array([spearmanr(layers, d[pp]).statistic for pp in perms]) if L > 2 else []
+    null = np.array([spearmanr(layers, d[pp]).statistic for pp in perms]) if L > 2 else np.empty(0)
+    g: float
+    le: float
     if len(null):
         g = (np.sum(null >= rho - 1e-12)) / len(null)
         le = (np.sum(null <= rho + 1e-12)) / len(null)
@@ -245,7 +247,7 @@ def run_layer_organisation(ctx: AnalysisContext, p: LayerOrganisationParams) -> 
                 if pooled:
                     notes.append(f"{ds}/{en}: {len(pooled)} layers; a depth trend needs ≥ 3.")
                 continue
-            pooled.sort(key=lambda s: s.layer)
+            pooled.sort(key=lambda s: s.layer or 0)  # all layered (filtered above)
             genes = pooled[0].genes
             coexpr = _coexpression_levels(ctx, ds, genes)
             for ppi_name, tf_name in itertools.product(ppi_refs, tf_refs):

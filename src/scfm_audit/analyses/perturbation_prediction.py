@@ -165,7 +165,9 @@ def choose_attention(
         )
         return vec, None, mult, why
     # a priori or "best" (× k): the shared rule every layered claim uses
-    j, mult, why = select_layer(nums, list(means), verdict_layer, what="attention's mean AUROC")
+    j, mult, why = select_layer(
+        [n or 0 for n in nums], list(means), verdict_layer, what="attention's mean AUROC"
+    )
     return wide[cols[j]].to_numpy(float), nums[j], mult, why
 
 

@@ -336,7 +336,7 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
         direction = expected_direction(arm, other=p.other_direction)
         verb = "knock down" if direction == "down" else "activate"
         lfc = sub["on_target_log2fc"]
-        res = on_target_test(lfc, n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target"))
+        summary = on_target_test(lfc, n_boot=p.n_boot, seed=ctx.seed_for(ds, arm, "on_target"))
         mine = split[split["arm"] == arm]
         claim = on_target_claim(mine["on_target_log2fc"])
         arm_rows.append(
@@ -346,7 +346,7 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
                         "dataset": ds,
                         "arm": arm,
                         "expected": direction,
-                        **res,
+                        **summary,
                         "hodges_lehmann": claim.effect,
                         "hl_ci_low": claim.ci_low,
                         "hl_ci_high": claim.ci_high,
@@ -380,7 +380,7 @@ def _register_tests(ctx, p, ds, de, qc, arm_rows) -> None:
             claim=what,
             direction=side,
             hypothesis=f"perturbations of the {arm} arm of {ds} {verb} their targets",
-            extra={"arm": arm, "n_unmeasured": int(lfc.isna().sum()), "median": res["median"]},
+            extra={"arm": arm, "n_unmeasured": int(lfc.isna().sum()), "median": summary["median"]},
         )
 
 

@@ -34,7 +34,7 @@ is reported as *descriptive* only, because it treats the dependent repeats as in
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -110,7 +110,10 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     """{layer: [EdgeScores at each grid point]} for the nested prefixes of ``order``."""
     out: dict = {L: [] for L in layers}
     if scorer == "attention":
-        from scfm_audit.edges._attention import extract_attention_accumulator
+        from scfm_audit.edges._attention import (
+            GroupedAttentionAccumulator,
+            extract_attention_accumulator,
+        )
 
         o, readout = attention_options(opts)
         acc = extract_attention_accumulator(
@@ -124,6 +127,7 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
             progress=False,
             **o,
         )
+        assert isinstance(acc, GroupedAttentionAccumulator)  # extracted with groups
         for cum in acc.cumulative():
             for es in cum.to_edge_scores(**readout):
                 if es.head is None and es.layer in out:
@@ -204,7 +208,9 @@ def run_scaling(ctx: AnalysisContext, p: ScalingParams) -> AnalysisResult:
             states, how = _states(ctx, p, ds, adata, counts)
             model = ctx.model(model_name) if model_name else None
             # scores[ref][layer] -> (n_repeats, n_grid) list of candidate-pair vectors
-            scores = {r: {L: [] for L in layers} for r in refs}
+            scores: dict[str, dict[int | None, list[Any]]] = {
+                r: {L: [] for L in layers} for r in refs
+            }
             for rep in ctx.progress(range(p.n_repeats), description=f"scaling {ds}/{en}"):
                 rng = np.random.default_rng(ctx.seed_for(ds, "scaling", len(cells), rep))
                 order = nested_stratified_order(states, rng)
@@ -468,7 +474,7 @@ def _summary(tests: pd.DataFrame, fits: pd.DataFrame, p: ScalingParams) -> str:
 # Planted: the same null scores, rank-normal transformed per grid point, with the reference
 # edges shifted by β·h(n), h = 1 up to 100 cells then falling linearly in log n to 0.2 at
 # the largest grid point: recovery that declines with N beyond 100 cells, at β = 0.5, 1.
-_CAL_SIM = dict(
+_CAL_SIM: dict[str, Any] = dict(
     n_cells=420,
     n_genes=80,
     n_tfs=8,
@@ -521,9 +527,9 @@ def _cal_replicate(sc, seed: int):
             vecs.append(s)
         per.append(vecs)
         vals.append([recovery_metrics(v, pairs)["f1"] for v in vecs])
-    vals = np.array(vals)
+    f1 = np.array(vals)
     m = len(_CAL_GRID)
-    j = int(np.nanargmax(vals.mean(0)[:-1]))
+    j = int(np.nanargmax(f1.mean(0)[:-1]))
     c = decline_test([r[j] for r in per], [r[-1] for r in per], pairs, n_boot=200, seed=seed)
     t = {**c, "n_grid": m, "best_n": _CAL_GRID[j], "largest_n": _CAL_GRID[-1]}
     for k in ("p", "p_greater", "p_less", "p_floor"):

@@ -60,7 +60,7 @@ halves are this analysis' cell-level replicate.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -263,7 +263,8 @@ def _claim_text(es) -> str:
     ),
 )
 def run_stability(ctx: AnalysisContext, p: StabilityParams) -> AnalysisResult:
-    rows, curve_rows, need_rows, notes = [], [], [], []
+    rows, curve_rows, need_rows = [], [], []
+    notes: list[str] = []
     for ds in p.datasets_in(ctx):
         for en in p.edges_in(ctx):
             pooled = [s for s in ctx.edge_scores(en, ds) if s.head is None]
@@ -677,7 +678,7 @@ def _cal_cells(sc, seed: int):
     from scfm_audit.edges._coexpression import coexpression
     from scfm_audit.evaluate._agreement import expression_covariates
 
-    sim = dict(
+    sim: dict[str, Any] = dict(
         n_cells=800,
         n_genes=CAL_GENES,
         n_tfs=8,

@@ -56,7 +56,7 @@ def _smoke_scenarios() -> list[str]:
         sc = CALIBRATIONS.get(a).scenarios
         names.append(next(s.name for s in sc if s.kind == "null" and "hub" in s.name))
         planted = [s for s in sc if s.kind == "planted" and s.strength is not None]
-        names.append(max(planted, key=lambda s: s.strength).name)
+        names.append(max(planted, key=lambda s: s.strength or 0.0).name)
     return names
 
 

@@ -166,7 +166,10 @@ def random_strata(labels: np.ndarray, n_draws: int, rng: np.random.Generator) ->
 
 
 def cssi_aggregate(
-    scores: Sequence[np.ndarray], sizes: Sequence[int], *, variant: Literal["mean", "max"]
+    scores: Sequence[np.ndarray],
+    sizes: Sequence[int] | np.ndarray,
+    *,
+    variant: Literal["mean", "max"],
 ) -> np.ndarray:
     """Aggregate per-stratum score matrices into one.
 

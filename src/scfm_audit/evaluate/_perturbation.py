@@ -170,7 +170,7 @@ class PairedComparison:
     hodges_lehmann: float = float("nan")
     hl_ci_low: float = float("nan")
     hl_ci_high: float = float("nan")
-    result: StatTestResult | None = field(default=None, repr=False, compare=False)
+    result: StatTestResult = field(kw_only=True, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
         """The table columns (everything but the typed result)."""

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 log = logging.getLogger("scfm_audit")
 
@@ -74,7 +75,7 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000) -> tuple[np.ndar
 
 # ----------------------------------------------------------------------------------------
 def roc_pr_figure(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
     *,
     title: str | None = None,
 ) -> Figure:
