@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint check-lint check-format check-types bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
-lint: $(STAMP)
+# The static checks: CI runs each after the tests, .pre-commit-config.yaml on every
+# commit. `make lint` runs all three, going on past a failing one (-k).
+lint:
+	$(MAKE) -k check-lint check-format check-types
+
+check-lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+check-format: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
+
+# mypy's files and strictness are configured in pyproject.toml ([tool.mypy])
+check-types: $(STAMP)
+	$(BIN)/mypy
 
 # Every benchmark of the README's table (several take minutes; differential_expression
 # simulates a 300,000-cell screen).
@@ -49,4 +61,4 @@ bench: $(STAMP)
 		$(BIN)/python benchmarks/$$b.py; done
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache
