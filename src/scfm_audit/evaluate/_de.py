@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -124,7 +124,7 @@ class _Layout:
 def _layout(
     adata: AnnData,
     spec: DatasetSpec,
-    perturbations: list[str] | None,
+    perturbations: Sequence[str] | None,
     max_control_cells: int | None,
     seed: int,
 ) -> _Layout:

@@ -118,8 +118,8 @@ def on_target_qc(
 
 
 def split_control_on_target(
-    adata,
-    spec=None,
+    adata: AnnData,
+    spec: DatasetSpec | None = None,
     *,
     perturbations: Sequence[str] | None = None,
     min_share: int = 5,
