@@ -108,13 +108,18 @@ def _model_key(adapter) -> dict | None:
     digest of the weights), or None when it cannot be fingerprinted (then no cache)."""
     import hashlib
 
+    import torch
+
     module = getattr(adapter, "module", None)
     if module is None or not hasattr(module, "state_dict"):
         return None
     h = hashlib.blake2b(digest_size=16)
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        t = v.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
     return {"describe": {k: str(v) for k, v in adapter.describe().items()}, "w": h.hexdigest()}
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -19,6 +19,14 @@ import pandas as pd
 import torch
 
 from scfm_audit._registry import Registry
+from scfm_audit.models._device import (
+    LOW_PRECISION,
+    BatchSize,
+    ForwardDtype,
+    check_dtype_on_device,
+    resolve_device,
+    resolve_dtype,
+)
 from scfm_audit.models._hooks import HookFn, HookPoint, hooks, make_hook_points
 
 
@@ -149,6 +157,11 @@ class ModelAdapter(ABC):
     Subclasses set ``family`` and implement :meth:`load`, :meth:`tokenize`,
     :meth:`_forward`, :meth:`perturb`, :meth:`vocabulary_report` and
     :meth:`save_pretrained`, and call :meth:`_init_hooks` once the layer count is known.
+
+    ``dtype`` is the forward dtype (float32 unless the adapter was loaded with
+    ``dtype="bfloat16"`` / ``"float16"``, see :meth:`_set_numerics`); ``batch_size`` the
+    cells per batch attention extraction uses when the caller gives none (an integer,
+    ``"auto"`` = from free device memory, or None = the extraction default).
     """
 
     family: ClassVar[str]
@@ -158,10 +171,39 @@ class ModelAdapter(ABC):
     d_model: int
     device: torch.device
     hook_points: dict[str, HookPoint]
+    dtype: torch.dtype = torch.float32
+    batch_size: BatchSize | None = None
 
     # -- construction ----------------------------------------------------------------
     def _init_hooks(self) -> None:
         self.hook_points = make_hook_points(self.n_layers)
+
+    def _set_numerics(
+        self,
+        dtype: ForwardDtype | torch.dtype | None = None,
+        batch_size: BatchSize | None = None,
+    ) -> None:
+        """Set the forward dtype (casting the floating weights and buffers of
+        ``self.module`` to it once, on its device) and the default batch size. Call after
+        :attr:`device` is set and the module moved there. A cast to bfloat16 / float16
+        cannot be undone in place: load the checkpoint again for float32."""
+        dt = resolve_dtype(dtype)
+        check_dtype_on_device(dt, self.device)
+        if batch_size is not None and batch_size != "auto":
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(
+                    f"batch_size must be a positive integer or 'auto', got {batch_size!r}."
+                )
+        self.batch_size = batch_size
+        if dt != torch.float32:
+            module = getattr(self, "module", None)
+            if not isinstance(module, torch.nn.Module):
+                raise ValueError(
+                    f"{type(self).__name__} has no torch module to cast to {dt}; "
+                    "it runs in float32 only."
+                )
+            module.to(dtype=dt)
+        self.dtype = dt
 
     @classmethod
     @abstractmethod
@@ -192,13 +234,31 @@ class ModelAdapter(ABC):
         batch_size: int = 32,
         cells: np.ndarray | None = None,
         counts: str = "X",
+        plan: Sequence[np.ndarray] | None = None,
     ) -> Iterator[TokenizedBatch]:
-        """Tokenized batches of ``batch_size`` cells, on :attr:`device`."""
+        """Tokenized batches of ``batch_size`` cells, on :attr:`device`; or, when ``plan``
+        is given, one batch per entry (obs positions; ``batch_size`` and ``cells`` are then
+        ignored), e.g. length-bucketed batches from :func:`~scfm_audit.models._device.plan_batches`."""
+        if plan is not None:
+            for part in plan:
+                yield self.tokenize(adata, np.asarray(part), counts=counts).to(self.device)
+            return
         idx = np.arange(adata.n_obs) if cells is None else np.asarray(cells)
         for start in range(0, len(idx), batch_size):
             yield self.tokenize(adata, idx[start : start + batch_size], counts=counts).to(
                 self.device
             )
+
+    def token_counts(self, adata, cells: np.ndarray, *, counts: str = "X") -> np.ndarray:
+        """Number of real tokens (specials included) each cell of ``cells`` gets from
+        :meth:`tokenize`: what a batch pads to. This default tokenizes the cells in
+        chunks; families override it with a count that does not build the tokens."""
+        idx = np.asarray(cells, dtype=np.int64)
+        out = np.zeros(idx.size, dtype=np.int64)
+        for start in range(0, idx.size, 256):
+            batch = self.tokenize(adata, idx[start : start + 256], counts=counts)
+            out[start : start + len(batch)] = batch.attention_mask.sum(1).numpy()
+        return out
 
     # -- model -----------------------------------------------------------------------------
     @abstractmethod
@@ -221,7 +281,20 @@ class ModelAdapter(ABC):
         """Evaluation-mode forward pass (no dropout, no gradients); hooks attached with
         :meth:`hooks` see every site."""
         with torch.inference_mode():
-            return self._forward(batch.to(self.device), return_logits=return_logits)
+            out = self._forward(batch.to(self.device), return_logits=return_logits)
+        return self._float_output(out)
+
+    def _float_output(self, out: ModelOutput) -> ModelOutput:
+        """Outputs of a bfloat16 / float16 forward cast up to float32 (what every consumer
+        of :class:`ModelOutput` expects, numpy included); float32 outputs as they are."""
+        if self.dtype not in LOW_PRECISION:
+            return out
+        up = {
+            f.name: v.float()
+            for f in fields(out)
+            if isinstance(v := getattr(out, f.name), torch.Tensor) and v.dtype in LOW_PRECISION
+        }
+        return replace(out, **up)
 
     # -- residual-stream caching -------------------------------------------------------
     def _state_layers(self) -> set[int]:
@@ -243,7 +316,9 @@ class ModelAdapter(ABC):
         capture = cast("dict[int, torch.Tensor]", dict.fromkeys(wanted | self._state_layers()))
         batch = batch.to(self.device)
         with torch.inference_mode():
-            out = self._forward(batch, return_logits=return_logits, capture=capture)
+            out = self._float_output(
+                self._forward(batch, return_logits=return_logits, capture=capture)
+            )
         missing = [L for L, v in capture.items() if v is None]
         if missing:  # an adapter that does not fill ``capture``
             raise NotImplementedError(f"{type(self).__name__} does not capture layer states.")
@@ -277,13 +352,14 @@ class ModelAdapter(ABC):
                 f"{min(int(b.split('.')[1]) for b in below)} or lower."
             )
         with torch.inference_mode():
-            return self._forward(
+            out = self._forward(
                 batch.to(self.device),
                 return_logits=return_logits,
                 start_layer=int(layer),
                 hidden=hidden.to(self.device),
                 states=states,
             )
+        return self._float_output(out)
 
     def forward_cached(self, cache: ResidualCache, layer: int) -> ModelOutput:
         """:meth:`forward_from` ``layer`` using the state cached in ``cache`` (the
@@ -327,14 +403,14 @@ class ModelAdapter(ABC):
             "n_heads": self.n_heads,
             "d_model": self.d_model,
             "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
         }
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given (checked: a one-line error when CUDA is requested and absent),
+    else CUDA when available, else CPU (:func:`~scfm_audit.models._device.resolve_device`)."""
+    return resolve_device(device)
 
 
 MODEL_FAMILIES: Registry[type[ModelAdapter]] = Registry(

@@ -175,9 +175,13 @@ def compute_head_means(
         B, T = z.shape[:2]
         m = ctx.attention_mask
         m = torch.ones((B, T), device=z.device) if m is None else m.to(z.device, z.dtype)
-        s = (z * m[:, :, None, None]).sum((0, 1)).to(torch.float64).cpu()
-        sums[layer] = sums.get(layer, 0) + s
-        counts[layer] = counts.get(layer, 0.0) + float(m.sum())
+        if z.dtype in (torch.bfloat16, torch.float16):  # sum a low-precision forward in fp32
+            s = (z * m[:, :, None, None]).sum((0, 1), dtype=torch.float32)
+            n = float(m.sum(dtype=torch.float32))
+        else:
+            s, n = (z * m[:, :, None, None]).sum((0, 1)), float(m.sum())
+        sums[layer] = sums.get(layer, 0) + s.to(torch.float64).cpu()
+        counts[layer] = counts.get(layer, 0.0) + n
 
     n_batches = 0
     with adapter.hooks([(site_name(L, "attn.z"), observe) for L in layer_list]):

@@ -21,6 +21,7 @@ from scfm_audit.models._base import (
     VocabularyReport,
     default_device,
 )
+from scfm_audit.models._device import BatchSize, ForwardDtype
 from scfm_audit.models._hooks import HookContext
 from scfm_audit.models._transformer import LayerWeights, encoder_layer
 from scfm_audit.models.geneformer._checkpoint import (
@@ -69,6 +70,10 @@ class GeneformerAdapter(ModelAdapter):
         ``var`` column with Ensembl ids; None = the dataset spec's ``gene_id_column``, else
         the first of ``ensembl_id``, ``gene_ids``, ``feature_id``, else ``var_names`` when
         they are Ensembl ids.
+    dtype, batch_size
+        Forward dtype (``torch.float32`` unless loaded with ``dtype="bfloat16"`` /
+        ``"float16"``) and default cells per attention-extraction batch (see
+        :class:`~scfm_audit.models.ModelAdapter`).
     """
 
     family: ClassVar[str] = "geneformer"
@@ -85,6 +90,8 @@ class GeneformerAdapter(ModelAdapter):
         device: str | torch.device | None = None,
         name: str | None = None,
         dict_files: Mapping[str, str] | None = None,
+        dtype: ForwardDtype = "float32",
+        batch_size: BatchSize | None = None,
     ) -> None:
         if version not in ("V1", "V2"):
             raise ValueError(f"version must be 'V1' or 'V2', got {version!r}.")
@@ -106,6 +113,7 @@ class GeneformerAdapter(ModelAdapter):
         self.n_layers = int(cfg.num_hidden_layers)
         self.n_heads = int(cfg.num_attention_heads)
         self.d_model = int(cfg.hidden_size)
+        self.d_ff = int(cfg.intermediate_size)
         self.model_input_size = int(cfg.max_position_embeddings)
         self.emb_layer = 0
         self.gene_id_column: str | None = None
@@ -133,6 +141,7 @@ class GeneformerAdapter(ModelAdapter):
         self.device = default_device(device)
         self.module.to(self.device)
         self.module.eval()
+        self._set_numerics(dtype, batch_size)
         self._init_hooks()
 
     # -- loading -------------------------------------------------------------------------
@@ -147,6 +156,8 @@ class GeneformerAdapter(ModelAdapter):
         gene_median_dictionary: DictLike | None = None,
         gene_mapping: DictLike | Literal[False] | None = None,
         version: Literal["V1", "V2"] | None = None,
+        dtype: ForwardDtype = "float32",
+        batch_size: BatchSize | None = None,
     ) -> GeneformerAdapter:
         """Load a Geneformer checkpoint folder.
 
@@ -171,6 +182,12 @@ class GeneformerAdapter(ModelAdapter):
         version
             ``"V1"`` or ``"V2"``; default inferred: V2 when the token dictionary holds
             ``<cls>`` and ``<eos>``.
+        dtype
+            Forward dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (the
+            weights are cast once; every forward pass runs in it).
+        batch_size
+            Default cells per attention-extraction batch: an integer, ``"auto"`` (from
+            free device memory) or None (the extraction's default).
 
         Raises
         ------
@@ -196,6 +213,8 @@ class GeneformerAdapter(ModelAdapter):
             device=device,
             name=name or folder.name,
             dict_files=dicts.files,
+            dtype=dtype,
+            batch_size=batch_size,
         )
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -331,6 +350,30 @@ class GeneformerAdapter(ModelAdapter):
         if self.cls_token_id is None or self.eos_token_id is None:
             raise ValueError(f"{self.name}: a V2 token dictionary needs '<cls>' and '<eos>'")
         return self.cls_token_id, self.eos_token_id
+
+    def token_counts(
+        self,
+        adata,
+        cells: np.ndarray,
+        *,
+        counts: str = "X",
+        gene_id_column: str | None = None,
+    ) -> np.ndarray:
+        """Tokens :meth:`tokenize` gives each cell (V2: ``<cls>`` and ``<eos>``
+        included): the rank-value sequences' lengths, without padding or tensors."""
+        plan = self._gene_plan(adata, gene_id_column)
+        special = self.version == "V2"
+        with warnings.catch_warnings():  # tokenize() warns about these cells
+            warnings.simplefilter("ignore", UserWarning)
+            seqs, _, _ = rank_value_sequences(
+                adata,
+                np.asarray(cells, dtype=np.int64),
+                plan,
+                counts=counts,
+                limit=self.model_input_size - 2 if special else self.model_input_size,
+                specials=(self.cls_token_id, self.eos_token_id) if special else None,
+            )
+        return np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
 
     def _pad(
         self, seqs: Sequence[np.ndarray], poss: Sequence[np.ndarray], cell_index: np.ndarray

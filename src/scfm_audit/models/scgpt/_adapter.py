@@ -29,6 +29,7 @@ from scfm_audit.models._base import (
     VocabularyReport,
     default_device,
 )
+from scfm_audit.models._device import BatchSize, ForwardDtype
 from scfm_audit.models.scgpt._checkpoint import (
     SPECIAL_TOKENS,
     Layout,
@@ -125,6 +126,11 @@ class ScGPTAdapter(ModelAdapter):
         the batch it is in.
     ``gene_symbol_column``
         ``var`` column holding gene symbols (default ``var_names``).
+
+    Numerics (not tokenizer options): ``dtype`` the forward dtype (``"float32"`` default,
+    ``"bfloat16"``, ``"float16"``: the weights are cast once and every forward pass runs
+    in it); ``batch_size`` the default cells per attention-extraction batch (an integer
+    or ``"auto"``: from free device memory).
     """
 
     family = "scgpt"
@@ -145,6 +151,8 @@ class ScGPTAdapter(ModelAdapter):
         cls_value: float | None = None,
         seed: int = 0,
         gene_symbol_column: str | None = None,
+        dtype: ForwardDtype = "float32",
+        batch_size: BatchSize | None = None,
     ) -> None:
         self.module = module
         self.vocab = dict(vocab)
@@ -153,8 +161,10 @@ class ScGPTAdapter(ModelAdapter):
         self.layout = layout
         c = module.config
         self.n_layers, self.n_heads, self.d_model = c.nlayers, c.nhead, c.d_model
+        self.d_ff = c.d_hid
         self.device = default_device(device)
         self.module.to(self.device).eval()
+        self._set_numerics(dtype, batch_size)
         self.value_transform = value_transform
         self.include_zero_genes = include_zero_genes
         self.max_seq_len = int(max_seq_len or self.args.get("max_seq_len", 1200))
@@ -277,6 +287,23 @@ class ScGPTAdapter(ModelAdapter):
             fraction_counts=float(tot[inv].sum() / total) if total > 0 else 0.0,
             missing=[str(s) for s in syms[~inv]],
         )
+
+    def token_counts(self, adata, cells: np.ndarray, *, counts: str = "X") -> np.ndarray:
+        """Tokens :meth:`tokenize` gives each cell (``<cls>`` included): 1 + its non-zero
+        in-vocabulary genes (every in-vocabulary gene with ``include_zero_genes``), at most
+        ``max_seq_len`` — counted from the count matrix, without binning."""
+        self._check_options()
+        idx = np.asarray(cells, dtype=np.int64)
+        var_pos = np.flatnonzero(self._var_token_ids(adata) >= 0)
+        if self.include_zero_genes:
+            n = np.full(idx.size, var_pos.size, dtype=np.int64)
+        else:
+            n = np.zeros(idx.size, dtype=np.int64)
+            for start in range(0, idx.size, 4096):
+                X = _rows(adata, idx[start : start + 4096], counts)[:, var_pos]
+                nz = (X != 0).sum(axis=1)
+                n[start : start + 4096] = np.asarray(nz).ravel()
+        return 1 + np.minimum(n, self.max_seq_len - 1)
 
     def tokenize(
         self, adata, cells: np.ndarray | None = None, *, counts: str = "X"
