@@ -19,8 +19,24 @@ itself, and no O(T·G) one-hot matrices. The alternative, one-hot P (T × G) and
 Pᵀ·A·P, costs O(T²·G + T·G²) per cell and head — for G = 2,000 genes and T = 512 tokens
 about 4,000× more arithmetic — so index arithmetic wins by construction. The pair index
 is built once per batch and shared by all layers and heads; the coverage count depends
-only on the tokens, so it is one G × G matrix for all layers. On CUDA, ``index_add_``
-sums in a non-deterministic order (float-rounding-level differences between runs).
+only on the tokens, so it is one G × G matrix for all layers. On CPU, ``index_add_``
+adds the pairs in index order, so every sum runs over the cells in the order they were
+streamed: the same cells in the same order give bitwise the same sums whatever the
+batch size. On CUDA, ``index_add_`` sums in a non-deterministic order
+(float-rounding-level differences between runs).
+
+Forward dtype, batches and devices
+----------------------------------
+The model may run in bfloat16 or float16 (the adapter's ``dtype``, config
+``models.<name>.dtype``); the sums stay float32 (or float64): every value is cast up
+*before* it is added — the head sum of the pooled accumulator is taken in float32, a
+per-head value is cast after its gather — so the accumulators carry only the rounding of
+the forward pass itself, never a low-precision running sum. ``length_buckets`` sorts the
+cells by token count (longest first) so that a batch pads little; it changes only the
+order in which cells are added, hence the sums within float rounding (not bitwise). It
+is on by default on CUDA and off on CPU, where the stored results are bitwise those of
+the unsorted stream. ``batch_size="auto"`` sizes each batch from the free device memory
+and a memory model per (batch, tokens, heads) (``models/_device.py``); on CPU it is 16.
 
 Scores and orientation
 ----------------------
@@ -76,7 +92,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -85,6 +101,13 @@ import pandas as pd
 import torch
 
 from scfm_audit.edges._scores import EdgeScores
+from scfm_audit.models._device import (
+    CPU_BATCH_SIZE,
+    LOW_PRECISION,
+    BatchSize,
+    auto_batch_size,
+    plan_batches,
+)
 
 __all__ = [
     "SCORE_KINDS",
@@ -211,6 +234,11 @@ class AttentionAccumulator:
             raise ValueError(f"AttentionAccumulator: need distinct layers, got {self.layers}.")
         if not dtype.is_floating_point:
             raise ValueError(f"AttentionAccumulator: dtype must be floating, got {dtype}.")
+        if dtype in LOW_PRECISION:
+            raise ValueError(
+                f"AttentionAccumulator: sums in {dtype} lose the signal; use float32 or "
+                "float64 (a bfloat16 / float16 forward is the model's dtype, not this one)."
+            )
         self.n_heads = int(n_heads)
         self.per_head = bool(per_head)
         self.scale = float(scale)
@@ -299,8 +327,10 @@ class AttentionAccumulator:
             )
         buf = self.sum[self._pos[layer]].view(self.sum.shape[1], -1)  # (Hs, G·G)
         if not self.per_head:
-            srcs = [values.sum(1)]  # (B, T, T): sum over heads, mean taken at read-out
-        else:
+            # (B, T, T): sum over heads (mean taken at read-out), in float32 at least
+            up = values.dtype in LOW_PRECISION
+            srcs = [values.sum(1, dtype=torch.float32) if up else values.sum(1)]
+        else:  # a low-precision value is cast up after its gather, before index_add_
             srcs = [values[:, h] for h in range(self.n_heads)]
         for h, src in enumerate(srcs):
             v = src.reshape(-1)
@@ -680,7 +710,11 @@ def relative_to_uniform(
     pattern: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Attention probabilities (B, H, T, T) times each cell's number of real tokens
-    (``attention_mask`` True; all T when None): 1 = uniform attention over the cell."""
+    (``attention_mask`` True; all T when None): 1 = uniform attention over the cell.
+    A bfloat16 / float16 pattern is cast up to float32 first (bfloat16 holds integers
+    exactly only up to 256)."""
+    if pattern.dtype in LOW_PRECISION:
+        pattern = pattern.float()
     B, _, T, _ = pattern.shape
     if attention_mask is None:
         n = torch.full((B,), float(T), device=pattern.device)
@@ -792,12 +826,13 @@ def extract_attention_accumulator(
     layers: int | Sequence[int] | None = None,
     per_head: bool = False,
     score: str = "softmax",
-    batch_size: int = 16,
+    batch_size: BatchSize | None = None,
     counts: str = "X",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     groups: np.ndarray | Sequence[int] | None = None,
     n_groups: int | None = None,
+    length_buckets: bool | None = None,
 ) -> AttentionAccumulator:
     """Stream ``cells`` of ``adata`` through ``adapter`` and accumulate attention scores.
 
@@ -813,12 +848,20 @@ def extract_attention_accumulator(
     from scfm_audit.models._hooks import site_name
 
     kind = _resolve_score(score)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+    if batch_size is None:
+        batch_size = getattr(adapter, "batch_size", None) or CPU_BATCH_SIZE
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be ≥ 1 or 'auto', got {batch_size!r}.")
     layer_list = _resolve_layers(adapter, layers)
     names, slot_map = _resolve_genes(adata, genes)
     cell_idx = _resolve_cells(adata, cells)
     device = torch.device(adapter.device)
+    forward_dtype = getattr(adapter, "dtype", torch.float32)
+    sort = device.type == "cuda" if length_buckets is None else bool(length_buckets)
     d_head = adapter.d_model // adapter.n_heads
     group_of: np.ndarray | None = None
     extra: dict[str, Any] = {}
@@ -852,8 +895,30 @@ def extract_attention_accumulator(
             "n_layers": adapter.n_layers,
             "model": adapter.name,
             "model_family": getattr(adapter, "family", None),
+            "forward_dtype": str(forward_dtype).removeprefix("torch."),
+            "length_buckets": sort,
         },
     )
+    plan = None  # the accumulator is allocated first: "auto" sees the memory left
+    if sort or batch_size == "auto":
+        lengths = adapter.token_counts(adata, cell_idx, counts=counts)
+        size: int | Callable[[int], int]
+        if batch_size == "auto":
+            d_ff = int(getattr(adapter, "d_ff", 4 * adapter.d_model))
+
+            def size(T: int) -> int:
+                return auto_batch_size(
+                    T,
+                    n_heads=adapter.n_heads,
+                    d_model=adapter.d_model,
+                    d_ff=d_ff,
+                    device=device,
+                    dtype=forward_dtype,
+                    score=kind,
+                )
+        else:
+            size = int(batch_size)
+        plan = [cell_idx[b] for b in plan_batches(lengths, batch_size=size, sort=sort)]
     slot_map_t = torch.as_tensor(slot_map, device=device)
     last = layer_list[-1]
     current: dict[str, PairIndex] = {}
@@ -871,11 +936,18 @@ def extract_attention_accumulator(
 
     site_kind = SCORE_KINDS[kind]
     fns = [(site_name(L, site_kind), fold_hook) for L in layer_list]
+    tokens, slots = 0, 0
     with _progress(progress) as bar, adapter.hooks(fns):
         task = bar.add_task(f"attention {adapter.name}", total=len(cell_idx))
-        for batch in adapter.iter_batches(
-            adata, batch_size=batch_size, cells=cell_idx, counts=counts
-        ):
+        if plan is not None:
+            batches = adapter.iter_batches(adata, plan=plan, counts=counts)
+        else:
+            batches = adapter.iter_batches(
+                adata, batch_size=int(batch_size), cells=cell_idx, counts=counts
+            )
+        for batch in batches:
+            tokens += int(batch.attention_mask.sum())
+            slots += batch.attention_mask.numel()
             gidx = batch.gene_index.to(device)
             slot = torch.where(gidx >= 0, slot_map_t[gidx.clamp(min=0)], -1)
             if group_of is None:
@@ -889,6 +961,7 @@ def extract_attention_accumulator(
             except _StopForward:
                 pass
             bar.advance(task, len(batch))
+    acc.params["padding_fraction"] = 1.0 - tokens / slots if slots else 0.0
     return acc
 
 
@@ -902,13 +975,14 @@ def extract_attention_edges(
     per_head: bool = False,
     score: str = "softmax",
     normalisation: Normalisation = "present",
-    batch_size: int = 16,
+    batch_size: BatchSize | None = None,
     counts: str = "X",
     symmetrise: bool = False,
     correction: Correction = None,
     dtype: torch.dtype = torch.float32,
     dataset: str | None = None,
     progress: bool = True,
+    length_buckets: bool | None = None,
 ) -> list[EdgeScores]:
     """Attention edges of a model over a dataset, streamed cell batch by cell batch.
 
@@ -936,8 +1010,11 @@ def extract_attention_edges(
     normalisation
         ``"present"``: mean over the cells where both genes were tokenised (NaN if
         never); ``"all"``: sum divided by the number of cells.
-    batch_size, counts
-        Cells per forward pass; the count matrix used by the tokenizer.
+    batch_size
+        Cells per forward pass: an integer, ``"auto"`` (from free device memory on CUDA,
+        16 on CPU) or None (the adapter's ``batch_size``, else 16).
+    counts
+        The count matrix used by the tokenizer.
     symmetrise
         Return (S + Sᵀ)/2 (undirected).
     correction
@@ -945,10 +1022,15 @@ def extract_attention_edges(
         see the module docstring); None: none.
     dtype
         Floating type of the accumulator (float32 by default; float64 for very many cells).
+        The forward pass runs in the adapter's own dtype (bfloat16 / float16 allowed);
+        its values are cast up to this one before they are added.
     dataset
         Dataset name recorded in the provenance.
     progress
         Show a progress bar with cells/s.
+    length_buckets
+        Sort the cells by token count so that batches pad little (None: on CUDA only; the
+        sums then agree with the unsorted stream within float rounding).
 
     Returns
     -------
@@ -970,6 +1052,7 @@ def extract_attention_edges(
         counts=counts,
         dtype=dtype,
         progress=progress,
+        length_buckets=length_buckets,
     )
     return acc.to_edge_scores(
         normalisation=normalisation,
