@@ -113,13 +113,58 @@ class ReferenceConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
+    """A model checkpoint of a registered ``family``. ``device``: ``cpu``, ``cuda``,
+    ``cuda:<i>`` or ``auto`` (default: CUDA when available); ``dtype``: the forward dtype
+    of every pass of this model (``float32``, ``bfloat16``, ``float16``; attention is
+    summed in float32 whatever it is); ``batch_size``: cells per attention-extraction
+    batch, an integer or ``auto`` (from free GPU memory; 16 on CPU), default 16 (an edge
+    source's own ``batch_size`` wins). Other keys are the family's options (tokenizer
+    settings)."""
+
     model_config = ConfigDict(extra="allow")
     family: str
     path: Path
     device: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int | Literal["auto"] | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str | None) -> str | None:
+        from scfm_audit.models._device import resolve_device
+
+        resolve_device(v)  # one line naming the problem and the fix
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _dtype_on_device(self) -> ModelConfig:
+        if self.dtype == "bfloat16":
+            from scfm_audit.models._device import (
+                check_dtype_on_device,
+                resolve_device,
+                resolve_dtype,
+            )
+
+            check_dtype_on_device(resolve_dtype(self.dtype), resolve_device(self.device))
+        return self
 
     def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """Keyword arguments for the family's ``load`` besides path, device and name:
+        the family's own options, plus ``dtype`` and ``batch_size`` when set (left out at
+        their defaults, so that a config without them loads exactly as before)."""
+        out = dict(self.model_extra or {})
+        if self.dtype != "float32":
+            out["dtype"] = self.dtype
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        return out
 
 
 class EdgeConfig(BaseModel):
@@ -468,7 +513,8 @@ def config_from_dict(raw: dict[str, Any], *, base: Path | None = None) -> AuditC
     the working folder)."""
     booleans = bool_errors(AuditConfig, raw, "").copy()
     booleans = [b.lstrip(".") for b in booleans]
-    for section, model in (("edges", EdgeConfig), ("datasets", DatasetConfig)):
+    sections = (("edges", EdgeConfig), ("datasets", DatasetConfig), ("models", ModelConfig))
+    for section, model in sections:
         entries = raw.get(section)
         if isinstance(entries, dict):
             for name, entry in entries.items():

@@ -263,6 +263,8 @@ class Resources:
         if e.model is not None:
             m = self.cfg.models[e.model]
             cache_key["model"] = {"family": m.family, "files": file_fingerprint(m.path)}
+            if m.dtype != "float32":  # a low-precision forward gives other scores
+                cache_key["model"]["dtype"] = m.dtype
 
         def compute() -> list[EdgeScores]:
             sub = adata[cells]
