@@ -165,6 +165,8 @@ def test_plan_batches_sorts_and_covers_every_cell_once():
     assert [b.tolist() for b in sorted_] == [[1, 3, 7], [4, 0, 6], [2, 5]]
     assert padding_fraction(lens, sorted_) < padding_fraction(lens, plain)
     assert padding_fraction(lens, plain) == pytest.approx(1 - 44 / (3 * 9 + 3 * 9 + 2 * 8))
+    squares = (lens**2).sum() / (3 * 81 + 3 * 81 + 2 * 64)
+    assert padding_fraction(lens, plain, power=2) == pytest.approx(1 - squares)
     # a batch size that depends on the batch's padded length (the memory model's shape)
     by_len = plan_batches(lens, batch_size=lambda T: 2 if T > 6 else 4, sort=True)
     assert [len(b) for b in by_len] == [2, 2, 4]

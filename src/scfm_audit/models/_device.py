@@ -255,11 +255,14 @@ def plan_batches(
     return out
 
 
-def padding_fraction(lengths: Sequence[int] | np.ndarray, batches: Sequence[np.ndarray]) -> float:
-    """Share of the token slots of ``batches`` that are padding: 1 − Σ length / Σ (cells ×
-    longest cell), both over the batches' cells."""
-    lens = np.asarray(lengths, dtype=np.int64)
+def padding_fraction(
+    lengths: Sequence[int] | np.ndarray, batches: Sequence[np.ndarray], *, power: int = 1
+) -> float:
+    """Share of the token slots of ``batches`` that are padding: 1 − Σ lengthᵖ / Σ (cells ×
+    longest cellᵖ), both over the batches' cells. ``power=2``: the share of the attention
+    matrices' entries (the work and memory of a layer's attention) that are padding."""
+    lens = np.asarray(lengths, dtype=np.float64)
     used = [np.asarray(b, dtype=np.int64) for b in batches if len(b)]
-    slots = sum(b.size * int(lens[b].max()) for b in used)
-    tokens = sum(int(lens[b].sum()) for b in used)
+    slots = sum(b.size * float(lens[b].max()) ** power for b in used)
+    tokens = sum(float((lens[b] ** power).sum()) for b in used)
     return 0.0 if slots == 0 else 1.0 - tokens / slots
