@@ -435,3 +435,30 @@ def test_config_options_reach_the_adapter(tmp_path, demo_adata):
     assert model.dtype == torch.float16 and model.batch_size == 8
     edges = _edges(model, demo_adata[:12], layers=[0])
     assert edges[0].params["batch_size"] == 8 and edges[0].params["forward_dtype"] == "float16"
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+def test_gpu_benchmark_small_runs_on_cpu(tmp_path):
+    """``benchmarks/gpu_extraction.py --small`` (CI size) runs on CPU and reports every
+    number it promises; length buckets never pad more than the unsorted stream."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_extraction.py"
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(script), "--small", "--cells", "12", "--repeats", "1"]
+    run = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "no GPU numbers exist" in run.stdout and "threadpools" in run.stdout
+    r = json.loads(out.read_text())
+    for key in (
+        "extract_cells_per_s",
+        "ratio_extract_to_bare",
+        "peak_extract_bytes",
+        "projected_100k_cells_s",
+        "scatter_limit_cells_per_s_sector",
+    ):
+        assert r[key] > 0, key
+    assert r["padding_buckets"] <= r["padding_unsorted"]
