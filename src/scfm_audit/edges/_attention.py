@@ -21,8 +21,10 @@ about 4,000× more arithmetic — so index arithmetic wins by construction. The 
 is built once per batch and shared by all layers and heads; the coverage count depends
 only on the tokens, so it is one G × G matrix for all layers. On CPU, ``index_add_``
 adds the pairs in index order, so every sum runs over the cells in the order they were
-streamed: the same cells in the same order give bitwise the same sums whatever the
-batch size. On CUDA, ``index_add_`` sums in a non-deterministic order
+streamed and the same batches give bitwise the same sums. Other batches (another size,
+length buckets) change the order of the additions and the padded length each cell's
+forward sees (BLAS may block a longer matrix differently), so they agree within float
+rounding, not bitwise. On CUDA, ``index_add_`` sums in a non-deterministic order
 (float-rounding-level differences between runs).
 
 Forward dtype, batches and devices
@@ -32,8 +34,9 @@ The model may run in bfloat16 or float16 (the adapter's ``dtype``, config
 *before* it is added — the head sum of the pooled accumulator is taken in float32, a
 per-head value is cast after its gather — so the accumulators carry only the rounding of
 the forward pass itself, never a low-precision running sum. ``length_buckets`` sorts the
-cells by token count (longest first) so that a batch pads little; it changes only the
-order in which cells are added, hence the sums within float rounding (not bitwise). It
+cells by token count (longest first) so that a batch pads little; it changes the order
+in which cells are added and each cell's batch, hence the sums within float rounding
+(not bitwise). It
 is on by default on CUDA and off on CPU, where the stored results are bitwise those of
 the unsorted stream. ``batch_size="auto"`` sizes each batch from the free device memory
 and a memory model per (batch, tokens, heads) (``models/_device.py``); on CPU it is 16.
