@@ -262,9 +262,10 @@ class Resources:
         }
         if e.model is not None:
             m = self.cfg.models[e.model]
-            cache_key["model"] = {"family": m.family, "files": file_fingerprint(m.path)}
+            model_key: dict[str, Any] = {"family": m.family, "files": file_fingerprint(m.path)}
             if m.dtype != "float32":  # a low-precision forward gives other scores
-                cache_key["model"]["dtype"] = m.dtype
+                model_key["dtype"] = m.dtype
+            cache_key["model"] = model_key
 
         def compute() -> list[EdgeScores]:
             sub = adata[cells]

@@ -371,7 +371,7 @@ class GeneformerAdapter(ModelAdapter):
                 plan,
                 counts=counts,
                 limit=self.model_input_size - 2 if special else self.model_input_size,
-                specials=(self.cls_token_id, self.eos_token_id) if special else None,
+                specials=self._specials() if special else None,
             )
         return np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
 
