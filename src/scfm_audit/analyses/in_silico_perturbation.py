@@ -146,7 +146,7 @@ def _demo(*, quick: bool, models: bool) -> dict | None:
     "gene on control cells against the observed DE (Spearman, sign agreement, responder "
     "AUROC per perturbation), tested against shuffled perturbation labels",
     params=InSilicoParams,
-    version="1.0",
+    version="1.1",
     category="B. Does it predict causal effects?",
     reference="Catalogue 11; Geneformer/scGPT in-silico perturbation vs Perturb-seq",
     quick={

@@ -171,7 +171,7 @@ def _demo(*, quick: bool, models: bool) -> dict:
     "a stated FDR scope, on-target knock-down / activation QC, and the LFC × control cells "
     "× HVG sensitivity sweep",
     params=PerturbationRespondersParams,
-    version="1.0",
+    version="1.1",
     category="B. Does it predict causal effects?",
     reference="Catalogue 6; preprint: responders by Welch t, |log2FC| > 0.5, BH 0.05 within "
     "perturbation; sensitivity sweep",
