@@ -14,6 +14,7 @@ from scfm_audit.cli import app
 from scfm_audit.data._network import ReferenceNetwork
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.pipeline import config_from_dict, run_audit
+from scfm_audit.pipeline._runner import finished_run_scores
 from scfm_audit.report._compare import compare_runs, load_run, paired_recovery_test
 
 
@@ -90,7 +91,7 @@ def two_cached_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_compare_pairs_two_runs_that_scored_the_same_edges(two_cached_runs, tmp_path):
     a, b = two_cached_runs
-    res = compare_runs(load_run(a), load_run(b), n_boot=99)
+    res = compare_runs(load_run(a), load_run(b), scores_of=finished_run_scores, n_boot=99)
     pt = res["paired"]
     assert len(pt) == 1
     r = pt.iloc[0]
@@ -112,4 +113,8 @@ def test_without_a_cache_there_is_no_paired_test(two_cached_runs, tmp_path):
     a, b = two_cached_runs
     b2 = tmp_path / "b_nocache"
     shutil.copytree(b, b2, ignore=shutil.ignore_patterns("cache"))
-    assert compare_runs(load_run(a), load_run(b2), n_boot=99)["paired"].empty
+    assert compare_runs(load_run(a), load_run(b2), scores_of=finished_run_scores, n_boot=99)[
+        "paired"
+    ].empty
+    # without a reader of the runs' scores (the report alone), no paired test either
+    assert compare_runs(load_run(a), load_run(b), n_boot=99)["paired"].empty

@@ -300,7 +300,9 @@ def compare(
             a, b = load_run(run_a), load_run(run_b)
         except NotARunError as e:
             _fail(str(e), EXIT_BAD_INPUT)
-        res = compare_runs(a, b)
+        from scfm_audit.pipeline._runner import finished_run_scores
+
+        res = compare_runs(a, b, scores_of=finished_run_scores)
         if not _plain():
             console.print(f"A: {escape(str(run_a))}\nB: {escape(str(run_b))}", soft_wrap=True)
         import pandas as pd

@@ -757,3 +757,37 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
         else:
             df[c] = df[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     return df
+
+
+class FinishedRunScores:
+    """A finished run's cached score sets and references, for ``scfm-audit compare``'s
+    paired tests (:class:`scfm_audit.report._compare.RunScores`): read from the run's
+    artifact cache with its resolved config, never recomputed."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    def source(self, dataset: str, label: str) -> EdgeScores | None:
+        cfg = self.resources.cfg
+        if dataset not in cfg.datasets:
+            return None
+        for name in cfg.edges:
+            for es in self.resources.cached_edge_scores(name, dataset) or []:
+                if es.head is None and es.label == label:
+                    return es
+        return None
+
+    def reference(self, name: str) -> ReferenceNetwork | None:
+        if name not in self.resources.cfg.references:
+            return None
+        return self.resources.reference(name)
+
+
+def finished_run_scores(folder: Path) -> FinishedRunScores | None:
+    """The cached scores of the run in ``folder`` (None without its resolved config or
+    its cache)."""
+    cfg_path, cache = Path(folder) / "config.resolved.yaml", Path(folder) / "cache"
+    if not (cfg_path.is_file() and cache.is_dir()):
+        return None
+    cfg = load_config(cfg_path)
+    return FinishedRunScores(Resources(cfg, ArtifactCache(cache), Progress(quiet=True)))

@@ -30,16 +30,21 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
 from scfm_audit._io import atomic_write_text
 from scfm_audit.report._standards import STANDARDS, standards_matrix
+
+if TYPE_CHECKING:
+    from scfm_audit.data._network import ReferenceNetwork
+    from scfm_audit.edges._scores import EdgeScores
 
 Z95 = 1.959963984540054
 TEST_NOTE = (
@@ -135,29 +140,22 @@ PAIRED_NOTE = (
 )
 
 
-def _run_resources(folder: Path) -> Any:
-    """The pipeline's resources of a finished run (its resolved config, its cache), or
-    None when the folder has no resolved config or no cache."""
-    from scfm_audit.pipeline._cache import ArtifactCache
-    from scfm_audit.pipeline._config import load_config
-    from scfm_audit.pipeline._runner import Progress, Resources
+class RunScores(Protocol):
+    """What the paired test reads of a finished run: its cached score sets and its
+    references (:func:`scfm_audit.pipeline._runner.finished_run_scores` provides them; the
+    report sits below the pipeline and does not build them itself)."""
 
-    cfg_path, cache = folder / "config.resolved.yaml", folder / "cache"
-    if not (cfg_path.is_file() and cache.is_dir()):
-        return None
-    return Resources(load_config(cfg_path), ArtifactCache(cache), Progress(quiet=True))
+    def source(self, dataset: str, label: str) -> EdgeScores | None:
+        """The cached pooled score set labelled ``label`` on ``dataset``, or None."""
+        ...
+
+    def reference(self, name: str) -> ReferenceNetwork | None:
+        """Reference ``name`` of the run's config, or None when it has none."""
+        ...
 
 
-def _cached_source(res: Any, dataset: str, method: str) -> Any:
-    """The cached score set labelled ``method`` (e.g. ``attention[scgpt]/L3``) on
-    ``dataset``, or None."""
-    if res is None or dataset not in res.cfg.datasets:
-        return None
-    for name in res.cfg.edges:
-        for es in res.cached_edge_scores(name, dataset) or []:
-            if es.head is None and es.label == method:
-                return es
-    return None
+#: a finished run's folder -> its scores (None: no resolved config or no cache)
+ScoresOf = Callable[[Path], "RunScores | None"]
 
 
 def paired_recovery_test(
@@ -199,7 +197,13 @@ def paired_recovery_test(
 
 
 def paired_tests(
-    a: RunTables, b: RunTables, matched: pd.DataFrame, *, n_boot: int = 999, seed: int = 0
+    a: RunTables,
+    b: RunTables,
+    matched: pd.DataFrame,
+    scores_of: ScoresOf | None,
+    *,
+    n_boot: int = 999,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """The paired test of every matched recovery claim (``matched``: merged scorecard rows
     with ``_a`` / ``_b`` suffixes) whose two runs scored the same dataset against the same
@@ -231,17 +235,20 @@ def paired_tests(
         & matched["method_b"].notna()
         & ~matched["reference"].isin(["nan", "None", ""])
     ]
-    if rows_.empty:
+    if rows_.empty or scores_of is None:
         return pd.DataFrame(columns=cols)
-    ra, rb = _run_resources(a.folder), _run_resources(b.folder)
+    ra, rb = scores_of(a.folder), scores_of(b.folder)
+    if ra is None or rb is None:
+        return pd.DataFrame(columns=cols)
     out = []
     for r in rows_.to_dict("records"):
         ds, ref = str(r["dataset_a"]), str(r["reference"])
-        es_a = _cached_source(ra, ds, str(r["method_a"]))
-        es_b = _cached_source(rb, ds, str(r["method_b"]))
-        if es_a is None or es_b is None or ref not in ra.cfg.references:
+        es_a = ra.source(ds, str(r["method_a"]))
+        es_b = rb.source(ds, str(r["method_b"]))
+        network = ra.reference(ref)
+        if es_a is None or es_b is None or network is None:
             continue
-        t = paired_recovery_test(es_a, es_b, ra.reference(ref), n_boot=n_boot, seed=seed)
+        t = paired_recovery_test(es_a, es_b, network, n_boot=n_boot, seed=seed)
         out.append(
             {
                 "analysis": r["analysis"],
@@ -256,9 +263,12 @@ def paired_tests(
     return pd.DataFrame(out, columns=cols)
 
 
-def compare_runs(a: RunTables, b: RunTables, *, n_boot: int = 999) -> dict[str, Any]:
+def compare_runs(
+    a: RunTables, b: RunTables, *, scores_of: ScoresOf | None = None, n_boot: int = 999
+) -> dict[str, Any]:
     """Standards side by side (matched as the module docstring says), the standards whose
-    answer changed, and the matched claims whose answers differ, with Δ, z and p."""
+    answer changed, and the matched claims whose answers differ, with Δ, z and p; with
+    ``scores_of`` (a finished run's cached scores), the paired tests on the same edges."""
     sa, sb = a.standards.copy(), b.standards.copy()
     dims = _key_dims(sa, sb) if len(sa) and len(sb) else ["model", "dataset"]
     changed = []
@@ -330,7 +340,7 @@ def compare_runs(a: RunTables, b: RunTables, *, n_boot: int = 999) -> dict[str, 
             }
         )
     n_both = int((mc["_merge"] == "both").sum())
-    paired = paired_tests(a, b, mc[mc["_merge"] == "both"], n_boot=n_boot)
+    paired = paired_tests(a, b, mc[mc["_merge"] == "both"], scores_of, n_boot=n_boot)
     return {
         "paired": paired,
         "a": a,
