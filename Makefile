@@ -14,7 +14,7 @@ $(BIN)/python:
 # gigabytes of CUDA packages); the package itself declares torch>=2.4.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[test,cssi]"
+	$(BIN)/pip install -e ".[test,cssi,dask]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scfm_audit"
 
 #: bottom to top; a module may import its own layer and the layers below it
 LAYERS = [
-    ("_registry", "_io", "_typing"),
+    ("_registry", "_io", "_typing", "_executor"),
     ("data",),
     ("models",),
     ("edges",),

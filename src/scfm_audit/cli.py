@@ -5,7 +5,8 @@ Exit codes (also in the README):
 ==  ==========================================================================
 0   success: every analysis ran and the run registered at least one test
 1   the run finished but is incomplete: an analysis failed, every analysis
-    failed (nothing written), or the run produced no statistical test
+    failed (nothing written), the run produced no statistical test, or a
+    Dask cluster lost work it could not redo (the run stops; nothing written)
 2   bad config, input or output folder (nothing was computed), or bad usage
 3   the output folder is locked by another run
 4   internal error (a bug: please report it; ``SCFM_AUDIT_DEBUG=1`` shows the
@@ -112,6 +113,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 def _clean_errors() -> Iterator[None]:
     """Turn every exception into one message and an exit code (see the module docstring);
     a traceback only with ``SCFM_AUDIT_DEBUG=1``."""
+    from scfm_audit._executor import ExecutorError
     from scfm_audit.pipeline._output import OutputBusyError, OutputWriteError
     from scfm_audit.pipeline._runner import RunFailedError
 
@@ -132,7 +134,7 @@ def _clean_errors() -> Iterator[None]:
             raise
         if isinstance(e, OutputBusyError):
             _fail(str(e), EXIT_BUSY)
-        if isinstance(e, RunFailedError | OutputWriteError):
+        if isinstance(e, RunFailedError | OutputWriteError | ExecutorError):
             _fail(str(e), EXIT_INCOMPLETE)
         if isinstance(e, ValueError | OSError):  # our input errors are ValueErrors
             _fail(str(e), EXIT_BAD_INPUT)

@@ -193,10 +193,36 @@ DEFAULT_EDGES = {
 }
 
 
+class ExecutorConfig(_Strict):
+    """Where the heavy passes run (attention extraction, DE, calibration replicates,
+    ablation head sets): ``local`` (this process; the default) or ``dask``. ``dask``
+    without ``address`` starts a ``LocalCluster`` of ``n_workers`` processes ×
+    ``threads_per_worker`` threads for the run and closes it at the end; with
+    ``address`` (``tcp://host:8786``) it uses that running scheduler. Both give the same
+    numbers (see ``docs/scaling.md``). ``shard_cells``: cells per attention-extraction
+    task (part of the arithmetic, like a batch size: shards are summed in order)."""
+
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = None
+    n_workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    shard_cells: int = Field(default=512, ge=1)
+
+    @model_validator(mode="after")
+    def _usable(self) -> ExecutorConfig:
+        from scfm_audit.pipeline._executor import executor_config_problem
+
+        problem = executor_config_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
 class AuditConfig(_Strict):
     seed: int = 0
     output: Path = Path("results")
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     datasets: dict[str, DatasetConfig]
     references: dict[str, ReferenceConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)

@@ -37,6 +37,7 @@ import pandas as pd
 from rich.markup import escape
 
 from scfm_audit import __version__
+from scfm_audit._executor import ExecutorError
 from scfm_audit._io import atomic_path, atomic_write_text, write_table
 from scfm_audit.analyses._contract import (
     ANALYSES,
@@ -183,6 +184,7 @@ class Resources:
             self._models[name] = load_model(
                 m.family, m.path, device=m.device, name=name, **m.options()
             )
+            _register_on_workers(self._models[name], name, m)
         model: ModelAdapter = self._models[name]
         return model
 
@@ -306,6 +308,27 @@ class Resources:
         ]
         self._edges[key] = out
         return out
+
+
+def _register_on_workers(model: Any, name: str, m: Any) -> None:
+    """Workers of a cluster load this model from its checkpoint themselves, once each
+    (keyed by the checkpoint's files and the options), instead of receiving it."""
+    from scfm_audit._executor import register_model_source
+    from scfm_audit.models._base import load_model
+
+    key = stable_hash(
+        {
+            "family": m.family,
+            "path": str(m.path),
+            "files": file_fingerprint(m.path),
+            "device": m.device,
+            "name": name,
+            "options": m.options(),
+        }
+    )
+    register_model_source(
+        model, key, load_model, m.family, str(m.path), device=m.device, name=name, **m.options()
+    )
 
 
 class Progress:
@@ -503,6 +526,7 @@ def run_audit(
     :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
     as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
+    from scfm_audit.pipeline._executor import open_executor
     from scfm_audit.pipeline._output import OutputTransaction, OutputWriteError, no_space
     from scfm_audit.pipeline._validate import input_checks, raise_on_failures
 
@@ -515,12 +539,19 @@ def run_audit(
     tx = OutputTransaction(cfg.output)
     created = not tx.path.exists()
     tx.open()
+    stack = contextlib.ExitStack()  # the executor: a cluster started here closes with it
     try:
         out = tx.path
         progress = Progress(quiet=quiet)
         cache = ArtifactCache(out / "cache" if use_cache else None)
         resources = Resources(cfg, cache, progress)
         try:
+            if cfg.executor.kind != "local":
+                with progress.status(f"starting the {cfg.executor.kind} executor"):
+                    ex = stack.enter_context(open_executor(cfg.executor))
+                progress.say(f"executor: {ex.describe()}")
+            else:
+                stack.enter_context(open_executor(cfg.executor))
             with progress.status("checking the inputs"), _routed_warnings() as checking:
                 raise_on_failures(input_checks(cfg, resources, params))
         except BaseException:  # also Ctrl-C / SIGTERM while checking
@@ -554,7 +585,10 @@ def run_audit(
             tx.commit()
         return run
     finally:
-        tx.close()
+        try:
+            stack.close()
+        finally:
+            tx.close()
 
 
 @contextlib.contextmanager
@@ -610,8 +644,8 @@ def _run_analyses(
             known = {id(v) for v in ctx.claims}
             res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
             results[name] = res
-        except OutputWriteError:
-            raise  # a full disk: the remaining analyses could not be kept either
+        except (OutputWriteError, ExecutorError):
+            raise  # a full disk, a lost cluster: the remaining analyses would fail alike
         except Exception as e:  # one failing analysis must not lose the others
             full = no_space(e, Path(cfg.output))
             if full is not None:
