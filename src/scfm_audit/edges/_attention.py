@@ -847,7 +847,21 @@ def extract_attention_accumulator(
     ``n_groups`` defaults to max + 1). Then every cell is folded into its group's
     accumulator in the same single pass and a :class:`GroupedAttentionAccumulator` is
     returned (strata for CSSI; smallest grid bucket for nested subsamples).
+
+    Inside a run with an executor (``executor:`` in the config), the cells go as shards
+    to it and the merged accumulator comes back on the CPU (``edges/_attention_shards.py``).
     """
+    # -- executor hook: every parameter is forwarded as is (keep this first) -------------
+    call = dict(locals())
+    from scfm_audit._executor import current_executor
+
+    executor = current_executor()
+    if executor is not None:
+        from scfm_audit.edges._attention_shards import has_active_hooks, sharded_accumulator
+
+        if not has_active_hooks(adapter):  # a worker's model would not carry the hooks
+            return sharded_accumulator(executor, **call)
+    # -- end of executor hook --------------------------------------------------------------
     from scfm_audit.models._hooks import site_name
 
     kind = _resolve_score(score)
