@@ -485,6 +485,27 @@ def differential_expression(
     G, K = gene_idx.size, len(lay.groups)
     used = lay.group >= 0
     n = np.bincount(lay.group[used], minlength=K).astype(float)
+    # -- executor hook: row chunks and gene blocks as tasks (evaluate/_de_tasks.py) -------
+    from scfm_audit._executor import current_executor
+
+    executor = current_executor()
+    if executor is not None:
+        from scfm_audit.evaluate._de_tasks import distributed_de
+
+        return distributed_de(
+            executor,
+            adata,
+            spec,
+            lay,
+            gene_idx,
+            n,
+            method=method,
+            chunk_size=chunk_size,
+            tie_correct=tie_correct,
+            max_rank_values=max_rank_values,
+            progress=progress,
+        )
+    # -- end of executor hook --------------------------------------------------------------
     s = np.zeros((K, G))
     ss = np.zeros((K, G))
     cnt = np.zeros((K, G), dtype=np.int64)
