@@ -146,6 +146,51 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _replicate_batch(
+    seeds: list[int], *, replicate: Callable[[Scenario, int], ReplicateOutcome], scenario: Scenario
+) -> list[ReplicateOutcome]:
+    """One task: the replicates of ``seeds`` (each seeded by its own seed only)."""
+    return [replicate(scenario, s) for s in seeds]
+
+
+def _run_replicates(
+    cal: Calibration, sc: Scenario, seeds: list[int], progress: Callable | None
+) -> list[ReplicateOutcome]:
+    """Every replicate of ``sc``, in seed order: here, or as batches of replicates on the
+    run's executor (replicate ``i`` has seed ``seeds[i]`` wherever it runs, so the
+    outcomes are the same)."""
+    from scfm_audit._executor import current_executor
+
+    description = f"calibrating {cal.analysis}: {sc.name}"
+    executor = current_executor()
+    if executor is None:
+        it: Any = range(len(seeds))
+        if progress is not None:
+            it = progress(it, description=description)
+        return [cal.replicate(sc, seeds[i]) for i in it]
+    from scfm_audit._executor import tracked
+
+    # here one replicate per item; on a cluster a few batches per worker thread (the
+    # replicates' costs vary)
+    par = executor.parallelism
+    size = 1 if par <= 1 else max(1, -(-len(seeds) // (4 * par)))
+    batches = [seeds[a : a + size] for a in range(0, len(seeds), size)]
+    parts = executor.map_ordered(
+        _replicate_batch,
+        batches,
+        shared={"replicate": cal.replicate, "scenario": sc},
+        label=f"calibration-{cal.analysis}-{sc.name}",
+    )
+    outs: list[ReplicateOutcome] = []
+    for _, part in tracked(parts, len(batches), progress, description):
+        outs.extend(part)
+    if len(outs) != len(seeds):
+        from scfm_audit._executor import ExecutorError
+
+        raise ExecutorError(f"{description}: {len(outs)} of {len(seeds)} replicates came back.")
+    return outs
+
+
 def calibrate(
     analysis: str,
     *,
@@ -179,10 +224,7 @@ def calibrate(
     for sc in chosen:
         key = [*(seed if isinstance(seed, tuple) else (seed,)), zlib.crc32(sc.name.encode())]
         seeds = np.random.SeedSequence(key).generate_state(n_replicates)
-        it = range(n_replicates)
-        if progress is not None:
-            it = progress(it, description=f"calibrating {analysis}: {sc.name}")
-        outs = [cal.replicate(sc, int(seeds[i])) for i in it]
+        outs = _run_replicates(cal, sc, [int(x) for x in seeds], progress)
         df = pd.DataFrame([{**o.__dict__, "side": o.tested_side(), **o.extra} for o in outs]).drop(
             columns="extra"
         )

@@ -324,7 +324,23 @@ def masked_loss_conditions(
 
     ``use_cache``: run each condition from the cached state entering its lowest layer
     (default); False re-runs the full model per condition (the benchmark's reference; the
-    results are equal to float tolerance)."""
+    results are equal to float tolerance).
+
+    Inside a run with an executor, more than ``CONDITIONS_PER_TASK`` conditions go to it
+    in chunks (``evaluate/_ablation_tasks.py``)."""
+    # -- executor hook: chunks of conditions as tasks (evaluate/_ablation_tasks.py) ------
+    from scfm_audit._executor import current_executor
+    from scfm_audit.evaluate._ablation_tasks import CONDITIONS_PER_TASK, distributed_conditions
+
+    executor = current_executor()
+    if executor is not None and len(conditions) > CONDITIONS_PER_TASK:
+        from scfm_audit.edges._attention_shards import has_active_hooks
+
+        if not has_active_hooks(adapter):  # a worker's model would not carry the hooks
+            return distributed_conditions(
+                executor, adapter, batches, conditions, head_means=head_means, use_cache=use_cache
+            )
+    # -- end of executor hook --------------------------------------------------------------
     conditions = list(conditions)
     logits = any(mb.objective == "masked-gene cross-entropy" for mb in batches)
     starts = sorted({c.start_layer for c in conditions}) if use_cache else [0]
