@@ -167,19 +167,17 @@ def client():
     pytest.importorskip("distributed")
     import cloudpickle
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from scfm_audit.pipeline._executor import local_cluster
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the killing loaders below
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        c = Client(cluster)
-        try:
-            yield c
-        finally:
-            c.close()
-            cluster.close()
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        local_cluster(2, 1) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
 
 
 @pytest.mark.slow

@@ -97,9 +97,6 @@ class Executor(ABC):
         bar); ``label`` names the tasks (Dask dashboard). Raises :class:`ExecutorError`
         when an item cannot be completed; an exception raised by ``fn`` propagates."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the executor holds (a cluster it started)."""
-
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "parallelism": self.parallelism}
 
@@ -232,24 +229,14 @@ def _call(fn: Callable[..., R], item: Any, **shared: Any) -> R:
 
 
 class DaskExecutor(Executor):
-    """Tasks on a Dask ``distributed`` cluster reached through ``client``.
-
-    ``close_cluster``: also close the cluster the client runs on (a ``LocalCluster`` this
-    process started); a cluster given by address is left running.
-    """
+    """Tasks on a Dask ``distributed`` cluster reached through ``client`` (whoever made
+    the client closes it, and the cluster if it started one)."""
 
     kind = "dask"
 
-    def __init__(
-        self,
-        client: Client,
-        *,
-        shard_cells: int = DEFAULT_SHARD_CELLS,
-        close_cluster: bool = False,
-    ) -> None:
+    def __init__(self, client: Client, *, shard_cells: int = DEFAULT_SHARD_CELLS) -> None:
         self.client = client
         self.shard_cells = int(shard_cells)
-        self._close_cluster = close_cluster
 
     @property
     def parallelism(self) -> int:
@@ -287,17 +274,22 @@ class DaskExecutor(Executor):
             for i, item in enumerate(items)
         ]
         index = {f.key: i for i, f in enumerate(futures)}
-        buffer: dict[int, R] = {}
+        done: set[int] = set()
         nxt = 0
         try:
             for fut in as_completed(futures):
                 i = index[fut.key]
-                buffer[i] = self._result(fut, label, i, len(items))
-                fut.release()
+                if fut.status != "finished":
+                    self._result(fut, label, i, len(items))  # raises what went wrong
+                done.add(i)
                 if on_done is not None:
                     on_done(i)
-                while nxt in buffer:
-                    yield nxt, buffer.pop(nxt)
+                # a result is fetched only when it is next in order: one result at a time
+                # here (the others wait on their workers), whatever the completion order
+                while nxt in done:
+                    value = self._result(futures[nxt], label, nxt, len(items))
+                    futures[nxt].release()
+                    yield nxt, value
                     nxt += 1
         finally:
             self.client.cancel([f for f in futures if not f.done()])
@@ -329,14 +321,6 @@ class DaskExecutor(Executor):
                 "the run stops rather than merge partial results. Check that the scheduler "
                 "and its workers are still running."
             ) from None
-
-    def close(self) -> None:
-        cluster = getattr(self.client, "cluster", None)
-        try:
-            self.client.close()
-        finally:
-            if self._close_cluster and cluster is not None:
-                cluster.close()
 
     def describe(self) -> dict[str, Any]:
         info = self.client.scheduler_info()

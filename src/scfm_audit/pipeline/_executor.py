@@ -28,9 +28,17 @@ from scfm_audit._executor import DaskExecutor, Executor, LocalExecutor, using
 from scfm_audit.pipeline._config import ConfigError
 
 if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
+
     from scfm_audit.pipeline._config import ExecutorConfig
 
-__all__ = ["DASK_MISSING", "executor_config_problem", "open_executor"]
+__all__ = [
+    "DASK_MISSING",
+    "WORKER_CONFIG",
+    "executor_config_problem",
+    "local_cluster",
+    "open_executor",
+]
 
 log = logging.getLogger("scfm_audit")
 
@@ -76,25 +84,61 @@ def executor_config_problem(cfg: ExecutorConfig) -> str | None:
     return None
 
 
+#: Dask config while a LocalCluster of this run lives (read when a nanny spawns or restarts
+#: a worker): glibc's own malloc trimming. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536,
+#: which hands every freed attention tensor back to the OS and faults it in again for the
+#: next batch: measured on the demo models, 2.5× the CPU of an extraction, most of it in
+#: the kernel (docs/scaling.md). Workers started by ``dask worker`` need the same setting.
+WORKER_CONFIG: dict[str, object] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
+
+
+@contextlib.contextmanager
+def local_cluster(
+    n_workers: int | None = None, threads_per_worker: int = 1
+) -> Iterator[LocalCluster]:
+    """A ``LocalCluster`` of worker processes as the runner starts one (closed on exit)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(WORKER_CONFIG):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            # numba (DE) and torch size their pools from these: one thread per worker thread
+            env={
+                "NUMBA_NUM_THREADS": str(threads_per_worker),
+                "OMP_NUM_THREADS": str(threads_per_worker),
+            },
+        )
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
 @contextlib.contextmanager
 def open_executor(cfg: ExecutorConfig) -> Iterator[Executor]:
-    """The run's executor, installed for the block (see the module docstring)."""
+    """The run's executor, installed for the block (see the module docstring); a cluster
+    it started is closed on exit, also when the block raises."""
     problem = executor_config_problem(cfg)
     if problem:
         raise ConfigError(f"Invalid config:\n  executor: {problem}")
-    if cfg.kind == "local":
-        ex: Executor = LocalExecutor(shard_cells=cfg.shard_cells)
-    else:
-        ex = _dask_executor(cfg)
-    try:
-        with using(ex):
-            yield ex
-    finally:
-        ex.close()
+    with contextlib.ExitStack() as stack:
+        if cfg.kind == "local":
+            ex: Executor = LocalExecutor(shard_cells=cfg.shard_cells)
+        else:
+            ex = DaskExecutor(stack.enter_context(_client(cfg)), shard_cells=cfg.shard_cells)
+        stack.enter_context(using(ex))
+        yield ex
 
 
-def _dask_executor(cfg: ExecutorConfig) -> DaskExecutor:
-    from distributed import Client, LocalCluster
+@contextlib.contextmanager
+def _client(cfg: ExecutorConfig) -> Iterator[Client]:
+    from distributed import Client
 
     if cfg.address is not None:
         try:
@@ -105,21 +149,13 @@ def _dask_executor(cfg: ExecutorConfig) -> DaskExecutor:
                 f"{cfg.address} ({type(e).__name__}); start it with `dask scheduler` and "
                 "workers with `dask worker <address>`, or fix the address"
             ) from None
-        if not client.scheduler_info().get("workers"):
-            log.warning("the Dask scheduler at %s has no workers yet", cfg.address)
-        return DaskExecutor(client, shard_cells=cfg.shard_cells)
-    threads = cfg.threads_per_worker or 1
-    cluster = LocalCluster(
-        n_workers=cfg.n_workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=None,
-        # numba (DE) and torch size their pools from these; one pool per worker thread
-        env={"NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
-    )
-    try:
-        client = Client(cluster)
-    except BaseException:
-        cluster.close()
-        raise
-    return DaskExecutor(client, shard_cells=cfg.shard_cells, close_cluster=True)
+        with client:
+            if not client.scheduler_info().get("workers"):
+                log.warning("the Dask scheduler at %s has no workers yet", cfg.address)
+            yield client
+        return
+    with (
+        local_cluster(cfg.n_workers, cfg.threads_per_worker or 1) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
