@@ -5,6 +5,7 @@ Usage::
     python benchmarks/calibration.py                       # 1000 replicates per null, 200 per planted
     python benchmarks/calibration.py --nulls 200 --planted 100 --jobs 2
     python benchmarks/calibration.py --trrust ../shared/data/reference/trrust_rawdata.human.tsv
+    python benchmarks/calibration.py --dask tcp://scheduler:8786   # replicates on a cluster
 
 Each null scenario places a reference that carries no information about the data on a
 simulation with its own co-expression (hub-structured synthetic networks, and with
@@ -45,6 +46,17 @@ def main() -> int:
         "into this many parallel chunks (seeds differ per chunk)",
     )
     ap.add_argument("--out", default=None, help="write the table as CSV here")
+    ap.add_argument(
+        "--dask",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="replicates as tasks on a Dask cluster: a scheduler address (tcp://host:8786), "
+        "or no value for a LocalCluster of --workers processes (same table: replicate i of "
+        "a scenario has its own seed wherever it runs)",
+    )
+    ap.add_argument("--workers", type=int, default=None, help="LocalCluster workers (--dask)")
     args = ap.parse_args()
 
     from threadpoolctl import threadpool_info
@@ -86,7 +98,16 @@ def main() -> int:
                 )
 
     t0 = time.perf_counter()
-    if args.jobs > 1:
+    if args.dask is not None:
+        from scfm_audit.pipeline._config import ExecutorConfig
+        from scfm_audit.pipeline._executor import open_executor
+
+        address = None if args.dask == "local" else args.dask
+        cfg = ExecutorConfig(kind="dask", address=address, n_workers=args.workers)
+        with open_executor(cfg) as ex:
+            print(f"executor: {ex.describe()}")
+            parts = [_one(name, sc, n, seed) for name, sc, n, seed in jobs]
+    elif args.jobs > 1:
         from joblib import Parallel, delayed
 
         parts = Parallel(n_jobs=args.jobs)(
