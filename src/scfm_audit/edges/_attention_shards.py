@@ -46,13 +46,14 @@ def has_active_hooks(adapter: Any) -> bool:
     return any(hp.active for hp in points.values())
 
 
-def shard_plan(n_cells: int, *, shard_cells: int, batch_size: int) -> list[slice]:
+def shard_plan(n_cells: int, *, shard_cells: int, batch_size: int | str) -> list[slice]:
     """Consecutive slices of ``n_cells`` positions, ``shard_cells`` rounded up to a
-    multiple of ``batch_size`` each (the last shorter): a function of the data and the
-    parameters only, never of the cluster."""
-    if shard_cells < 1 or batch_size < 1:
+    multiple of ``batch_size`` each (``"auto"``: as is; the last shorter): a function of
+    the data and the parameters only, never of the cluster."""
+    step = 1 if batch_size == "auto" else int(batch_size)
+    if shard_cells < 1 or step < 1:
         raise ValueError("shard_cells and batch_size must be ≥ 1.")
-    size = -(-int(shard_cells) // int(batch_size)) * int(batch_size)
+    size = -(-int(shard_cells) // step) * step
     return [slice(a, min(a + size, n_cells)) for a in range(0, n_cells, size)]
 
 
@@ -92,14 +93,16 @@ def sharded_accumulator(
     cells: Any = None,
     groups: np.ndarray | Sequence[int] | None = None,
     n_groups: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | str | None = None,
     progress: bool = True,
     **options: Any,
 ) -> Any:
     """:func:`~scfm_audit.edges._attention.extract_attention_accumulator` (same
     parameters) as shard tasks on ``executor``; the merged accumulator, on the CPU."""
-    from scfm_audit.edges._attention import _progress, _resolve_cells
+    from scfm_audit.edges._attention import CPU_BATCH_SIZE, _progress, _resolve_cells
 
+    if batch_size is None:  # as the one-pass engine resolves it (the model's, else 16)
+        batch_size = getattr(adapter, "batch_size", None) or CPU_BATCH_SIZE
     cell_idx = _resolve_cells(adata, cells)
     if len(cell_idx) == 0:
         raise ValueError("no cells to extract attention from.")

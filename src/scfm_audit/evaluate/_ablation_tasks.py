@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scfm_audit._executor import Executor, ExecutorError, ModelSource, model_source, worker_model
+
+if TYPE_CHECKING:
+    from scfm_audit.evaluate._ablation import ConditionLosses
 
 __all__ = ["CONDITIONS_PER_TASK", "distributed_conditions"]
 
@@ -39,7 +42,7 @@ def _conditions_task(
     batches: list[Any],
     head_means: Any,
     use_cache: bool,
-) -> Any:
+) -> ConditionLosses:
     from scfm_audit.evaluate._ablation import masked_loss_conditions
 
     with worker_model(model) as adapter:
@@ -56,7 +59,7 @@ def distributed_conditions(
     *,
     head_means: Any = None,
     use_cache: bool = True,
-) -> Any:
+) -> ConditionLosses:
     """:func:`~scfm_audit.evaluate._ablation.masked_loss_conditions`, its conditions in
     chunks as tasks on ``executor`` (see the module docstring)."""
     from scfm_audit.evaluate._ablation import ConditionLosses
@@ -66,7 +69,7 @@ def distributed_conditions(
     means = head_means
     if isinstance(means, dict):
         means = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in means.items()}
-    parts: list[Any] = []
+    parts: list[ConditionLosses] = []
     for i, part in executor.map_ordered(
         _conditions_task,
         chunks,

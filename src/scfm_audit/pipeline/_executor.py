@@ -103,7 +103,8 @@ def local_cluster(
     from distributed import LocalCluster
 
     with dask.config.set(WORKER_CONFIG):
-        cluster = LocalCluster(
+        # distributed's constructors carry no annotations (so no-untyped-call below)
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
@@ -142,7 +143,7 @@ def _client(cfg: ExecutorConfig) -> Iterator[Client]:
 
     if cfg.address is not None:
         try:
-            client = Client(cfg.address, timeout=CONNECT_TIMEOUT)
+            client = Client(cfg.address, timeout=CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError) as e:
             raise ConfigError(
                 f"Invalid config:\n  executor.address: cannot reach the Dask scheduler at "
@@ -156,6 +157,6 @@ def _client(cfg: ExecutorConfig) -> Iterator[Client]:
         return
     with (
         local_cluster(cfg.n_workers, cfg.threads_per_worker or 1) as cluster,
-        Client(cluster) as client,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         yield client
