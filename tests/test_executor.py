@@ -182,8 +182,10 @@ def client():
 
 @pytest.mark.slow
 def test_dask_equals_local(client, bench, models, tmp_path):
-    """Demo extraction (both demo models, per head, grouped into strata as CSSI does),
-    DE (Welch and Wilcoxon, five row chunks) and one calibration: bitwise equal."""
+    """Demo extraction (both demo models, per head, grouped into strata as CSSI does) and
+    one calibration: bitwise equal. DE (Welch and Wilcoxon, five row chunks): the local
+    executor runs the engine's own pass, the cluster chunk tasks whose float64 sums are
+    added in another order: equal to relative 1e-10 (counts and U exactly)."""
     from scfm_audit.analyses._calibration import calibrate
 
     ex = DaskExecutor(client, shard_cells=SHARD)
@@ -209,7 +211,7 @@ def test_dask_equals_local(client, bench, models, tmp_path):
         _same_acc(a[f].pooled(), b[f].pooled())
         np.testing.assert_array_equal(a[f].group_cells, b[f].group_cells)
     for method in ("welch", "wilcoxon"):
-        pd.testing.assert_frame_equal(a[method], b[method], check_exact=True)
+        pd.testing.assert_frame_equal(a[method], b[method], check_exact=False, rtol=1e-10)
     pd.testing.assert_frame_equal(a["calibration"][1], b["calibration"][1], check_exact=True)
     # every worker that ran a shard loaded each model once (a cache keyed by checkpoint)
     held = client.run(loaded_models)
@@ -333,7 +335,10 @@ def test_a_dask_run_writes_the_numbers_of_a_local_run(client, tmp_path):
     a, b = runs["local"], runs["dask"]
     assert not a.errors and not b.errors
     assert len(a.tests) > 0
-    pd.testing.assert_frame_equal(a.tests, b.tests, check_exact=True)
+    # bitwise but for DE, whose float64 sums a cluster adds in another order (1e-10)
+    pd.testing.assert_frame_equal(a.tests, b.tests, check_exact=False, rtol=1e-10)
     for name, res in a.results.items():
         for t, df in res.tables.items():
-            pd.testing.assert_frame_equal(df, b.results[name].tables[t], check_exact=True)
+            exact = name != "perturbation_responders"
+            kw = {"check_exact": True} if exact else {"check_exact": False, "rtol": 1e-10}
+            pd.testing.assert_frame_equal(df, b.results[name].tables[t], **kw)
