@@ -511,7 +511,8 @@ def differential_expression(
     # -- end of executor hook --------------------------------------------------------------
     s = np.zeros((K, G))
     ss = np.zeros((K, G))
-    cnt = np.zeros((K, G), dtype=np.int64)
+    # non-zero counts place the Wilcoxon's values; Welch needs none
+    cnt = np.zeros((K if method == "wilcoxon" else 0, G), dtype=np.int64)
     gmap = np.full(adata.n_vars, -1, dtype=np.int64)
     gmap[gene_idx] = np.arange(G)
     desc = f"DE ({method}): moments"
