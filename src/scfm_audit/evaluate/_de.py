@@ -524,9 +524,10 @@ def differential_expression(
         u1, ties = _rank_sums(
             adata, spec, lay, n, cnt, gene_idx, chunk_size, progress, max_rank_values
         )
-    return _assemble(
-        lay, n, s, ss, u1, ties, np.asarray(adata.var_names)[gene_idx], method, tie_correct
-    )
+    del cnt
+    cols = _test_columns(lay, n, s, ss, u1, ties, method, tie_correct)
+    del s, ss, u1, ties  # the moments are spent: free them before the table grows
+    return _table(lay, n, cols, np.asarray(adata.var_names)[gene_idx], method, tie_correct)
 
 
 def _gene_index(adata: AnnData, genes: list[str] | None) -> np.ndarray:
@@ -599,56 +600,127 @@ def _rank_sums(
     return u1, ties
 
 
-def _assemble(
+#: elements of the (perturbations × genes) block that one thread tests at a time: the
+#: tests' temporaries stay ~1 MiB each whatever the screen's size
+TEST_BLOCK = 1 << 17
+
+
+def _arms(lay: _Layout) -> Iterator[tuple[str, int, np.ndarray]]:
+    """``(arm, control group, perturbation groups)`` in the order of the table's rows."""
+    for arm, sub in lay.groups.groupby("arm", sort=False):
+        yield str(arm), int(sub.index[sub["control"]][0]), sub.index[~sub["control"]].to_numpy()
+
+
+def _test_columns(
     lay: _Layout,
-    n: NDArray[np.float64],
-    s: NDArray[np.float64],
-    ss: NDArray[np.float64],
-    u1: NDArray[np.float64] | None,
-    ties: NDArray[np.float64] | None,
-    gnames: np.ndarray,
+    n: np.ndarray,
+    s: np.ndarray,
+    ss: np.ndarray,
+    u1: np.ndarray | None,
+    ties: np.ndarray | None,
     method: str,
     tie_correct: bool,
-) -> pd.DataFrame:
-    """The long table from the per-group moments (and rank sums): columns built as numpy
-    arrays and the DataFrame made once, in :data:`DE_COLUMNS` order (at screen scale every
-    pandas copy of 16 M rows costs seconds)."""
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in DE_COLUMNS}
-    gnames = np.asarray(gnames, dtype=object)
-    for arm, sub in lay.groups.groupby("arm", sort=False):
-        k0 = int(sub.index[sub["control"]][0])
-        kp = sub.index[~sub["control"]].to_numpy()
-        n1 = n[kp][:, None]
+) -> dict[str, np.ndarray]:
+    """The float columns of the table but ``q_screen``, one (perturbation, gene) row each,
+    arm by arm, from the per-group moments (``n``, ``s``, ``ss``: (K,) and (K, G)) and,
+    for the Wilcoxon, rank sums and tie terms (``u1``, ``ties``: (K, G)).
+
+    The columns are allocated once at their final length and filled in blocks of
+    :data:`TEST_BLOCK` elements (whole perturbations) on ``numba.get_num_threads()``
+    threads (numpy and scipy's ufuncs release the GIL): no temporary the size of the
+    screen. Every block goes through the same elementwise functions as the whole screen
+    did (:func:`welch_from_moments`, :func:`mann_whitney_z`, row-wise :func:`_bh_rows`),
+    so each number is the same bit for bit."""
+    G = s.shape[1]
+    arms = list(_arms(lay))
+    N = sum(kp.size for _, _, kp in arms) * G
+    names = ("log2fc", "mean_perturbed", "mean_control", "statistic", "p", "q_within")
+    cols = {c: np.empty(N) for c in names}
+    jobs: list[tuple[int, np.ndarray, int]] = []  # (control group, perturbation groups, row)
+    row = 0
+    for _, k0, kp in arms:
+        step = max(1, TEST_BLOCK // max(G, 1))
+        for i in range(0, kp.size, step):
+            jobs.append((k0, kp[i : i + step], row + i * G))
+        row += kp.size * G
+
+    def run(job: tuple[int, np.ndarray, int]) -> None:
+        k0, kb, r0 = job
+        out = {c: v[r0 : r0 + kb.size * G].reshape(kb.size, G) for c, v in cols.items()}
+        n1 = n[kb][:, None]
         if method == "wilcoxon":
             if u1 is None or ties is None:
                 raise ValueError("the Wilcoxon columns need the rank sums (u1, ties)")
             with np.errstate(divide="ignore", invalid="ignore"):
-                m1, m0 = s[kp] / n1, s[k0] / n[k0]
-            t, p = mann_whitney_z(u1[kp], n1, n[k0], ties=ties[kp] if tie_correct else None)
+                m1, m0 = s[kb] / n1, s[k0] / n[k0]
+            t, p = mann_whitney_z(u1[kb], n1, n[k0], ties=ties[kb] if tie_correct else None)
         else:
-            m1, m0, t, p = welch_from_moments(n1, s[kp], ss[kp], n[k0], s[k0], ss[k0])
-        lfc = np.log2(np.expm1(m1) + 1e-9) - np.log2(np.expm1(m0) + 1e-9)
-        P, G = m1.shape
-        names = sub.loc[kp, "perturbation"].to_numpy().astype(object)
+            m1, m0, t, p = welch_from_moments(n1, s[kb], ss[kb], n[k0], s[k0], ss[k0])
+        out["mean_perturbed"][...] = m1
+        out["mean_control"][...] = m0
+        out["statistic"][...] = t
+        out["p"][...] = p
+        out["q_within"][...] = _bh_rows(p)
+        out["log2fc"][...] = np.log2(np.expm1(m1) + 1e-9) - np.log2(np.expm1(m0) + 1e-9)
+
+    T = min(_threads(), len(jobs))
+    if T < 2:
+        for job in jobs:
+            run(job)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(T) as ex:
+            list(ex.map(run, jobs))
+    return cols
+
+
+def _bh_flat(p: np.ndarray) -> np.ndarray:
+    """:func:`_bh_rows` of ``p[None, :]`` (the same numbers), holding one int64 sort order
+    beside the result instead of about six arrays the size of ``p``."""
+    from scfm_audit.evaluate import _de_kernels as _k
+
+    out = np.empty(p.shape)
+    order = np.argsort(p)  # NaN last; equal p get equal q whatever their order
+    _k.bh_sorted(p, order, int(np.isfinite(p).sum()), out)
+    return out
+
+
+def _table(
+    lay: _Layout,
+    n: np.ndarray,
+    cols: dict[str, np.ndarray],
+    gnames: np.ndarray,
+    method: str,
+    tie_correct: bool,
+) -> pd.DataFrame:
+    """The long table from the tested columns (:func:`_test_columns`): ``q_screen``, the
+    labels and the group sizes added, the DataFrame made once, in :data:`DE_COLUMNS`
+    order and without copies (at screen scale every pandas copy of 16 M rows costs
+    seconds and its size in memory)."""
+    cols["q_screen"] = _bh_flat(cols["p"])
+    gnames = np.asarray(gnames, dtype=object)
+    G = gnames.size
+    parts: dict[str, list[np.ndarray]] = {
+        c: [] for c in ("arm", "perturbation", "gene", "n_perturbed", "n_control")
+    }
+    for arm, k0, kp in _arms(lay):
+        P = kp.size
         # np.repeat, not np.full: filling an object array element by element costs ~5 s at
         # 16 M rows, repeating one reference does not
-        cols["arm"].append(np.repeat(np.array([arm], dtype=object), P * G))
-        cols["perturbation"].append(np.repeat(names, G))
-        cols["gene"].append(np.tile(gnames, P))
-        cols["log2fc"].append(lfc.ravel())
-        cols["mean_perturbed"].append(m1.ravel())
-        cols["mean_control"].append(np.broadcast_to(m0, (P, G)).ravel())
-        cols["statistic"].append(np.asarray(t).ravel())
-        cols["p"].append(np.asarray(p).ravel())
-        cols["q_within"].append(_bh_rows(p).ravel())
-        cols["n_perturbed"].append(np.repeat(n[kp].astype(np.int64), G))
-        cols["n_control"].append(np.full(P * G, int(n[k0]), dtype=np.int64))
-        del m1, t, p, lfc
-    data = {
-        c: v[0] if len(v) == 1 else np.concatenate(v) for c, v in cols.items() if c != "q_screen"
-    }
-    data["q_screen"] = _bh_rows(data["p"][None, :])[0]
-    out = pd.DataFrame({c: data[c] for c in DE_COLUMNS}, copy=False)
+        parts["arm"].append(np.repeat(np.array([arm], dtype=object), P * G))
+        names = lay.groups.loc[kp, "perturbation"].to_numpy().astype(object)
+        parts["perturbation"].append(np.repeat(names, G))
+        parts["gene"].append(np.tile(gnames, P))
+        parts["n_perturbed"].append(np.repeat(n[kp].astype(np.int64), G))
+        parts["n_control"].append(np.full(P * G, int(n[k0]), dtype=np.int64))
+    for c, v in parts.items():
+        cols[c] = v[0] if len(v) == 1 else np.concatenate(v)
+        if cols[c].dtype == object:
+            # a Series of declared dtype object: pandas then skips its type inference over
+            # the column (a ~40 bytes/row transient, 96 MiB at 2.4 M rows)
+            cols[c] = pd.Series(cols[c], dtype=object, copy=False)
+    out = pd.DataFrame({c: cols[c] for c in DE_COLUMNS}, copy=False)
     out.attrs["de"] = {
         "method": method,
         "null": WELCH_H0 if method == "welch" else WILCOXON_H0,

@@ -330,3 +330,23 @@ def rank_sums(
                 i = j
             u1[k, g_off + g] = u
             ties[k, g_off + g] = tie
+
+
+@numba.njit(**_JIT)
+def bh_sorted(p, order, m, out):
+    """Benjamini–Hochberg q of ``p`` into ``out`` (NaN where p is NaN) given ``order``,
+    the positions of ``p`` sorted ascending with NaN last, and ``m``, the number of finite
+    p: ``q`` at sorted position i is min over j ≥ i of ``p_(j) · m / (j + 1)``, capped at
+    1 — the arithmetic of ``_de._bh_rows`` (the running minimum propagates NaN as
+    ``np.minimum`` does)."""
+    cur = np.inf
+    fm = np.float64(m)
+    for i in range(order.size - 1, -1, -1):
+        j = order[i]
+        x = p[j]
+        if x != x:
+            out[j] = np.nan
+            continue
+        q = x * fm / np.float64(i + 1)
+        cur = q if (q != q or q < cur) else cur
+        out[j] = cur if cur < 1.0 or cur != cur else 1.0

@@ -200,7 +200,7 @@ def distributed_de(
 ) -> pd.DataFrame:
     """The engine's result (``differential_expression`` after its layout), its passes run
     as tasks on ``executor`` (see the module docstring)."""
-    from scfm_audit.evaluate._de import _assemble
+    from scfm_audit.evaluate._de import _table, _test_columns
 
     G, K = gene_idx.size, len(lay.groups)
     gmap = np.full(adata.n_vars, -1, dtype=np.int64)
@@ -264,9 +264,9 @@ def distributed_de(
             done += 1
         if done != len(blocks):
             raise ExecutorError(f"DE ranks: {done} of {len(blocks)} gene blocks came back.")
-    return _assemble(
-        lay, n, s, ss, u1, ties, np.asarray(adata.var_names)[gene_idx], method, tie_correct
-    )
+    cols = _test_columns(lay, n, s, ss, u1, ties, method, tie_correct)
+    del s, ss, u1, ties  # spent: free them before the table grows
+    return _table(lay, n, cols, np.asarray(adata.var_names)[gene_idx], method, tie_correct)
 
 
 def _gene_blocks(G: int, parallelism: int) -> list[tuple[int, int]]:
