@@ -31,12 +31,16 @@ Tests (per arm × perturbation × gene, two-sided):
   large tie block). The table says which (``attrs["de"]["tie_correct"]``). ``statistic``
   is the z score; where every value of a gene ties (variance 0) z and p are NaN.
 
-Scale. Counts are read once in contiguous row chunks (``chunk_size`` cells; backed
-``.h5ad`` never loads the whole matrix; an in-memory CSR matrix is read in place).
-Per chunk, one compiled pass over the stored non-zeros (``_de_kernels``, numba, genes
-split between threads) normalises and ``log1p``-s each value and adds it to the per
-(group, gene) sum, sum of squares and non-zero count — no intermediate the size of the
-chunk, and zeros cost nothing. Welch needs nothing else. The Wilcoxon option then
+Scale. Counts are read once in contiguous row chunks (``chunk_size`` cells and at most
+:data:`MAX_BLOCK_NNZ` values; backed ``.h5ad`` never loads the whole matrix and is read
+into a few reused buffers, ahead of the compute; an in-memory CSR matrix is read in
+place). Per chunk, one compiled pass over the stored non-zeros (``_de_kernels``, numba,
+on ``numba.get_num_threads()`` threads, each handling whole groups or, for the controls,
+a gene range) normalises and ``log1p``-s each value (a small integer count once per
+row) and adds it to the per (group, gene) sum, sum of squares and (Wilcoxon) non-zero
+count — no intermediate the size of the chunk, and zeros cost nothing. Welch needs
+nothing else; its tests and the table are built in bounded blocks straight into the
+result's columns. The Wilcoxon option then
 scatters the non-zeros of the used cells, gene-major and group by group (one more pass
 over the chunks, in gene blocks of at most ``max_rank_values`` values), and ranks each
 gene on its own in parallel: every group's non-zeros sorted, each perturbed value placed
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -200,8 +204,15 @@ def _chunks(
 
 
 #: at most this many stored values per block read by the compiled passes (8 bytes each
-#: as float32 counts + int32 indices): the read buffer stays ~16 MiB whatever chunk_size
-MAX_BLOCK_NNZ = 1 << 21
+#: as float32 counts + int32 indices): each of the :data:`READ_AHEAD` read buffers stays
+#: ~8 MiB whatever chunk_size
+MAX_BLOCK_NNZ = 1 << 20
+
+#: blocks of a backed matrix in flight at once (read ahead by the calling thread while the
+#: threads of a pass work on earlier ones; their buffers are reused)
+READ_AHEAD = 3
+
+Block = tuple[int, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _raw_chunks(
@@ -211,12 +222,15 @@ def _raw_chunks(
     chunk_size: int,
     progress: ProgressFn | None,
     description: str,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    ring: int = 1,
+) -> Iterator[Block]:
     """``(first_row, data, indices, indptr)``: the CSR arrays, as stored (no dtype change),
     of contiguous row blocks holding a used cell (``keep``); rows not kept stay in the
     block and are skipped by the kernels. An in-memory CSR matrix is one block, read in
     place. A backed CSR matrix is read straight from its HDF5 / zarr arrays in blocks of
-    at most ``chunk_size`` rows and :data:`MAX_BLOCK_NNZ` values; anything else (CSC,
+    at most ``chunk_size`` rows and :data:`MAX_BLOCK_NNZ` values, into ``ring`` buffers
+    used in turn: block b overwrites block b − ``ring``, so the caller must be done with
+    that one before asking for the next (:func:`_parallel_pass`). Anything else (CSC,
     dense) in ``chunk_size`` rows converted to CSR."""
     X = _counts_source(adata, spec)
     n = adata.n_obs
@@ -229,20 +243,30 @@ def _raw_chunks(
     group = getattr(X, "group", None)
     if group is not None and getattr(X, "format", None) == "csr":
         ptr = np.asarray(group["indptr"][:], dtype=np.int64)
-        bounds: list[tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []
         a = 0
         while a < n:
             # rows a..b: at most chunk_size rows and MAX_BLOCK_NNZ values (≥ 1 row)
             b = min(a + chunk_size, int(np.searchsorted(ptr, ptr[a] + MAX_BLOCK_NNZ, "right")) - 1)
             b = max(b, a + 1)
             if keep[a:b].any():
-                bounds.append((a, b))
+                spans.append((a, b))
             a = b
-        bound_it = bounds if progress is None else progress(bounds, description=description)
+        if not spans:
+            return
         data, indices = group["data"], group["indices"]
-        for a, b in bound_it:
+        cap = max(int(ptr[b] - ptr[a]) for a, b in spans)
+        bufs = [
+            (np.empty(cap, dtype=data.dtype), np.empty(cap, dtype=indices.dtype))
+            for _ in range(max(1, ring))
+        ]
+        it = spans if progress is None else progress(spans, description=description)
+        for i, (a, b) in enumerate(it):
             lo, hi = int(ptr[a]), int(ptr[b])
-            yield a, data[lo:hi], indices[lo:hi], ptr[a : b + 1] - lo
+            dbuf, ibuf = (x[: hi - lo] for x in bufs[i % len(bufs)])
+            _read_into(data, lo, hi, dbuf)
+            _read_into(indices, lo, hi, ibuf)
+            yield a, dbuf, ibuf, ptr[a : b + 1] - lo
         return
     starts = [a for a in range(0, n, chunk_size) if keep[a : a + chunk_size].any()]
     start_it = starts if progress is None else progress(starts, description=description)
@@ -254,6 +278,121 @@ def _raw_chunks(
             else sparse.csr_matrix(np.asarray(block))
         )
         yield a, block.data, block.indices, block.indptr
+
+
+def _read_into(ds, lo: int, hi: int, out: np.ndarray) -> None:
+    """``out[:] = ds[lo:hi]`` for a 1-d HDF5 (``read_direct``: no intermediate array) or
+    zarr array."""
+    if hi <= lo:
+        return
+    if hasattr(ds, "read_direct"):
+        ds.read_direct(out, np.s_[lo:hi], np.s_[0 : hi - lo])
+    else:
+        out[...] = ds[lo:hi]
+
+
+def _owners(n: np.ndarray, T: int) -> np.ndarray:
+    """Which of ``T`` threads handles the rows of each group in a pass (``n``: cells per
+    group): a group larger than a quarter of one thread's share of the cells is shared by
+    all (−1; each thread takes one gene range of it), the others are dealt largest first
+    to the thread with the fewest cells so far, so that the threads' work is even."""
+    owner = np.full(n.size, -1, dtype=np.int64)
+    if T < 2:
+        owner[:] = 0
+        return owner
+    big = n > n.sum() / (4 * T)
+    load = np.zeros(T)
+    for k in np.argsort(-n, kind="stable"):
+        if big[k]:
+            continue
+        t = int(np.argmin(load))
+        owner[k] = t
+        load[t] += n[k]
+    return owner
+
+
+_END = object()
+
+
+def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], T: int) -> None:
+    """``work(block, t)`` for every block and every t in ``range(T)``, on T threads (t = 0
+    alone when T = 1), while the calling thread reads the blocks: block b is asked for
+    only once every thread is done with block b − :data:`READ_AHEAD`, so ``blocks`` may
+    reuse that many buffers (:func:`_raw_chunks` ``ring``).
+
+    Each thread goes through the blocks at its own pace (up to READ_AHEAD blocks apart),
+    waiting on a condition (no spinning) only when it has caught up with the reader: on a
+    busy machine a descheduled thread does not hold the others at a barrier per block."""
+    if T < 2:
+        for blk in blocks:
+            work(blk, 0)
+        return
+    import threading
+
+    cond = threading.Condition()
+    queue: list[Block | None] = []
+    done: list[int] = []
+    state: dict = {"complete": 0, "finished": False, "error": None}
+
+    def worker(t: int) -> None:
+        i = 0
+        try:
+            while True:
+                with cond:
+                    while i >= len(queue) and not state["finished"] and state["error"] is None:
+                        cond.wait()
+                    if state["error"] is not None or i >= len(queue):
+                        return
+                    blk = queue[i]
+                work(blk, t)
+                with cond:
+                    done[i] += 1
+                    if done[i] == T:
+                        queue[i] = None  # its buffer may be refilled
+                        while state["complete"] < len(done) and done[state["complete"]] == T:
+                            state["complete"] += 1
+                        cond.notify_all()
+                i += 1
+        except BaseException as exc:  # re-raised by the calling thread
+            with cond:
+                state["error"] = exc
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(T)]
+    for th in threads:
+        th.start()
+    it = iter(blocks)
+    try:
+        b = 0
+        while True:
+            with cond:
+                while state["complete"] < b - READ_AHEAD + 1 and state["error"] is None:
+                    cond.wait()
+                if state["error"] is not None:
+                    break
+            blk = next(it, _END)
+            if blk is _END:
+                break
+            with cond:
+                queue.append(blk)
+                done.append(0)
+                cond.notify_all()
+            b += 1
+    except BaseException as exc:
+        with cond:
+            state["error"] = exc
+    finally:
+        with cond:
+            state["finished"] = True
+            cond.notify_all()
+        for th in threads:
+            th.join()
+    if state["error"] is not None:
+        raise state["error"]
+
+
+def _gene_ranges(G: int, T: int) -> list[tuple[int, int]]:
+    return [(G * t // T, G * (t + 1) // T) for t in range(T)]
 
 
 def _threads() -> int:
@@ -480,11 +619,7 @@ def differential_expression(
             progress,
             tie_correct,
         )
-    from scfm_audit.evaluate import _de_kernels as _k
-
-    G, K = gene_idx.size, len(lay.groups)
-    used = lay.group >= 0
-    n = np.bincount(lay.group[used], minlength=K).astype(float)
+    n = np.bincount(lay.group[lay.group >= 0], minlength=len(lay.groups)).astype(float)
     # -- executor hook: row chunks and gene blocks as tasks (evaluate/_de_tasks.py) -------
     from scfm_audit._executor import current_executor
 
@@ -509,16 +644,7 @@ def differential_expression(
             progress=progress,
         )
     # -- end of executor hook --------------------------------------------------------------
-    s = np.zeros((K, G))
-    ss = np.zeros((K, G))
-    # non-zero counts place the Wilcoxon's values; Welch needs none
-    cnt = np.zeros((K if method == "wilcoxon" else 0, G), dtype=np.int64)
-    gmap = np.full(adata.n_vars, -1, dtype=np.int64)
-    gmap[gene_idx] = np.arange(G)
-    desc = f"DE ({method}): moments"
-    for a, data, indices, indptr in _raw_chunks(adata, spec, used, chunk_size, progress, desc):
-        codes = lay.group[a : a + indptr.size - 1]
-        _k.moments_chunk(data, indices, indptr, codes, gmap, s, ss, cnt, _threads())
+    s, ss, cnt = _moments(adata, spec, lay, n, gene_idx, method, chunk_size, progress)
     u1 = ties = None
     if method == "wilcoxon":
         u1, ties = _rank_sums(
@@ -528,6 +654,44 @@ def differential_expression(
     cols = _test_columns(lay, n, s, ss, u1, ties, method, tie_correct)
     del s, ss, u1, ties  # the moments are spent: free them before the table grows
     return _table(lay, n, cols, np.asarray(adata.var_names)[gene_idx], method, tie_correct)
+
+
+def _moments(
+    adata: AnnData,
+    spec: DatasetSpec,
+    lay: _Layout,
+    n: NDArray[np.float64],
+    gene_idx: np.ndarray,
+    method: str,
+    chunk_size: int,
+    progress: ProgressFn | None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """One pass over the counts: per (group, gene) sum, sum of squares and (Wilcoxon
+    only; else no rows) non-zero count of the log-normalised values, each (K, G)."""
+    from scfm_audit.evaluate import _de_kernels as _k
+
+    G, K = gene_idx.size, len(lay.groups)
+    s = np.zeros((K, G))
+    ss = np.zeros((K, G))
+    # non-zero counts place the Wilcoxon's values; Welch needs none
+    cnt = np.zeros((K if method == "wilcoxon" else 0, G), dtype=np.int64)
+    gmap = np.full(adata.n_vars, -1, dtype=np.int64)
+    gmap[gene_idx] = np.arange(G)
+    T = _threads()
+    owner = _owners(n, T)
+    spans = _gene_ranges(G, T)
+
+    def part(blk: Block, t: int) -> None:
+        a, data, indices, indptr = blk
+        codes = lay.group[a : a + indptr.size - 1]
+        lo, hi = spans[t]
+        _k.moments_part(data, indices, indptr, codes, gmap, owner, t, lo, hi, s, ss, cnt)
+
+    desc = f"DE ({method}): moments"
+    used = lay.group >= 0
+    blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=READ_AHEAD)
+    _parallel_pass(blocks, part, T)
+    return s, ss, cnt
 
 
 def _gene_index(adata: AnnData, genes: list[str] | None) -> np.ndarray:
@@ -578,6 +742,8 @@ def _rank_sums(
     ties = np.zeros((K, G))
     used = lay.group >= 0
     per_gene = cnt.sum(axis=0)
+    T = _threads()
+    owner = _owners(n, T)
     g0 = 0
     while g0 < G:
         # the largest block from g0 whose values fit (at least one gene)
@@ -588,11 +754,18 @@ def _rank_sums(
         vals = np.empty(int(end[-1, -1]) if end.size else 0)
         gmap = np.full(adata.n_vars, -1, dtype=np.int64)
         gmap[gene_idx[g0:g1]] = np.arange(g1 - g0)
-        desc = f"DE (wilcoxon): ranks of genes {g0 + 1}–{g1}"
-        for a, data, indices, indptr in _raw_chunks(adata, spec, used, chunk_size, progress, desc):
+        spans = _gene_ranges(g1 - g0, T)
+
+        def fill(blk: Block, t: int, gmap=gmap, cursor=cursor, vals=vals, spans=spans) -> None:
+            a, data, indices, indptr = blk
             codes = lay.group[a : a + indptr.size - 1]
-            _k.fill_chunk(data, indices, indptr, codes, gmap, cursor, vals, _threads())
-        del cursor
+            lo, hi = spans[t]
+            _k.fill_part(data, indices, indptr, codes, gmap, owner, t, lo, hi, cursor, vals)
+
+        desc = f"DE (wilcoxon): ranks of genes {g0 + 1}–{g1}"
+        blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=READ_AHEAD)
+        _parallel_pass(blocks, fill, T)
+        del cursor, fill, blocks  # the closure holds cursor too
         _log1p_inplace(vals)
         _k.rank_sums(vals, end, cnt, n_int, ctrl_of, g0, u1, ties)
         del vals, end

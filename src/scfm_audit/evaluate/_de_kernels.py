@@ -1,18 +1,18 @@
-"""Compiled kernels of the DE engine (:mod:`scfm_audit.evaluate._de`), numba, parallel over
-genes on every thread numba is allowed (``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``).
+"""Compiled kernels of the DE engine (:mod:`scfm_audit.evaluate._de`), numba.
 
-The kernels read a CSR row chunk as stored (any value dtype, int32 or int64 indices) and
-normalise inside the loop, the arithmetic of scanpy's ``normalize_total(target_sum=1e4)``
-in float64: ``x / (total / 1e4)`` with ``total`` over every stored value of the row (a
-row without counts is divided by 1), then ``log1p``. Nothing of the size of the chunk's
-non-zeros is allocated.
+The pass kernels (:func:`moments_part`, :func:`fill_part`) read a CSR row block as stored
+(any value dtype, int32 or int64 indices) and normalise inside the loop, the arithmetic of
+scanpy's ``normalize_total(target_sum=1e4)`` in float64: ``x / (total / 1e4)`` with
+``total`` over every stored value of the row (a row without counts is divided by 1), then
+``log1p``. Nothing of the size of the block's non-zeros is allocated.
 
-``T``: the number of gene ranges (the caller passes ``numba.get_num_threads()``).
-
-Race freedom: a kernel that accumulates into (group, gene) cells splits the *genes* into one
-contiguous range per thread; each thread walks every non-zero of the chunk and handles
-those of its genes, so no two threads write the same cell (reads are duplicated, writes are
-not).
+Threads. A pass kernel is serial and releases the GIL; the caller runs one call per
+thread t on the same block (``_de._parallel_pass``), each doing its share. Race freedom:
+``owner[k]`` is the thread that handles every non-zero of group k's rows, or −1 for a
+group shared by all threads (the controls, too large for one), whose non-zeros each
+thread handles in its own contiguous gene range ``g_lo … g_hi − 1``. So every
+(group, gene) cell has one writer, and the cells are added in row order whatever the
+number of threads (the same sums bit for bit).
 """
 
 from __future__ import annotations
@@ -34,16 +34,13 @@ class _JitOptions(TypedDict):
 _JIT: _JitOptions = {"nogil": True, "cache": True}
 
 
-@numba.njit(**_JIT)
-def _row_divisors(data: np.ndarray, indptr: np.ndarray) -> NDArray[np.float64]:
-    R = indptr.size - 1
-    div = np.empty(R)
-    for r in range(R):
-        tot = 0.0
-        for j in range(indptr[r], indptr[r + 1]):
-            tot += np.float64(data[j])
-        div[r] = tot / 1e4 if tot > 0 else 1.0
-    return div
+@numba.njit(inline="always", **_JIT)
+def _row_divisor(data: np.ndarray, a: int, b: int) -> float:
+    """``total / 1e4`` of the stored values ``data[a:b]`` of one row (1 if no counts)."""
+    tot = 0.0
+    for j in range(a, b):
+        tot += np.float64(data[j])
+    return tot / 1e4 if tot > 0 else 1.0
 
 
 #: counts 1 … SMALL − 1 (integers) are log-normalised once per row and remembered: a row
@@ -52,96 +49,111 @@ def _row_divisors(data: np.ndarray, indptr: np.ndarray) -> NDArray[np.float64]:
 SMALL = 64
 
 
+@numba.njit(inline="always", **_JIT)
+def _row_span(
+    k: int, owner: NDArray[np.int64], t: int, g_lo: int, g_hi: int, G: int
+) -> tuple[int, int]:
+    """The genes thread ``t`` handles in a row of group ``k`` (empty: none)."""
+    o = owner[k]
+    if o == t:
+        return 0, G
+    if o < 0:
+        return g_lo, g_hi
+    return 0, 0
+
+
 @numba.njit(**_JIT)
-def _log_value(x, d, r, memo, stamp):
-    """``log1p(x / d)`` for the value ``x`` of row ``r`` (divisor ``d``), taken from
-    ``memo`` when ``x`` is a small integer already seen in this row (``stamp[c] == r``)."""
-    c = int(x) if 0.0 < x < SMALL else 0
-    if c == 0 or c != x:
-        return math.log1p(x / d)
-    if stamp[c] != r:
-        memo[c] = math.log1p(x / d)
-        stamp[c] = r
-    return memo[c]
-
-
-@numba.njit(parallel=True, **_JIT)
-def moments_chunk(
+def moments_part(
     data: np.ndarray,
     indices: np.ndarray,
     indptr: np.ndarray,
     codes: NDArray[np.int64],
     gmap: NDArray[np.int64],
+    owner: NDArray[np.int64],
+    t: int,
+    g_lo: int,
+    g_hi: int,
     s: NDArray[np.float64],
     ss: NDArray[np.float64],
     cnt: NDArray[np.int64],
-    T: int,
 ) -> None:
-    """Add the chunk's per (group, gene) sums, sums of squares and non-zero counts of the
-    log-normalised values into ``s``, ``ss`` (float64) and ``cnt`` (int64), all (K, G);
-    a ``cnt`` without rows (shape (0, G)) keeps no counts (Welch needs none).
-    ``codes``: each row's group (−1: not used); ``gmap``: each column's output gene (−1:
-    not selected)."""
-    div = _row_divisors(data, indptr)
+    """Thread ``t``'s share of a block (see the module docstring): add the per (group,
+    gene) sums, sums of squares and non-zero counts of the log-normalised values into
+    ``s``, ``ss`` (float64) and ``cnt`` (int64), all (K, G); a ``cnt`` without rows
+    (shape (0, G)) keeps no counts (Welch needs none). ``codes``: each row's group (−1:
+    not used); ``gmap``: each column's output gene (−1: not selected)."""
     G = s.shape[1]
-    R = indptr.size - 1
     counting = cnt.shape[0] > 0
-    for t in prange(T):
-        g_lo = G * t // T
-        g_hi = G * (t + 1) // T
-        memo = np.empty(SMALL)
-        stamp = np.full(SMALL, -1, dtype=np.int64)
-        for r in range(R):
-            k = codes[r]
-            if k < 0:
+    memo = np.empty(SMALL)
+    stamp = np.full(SMALL, -1, dtype=np.int64)
+    for r in range(indptr.size - 1):
+        k = codes[r]
+        if k < 0:
+            continue
+        lo, hi = _row_span(k, owner, t, g_lo, g_hi, G)
+        if lo >= hi:
+            continue
+        a, b = indptr[r], indptr[r + 1]
+        d = _row_divisor(data, a, b)
+        for j in range(a, b):
+            g = gmap[indices[j]]
+            if g < lo or g >= hi or data[j] == 0:  # a stored zero is a zero
                 continue
-            d = div[r]
-            for j in range(indptr[r], indptr[r + 1]):
-                g = gmap[indices[j]]
-                if g < g_lo or g >= g_hi or data[j] == 0:  # a stored zero is a zero
-                    continue
-                v = _log_value(np.float64(data[j]), d, r, memo, stamp)
-                s[k, g] += v
-                ss[k, g] += v * v
-                if counting:
-                    cnt[k, g] += 1
+            # log1p(x / d); a small integer count once per row (memo[c] is valid for the
+            # row stamp[c]). Written out here: a helper taking the arrays costs a
+            # reference count per call, more than the log it saves
+            x = np.float64(data[j])
+            c = int(x) if 0.0 < x < SMALL else 0
+            if c == 0 or c != x:
+                v = math.log1p(x / d)
+            else:
+                if stamp[c] != r:
+                    memo[c] = math.log1p(x / d)
+                    stamp[c] = r
+                v = memo[c]
+            s[k, g] += v
+            ss[k, g] += v * v
+            if counting:
+                cnt[k, g] += 1
 
 
-@numba.njit(parallel=True, **_JIT)
-def fill_chunk(
+@numba.njit(**_JIT)
+def fill_part(
     data: np.ndarray,
     indices: np.ndarray,
     indptr: np.ndarray,
     codes: NDArray[np.int64],
     gmap: NDArray[np.int64],
+    owner: NDArray[np.int64],
+    t: int,
+    g_lo: int,
+    g_hi: int,
     cursor: NDArray[np.int64],
     vals: NDArray[np.float64],
-    T: int,
 ) -> None:
-    """Scatter the chunk's normalised non-zeros ``x / (total / 1e4)`` — before ``log1p``,
-    which the caller applies with numpy's own ``np.log1p`` so that ties are the ties of
-    scanpy's data bit for bit (numpy's SIMD log1p and libm's differ in the last bit on a
-    few % of values, and distinct quotients often round to one log value) — into
-    ``vals``, laid out gene-major and, within a gene, group by group: ``cursor[g, k]`` is
-    the next free slot of (gene g, group k) and is advanced."""
-    div = _row_divisors(data, indptr)
+    """Thread ``t``'s share of a block: scatter the normalised non-zeros ``x / (total /
+    1e4)`` — before ``log1p``, which the caller applies with numpy's own ``np.log1p`` so
+    that ties are the ties of scanpy's data bit for bit (numpy's SIMD log1p and libm's
+    differ in the last bit on a few % of values, and distinct quotients often round to one
+    log value) — into ``vals``, laid out gene-major and, within a gene, group by group:
+    ``cursor[g, k]`` is the next free slot of (gene g, group k) and is advanced."""
     G = cursor.shape[0]
-    R = indptr.size - 1
-    for t in prange(T):
-        g_lo = G * t // T
-        g_hi = G * (t + 1) // T
-        for r in range(R):
-            k = codes[r]
-            if k < 0:
+    for r in range(indptr.size - 1):
+        k = codes[r]
+        if k < 0:
+            continue
+        lo, hi = _row_span(k, owner, t, g_lo, g_hi, G)
+        if lo >= hi:
+            continue
+        a, b = indptr[r], indptr[r + 1]
+        d = _row_divisor(data, a, b)
+        for j in range(a, b):
+            g = gmap[indices[j]]
+            if g < lo or g >= hi or data[j] == 0:
                 continue
-            d = div[r]
-            for j in range(indptr[r], indptr[r + 1]):
-                g = gmap[indices[j]]
-                if g < g_lo or g >= g_hi or data[j] == 0:
-                    continue
-                pos = cursor[g, k]
-                vals[pos] = np.float64(data[j]) / d
-                cursor[g, k] = pos + 1
+            pos = cursor[g, k]
+            vals[pos] = np.float64(data[j]) / d
+            cursor[g, k] = pos + 1
 
 
 @numba.njit(**_JIT)

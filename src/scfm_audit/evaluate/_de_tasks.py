@@ -134,7 +134,13 @@ def _moments_task(
     """Rows ``a`` … ``b`` − 1: the groups seen, their sums, sums of squares and non-zero
     counts (each (groups seen, G)) and the number of used rows."""
     from scfm_audit.evaluate import _de_kernels as _k
-    from scfm_audit.evaluate._de import _threads
+    from scfm_audit.evaluate._de import (
+        Block,
+        _gene_ranges,
+        _owners,
+        _parallel_pass,
+        _threads,
+    )
 
     match_worker_threads()
     a, b = rows
@@ -145,9 +151,18 @@ def _moments_task(
     ss = np.zeros((seen.size, G))
     cnt = np.zeros((seen.size, G), dtype=np.int64)
     adata, spec = source.open()
-    for r, data, indices, indptr in _rows(adata, spec, a, b):
+    # the engine's pass on this chunk: its threads own groups or gene ranges of them
+    T = _threads()
+    owner = _owners(np.bincount(local[local >= 0], minlength=seen.size).astype(float), T)
+    spans = _gene_ranges(G, T)
+
+    def part(blk: Block, t: int) -> None:
+        r, data, indices, indptr = blk
         c = local[r - a : r - a + indptr.size - 1]
-        _k.moments_chunk(data, indices, indptr, c, gmap, s, ss, cnt, _threads())
+        lo, hi = spans[t]
+        _k.moments_part(data, indices, indptr, c, gmap, owner, t, lo, hi, s, ss, cnt)
+
+    _parallel_pass(_rows(adata, spec, a, b), part, T)  # _rows yields fresh arrays
     return seen, s, ss, cnt, int((codes >= 0).sum())
 
 
