@@ -56,6 +56,7 @@ are the replicates of the test; every group needs ≥ ``min_units`` units).
 from __future__ import annotations
 
 import itertools
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -391,6 +392,21 @@ def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], 
         raise state["error"]
 
 
+def _trim_heap() -> None:
+    """Give memory freed by the passes back to the system now (glibc's ``malloc_trim``;
+    elsewhere nothing). glibc keeps freed blocks of a few MiB (read buffers, the moments)
+    in its heaps, where the table's larger columns do not fit: without this they stay in
+    the process's resident memory at its peak (+34 MiB at 150,000 × 4,000 × 600)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to do
+        pass
+
+
 def _gene_ranges(G: int, T: int) -> list[tuple[int, int]]:
     return [(G * t // T, G * (t + 1) // T) for t in range(T)]
 
@@ -653,6 +669,7 @@ def differential_expression(
     del cnt
     cols = _test_columns(lay, n, s, ss, u1, ties, method, tie_correct)
     del s, ss, u1, ties  # the moments are spent: free them before the table grows
+    _trim_heap()
     return _table(lay, n, cols, np.asarray(adata.var_names)[gene_idx], method, tie_correct)
 
 
