@@ -278,6 +278,14 @@ def _worker(a) -> None:
         }
     except ImportError:
         pass
+    if "numba" in sys.modules:  # numba's own pool (threadpoolctl does not see it)
+        import numba
+
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel region ran
+            layer = "unused"
+        kernels[f"numba:{layer}"] = numba.get_num_threads()
     print(json.dumps({"times": times, "peak_gib": times.pop("peak_gib"), "pools": kernels}))
 
 
