@@ -281,7 +281,7 @@ def _raw_chunks(
         yield a, block.data, block.indices, block.indptr
 
 
-def _read_into(ds, lo: int, hi: int, out: np.ndarray) -> None:
+def _read_into(ds: Any, lo: int, hi: int, out: np.ndarray) -> None:
     """``out[:] = ds[lo:hi]`` for a 1-d HDF5 (``read_direct``: no intermediate array) or
     zarr array."""
     if hi <= lo:
@@ -312,7 +312,15 @@ def _owners(n: np.ndarray, T: int) -> np.ndarray:
     return owner
 
 
-_END = object()
+@dataclass
+class _PassState:
+    """What the threads of :func:`_parallel_pass` share (under its condition)."""
+
+    queue: list[Block | None]  # blocks read so far; None once every thread is done
+    done: list[int]  # per block: threads done with it
+    complete: int = 0  # blocks 0 … complete − 1 are done by every thread
+    finished: bool = False  # the reader has no more blocks
+    error: BaseException | None = None
 
 
 def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], T: int) -> None:
@@ -331,32 +339,32 @@ def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], 
     import threading
 
     cond = threading.Condition()
-    queue: list[Block | None] = []
-    done: list[int] = []
-    state: dict = {"complete": 0, "finished": False, "error": None}
+    st = _PassState(queue=[], done=[])
 
     def worker(t: int) -> None:
         i = 0
         try:
             while True:
                 with cond:
-                    while i >= len(queue) and not state["finished"] and state["error"] is None:
+                    while i >= len(st.queue) and not st.finished and st.error is None:
                         cond.wait()
-                    if state["error"] is not None or i >= len(queue):
+                    if st.error is not None or i >= len(st.queue):
                         return
-                    blk = queue[i]
+                    blk = st.queue[i]
+                if blk is None:  # cannot happen: released only once this thread is done
+                    raise RuntimeError(f"block {i} was released before thread {t} read it")
                 work(blk, t)
                 with cond:
-                    done[i] += 1
-                    if done[i] == T:
-                        queue[i] = None  # its buffer may be refilled
-                        while state["complete"] < len(done) and done[state["complete"]] == T:
-                            state["complete"] += 1
+                    st.done[i] += 1
+                    if st.done[i] == T:
+                        st.queue[i] = None  # its buffer may be refilled
+                        while st.complete < len(st.done) and st.done[st.complete] == T:
+                            st.complete += 1
                         cond.notify_all()
                 i += 1
         except BaseException as exc:  # re-raised by the calling thread
             with cond:
-                state["error"] = exc
+                st.error = exc
                 cond.notify_all()
 
     threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(T)]
@@ -367,29 +375,30 @@ def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], 
         b = 0
         while True:
             with cond:
-                while state["complete"] < b - READ_AHEAD + 1 and state["error"] is None:
+                while st.complete < b - READ_AHEAD + 1 and st.error is None:
                     cond.wait()
-                if state["error"] is not None:
+                if st.error is not None:
                     break
-            blk = next(it, _END)
-            if blk is _END:
+            try:
+                blk = next(it)
+            except StopIteration:
                 break
             with cond:
-                queue.append(blk)
-                done.append(0)
+                st.queue.append(blk)
+                st.done.append(0)
                 cond.notify_all()
             b += 1
     except BaseException as exc:
         with cond:
-            state["error"] = exc
+            st.error = exc
     finally:
         with cond:
-            state["finished"] = True
+            st.finished = True
             cond.notify_all()
         for th in threads:
             th.join()
-    if state["error"] is not None:
-        raise state["error"]
+    if st.error is not None:
+        raise st.error
 
 
 def _trim_heap() -> None:
@@ -773,7 +782,14 @@ def _rank_sums(
         gmap[gene_idx[g0:g1]] = np.arange(g1 - g0)
         spans = _gene_ranges(g1 - g0, T)
 
-        def fill(blk: Block, t: int, gmap=gmap, cursor=cursor, vals=vals, spans=spans) -> None:
+        def fill(
+            blk: Block,
+            t: int,
+            gmap: NDArray[np.int64] = gmap,
+            cursor: NDArray[np.int64] = cursor,
+            vals: NDArray[np.float64] = vals,
+            spans: list[tuple[int, int]] = spans,
+        ) -> None:
             a, data, indices, indptr = blk
             codes = lay.group[a : a + indptr.size - 1]
             lo, hi = spans[t]

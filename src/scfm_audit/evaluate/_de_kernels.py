@@ -345,7 +345,9 @@ def rank_sums(
 
 
 @numba.njit(**_JIT)
-def bh_sorted(p, order, m, out):
+def bh_sorted(
+    p: NDArray[np.float64], order: NDArray[np.intp], m: int, out: NDArray[np.float64]
+) -> None:
     """Benjamini–Hochberg q of ``p`` into ``out`` (NaN where p is NaN) given ``order``,
     the positions of ``p`` sorted ascending with NaN last, and ``m``, the number of finite
     p: ``q`` at sorted position i is min over j ≥ i of ``p_(j) · m / (j + 1)``, capped at
