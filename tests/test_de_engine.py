@@ -330,8 +330,8 @@ def test_parallel_pass_covers_every_block_and_thread_and_respects_the_ring():
 
 
 def test_screen_wide_bh_equals_row_bh_bit_for_bit():
-    """The one-sort BH of ``q_screen`` is ``_bh_rows`` of one row: ties, zeros, NaN, ±p
-    of 1 and an all-NaN input."""
+    """The radix-sorted BH of ``q_screen`` is ``_bh_rows`` of one row: ties, zeros, NaN, p
+    of 1, an all-NaN and an empty input (and inputs that are no p-values: −0.0, < 0)."""
     from scfm_audit.evaluate._de import _bh_flat, _bh_rows
 
     rng = np.random.default_rng(3)
@@ -340,5 +340,6 @@ def test_screen_wide_bh_equals_row_bh_bit_for_bit():
     p[rng.choice(5000, 300)] = 1.0
     p[rng.choice(5000, 50)] = 0.0
     p[:400] = np.round(p[:400], 2)  # tie blocks
-    for x in (p, p[:1], np.full(7, np.nan), np.array([]), np.array([0.5, np.nan, 0.5])):
+    odd = (np.array([0.5, np.nan, 0.5]), np.array([0.2, -0.0, 0.1]), np.array([-0.5, 0.3]))
+    for x in (p, p[:1], np.full(7, np.nan), np.array([]), *odd):  # −0.0, < 0: by _bh_rows
         np.testing.assert_array_equal(_bh_flat(x), _bh_rows(x[None, :])[0])

@@ -881,14 +881,17 @@ def _test_columns(
     return cols
 
 
-def _bh_flat(p: np.ndarray) -> np.ndarray:
-    """:func:`_bh_rows` of ``p[None, :]`` (the same numbers), holding one int64 sort order
-    beside the result instead of about six arrays the size of ``p``."""
+def _bh_flat(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`_bh_rows` of ``p[None, :]`` (the same numbers) by one radix sort
+    (``_de_kernels.bh_flat``): at 16 M p-values ~1 s instead of ~4.5 s (``np.argsort``),
+    holding 24 bytes per value for the sort instead of ~six arrays the size of ``p``."""
     from scfm_audit.evaluate import _de_kernels as _k
 
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    if np.signbit(p).any():  # not p-values: the bit patterns would not order as values
+        return _bh_rows(p[None, :]).ravel()
     out = np.empty(p.shape)
-    order = np.argsort(p)  # NaN last; equal p get equal q whatever their order
-    _k.bh_sorted(p, order, int(np.isfinite(p).sum()), out)
+    _k.bh_flat(p, out, np.empty(p.size, dtype=np.int32 if p.size < 2**31 else np.int64))
     return out
 
 

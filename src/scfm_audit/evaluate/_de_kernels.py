@@ -344,20 +344,59 @@ def rank_sums(
             ties[k, g_off + g] = tie
 
 
+#: bits of the key sorted per pass of :func:`bh_flat`'s radix sort (2,048 counters: they
+#: stay in the L1 cache)
+RADIX_BITS = 11
+
+
 @numba.njit(**_JIT)
-def bh_sorted(
-    p: NDArray[np.float64], order: NDArray[np.intp], m: int, out: NDArray[np.float64]
-) -> None:
-    """Benjamini–Hochberg q of ``p`` into ``out`` (NaN where p is NaN) given ``order``,
-    the positions of ``p`` sorted ascending with NaN last, and ``m``, the number of finite
-    p: ``q`` at sorted position i is min over j ≥ i of ``p_(j) · m / (j + 1)``, capped at
-    1 — the arithmetic of ``_de._bh_rows`` (the running minimum propagates NaN as
-    ``np.minimum`` does)."""
-    cur = np.inf
+def bh_flat(p: NDArray[np.float64], out: NDArray[np.float64], idx: np.ndarray) -> None:
+    """Benjamini–Hochberg q of every ``p`` (≥ 0 or NaN, no −0.0) into ``out``, NaN where p
+    is NaN; ``idx``: scratch of ``p.size`` integers (int32 suffices below 2³¹ values).
+
+    The order comes from a stable LSD radix sort of the bit patterns of ``p`` (those of
+    non-negative doubles order as their values, NaN's above +inf), ``RADIX_BITS`` per
+    pass, skipping a digit every value shares: ~4× faster than ``np.argsort`` at 16 M
+    values, and the sorted values come with it. Then, from the largest down, ``q`` at
+    sorted position i is min over j ≥ i of ``p_(j) · m / (j + 1)`` (m: the number of
+    finite p), capped at 1 — the arithmetic of ``_de._bh_rows``, whose running minimum
+    propagates NaN as ``np.minimum`` does; equal p get equal q whatever their order."""
+    n = p.size
+    nb = 1 << RADIX_BITS
+    mask = np.uint64(nb - 1)
+    keys = p.view(np.uint64).copy()
+    spare = np.empty_like(keys)
+    idx2 = np.empty_like(idx)
+    for i in range(n):
+        idx[i] = i
+    shift = 0
+    while shift < 64:
+        cnt = np.zeros(nb + 1, dtype=np.int64)
+        sh = np.uint64(shift)
+        for i in range(n):
+            cnt[((keys[i] >> sh) & mask) + 1] += 1
+        if cnt.max() < n:  # some values differ in this digit
+            for b in range(nb):
+                cnt[b + 1] += cnt[b]
+            for i in range(n):
+                d = (keys[i] >> sh) & mask
+                j = cnt[d]
+                cnt[d] = j + 1
+                spare[j] = keys[i]
+                idx2[j] = idx[i]
+            keys, spare = spare, keys
+            idx, idx2 = idx2, idx
+        shift += RADIX_BITS
+    srt = keys.view(np.float64)
+    m = 0
+    for i in range(n):
+        if math.isfinite(srt[i]):
+            m += 1
     fm = np.float64(m)
-    for i in range(order.size - 1, -1, -1):
-        j = order[i]
-        x = p[j]
+    cur = np.inf
+    for i in range(n - 1, -1, -1):
+        x = srt[i]
+        j = idx[i]
         if x != x:
             out[j] = np.nan
             continue
