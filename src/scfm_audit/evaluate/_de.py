@@ -33,7 +33,8 @@ Tests (per arm × perturbation × gene, two-sided):
 
 Scale. Counts are read once in contiguous row chunks (``chunk_size`` cells and at most
 :data:`MAX_BLOCK_NNZ` values; backed ``.h5ad`` never loads the whole matrix and is read
-into a few reused buffers, ahead of the compute; an in-memory CSR matrix is read in
+into a few reused buffers, ahead of the compute — straight from the file where its
+arrays are stored unfiltered, :mod:`._de_read`; an in-memory CSR matrix is read in
 place). Per chunk, one compiled pass over the stored non-zeros (``_de_kernels``, numba,
 on ``numba.get_num_threads()`` threads, each handling whole groups or, for the controls,
 a gene range) normalises and ``log1p``-s each value (a small integer count once per
@@ -261,12 +262,13 @@ def _raw_chunks(
             (np.empty(cap, dtype=data.dtype), np.empty(cap, dtype=indices.dtype))
             for _ in range(max(1, ring))
         ]
+        read_data, read_indices = _range_reader(data), _range_reader(indices)
         it = spans if progress is None else progress(spans, description=description)
         for i, (a, b) in enumerate(it):
             lo, hi = int(ptr[a]), int(ptr[b])
             dbuf, ibuf = (x[: hi - lo] for x in bufs[i % len(bufs)])
-            _read_into(data, lo, hi, dbuf)
-            _read_into(indices, lo, hi, ibuf)
+            read_data(lo, hi, dbuf)
+            read_indices(lo, hi, ibuf)
             yield a, dbuf, ibuf, ptr[a : b + 1] - lo
         return
     starts = [a for a in range(0, n, chunk_size) if keep[a : a + chunk_size].any()]
@@ -279,6 +281,17 @@ def _raw_chunks(
             else sparse.csr_matrix(np.asarray(block))
         )
         yield a, block.data, block.indices, block.indptr
+
+
+def _range_reader(ds: Any) -> Callable[[int, int, np.ndarray], None]:
+    """``read(lo, hi, out)``: ``out[:] = ds[lo:hi]``, straight from the file where the
+    dataset's stored bytes are its values (:mod:`._de_read`), else by h5py / zarr."""
+    from scfm_audit.evaluate._de_read import direct_reader
+
+    direct = direct_reader(ds)
+    if direct is not None:
+        return direct.read
+    return lambda lo, hi, out: _read_into(ds, lo, hi, out)
 
 
 def _read_into(ds: Any, lo: int, hi: int, out: np.ndarray) -> None:
