@@ -16,6 +16,7 @@ itself against h5py on three ranges before it is used; anything else is read by 
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +91,13 @@ def direct_reader(ds: Any) -> DirectReader | None:
             offsets, chunk = np.array([base], dtype=np.int64), n
         elif layout == h5py.h5d.CHUNKED:
             chunk = int(ds.chunks[0])
-            found: list[tuple[int, int, int, int]] = []
-            ds.id.chunk_iter(
-                lambda i: found.append((i.chunk_offset[0], i.byte_offset, i.size, i.filter_mask))
-            )
-            info = np.array(found, dtype=np.int64).reshape(-1, 4)
+            found = array("q")  # 8 bytes a number, not a tuple of ints per chunk
+
+            def note(i: Any) -> None:
+                found.extend((i.chunk_offset[0], i.byte_offset, i.size, i.filter_mask))
+
+            ds.id.chunk_iter(note)
+            info = np.frombuffer(found, dtype=np.int64).reshape(-1, 4)
             info = info[np.argsort(info[:, 0], kind="stable")]
             n_chunks = -(-n // chunk)
             if (
