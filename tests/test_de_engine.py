@@ -289,7 +289,7 @@ def test_owners_share_only_large_groups_and_balance_the_rest():
 
 def test_parallel_pass_covers_every_block_and_thread_and_respects_the_ring():
     """Every (block, thread) exactly once; block b is asked for only after every thread is
-    done with block b − READ_AHEAD; an error in a thread or in the reader reaches the
+    done with block b − ``ahead``; an error in a thread or in the reader reaches the
     caller (no hang)."""
     import threading
 
@@ -300,10 +300,10 @@ def test_parallel_pass_covers_every_block_and_thread_and_respects_the_ring():
     finished: dict[int, int] = {}
     lock = threading.Lock()
 
-    def blocks():
+    def blocks(ahead):
         for b in range(B):
             with lock:
-                assert all(finished.get(i, 0) == T for i in range(b - _de.READ_AHEAD + 1))
+                assert all(finished.get(i, 0) == T for i in range(b - ahead + 1))
             yield (b, None, None, None)
 
     def work(blk, t):
@@ -311,8 +311,11 @@ def test_parallel_pass_covers_every_block_and_thread_and_respects_the_ring():
             seen.append((blk[0], t))
             finished[blk[0]] = finished.get(blk[0], 0) + 1
 
-    _de._parallel_pass(blocks(), work, T)
-    assert sorted(seen) == [(b, t) for b in range(B) for t in range(T)]
+    for ahead in (1, 3):
+        seen.clear()
+        finished.clear()
+        _de._parallel_pass(blocks(ahead), work, T, ahead)
+        assert sorted(seen) == [(b, t) for b in range(B) for t in range(T)]
 
     def bad_work(blk, t):
         if blk[0] == 5 and t == 1:

@@ -336,13 +336,29 @@ class _PassState:
     error: BaseException | None = None
 
 
-def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], T: int) -> None:
+def _read_ahead(adata: AnnData, spec: DatasetSpec) -> int:
+    """Blocks a pass may hold at once: :data:`READ_AHEAD` for CSR counts (backed: bounded
+    reused buffers; in memory: one block, read in place), 1 for anything else, whose
+    blocks are fresh CSR conversions of ``chunk_size`` rows (one at a time, as before)."""
+    X = _counts_source(adata, spec)
+    csr = (sparse.issparse(X) and X.format == "csr") or (
+        getattr(X, "group", None) is not None and getattr(X, "format", None) == "csr"
+    )
+    return READ_AHEAD if csr else 1
+
+
+def _parallel_pass(
+    blocks: Iterator[Block],
+    work: Callable[[Block, int], None],
+    T: int,
+    ahead: int = READ_AHEAD,
+) -> None:
     """``work(block, t)`` for every block and every t in ``range(T)``, on T threads (t = 0
     alone when T = 1), while the calling thread reads the blocks: block b is asked for
-    only once every thread is done with block b − :data:`READ_AHEAD`, so ``blocks`` may
-    reuse that many buffers (:func:`_raw_chunks` ``ring``).
+    only once every thread is done with block b − ``ahead``, so ``blocks`` may reuse that
+    many buffers (:func:`_raw_chunks` ``ring``).
 
-    Each thread goes through the blocks at its own pace (up to READ_AHEAD blocks apart),
+    Each thread goes through the blocks at its own pace (up to ``ahead`` blocks apart),
     waiting on a condition (no spinning) only when it has caught up with the reader: on a
     busy machine a descheduled thread does not hold the others at a barrier per block."""
     if T < 2:
@@ -388,7 +404,7 @@ def _parallel_pass(blocks: Iterator[Block], work: Callable[[Block, int], None], 
         b = 0
         while True:
             with cond:
-                while st.complete < b - READ_AHEAD + 1 and st.error is None:
+                while st.complete < b - ahead + 1 and st.error is None:
                     cond.wait()
                 if st.error is not None:
                     break
@@ -728,8 +744,9 @@ def _moments(
 
     desc = f"DE ({method}): moments"
     used = lay.group >= 0
-    blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=READ_AHEAD)
-    _parallel_pass(blocks, part, T)
+    ahead = _read_ahead(adata, spec)
+    blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=ahead)
+    _parallel_pass(blocks, part, T, ahead)
     return s, ss, cnt
 
 
@@ -783,6 +800,7 @@ def _rank_sums(
     per_gene = cnt.sum(axis=0)
     T = _threads()
     owner = _owners(n, T)
+    ahead = _read_ahead(adata, spec)
     g0 = 0
     while g0 < G:
         # the largest block from g0 whose values fit (at least one gene)
@@ -809,8 +827,8 @@ def _rank_sums(
             _k.fill_part(data, indices, indptr, codes, gmap, owner, t, lo, hi, cursor, vals)
 
         desc = f"DE (wilcoxon): ranks of genes {g0 + 1}–{g1}"
-        blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=READ_AHEAD)
-        _parallel_pass(blocks, fill, T)
+        blocks = _raw_chunks(adata, spec, used, chunk_size, progress, desc, ring=ahead)
+        _parallel_pass(blocks, fill, T, ahead)
         del cursor, fill, blocks  # the closure holds cursor too
         _log1p_inplace(vals)
         _k.rank_sums(vals, end, cnt, n_int, ctrl_of, g0, u1, ties)
