@@ -136,8 +136,9 @@ def fill_part(
     that ties are the ties of scanpy's data bit for bit (numpy's SIMD log1p and libm's
     differ in the last bit on a few % of values, and distinct quotients often round to one
     log value) — into ``vals``, laid out gene-major and, within a gene, group by group:
-    ``cursor[g, k]`` is the next free slot of (gene g, group k) and is advanced."""
-    G = cursor.shape[0]
+    ``cursor[k, g]`` is the next free slot of (gene g, group k) and is advanced (group-
+    major: a row's genes advance neighbouring cursors)."""
+    G = cursor.shape[1]
     for r in range(indptr.size - 1):
         k = codes[r]
         if k < 0:
@@ -151,9 +152,9 @@ def fill_part(
             g = gmap[indices[j]]
             if g < lo or g >= hi or data[j] == 0:
                 continue
-            pos = cursor[g, k]
+            pos = cursor[k, g]
             vals[pos] = np.float64(data[j]) / d
-            cursor[g, k] = pos + 1
+            cursor[k, g] = pos + 1
 
 
 @numba.njit(**_JIT)
