@@ -116,6 +116,7 @@ __all__ = [
     "SCORE_KINDS",
     "AttentionAccumulator",
     "GroupedAttentionAccumulator",
+    "MultiGroupedAttentionAccumulator",
     "PairIndex",
     "average_product_correction",
     "extract_attention_accumulator",
@@ -663,6 +664,127 @@ class GroupedAttentionAccumulator(AttentionAccumulator):
         ]
 
 
+class MultiGroupedAttentionAccumulator(GroupedAttentionAccumulator):
+    """Several groupings of the same cells filled in one pass (CSSI's strata, its random
+    strata and its K scan; the repeats of a nested subsample).
+
+    Every cell carries one group per grouping (−1: not in that grouping). Grouping ``m``'s
+    group ``k`` is group ``offsets[m] + k`` of one :class:`GroupedAttentionAccumulator`
+    buffer, and a batch's token pairs are folded once per grouping: ``M`` ``index_add_``
+    per layer and head where a grouped pass costs one, but a single forward pass instead
+    of ``M``. :meth:`grouping` reads grouping ``m`` out as the
+    :class:`GroupedAttentionAccumulator` a pass over its own cells would give (same cells,
+    same order of additions; their batches may differ, so equal within float rounding).
+
+    Attributes (besides :class:`GroupedAttentionAccumulator`'s)
+    ----------------------------------------------------------
+    sizes
+        Groups of each grouping.
+    offsets
+        First group of each grouping in the shared buffer.
+    """
+
+    def __init__(self, genes, *, n_groups: Sequence[int], **kwargs: Any) -> None:
+        sizes = tuple(int(k) for k in n_groups)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"every grouping needs ≥ 1 group, got {list(sizes)}.")
+        self.sizes = sizes
+        self.offsets = tuple(int(o) for o in np.cumsum((0, *sizes[:-1])))
+        super().__init__(genes, n_groups=sum(sizes), **kwargs)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("(", f"({len(self.sizes)} groupings, ", 1)
+
+    def _global(self, groups: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(B, M) groups within each grouping → (B, M) groups of the shared buffer (−1
+        stays −1)."""
+        g = torch.as_tensor(groups, device=self.device).to(torch.int64)
+        M = len(self.sizes)
+        if g.ndim != 2 or g.shape[1] != M:
+            raise ValueError(f"groups must be (cells, {M}) for {M} groupings.")
+        size = torch.as_tensor(self.sizes, device=self.device)
+        if g.numel() and (bool((g < -1).any()) or bool((g >= size).any())):
+            raise ValueError(f"grouping m's groups must lie in −1 … {[k - 1 for k in self.sizes]}.")
+        off = torch.as_tensor(self.offsets, device=self.device)
+        return torch.where(g >= 0, g + off, -1)
+
+    def prepare(self, gene_slot: torch.Tensor, groups: torch.Tensor | None = None) -> PairIndex:
+        """The pairs of every grouping, one after the other: ``lin`` offset by each
+        grouping's buffer group, ``sel`` repeated (a cell outside a grouping drops out of
+        that grouping's part)."""
+        if groups is None:
+            raise ValueError("MultiGroupedAttentionAccumulator needs the groups of every cell.")
+        g = self._global(groups)
+        if g.shape[0] != gene_slot.shape[0]:
+            raise ValueError(f"{g.shape[0]} groups for a batch of {gene_slot.shape[0]} cells.")
+        slot = gene_slot.to(self.device, torch.int64)
+        G = self.n_genes
+        if slot.numel() and int(slot.max()) >= G:
+            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
+        B, T = slot.shape
+        valid = slot >= 0
+        pair = (valid[:, :, None] & valid[:, None, :]).reshape(B, -1)  # (B, T·T)
+        base = (slot[:, :, None] * G + slot[:, None, :]).reshape(B, -1)
+        lins, sels = [], []
+        for m in range(g.shape[1]):
+            inside = g[:, m] >= 0
+            sel = (pair & inside[:, None]).reshape(-1).nonzero().squeeze(1)
+            lin = (base + (g[:, m].clamp(min=0) * (G * G))[:, None]).reshape(-1)
+            lins.append(lin[sel])
+            sels.append(sel)
+        small = self.n_groups * G * G < 2**31 and B * T * T < 2**31
+        dt = torch.int32 if small else torch.int64
+        return PairIndex(lin=torch.cat(lins).to(dt), sel=torch.cat(sels).to(dt), shape=(B, T))
+
+    def add_cells(
+        self, gene_slot: torch.Tensor | PairIndex, groups: torch.Tensor | None = None
+    ) -> PairIndex:
+        """Count a batch of cells with groups ``groups`` (B, M); returns its PairIndex."""
+        if isinstance(gene_slot, PairIndex) or groups is None:
+            raise ValueError("pass gene_slot and groups: the groups are counted here.")
+        index = self.prepare(gene_slot, groups)
+        ones = torch.ones(index.lin.shape[0], dtype=self.count.dtype, device=self.device)
+        self.count.view(-1).index_add_(0, index.lin, ones)
+        self.n_cells += index.shape[0]
+        g = self._global(groups).cpu().numpy().reshape(-1)
+        self.group_cells += np.bincount(g[g >= 0], minlength=self.n_groups)
+        return index
+
+    def merge(self, other: AttentionAccumulator) -> MultiGroupedAttentionAccumulator:
+        if not isinstance(other, MultiGroupedAttentionAccumulator) or other.sizes != self.sizes:
+            raise ValueError("cannot merge accumulators with different groupings.")
+        super().merge(other)
+        return self
+
+    def grouping(self, m: int) -> GroupedAttentionAccumulator:
+        """Grouping ``m`` as a :class:`GroupedAttentionAccumulator` (a copy)."""
+        if not 0 <= m < len(self.sizes):
+            raise IndexError(f"grouping {m} out of 0 … {len(self.sizes) - 1}.")
+        a, k = self.offsets[m], self.sizes[m]
+        acc = GroupedAttentionAccumulator(
+            self.genes,
+            n_groups=k,
+            layers=self.layers,
+            n_heads=self.n_heads,
+            per_head=self.per_head,
+            dtype=self.sum.dtype,
+            device=self.device,
+            scale=self.scale,
+            params={**self.params, "grouping": int(m)},
+        )
+        acc.sum.copy_(self.sum[:, :, a : a + k])
+        acc.count.copy_(self.count[a : a + k])
+        acc.group_cells = self.group_cells[a : a + k].copy()
+        acc.n_cells = int(acc.group_cells.sum())
+        return acc
+
+    def pooled(self) -> AttentionAccumulator:
+        raise NotImplementedError("pool one grouping: acc.grouping(m).pooled().")
+
+    def cumulative(self) -> list[AttentionAccumulator]:
+        raise NotImplementedError("nest one grouping: acc.grouping(m).cumulative().")
+
+
 # -- scGPT's rank normalisation ---------------------------------------------------------------
 def _rank(x: torch.Tensor, dim: int) -> torch.Tensor:
     """0-based ranks along ``dim`` (ties by position: stable sort)."""
@@ -834,7 +956,7 @@ def extract_attention_accumulator(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     groups: np.ndarray | Sequence[int] | None = None,
-    n_groups: int | None = None,
+    n_groups: int | Sequence[int] | None = None,
     length_buckets: bool | None = None,
 ) -> AttentionAccumulator:
     """Stream ``cells`` of ``adata`` through ``adapter`` and accumulate attention scores.
@@ -847,6 +969,9 @@ def extract_attention_accumulator(
     ``n_groups`` defaults to max + 1). Then every cell is folded into its group's
     accumulator in the same single pass and a :class:`GroupedAttentionAccumulator` is
     returned (strata for CSSI; smallest grid bucket for nested subsamples).
+    ``groups`` of shape (cells, M): M groupings of the same cells in one forward pass
+    (−1: the cell is not in that grouping; ``n_groups`` one size per grouping), returned
+    as a :class:`MultiGroupedAttentionAccumulator`.
 
     Inside a run with an executor (``executor:`` in the config), the cells go as shards
     to it and the merged accumulator comes back on the CPU (``edges/_attention_shards.py``).
@@ -856,7 +981,8 @@ def extract_attention_accumulator(
     from scfm_audit._executor import current_executor
 
     executor = current_executor()
-    if executor is not None:
+    # several groupings at once (M columns) stay in this process: shards merge one grouping
+    if executor is not None and not (groups is not None and np.ndim(groups) == 2):
         from scfm_audit.edges._attention_shards import has_active_hooks, sharded_accumulator
 
         if not has_active_hooks(adapter):  # a worker's model would not carry the hooks
@@ -883,18 +1009,37 @@ def extract_attention_accumulator(
     group_of: np.ndarray | None = None
     extra: dict[str, Any] = {}
     cls: type[AttentionAccumulator] = AttentionAccumulator
-    if groups is not None:
+    if groups is not None and np.ndim(groups) == 2:  # several groupings, one pass
+        g2 = np.asarray(groups, dtype=np.int64)
+        if g2.shape[0] != len(cell_idx):
+            raise ValueError(f"groups has {g2.shape[0]} rows for {len(cell_idx)} cells.")
+        if n_groups is None:
+            sizes = [int(c.max(initial=-1)) + 1 for c in g2.T]
+        elif isinstance(n_groups, int | np.integer):
+            raise ValueError("with several groupings, n_groups gives one size per grouping.")
+        else:
+            sizes = [int(k) for k in n_groups]
+        if len(sizes) != g2.shape[1]:
+            raise ValueError(f"n_groups has {len(sizes)} sizes for {g2.shape[1]} groupings.")
+        if len(np.unique(cell_idx)) != len(cell_idx):
+            raise ValueError("with groups, every cell may appear only once in cells.")
+        group_of = np.full((adata.n_obs, g2.shape[1]), -1, dtype=np.int64)
+        group_of[cell_idx] = g2
+        cls, extra = MultiGroupedAttentionAccumulator, {"n_groups": sizes}
+    elif groups is not None:
         g = np.asarray(groups, dtype=np.int64).reshape(-1)
         if g.shape[0] != len(cell_idx):
             raise ValueError(f"groups has {g.shape[0]} entries for {len(cell_idx)} cells.")
-        n_groups = int(n_groups) if n_groups is not None else int(g.max(initial=-1)) + 1
-        if g.size and (g.min() < 0 or g.max() >= n_groups):
-            raise ValueError(f"groups must lie in 0 … {n_groups - 1}.")
+        if n_groups is not None and not isinstance(n_groups, int | np.integer):
+            raise ValueError("with one grouping, n_groups is one number.")
+        k_groups = int(n_groups) if n_groups is not None else int(g.max(initial=-1)) + 1
+        if g.size and (g.min() < 0 or g.max() >= k_groups):
+            raise ValueError(f"groups must lie in 0 … {k_groups - 1}.")
         if len(np.unique(cell_idx)) != len(cell_idx):
             raise ValueError("with groups, every cell may appear only once in cells.")
         group_of = np.full(adata.n_obs, -1, dtype=np.int64)
         group_of[cell_idx] = g
-        cls, extra = GroupedAttentionAccumulator, {"n_groups": n_groups}
+        cls, extra = GroupedAttentionAccumulator, {"n_groups": k_groups}
     acc = cls(
         names,
         **extra,
