@@ -4,6 +4,7 @@ and cells, as the runner computed its pooled scores."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,30 @@ def edge_setup(
 
 
 _READOUT = ("normalisation", "symmetrise", "correction")
+
+#: memory of the per-group sums that one multi-grouping attention pass may hold (a
+#: grouping larger than this still gets its own pass, as before)
+GROUPED_PASS_BYTES = 1 << 30
+
+
+def grouping_passes(
+    sizes: Sequence[int], *, n_genes: int, n_layers: int, budget: int = GROUPED_PASS_BYTES
+) -> list[list[int]]:
+    """Groupings (by position) cut into consecutive batches, one attention pass each: a
+    batch holds as many groupings as fit ``budget`` bytes of float32 sums and int32 counts
+    (one G × G sum per layer and group, heads pooled), and at least one."""
+    per_group = 4 * n_genes * n_genes * (n_layers + 1)
+    out: list[list[int]] = []
+    used = 0
+    for m, k in enumerate(sizes):
+        need = int(k) * per_group
+        if out and used + need <= budget:
+            out[-1].append(m)
+            used += need
+        else:
+            out.append([m])
+            used = need
+    return out
 
 
 def attention_options(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

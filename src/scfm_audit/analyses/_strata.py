@@ -5,13 +5,14 @@ recomputed per stratum."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from scfm_audit.analyses._contract import AnalysisContext
-from scfm_audit.analyses._edge_source import attention_options, edge_setup
+from scfm_audit.analyses._edge_source import attention_options, edge_setup, grouping_passes
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import cssi_aggregate, hvg_pca, stratify
 
@@ -114,9 +115,66 @@ class StrataSource:
                     out[es.layer].append(es.dense())
         return out, sizes
 
+    def stratum_scores_many(self, labelings: Sequence[np.ndarray]) -> list[tuple[dict, np.ndarray]]:
+        """:meth:`stratum_scores` of several labellings of the same cells. Attention: one
+        forward pass for all of them (one grouping per labelling,
+        :class:`~scfm_audit.edges._attention.MultiGroupedAttentionAccumulator`; passes cut
+        by :func:`grouping_passes` so that the sums stay within its memory budget) instead
+        of a pass per labelling; other scorers: one after the other."""
+        if self.scorer != "attention" or len(labelings) < 2:
+            return [self.stratum_scores(lab) for lab in labelings]
+        from scfm_audit.edges._attention import (
+            MultiGroupedAttentionAccumulator,
+            extract_attention_accumulator,
+        )
+
+        o, readout = attention_options(self.opts)
+        layers = [L for L in self.layers if L is not None]
+        Ks = [int(lab.max()) + 1 for lab in labelings]
+        out: list[tuple[dict, np.ndarray]] = []
+        for batch in grouping_passes(Ks, n_genes=len(self.genes), n_layers=len(layers)):
+            if len(batch) == 1:
+                out.append(self.stratum_scores(labelings[batch[0]]))
+                continue
+            L2 = np.column_stack([labelings[m] for m in batch])
+            keep = np.flatnonzero((L2 >= 0).any(axis=1))
+            acc = extract_attention_accumulator(
+                self.model,
+                self.adata,
+                cells=keep,
+                genes=list(self.genes),
+                groups=L2[keep],
+                n_groups=[Ks[m] for m in batch],
+                layers=layers,
+                progress=False,
+                **o,
+            )
+            assert isinstance(acc, MultiGroupedAttentionAccumulator)  # several groupings
+            for j, m in enumerate(batch):
+                lab, grouped = labelings[m], acc.grouping(j)
+                per: dict = {L: [] for L in self.layers}
+                for k in range(Ks[m]):
+                    for es in grouped.group(k).to_edge_scores(**readout):
+                        if es.head is None:
+                            per[es.layer].append(es.dense())
+                out.append((per, np.bincount(lab[lab >= 0], minlength=Ks[m])))
+        return out
+
     def aggregated(self, labels: np.ndarray, variants=("mean", "max")) -> dict:
         """{(layer, variant): EdgeScores} of the CSSI aggregates."""
-        per, sizes = self.stratum_scores(labels)
+        return self._aggregate(*self.stratum_scores(labels), variants)
+
+    def aggregated_many(
+        self, labelings: Sequence[np.ndarray], variants: Sequence[Sequence[str]]
+    ) -> list[dict]:
+        """:meth:`aggregated` of several labellings (``variants``: one tuple per
+        labelling), their attention extracted in one pass (:meth:`stratum_scores_many`)."""
+        scored = self.stratum_scores_many(labelings)
+        return [
+            self._aggregate(per, sizes, v) for (per, sizes), v in zip(scored, variants, strict=True)
+        ]
+
+    def _aggregate(self, per: dict, sizes: np.ndarray, variants) -> dict:
         out = {}
         for L, mats in per.items():
             base = next(s for s in self.pooled if s.layer == L)

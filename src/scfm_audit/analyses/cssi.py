@@ -203,22 +203,29 @@ def run_cssi(ctx: AnalysisContext, p: CSSIParams) -> AnalysisResult:
                     f"({how}); CSSI equals pooled scoring, not tested."
                 )
                 continue
-            primary = src.aggregated(labels)
             # -- null stratifications: shuffled labels, sizes kept
             draws = random_strata(labels, p.n_null_strata, ctx.rng(ds, en, "null_strata"))
-            nulls = [
-                src.aggregated(sh, variants=(p.variant,))
-                for sh in ctx.progress(draws, description=f"cssi random strata {en}")
-            ]
             # -- K scan (descriptive)
-            scans = {}
+            scan_labels = {}
             n_cells = src.adata.n_obs
-            for K in ctx.progress(p.k_scan, description=f"cssi K scan {en}"):
+            for K in p.k_scan:
                 if K * p.min_stratum_size > n_cells:
                     continue
                 lab_k, _ = enforce_min_size(src.labels("kmeans", K)[0], p.min_stratum_size)
                 if lab_k.max() >= 1:
-                    scans[K] = (int(lab_k.max()) + 1, src.aggregated(lab_k))
+                    scan_labels[K] = lab_k
+            # every stratification scored at once (attention: one pass for all of them)
+            variants = (
+                [("mean", "max")]
+                + [(p.variant,)] * len(draws)
+                + [("mean", "max")] * len(scan_labels)
+            )
+            scored = src.aggregated_many([labels, *draws, *scan_labels.values()], variants)
+            primary, nulls = scored[0], scored[1 : 1 + len(draws)]
+            scans = {
+                K: (int(lab.max()) + 1, agg)
+                for (K, lab), agg in zip(scan_labels.items(), scored[1 + len(draws) :], strict=True)
+            }
             for ref_name, pairs in refs.items():
                 items = []
                 for base in pooled:

@@ -34,6 +34,7 @@ is reported as *descriptive* only, because it treats the dependent repeats as in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -50,7 +51,7 @@ from scfm_audit.analyses._contract import (
     register_analysis,
     source_label,
 )
-from scfm_audit.analyses._edge_source import attention_options, edge_setup
+from scfm_audit.analyses._edge_source import attention_options, edge_setup, grouping_passes
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import hvg_pca, recovery_metrics, stratify
 from scfm_audit.evaluate._recovery import candidate_pairs, pair_scores
@@ -143,6 +144,61 @@ def _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid):
     return out
 
 
+def _nested_scores_all(
+    ctx, scorer, model, opts, adata, genes, layers, orders, grid
+) -> Iterator[dict]:
+    """:func:`_nested_scores` of every repeat's order, one repeat after the other;
+    attention in one forward pass for all repeats (one grouping of grid buckets per
+    repeat, :class:`~scfm_audit.edges._attention.MultiGroupedAttentionAccumulator`; passes
+    cut by :func:`~scfm_audit.analyses._edge_source.grouping_passes`), not one per
+    repeat. The cells stream in position order, not in each repeat's order: the sums
+    agree with a per-repeat pass within float rounding."""
+    if scorer != "attention" or len(orders) < 2:
+        for order in orders:
+            yield _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid)
+        return
+    from scfm_audit.edges._attention import (
+        MultiGroupedAttentionAccumulator,
+        extract_attention_accumulator,
+    )
+
+    o, readout = attention_options(opts)
+    attn_layers = [L for L in layers if L is not None]
+    buckets = grid_buckets(grid)
+    labels = []
+    for order in orders:
+        lab = np.full(adata.n_obs, -1, dtype=np.int64)
+        lab[order[: grid[-1]]] = buckets
+        labels.append(lab)
+    sizes = [len(grid)] * len(orders)
+    for batch in grouping_passes(sizes, n_genes=len(genes), n_layers=len(attn_layers)):
+        if len(batch) == 1:
+            order = orders[batch[0]]
+            yield _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid)
+            continue
+        L2 = np.column_stack([labels[m] for m in batch])
+        keep = np.flatnonzero((L2 >= 0).any(axis=1))
+        acc = extract_attention_accumulator(
+            model,
+            adata,
+            cells=keep,
+            genes=list(genes),
+            groups=L2[keep],
+            n_groups=[len(grid)] * len(batch),
+            layers=attn_layers,
+            progress=False,
+            **o,
+        )
+        assert isinstance(acc, MultiGroupedAttentionAccumulator)  # several groupings
+        for j in range(len(batch)):
+            nested: dict = {L: [] for L in layers}
+            for cum in acc.grouping(j).cumulative():
+                for es in cum.to_edge_scores(**readout):
+                    if es.head is None and es.layer in nested:
+                        nested[es.layer].append(es)
+            yield nested
+
+
 def _demo(*, quick: bool, models: bool) -> dict:
     return {
         "scaling": {
@@ -211,10 +267,18 @@ def run_scaling(ctx: AnalysisContext, p: ScalingParams) -> AnalysisResult:
             scores: dict[str, dict[int | None, list[Any]]] = {
                 r: {L: [] for L in layers} for r in refs
             }
-            for rep in ctx.progress(range(p.n_repeats), description=f"scaling {ds}/{en}"):
-                rng = np.random.default_rng(ctx.seed_for(ds, "scaling", len(cells), rep))
-                order = nested_stratified_order(states, rng)
-                nested = _nested_scores(ctx, scorer, model, opts, adata, genes, layers, order, grid)
+            orders = [
+                nested_stratified_order(
+                    states, np.random.default_rng(ctx.seed_for(ds, "scaling", len(cells), rep))
+                )
+                for rep in range(p.n_repeats)
+            ]
+            per_repeat = _nested_scores_all(
+                ctx, scorer, model, opts, adata, genes, layers, orders, grid
+            )
+            for rep, nested in enumerate(
+                ctx.progress(per_repeat, description=f"scaling {ds}/{en}", total=len(orders))
+            ):
                 for L, sets in nested.items():
                     for ref_name, pairs in refs.items():
                         vecs = [pair_scores(es, pairs) for es in sets]
