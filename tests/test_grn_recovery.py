@@ -12,6 +12,7 @@ from scfm_audit.data import ReferenceNetwork, simulate_perturbseq
 from scfm_audit.edges import EdgeScores, coexpression
 from scfm_audit.evaluate import candidate_pairs, edge_recovery
 from scfm_audit.evaluate._recovery import (
+    RewiredNetworks,
     gene_roles,
     nan_lowest_ranks,
     pair_scores,
@@ -130,6 +131,23 @@ def test_planted_network_is_recovered_under_every_structure_preserving_null(plan
     assert r["p"] == r["p_degree_permutation"] < 0.001
     assert r["p_node_permutation"] < 0.01 and r["p_rewire"] < 0.05
     assert r["epr"] > 1.5
+
+
+@pytest.mark.parametrize("network", ["grn", "ppi"])
+def test_shared_rewired_networks_equal_a_chain_of_its_own(planted, network):
+    """H0: reading the rewiring null from networks shared by several score sets gives
+    exactly the draws a score set's own chain with that seed gives."""
+    bench, rho = planted
+    ref = bench.grn if network == "grn" else bench.ppi
+    pairs = candidate_pairs(rho.genes, ref)
+    own = edge_recovery(rho, pairs, n_boot=20, n_perm=19, n_rewire=30, seed=3)
+    shared = RewiredNetworks(pairs, 3 + 5)
+    noise = EdgeScores(np.random.default_rng(0).random(rho.scores.shape), rho.genes, "noise")
+    other = edge_recovery(noise, pairs, n_boot=20, n_perm=19, n_rewire=30, seed=9, rewired=shared)
+    got = edge_recovery(rho, pairs, n_boot=20, n_perm=19, n_rewire=30, seed=3, rewired=shared)
+    np.testing.assert_array_equal(got["null_rewiring"], own["null_rewiring"])
+    assert got["p_rewire"] == own["p_rewire"]
+    assert len(other["null_rewiring"]) == 30 and len(shared.networks(0, 30)) == 30
 
 
 def test_strong_effect_is_not_lost_to_the_permutation_floor(planted):

@@ -16,7 +16,9 @@ hub TFs and hub targets), so the verdict uses a null that keeps the reference's 
 * ``node_permutation`` — the same relabelling within roles only (degrees may move): H0
   "the reference is independent of the data"; credits gene-level degree predictors.
 * ``rewiring`` — Curveball degree-preserving rewiring (directed or undirected) — H0: the
-  reference is a uniform draw among networks with its degree sequence.
+  reference is a uniform draw among networks with its degree sequence. The rewired
+  networks do not depend on the scores: they are drawn once per dataset, reference and
+  gene set, and every score set on those genes is tested against the same draws.
 * ``label_shuffle`` (descriptive only) — H0: labels exchangeable across candidate pairs.
   It ignores the dependence among edges and over-rejects on hub-structured references.
 
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 from scfm_audit.evaluate._recovery import (
     CandidatePairs,
     NullName,
+    RewiredNetworks,
     candidate_pairs,
     edge_recovery,
     nan_lowest_ranks,
@@ -132,6 +135,9 @@ def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResu
         for ref_name in references:
             ref = ctx.reference(ref_name)
             curves, null_panels = {}, {}
+            # rewired networks depend on the reference and the genes, not on the scores:
+            # drawn once per gene set, every score set on those genes is tested on them
+            rewired: dict[tuple[str, ...], RewiredNetworks] = {}
             for en in edge_names:
                 score_sets = [s for s in ctx.edge_scores(en, ds) if p.per_head or s.head is None]
                 pairs_cache: dict[int, CandidatePairs] = {}
@@ -148,6 +154,11 @@ def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResu
                         )
                         break
                     is_head = es.head is not None
+                    gkey = tuple(es.genes)
+                    if gkey not in rewired:
+                        rewired[gkey] = RewiredNetworks(
+                            pairs, ctx.seed_for(ds, ref_name, "rewiring", len(gkey))
+                        )
                     r = edge_recovery(
                         es,
                         pairs,
@@ -158,6 +169,7 @@ def run_grn_recovery(ctx: AnalysisContext, p: GRNRecoveryParams) -> AnalysisResu
                         null=p.verdict_null,
                         transform=p.score_transform,
                         seed=ctx.seed_for(ds, ref_name, es.label),
+                        rewired=rewired[gkey],
                     )
                     row = {
                         "dataset": ds,

@@ -260,28 +260,66 @@ NULL_H0 = {
 }
 
 
-def _rewired_auroc_sampler(R: np.ndarray, pairs: CandidatePairs, seed: int) -> NullSampler:
+class RewiredNetworks:
+    """Degree-preserving rewirings of the positives of one candidate universe, drawn once
+    and shared: the rewired networks depend on the reference and the genes only, never on
+    the scores, so every score set on the same ``pairs`` can be tested against the same
+    draws (Curveball chains cost far more than reading a score set at them).
+
+    All draws come from one Besag–Clifford hub (parallel Curveball chains): every draw,
+    however many stages or score sets ask for them, is exchangeable with the reference
+    under H0. ``networks(a, b)`` gives draws ``a … b − 1`` (made on first request):
+    directed, flat positions ``source · n + target`` of each draw's edges in an
+    ``n × n`` matrix; undirected, its ``(low, high)`` index arrays.
+    """
+
+    def __init__(self, pairs: CandidatePairs, seed: int) -> None:
+        from scfm_audit.stats._rewire import rewire_labels, rewire_undirected
+
+        self.pairs = pairs
+        self.seed = int(seed)
+        n = len(pairs.genes)
+        src, tgt = pairs.source[pairs.label], pairs.target[pairs.label]
+        big = 1 << 40  # the chain is lazy: draws are made only when asked for
+        self._stream: Any
+        if pairs.directed:
+            labs = rewire_labels(src, tgt, n, n, n_draws=big, seed=seed, forbid_self_loops=True)
+            self._stream = (np.flatnonzero(lab) for lab in labs)
+        else:
+            self._stream = rewire_undirected(src, tgt, n, n_draws=big, seed=seed)
+        self._draws: list[Any] = []
+
+    def networks(self, a: int, b: int) -> list[Any]:
+        from itertools import islice
+
+        if b > len(self._draws):
+            self._draws.extend(islice(self._stream, b - len(self._draws)))
+        return self._draws[a:b]
+
+
+def _rewired_auroc_sampler(
+    R: np.ndarray, pairs: CandidatePairs, seed: int, shared: RewiredNetworks | None = None
+) -> NullSampler:
     """``draw(k, rng)`` giving the AUROCs of ``k`` more degree-preserving rewirings of the
-    positives. All draws come from one Besag–Clifford hub (parallel Curveball chains), so
-    that every draw, however many stages ask for them, is exchangeable with the reference
-    under H0."""
-    from itertools import islice
-
-    from scfm_audit.stats._rewire import rewire_labels, rewire_undirected
-
-    n = len(pairs.genes)
+    positives, read from ``shared`` (draws common to every score set on these pairs) or
+    from a chain of this score set's own (``seed``)."""
     n1 = pairs.n_pos
     n0 = len(pairs) - n1
-    src, tgt = pairs.source[pairs.label], pairs.target[pairs.label]
-    big = 1 << 40  # the chain is lazy: draws are made only when asked for
-    if pairs.directed:
-        labs = rewire_labels(src, tgt, n, n, n_draws=big, seed=seed, forbid_self_loops=True)
-        stream = (R[lab].sum() for lab in labs)
-    else:
-        stream = (R[a, b].sum() for a, b in rewire_undirected(src, tgt, n, n_draws=big, seed=seed))
+    flat = R.ravel()
+    at = 0
+    own: list[RewiredNetworks] = []
 
     def draw(k: int, rng: np.random.Generator) -> np.ndarray:
-        sums = np.fromiter(islice(stream, k), float, count=k)
+        nonlocal at
+        if shared is None and not own:
+            own.append(RewiredNetworks(pairs, seed))  # the chain starts when first asked
+        nets = shared if shared is not None else own[0]
+        got = nets.networks(at, at + k)
+        at += k
+        if pairs.directed:
+            sums = np.array([flat[idx].sum() for idx in got], dtype=float)
+        else:
+            sums = np.array([R[lo, hi].sum() for lo, hi in got], dtype=float)
         return (sums - n1 * (n1 + 1) / 2) / (n1 * n0)
 
     return draw
@@ -307,6 +345,7 @@ def edge_recovery(
     null: NullName = "degree_permutation",
     transform: str = "abs",
     seed: int = 0,
+    rewired: RewiredNetworks | None = None,
 ) -> dict[str, Any]:
     """Recovery metrics and null tests of one score set on one candidate universe.
 
@@ -320,6 +359,9 @@ def edge_recovery(
     ``p_rewire`` (NaN when ``n_rewire`` = 0 and it is not the verdict null),
     ``p_shuffle``; the draws as ``null_<name>``. ``not_assessable`` gives the reason when
     nothing can be tested (then every p is NaN).
+
+    ``rewired``: rewired networks of ``pairs`` shared with other score sets (the rewiring
+    null then reads them instead of running a chain of its own from ``seed``).
     """
     from scfm_audit.stats._montecarlo import adaptive_mc_pvalue, permute_within_classes
     from scfm_audit.stats._resampling import label_permutation_auroc
@@ -374,7 +416,7 @@ def edge_recovery(
     samplers = {
         "degree_permutation": relabel("degree"),
         "node_permutation": relabel("role"),
-        "rewiring": _rewired_auroc_sampler(R, pairs, seed + 5),
+        "rewiring": _rewired_auroc_sampler(R, pairs, seed + 5, rewired),
     }
     p_keys = {
         "degree_permutation": "p_degree_permutation",
