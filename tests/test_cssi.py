@@ -18,6 +18,7 @@ from scfm_audit.data._simulate import simulate_perturbseq
 from scfm_audit.edges._coexpression import coexpression
 from scfm_audit.edges._scores import EdgeScores
 from scfm_audit.evaluate._cssi import (
+    _auroc_of_codes,
     cssi_aggregate,
     enforce_min_size,
     hvg_pca,
@@ -26,7 +27,12 @@ from scfm_audit.evaluate._cssi import (
     stratify,
     top_k_f1,
 )
-from scfm_audit.evaluate._recovery import candidate_pairs, pair_scores
+from scfm_audit.evaluate._recovery import (
+    auroc_from_ranks,
+    candidate_pairs,
+    nan_lowest_ranks,
+    pair_scores,
+)
 
 SIM = dict(n_cells=600, n_genes=120, n_tfs=12, n_perturbations=2, seed=3)
 
@@ -172,3 +178,21 @@ def test_calibration_harness_small():
     assert rate["hub_null_heterogeneous"] <= 0.15
     assert rate["modules_homogeneous_random_strata"] <= 0.15
     assert rate["planted_state_edges_2"] >= 0.4  # ~0.6 at 300 cells x 80 genes
+
+
+def test_auroc_by_counting_equals_auroc_by_ranks():
+    """H0: the permutation null's AUROC from histograms of integer codes is the rank AUROC
+    (ties ½) to the last bit, also for mixtures of two rankings with ties."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    label = rng.random(n) < 0.1
+    a = np.round(rng.normal(size=n), 1)  # ties
+    b = rng.normal(size=n) + label
+    a[rng.random(n) < 0.05] = np.nan
+    ca = np.rint(2 * nan_lowest_ranks(a)).astype(np.int64)
+    cb = np.rint(2 * nan_lowest_ranks(b)).astype(np.int64)
+    for _ in range(20):
+        flip = rng.random(n) < 0.5
+        mixed = np.where(flip, nan_lowest_ranks(b) / n, nan_lowest_ranks(a) / n)
+        want = auroc_from_ranks(nan_lowest_ranks(mixed), label)
+        assert _auroc_of_codes(np.where(flip, cb, ca), label, 2 * n + 1) == want
