@@ -61,6 +61,33 @@ def test_weighted_auroc_equals_auroc_of_replicated_cases():
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_auroc_and_f1_of_counts_are_the_general_ones_bitwise(seed):
+    """H0: with whole-number weights the running-sum AUROC and top-K F1 equal the general
+    formulas to the last bit (ties, NaN scores, no positives)."""
+    from scfm_audit.evaluate._recovery import counts_top_k_f1
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 2000))
+    y = rng.random(n) < (0.0 if seed == 5 else 0.1)
+    s = rng.normal(size=n) + y
+    if seed % 2:
+        s = np.round(s, 1)
+    s[rng.random(n) < 0.1] = np.nan
+    W = rng.multinomial(n, np.full(n, 1 / n), size=7) * rng.integers(0, 3, size=(7, n))
+    W = W.astype(float)
+    np.testing.assert_array_equal(
+        weighted_auroc(s, y, W, counts=True), weighted_auroc(s, y, W), strict=True
+    )
+    order = np.argsort(-np.where(np.isnan(s), -np.inf, s), kind="stable")
+    Wo, yo = W[:, order], y[order].astype(float)
+    K = (Wo * yo).sum(1, keepdims=True)
+    top = np.cumsum(Wo, axis=1) <= K
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = 2 * (Wo * yo * top).sum(1) / ((Wo * top).sum(1) + K[:, 0])
+    np.testing.assert_array_equal(counts_top_k_f1(Wo, np.flatnonzero(yo)), want)
+
+
 def _random_setting(seed=0, n_genes=40, directed=True):
     rng = np.random.default_rng(seed)
     genes = pd.Index([f"g{i}" for i in range(n_genes)])

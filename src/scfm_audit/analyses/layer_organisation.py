@@ -96,7 +96,7 @@ def depth_trend(
             cols = []
             for ss, pairs in srt[key]:
                 W = w[:, pairs.source[ss.order]] * w[:, pairs.target[ss.order]]
-                cols.append(ss.weighted_auroc(W))
+                cols.append(ss.weighted_auroc(W, counts=True))  # multiplicities
             out.append(np.stack(cols, axis=1))
         return np.stack(out, axis=1)
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 from scfm_audit.evaluate._recovery import (
     CandidatePairs,
     auroc_from_ranks,
+    counts_top_k_f1,
     gene_roles,
     nan_lowest_ranks,
     weighted_auroc,
@@ -237,21 +238,16 @@ def _auroc_of_codes(codes: np.ndarray, label: np.ndarray, size: int) -> float:
 
 
 def _weighted_f1(scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Top-K F1 with case weights ``W`` (b, n): the top pairs up to weight K = Σ W·label."""
+    """Top-K F1 with bootstrap multiplicities ``W`` (b, n): the top pairs up to weight
+    K = Σ W·label (:func:`~scfm_audit.evaluate._recovery.counts_top_k_f1`)."""
     s = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-s, kind="stable")
-    Wo, y = W[:, order], label[order].astype(float)
-    K = (Wo * y).sum(1, keepdims=True)
-    top = np.cumsum(Wo, axis=1) <= K
-    tp = (Wo * y * top).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1: np.ndarray = 2 * tp / ((Wo * top).sum(1) + K[:, 0])
-    return f1
+    return counts_top_k_f1(W[:, order], np.flatnonzero(np.asarray(label, bool)[order]))
 
 
 def _weighted(metric: Metric, scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.ndarray:
     if metric == "auroc":
-        return weighted_auroc(scores, label, W)
+        return weighted_auroc(scores, label, W, counts=True)  # bootstrap multiplicities
     return _weighted_f1(scores, label, W)
 
 

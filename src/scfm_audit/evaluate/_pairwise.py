@@ -138,7 +138,7 @@ def paired_vertex_bootstrap(
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
         W = w[:, src] * w[:, tgt]
         for k, srt in sorted_.items():
-            out[k][a : a + b] = srt.weighted_auroc(W[:, srt.order])
+            out[k][a : a + b] = srt.weighted_auroc(W[:, srt.order], counts=True)
     return pd.DataFrame(out)
 
 

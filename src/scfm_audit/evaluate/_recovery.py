@@ -206,7 +206,7 @@ def vertex_bootstrap_auroc(
         w = np.zeros((b, n))
         for idx in strata:
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
-        dist[a : a + b] = sorted_.weighted_auroc(w[:, src] * w[:, tgt])
+        dist[a : a + b] = sorted_.weighted_auroc(w[:, src] * w[:, tgt], counts=True)
     dist = dist[np.isfinite(dist)]
     if len(dist) == 0:
         return float("nan"), float("nan"), dist
@@ -223,10 +223,27 @@ class _SortedScores:
         s_sorted = s[self.order]
         self.starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
         self.pos = label[self.order].astype(float)
+        # for counts: each positive's position, its tie group's [start, end) and how many
+        # positives lie before the group's start and before its end
+        n = len(s_sorted)
+        self.p_at = np.flatnonzero(self.pos > 0)
+        group = np.cumsum(np.r_[True, s_sorted[1:] != s_sorted[:-1]]) - 1 if n else np.zeros(0)
+        ends = np.r_[self.starts[1:], n]
+        self.g_start = self.starts[group[self.p_at]] if n else self.p_at
+        self.g_end = ends[group[self.p_at]] if n else self.p_at
+        self.p_before_start = np.searchsorted(self.p_at, self.g_start)
+        self.p_before_end = np.searchsorted(self.p_at, self.g_end)
 
-    def weighted_auroc(self, W: np.ndarray) -> np.ndarray:
+    def weighted_auroc(self, W: np.ndarray, *, counts: bool = False) -> np.ndarray:
         """AUROC with case weights ``W`` ``(b, n)`` given in sorted order: Σ over
-        positive–negative pairs of ``W_i W_j`` (½ on tied scores) over ``ΣW_pos · ΣW_neg``."""
+        positive–negative pairs of ``W_i W_j`` (½ on tied scores) over ``ΣW_pos · ΣW_neg``.
+
+        ``counts``: the weights are whole numbers (bootstrap multiplicities and their
+        products). Then every sum is an exact integer or half in float64, and the AUROC is
+        read from one running sum and the positives' columns (a third of the passes over
+        ``W``) — the same value to the last bit."""
+        if counts:
+            return self._counts_auroc(W)
         gp = np.add.reduceat(W * self.pos, self.starts, axis=1)
         gn = np.add.reduceat(W * (1 - self.pos), self.starts, axis=1)
         below = np.cumsum(gn, axis=1) - gn
@@ -234,14 +251,61 @@ class _SortedScores:
             auc: np.ndarray = (gp * (below + 0.5 * gn)).sum(1) / (gp.sum(1) * gn.sum(1))
         return auc
 
+    def _counts_auroc(self, W: np.ndarray) -> np.ndarray:
+        W = np.asarray(W, dtype=np.float64)
+        b = W.shape[0]
+        if len(self.p_at) == 0:
+            return np.full(b, np.nan)
+        C = np.cumsum(W, axis=1)  # running weight, inclusive
+        Wp = W[:, self.p_at]
+        PC = np.cumsum(Wp, axis=1)  # running positive weight, inclusive
 
-def weighted_auroc(scores: np.ndarray, label: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        def at(M: np.ndarray, j: np.ndarray) -> np.ndarray:  # M[:, j - 1], 0 where j = 0
+            return np.where(j > 0, M[:, np.maximum(j - 1, 0)], 0.0)
+
+        c0, c1 = at(C, self.g_start), at(C, self.g_end)
+        p0, p1 = at(PC, self.p_before_start), at(PC, self.p_before_end)
+        neg_below = c0 - p0  # negatives' weight in the groups below
+        neg_tied = (c1 - c0) - (p1 - p0)  # negatives' weight in the positive's own group
+        w_pos = PC[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc: np.ndarray = (Wp * (neg_below + 0.5 * neg_tied)).sum(1) / (
+                w_pos * (C[:, -1] - w_pos)
+            )
+        return auc
+
+
+def counts_top_k_f1(Wo: np.ndarray, p_at: np.ndarray) -> np.ndarray:
+    """Top-K F1 for each row of whole-number weights ``Wo`` ``(b, n)`` given in descending
+    score order (ties by position), positives at columns ``p_at`` (ascending): the top
+    pairs up to weight K = Σ positive weight are called edges. The value of
+    ``2 Σ Wo·y·top / (Σ Wo·top + K)`` with ``top = cumsum(Wo) ≤ K``, read from running
+    sums (the weights are ≥ 0, so ``top`` is a prefix); every sum is an exact integer."""
+    Wo = np.asarray(Wo, dtype=np.float64)
+    b = Wo.shape[0]
+    C = np.cumsum(Wo, axis=1)
+    PC = np.cumsum(Wo[:, p_at], axis=1)
+    K = PC[:, -1] if len(p_at) else np.zeros(b)
+    rows = np.arange(b)
+    t = np.array([np.searchsorted(C[r], K[r], side="right") for r in rows], dtype=np.int64)
+    top_w = np.where(t > 0, C[rows, np.maximum(t - 1, 0)], 0.0)
+    j = (p_at[None, :] < t[:, None]).sum(1)
+    tp = np.where(j > 0, PC[rows, np.maximum(j - 1, 0)], 0.0) if len(p_at) else np.zeros(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1: np.ndarray = 2 * tp / (top_w + K)
+    return f1
+
+
+def weighted_auroc(
+    scores: np.ndarray, label: np.ndarray, weights: np.ndarray, *, counts: bool = False
+) -> np.ndarray:
     """AUROC of ``scores`` with case weights, for each row of ``weights`` ``(b, n)`` (or
     ``(n,)``): equal to the AUROC of the data with case ``i`` repeated ``weights[i]`` times.
-    NaN scores rank lowest; ties count ½."""
+    NaN scores rank lowest; ties count ½. ``counts``: the weights are whole numbers (faster,
+    same value)."""
     srt = _SortedScores(np.asarray(scores, float), np.asarray(label, bool))
     W = np.atleast_2d(np.asarray(weights, float))[:, srt.order]
-    out = srt.weighted_auroc(W)
+    out = srt.weighted_auroc(W, counts=counts)
     return out if np.ndim(weights) == 2 else out[0]
 
 

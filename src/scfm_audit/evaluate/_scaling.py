@@ -31,7 +31,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from scfm_audit.evaluate._recovery import CandidatePairs, _SortedScores, gene_roles
+from scfm_audit.evaluate._recovery import (
+    CandidatePairs,
+    _SortedScores,
+    counts_top_k_f1,
+    gene_roles,
+)
 
 Metric = Literal["auroc", "f1"]
 
@@ -164,16 +169,13 @@ class _Scored:
         self.label = np.asarray(label, bool)
         self.srt = _SortedScores(s, self.label)
         self.order = np.argsort(-np.where(np.isnan(s), -np.inf, s), kind="stable")
+        self.p_at = np.flatnonzero(self.label[self.order])
 
     def metric(self, metric: Metric, W: np.ndarray) -> np.ndarray:
+        """``metric`` for each row of bootstrap multiplicities ``W`` (whole numbers)."""
         if metric == "auroc":
-            return self.srt.weighted_auroc(W[:, self.srt.order])
-        Wo, y = W[:, self.order], self.label[self.order].astype(float)
-        K = (Wo * y).sum(1, keepdims=True)
-        top = np.cumsum(Wo, axis=1) <= K
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1: np.ndarray = 2 * (Wo * y * top).sum(1) / ((Wo * top).sum(1) + K[:, 0])
-        return f1
+            return self.srt.weighted_auroc(W[:, self.srt.order], counts=True)
+        return counts_top_k_f1(W[:, self.order], self.p_at)
 
 
 def decline_test(
