@@ -233,6 +233,13 @@ class _SortedScores:
         self.g_end = ends[group[self.p_at]] if n else self.p_at
         self.p_before_start = np.searchsorted(self.p_at, self.g_start)
         self.p_before_end = np.searchsorted(self.p_at, self.g_end)
+        # the running weight is needed only just before and at the end of each positive's
+        # group, and at the end: segment sums up to those positions, then their running sum
+        cuts = np.unique(np.r_[self.g_start[self.g_start > 0] - 1, self.g_end - 1, n - 1])
+        cuts = cuts[cuts >= 0].astype(np.int64)
+        self.seg_starts = np.r_[0, cuts[:-1] + 1].astype(np.int64)
+        self.at_start = np.searchsorted(cuts, self.g_start - 1)
+        self.at_end = np.searchsorted(cuts, self.g_end - 1)
 
     def weighted_auroc(self, W: np.ndarray, *, counts: bool = False) -> np.ndarray:
         """AUROC with case weights ``W`` ``(b, n)`` given in sorted order: Σ over
@@ -256,15 +263,18 @@ class _SortedScores:
         b = W.shape[0]
         if len(self.p_at) == 0:
             return np.full(b, np.nan)
-        C = np.cumsum(W, axis=1)  # running weight, inclusive
+        # running weight (inclusive) at the cut positions only
+        C = np.cumsum(np.add.reduceat(W, self.seg_starts, axis=1), axis=1)
         Wp = W[:, self.p_at]
         PC = np.cumsum(Wp, axis=1)  # running positive weight, inclusive
 
-        def at(M: np.ndarray, j: np.ndarray) -> np.ndarray:  # M[:, j - 1], 0 where j = 0
-            return np.where(j > 0, M[:, np.maximum(j - 1, 0)], 0.0)
+        def at(M: np.ndarray, j: np.ndarray, k: np.ndarray) -> np.ndarray:
+            return np.where(j > 0, M[:, np.minimum(k, M.shape[1] - 1)], 0.0)  # 0 before 0
 
-        c0, c1 = at(C, self.g_start), at(C, self.g_end)
-        p0, p1 = at(PC, self.p_before_start), at(PC, self.p_before_end)
+        c0 = at(C, self.g_start, self.at_start)  # weight below the positive's group
+        c1 = C[:, self.at_end]  # weight up to the end of its group
+        p0 = at(PC, self.p_before_start, self.p_before_start - 1)
+        p1 = at(PC, self.p_before_end, self.p_before_end - 1)
         neg_below = c0 - p0  # negatives' weight in the groups below
         neg_tied = (c1 - c0) - (p1 - p0)  # negatives' weight in the positive's own group
         w_pos = PC[:, -1]
