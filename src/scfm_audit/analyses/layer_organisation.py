@@ -95,7 +95,9 @@ def depth_trend(
         for key in ("ppi", "tf"):
             cols = []
             for ss, pairs in srt[key]:
-                W = w[:, pairs.source[ss.order]] * w[:, pairs.target[ss.order]]
+                W = np.take(w, pairs.source[ss.order], axis=1) * np.take(
+                    w, pairs.target[ss.order], axis=1
+                )
                 cols.append(ss.weighted_auroc(W, counts=True))  # multiplicities
             out.append(np.stack(cols, axis=1))
         return np.stack(out, axis=1)

@@ -242,7 +242,9 @@ def _weighted_f1(scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.nda
     K = Σ W·label (:func:`~scfm_audit.evaluate._recovery.counts_top_k_f1`)."""
     s = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-s, kind="stable")
-    return counts_top_k_f1(W[:, order], np.flatnonzero(np.asarray(label, bool)[order]))
+    return counts_top_k_f1(
+        np.take(W, order, axis=1), np.flatnonzero(np.asarray(label, bool)[order])
+    )
 
 
 def _weighted(metric: Metric, scores: np.ndarray, label: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -320,7 +322,7 @@ def paired_comparison(
         w = np.zeros((k, ng))
         for idx in strata:
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=k)
-        W = w[:, pairs.source] * w[:, pairs.target]
+        W = np.take(w, pairs.source, axis=1) * np.take(w, pairs.target, axis=1)
         da[s0 : s0 + k] = _weighted(metric, a, label, W)
         db[s0 : s0 + k] = _weighted(metric, b, label, W)
     ok = np.isfinite(da) & np.isfinite(db)

@@ -136,9 +136,9 @@ def paired_vertex_bootstrap(
         w = np.zeros((b, n))
         for idx in strata:
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
-        W = w[:, src] * w[:, tgt]
+        W = np.take(w, src, axis=1) * np.take(w, tgt, axis=1)
         for k, srt in sorted_.items():
-            out[k][a : a + b] = srt.weighted_auroc(W[:, srt.order], counts=True)
+            out[k][a : a + b] = srt.weighted_auroc(np.take(W, srt.order, axis=1), counts=True)
     return pd.DataFrame(out)
 
 

@@ -206,7 +206,8 @@ def vertex_bootstrap_auroc(
         w = np.zeros((b, n))
         for idx in strata:
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=b)
-        dist[a : a + b] = sorted_.weighted_auroc(w[:, src] * w[:, tgt], counts=True)
+        W = np.take(w, src, axis=1) * np.take(w, tgt, axis=1)
+        dist[a : a + b] = sorted_.weighted_auroc(W, counts=True)
     dist = dist[np.isfinite(dist)]
     if len(dist) == 0:
         return float("nan"), float("nan"), dist
@@ -265,7 +266,7 @@ class _SortedScores:
             return np.full(b, np.nan)
         # running weight (inclusive) at the cut positions only
         C = np.cumsum(np.add.reduceat(W, self.seg_starts, axis=1), axis=1)
-        Wp = W[:, self.p_at]
+        Wp = np.take(W, self.p_at, axis=1)
         PC = np.cumsum(Wp, axis=1)  # running positive weight, inclusive
 
         def at(M: np.ndarray, j: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -314,7 +315,7 @@ def weighted_auroc(
     NaN scores rank lowest; ties count ½. ``counts``: the weights are whole numbers (faster,
     same value)."""
     srt = _SortedScores(np.asarray(scores, float), np.asarray(label, bool))
-    W = np.atleast_2d(np.asarray(weights, float))[:, srt.order]
+    W = np.take(np.atleast_2d(np.asarray(weights, float)), srt.order, axis=1)
     out = srt.weighted_auroc(W, counts=counts)
     return out if np.ndim(weights) == 2 else out[0]
 

@@ -174,8 +174,8 @@ class _Scored:
     def metric(self, metric: Metric, W: np.ndarray) -> np.ndarray:
         """``metric`` for each row of bootstrap multiplicities ``W`` (whole numbers)."""
         if metric == "auroc":
-            return self.srt.weighted_auroc(W[:, self.srt.order], counts=True)
-        return counts_top_k_f1(W[:, self.order], self.p_at)
+            return self.srt.weighted_auroc(np.take(W, self.srt.order, axis=1), counts=True)
+        return counts_top_k_f1(np.take(W, self.order, axis=1), self.p_at)
 
 
 def decline_test(
@@ -214,7 +214,7 @@ def decline_test(
         w = np.zeros((k, ng))
         for idx in strata:
             w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=k)
-        W = w[:, pairs.source] * w[:, pairs.target]
+        W = np.take(w, pairs.source, axis=1) * np.take(w, pairs.target, axis=1)
         da = np.mean([x.metric(metric, W) for x in a], axis=0)
         db = np.mean([x.metric(metric, W) for x in b], axis=0)
         d[s0 : s0 + k] = da - db
