@@ -36,6 +36,7 @@ from scfm_audit.models.geneformer._tokenize import (
     build_gene_plan,
     counts_block,
     pad_sequences,
+    perturbed_sequences,
     rank_value_sequences,
     resolve_gene,
     spec_counts,
@@ -486,27 +487,16 @@ class GeneformerAdapter(ModelAdapter):
             hit = gidx[(ids == token) & mask]
             if hit.size:
                 pos = int(hit[0])
-        special = self.version == "V2"
-        seqs, poss = [], []
-        for b in range(ids.shape[0]):
-            seq = ids[b][mask[b]].tolist()
-            genes_at = gidx[b][mask[b]].tolist()
-            if token in seq:
-                k = seq.index(token)
-                del seq[k]
-                del genes_at[k]
-            if mode == "overexpress":
-                at = 1 if special else 0
-                seq.insert(at, token)
-                genes_at.insert(at, pos)
-                n = self.model_input_size
-                if len(seq) > n:
-                    if special:
-                        seq, genes_at = [*seq[: n - 1], seq[-1]], [*genes_at[: n - 1], genes_at[-1]]
-                    else:
-                        seq, genes_at = seq[:n], genes_at[:n]
-            seqs.append(np.asarray(seq, dtype=np.int64))
-            poss.append(np.asarray(genes_at, dtype=np.int64))
+        seqs, poss = perturbed_sequences(
+            ids,
+            gidx,
+            mask,
+            token,
+            pos,
+            mode=mode,
+            special=self.version == "V2",
+            limit=self.model_input_size,
+        )
         out = self._pad(seqs, poss, batch.cell_index)
         return out.to(batch.input_ids.device)
 

@@ -321,3 +321,43 @@ def resolve_gene(
         f"gene {g!r} is neither a var name of the tokenized dataset nor an Ensembl id "
         f"of {model}'s token dictionary."
     )
+
+
+def perturbed_sequences(
+    ids: np.ndarray,
+    gidx: np.ndarray,
+    mask: np.ndarray,
+    token: int,
+    pos: int,
+    *,
+    mode: str,
+    special: bool,
+    limit: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each row's unpadded (token ids, var positions) after deleting ``token`` (``delete``)
+    or moving it first — right after ``<cls>`` when ``special`` (V2) — (``overexpress``),
+    cut to ``limit`` tokens keeping ``<eos>`` last in V2 (``perturber_utils``'
+    ``delete_indices`` / ``overexpress_tokens``)."""
+    seqs, poss = [], []
+    for b in range(ids.shape[0]):
+        seq = ids[b][mask[b]].tolist()
+        genes_at = gidx[b][mask[b]].tolist()
+        if token in seq:
+            k = seq.index(token)
+            del seq[k]
+            del genes_at[k]
+        if mode == "overexpress":
+            at = 1 if special else 0
+            seq.insert(at, token)
+            genes_at.insert(at, pos)
+            if len(seq) > limit:
+                if special:
+                    seq, genes_at = (
+                        [*seq[: limit - 1], seq[-1]],
+                        [*genes_at[: limit - 1], genes_at[-1]],
+                    )
+                else:
+                    seq, genes_at = seq[:limit], genes_at[:limit]
+        seqs.append(np.asarray(seq, dtype=np.int64))
+        poss.append(np.asarray(genes_at, dtype=np.int64))
+    return seqs, poss
