@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from scfm_audit.models._base import (
@@ -34,7 +33,7 @@ from scfm_audit.models.geneformer._modules import bert_layer_weights
 from scfm_audit.models.geneformer._tokenize import (
     GenePlan,
     build_gene_plan,
-    counts_block,
+    gene_count_sums,
     pad_sequences,
     perturbed_sequences,
     rank_value_sequences,
@@ -42,6 +41,7 @@ from scfm_audit.models.geneformer._tokenize import (
     spec_counts,
     spec_gene_column,
     var_ids,
+    warn_untokenized,
 )
 
 
@@ -237,14 +237,8 @@ class GeneformerAdapter(ModelAdapter):
         column = gene_id_column or self.gene_id_column or spec_gene_column(adata)
         raw, column = var_ids(adata, column)
         key = (id(adata), column, adata.n_vars)
-        plan = self._plan
-        if (
-            plan is not None
-            and plan.key == key
-            and np.array_equal(plan.ids, raw)
-            and plan.var_names.equals(pd.Index(adata.var_names.astype(str)))
-        ):
-            return plan
+        if self._plan is not None and self._plan.fits(adata, raw, key):
+            return self._plan
         plan = build_gene_plan(
             adata,
             raw,
@@ -266,10 +260,7 @@ class GeneformerAdapter(ModelAdapter):
         if counts is None:
             counts = spec_counts(adata)
         seen = plan.var_token >= 0
-        col_sums = np.zeros(adata.n_vars, dtype=np.float64)
-        for start in range(0, adata.n_obs, 8192):
-            block = counts_block(adata, np.arange(start, min(start + 8192, adata.n_obs)), counts)
-            col_sums += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
+        col_sums = gene_count_sums(adata, counts)
         total = float(col_sums.sum())
         return VocabularyReport(
             model=self.name,
@@ -328,22 +319,7 @@ class GeneformerAdapter(ModelAdapter):
             limit=self.model_input_size - 2 if special else self.model_input_size,
             specials=self._specials() if special else None,
         )
-        if n_bad:
-            warnings.warn(
-                f"{len(n_bad)} cell(s) have zero or non-finite n_counts (obs positions "
-                f"{n_bad[:5]}); they are tokenized without gene tokens.",
-                UserWarning,
-                stacklevel=2,
-            )
-        bad_set = set(n_bad)
-        empty = [int(c) for c, p in zip(idx, poss) if not (p >= 0).any() and int(c) not in bad_set]
-        if empty:
-            warnings.warn(
-                f"{len(empty)} cell(s) express no gene of the vocabulary (obs positions "
-                f"{empty[:5]}); their sequences hold no gene tokens.",
-                UserWarning,
-                stacklevel=2,
-            )
+        warn_untokenized(idx, poss, n_bad, stacklevel=3)
         return self._pad(seqs, poss, idx)
 
     def _specials(self) -> tuple[int, int]:

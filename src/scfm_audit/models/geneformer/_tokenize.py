@@ -46,6 +46,15 @@ class GenePlan:
     missing: list[str]  # var genes not in the vocabulary (or without median)
     no_median: list[str]
 
+    def fits(self, adata, raw: np.ndarray, key: tuple) -> bool:
+        """Whether this plan was made for ``adata`` as it is now (same object, id column
+        and ids, same var names): an edited ``var`` gets a new plan."""
+        return (
+            self.key == key
+            and np.array_equal(self.ids, raw)
+            and self.var_names.equals(pd.Index(adata.var_names.astype(str)))
+        )
+
 
 def _strip_version(ids: pd.Series, known: Mapping) -> pd.Series:
     """``ENSG….12`` → ``ENSG…`` where the raw id is unknown and the bare id is known."""
@@ -192,6 +201,38 @@ def counts_block(adata, idx: np.ndarray, counts: str):
     from scfm_audit.data._dataset import DatasetSpec, counts_matrix
 
     return counts_matrix(adata, DatasetSpec(counts=counts), obs=idx)
+
+
+def gene_count_sums(adata, counts: str, chunk: int = 8192) -> np.ndarray:
+    """Each gene's total counts over all cells (float64), read in blocks of cells."""
+    sums = np.zeros(adata.n_vars, dtype=np.float64)
+    for start in range(0, adata.n_obs, chunk):
+        block = counts_block(adata, np.arange(start, min(start + chunk, adata.n_obs)), counts)
+        sums += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
+    return sums
+
+
+def warn_untokenized(
+    idx: np.ndarray, poss: Sequence[np.ndarray], n_bad: Sequence[int], *, stacklevel: int = 2
+) -> None:
+    """Warn about cells that get no gene tokens: zero or non-finite ``n_counts``
+    (``n_bad``), or no expressed gene of the vocabulary (every position in ``poss`` < 0)."""
+    if n_bad:
+        warnings.warn(
+            f"{len(n_bad)} cell(s) have zero or non-finite n_counts (obs positions "
+            f"{list(n_bad)[:5]}); they are tokenized without gene tokens.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    bad_set = set(n_bad)
+    empty = [int(c) for c, p in zip(idx, poss) if not (p >= 0).any() and int(c) not in bad_set]
+    if empty:
+        warnings.warn(
+            f"{len(empty)} cell(s) express no gene of the vocabulary (obs positions "
+            f"{empty[:5]}); their sequences hold no gene tokens.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def rank_value_sequences(
