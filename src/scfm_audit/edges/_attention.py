@@ -116,6 +116,7 @@ __all__ = [
     "SCORE_KINDS",
     "AttentionAccumulator",
     "GroupedAttentionAccumulator",
+    "GroupingsIndex",
     "MultiGroupedAttentionAccumulator",
     "PairIndex",
     "average_product_correction",
@@ -180,6 +181,15 @@ class PairIndex:
     lin: torch.Tensor
     sel: torch.Tensor | None
     shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GroupingsIndex(PairIndex):
+    """A batch's pairs for several groupings: ``lin`` / ``sel`` as in :class:`PairIndex`
+    (no group offset), and per grouping ``(lin, keep)``: the pairs' linear indices into
+    the grouped buffer and which of the ``N`` pairs belong to it (None: all)."""
+
+    parts: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] = ()
 
 
 class AttentionAccumulator:
@@ -340,7 +350,12 @@ class AttentionAccumulator:
             v = src.reshape(-1)
             if index.sel is not None:
                 v = v[index.sel]
-            buf[h].index_add_(0, index.lin, v.to(device=self.device, dtype=buf.dtype))
+            self._add(buf[h], index, v.to(device=self.device, dtype=buf.dtype))
+
+    def _add(self, buf: torch.Tensor, index: PairIndex, v: torch.Tensor) -> None:
+        """Fold the kept pairs' values ``v`` into one head's flat sums (an accumulator of
+        several groupings folds them once per grouping)."""
+        buf.index_add_(0, index.lin, v)
 
     def update(
         self,
@@ -709,9 +724,9 @@ class MultiGroupedAttentionAccumulator(GroupedAttentionAccumulator):
         return torch.where(g >= 0, g + off, -1)
 
     def prepare(self, gene_slot: torch.Tensor, groups: torch.Tensor | None = None) -> PairIndex:
-        """The pairs of every grouping, one after the other: ``lin`` offset by each
-        grouping's buffer group, ``sel`` repeated (a cell outside a grouping drops out of
-        that grouping's part)."""
+        """The batch's pairs once (special tokens, padding and genes not accumulated
+        dropped) and, per grouping, their indices offset by the cell's group in it (a cell
+        outside a grouping drops out of that grouping's part)."""
         if groups is None:
             raise ValueError("MultiGroupedAttentionAccumulator needs the groups of every cell.")
         g = self._global(groups)
@@ -722,33 +737,53 @@ class MultiGroupedAttentionAccumulator(GroupedAttentionAccumulator):
         if slot.numel() and int(slot.max()) >= G:
             raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
         B, T = slot.shape
-        valid = slot >= 0
-        pair = (valid[:, :, None] & valid[:, None, :]).reshape(B, -1)  # (B, T·T)
-        base = (slot[:, :, None] * G + slot[:, None, :]).reshape(B, -1)
-        lins, sels = [], []
-        for m in range(g.shape[1]):
-            inside = g[:, m] >= 0
-            sel = (pair & inside[:, None]).reshape(-1).nonzero().squeeze(1)
-            lin = (base + (g[:, m].clamp(min=0) * (G * G))[:, None]).reshape(-1)
-            lins.append(lin[sel])
-            sels.append(sel)
         small = self.n_groups * G * G < 2**31 and B * T * T < 2**31
         dt = torch.int32 if small else torch.int64
-        return PairIndex(lin=torch.cat(lins).to(dt), sel=torch.cat(sels).to(dt), shape=(B, T))
+        valid = slot >= 0
+        base = (slot[:, :, None] * G + slot[:, None, :]).reshape(-1)
+        sel: torch.Tensor | None = None
+        if bool(valid.all()):
+            cell = torch.arange(B, device=self.device).repeat_interleave(T * T)
+        else:
+            sel = (valid[:, :, None] & valid[:, None, :]).reshape(-1).nonzero().squeeze(1)
+            base, cell = base[sel], sel // (T * T)
+        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for m in range(g.shape[1]):
+            gc = g[:, m][cell]
+            inside = gc >= 0
+            if bool(inside.all()):
+                parts.append(((base + gc * (G * G)).to(dt), None))
+            else:
+                keep = inside.nonzero().squeeze(1)
+                parts.append(((base[keep] + gc[keep] * (G * G)).to(dt), keep))
+        return GroupingsIndex(
+            lin=base.to(dt),
+            sel=None if sel is None else sel.to(dt),
+            shape=(B, T),
+            parts=tuple(parts),
+        )
 
     def add_cells(
         self, gene_slot: torch.Tensor | PairIndex, groups: torch.Tensor | None = None
     ) -> PairIndex:
-        """Count a batch of cells with groups ``groups`` (B, M); returns its PairIndex."""
+        """Count a batch of cells with groups ``groups`` (B, M); returns its index."""
         if isinstance(gene_slot, PairIndex) or groups is None:
             raise ValueError("pass gene_slot and groups: the groups are counted here.")
         index = self.prepare(gene_slot, groups)
-        ones = torch.ones(index.lin.shape[0], dtype=self.count.dtype, device=self.device)
-        self.count.view(-1).index_add_(0, index.lin, ones)
+        assert isinstance(index, GroupingsIndex)  # made above
+        for lin, _ in index.parts:
+            ones = torch.ones(lin.shape[0], dtype=self.count.dtype, device=self.device)
+            self.count.view(-1).index_add_(0, lin, ones)
         self.n_cells += index.shape[0]
         g = self._global(groups).cpu().numpy().reshape(-1)
         self.group_cells += np.bincount(g[g >= 0], minlength=self.n_groups)
         return index
+
+    def _add(self, buf: torch.Tensor, index: PairIndex, v: torch.Tensor) -> None:
+        if not isinstance(index, GroupingsIndex):
+            raise ValueError("fold a batch indexed by this accumulator's add_cells.")
+        for lin, keep in index.parts:  # the values gathered once, added once per grouping
+            buf.index_add_(0, lin, v if keep is None else v[keep])
 
     def merge(self, other: AttentionAccumulator) -> MultiGroupedAttentionAccumulator:
         if not isinstance(other, MultiGroupedAttentionAccumulator) or other.sizes != self.sizes:
