@@ -131,7 +131,7 @@ def depth_trend(
         perms = np.array(list(itertools.permutations(range(L))))
     else:
         perms = np.array([rng.permutation(L) for _ in range(20_000)])
-    null = np.array([spearmanr(layers, d[pp]).statistic for pp in perms]) if L > 2 else np.empty(0)
+    null = _permuted_spearman(layers, d, perms) if L > 2 else np.empty(0)
     g: float
     le: float
     if len(null):
@@ -158,6 +158,21 @@ def depth_trend(
         "p_layer_permutation_less": float(le),
         "p_layer_permutation_floor": float(perm_floor),
     }
+
+
+def _permuted_spearman(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of ``x`` with ``y[perm]`` for every row of ``perms``, at once: the
+    ranks of ``y`` permuted are the permuted ranks, so each ρ is the Pearson correlation of
+    two rank vectors (NaN when either is constant, as scipy gives)."""
+    from scipy.stats import rankdata
+
+    rx = rankdata(x)
+    ry = rankdata(y)[perms]  # (P, L)
+    dx = rx - rx.mean()
+    dy = ry - ry.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho: np.ndarray = (dy @ dx) / np.sqrt((dy * dy).sum(1) * (dx @ dx))
+    return rho
 
 
 def trend_results(t: dict, *, n_layers: int, n_boot: int, n: int):
