@@ -45,9 +45,19 @@ class StrataSource:
             if self.model is not None:
                 from scfm_audit.models._embeddings import cell_embeddings
 
-                self._rep = cell_embeddings(
-                    self.model, self.adata, batch_size=self.p.batch_size, counts=self.counts
+                cells = np.arange(self.adata.n_obs)
+                if self.opts.get("length_buckets"):  # as the source's extraction batches
+                    lengths = self.model.token_counts(self.adata, cells, counts=self.counts)
+                    cells = np.argsort(-np.asarray(lengths), kind="stable")
+                emb = cell_embeddings(
+                    self.model,
+                    self.adata,
+                    cells=cells,
+                    batch_size=self.p.batch_size,
+                    counts=self.counts,
                 )
+                self._rep = np.empty_like(emb)
+                self._rep[cells] = emb
                 self._rep_name = f"{self.model_name} cell embeddings"
             else:
                 self._rep = hvg_pca(
