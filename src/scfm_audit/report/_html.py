@@ -10,7 +10,6 @@ jinja2's autoescaping.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import math
 import re
@@ -394,9 +393,9 @@ def _figure_uri(png: Path | None, fig: Any = None) -> str | None:
     if png is not None and png.is_file():
         data = png.read_bytes()
     elif fig is not None:  # not written (e.g. rendering a RunResult by hand): draw it now
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
-        data = buf.getvalue()
+        from scfm_audit.plotting._render import render_png
+
+        data = render_png(fig)
     if data is None:
         return None
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
