@@ -109,6 +109,9 @@ class AnalysisSpec:
     claims: tuple[tuple[str, str], ...] = ()
     #: why an analysis answers no claim (a planning tool); empty for every other
     no_claims: str = ""
+    #: reads nothing of the run (datasets, models, references, edges, cache): it simulates
+    #: its own data, so the runner may run it in a process beside the others
+    self_contained: bool = False
 
 
 def claims_table() -> str:
@@ -162,12 +165,15 @@ def register_analysis(
     demo: Callable[..., dict[str, Any] | None] | None = None,
     claims: tuple[tuple[str, str], ...] = (),
     no_claims: str = "",
+    self_contained: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(ctx, params) -> AnalysisResult`` as analysis ``name``;
     ``quick``: the parameters of a short run on the toy simulator (the contract test);
     ``demo(quick=bool, models=bool)``: its block in the demo config (None: not in it);
     ``claims``: ``(claim, test and H0)`` of each scorecard line it writes, or
-    ``no_claims``: why it writes none (then the scorecard shows no n/a line for it)."""
+    ``no_claims``: why it writes none (then the scorecard shows no n/a line for it);
+    ``self_contained``: it reads nothing of the run (it simulates its own data), so it may
+    run in a process beside the other analyses."""
 
     def deco(fn: Callable) -> Callable:
         ANALYSES.add(
@@ -184,6 +190,7 @@ def register_analysis(
                 demo=demo,
                 claims=tuple(claims),
                 no_claims=no_claims,
+                self_contained=self_contained,
             ),
         )
         return fn

@@ -88,6 +88,11 @@ class RunResult:
     #: OptimizeWarning, ...): "Category: message" -> count; logged, not printed
     #: mid-progress, and in run.json
     warnings: dict[str, int] = field(default_factory=dict)
+    #: figures already drawn as PNG, by analysis and figure name: bytes, or a future of
+    #: them while a process beside the run draws them (the runner's; empty otherwise)
+    pngs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: analyses that ran in the process beside the run (their seconds overlap the others')
+    ran_beside: list[str] = field(default_factory=list)
 
     def _claim_rows(self) -> pd.DataFrame:
         """Scorecard rows, one per claim, answered by

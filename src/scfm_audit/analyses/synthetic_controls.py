@@ -70,6 +70,7 @@ def _smoke_scenarios() -> list[str]:
     reference="Calibration on simulated nulls and planted effects",
     quick={"n_replicates": 5, "scenarios": ["hub_null_directed_150", "planted_auroc_0.65"]},
     demo=_demo,
+    self_contained=True,
     claims=(
         (
             "<analysis>: type-I error exceeds α on <null scenario> / detects the planted effect in <scenario>",

@@ -200,13 +200,17 @@ class ExecutorConfig(_Strict):
     ``threads_per_worker`` threads for the run and closes it at the end; with
     ``address`` (``tcp://host:8786``) it uses that running scheduler. Both give the same
     numbers (see ``docs/scaling.md``). ``shard_cells``: cells per attention-extraction
-    task (part of the arithmetic, like a batch size: shards are summed in order)."""
+    task (part of the arithmetic, like a batch size: shards are summed in order).
+    ``background`` (local only): one process beside the run draws the figures and runs the
+    analyses that simulate their own data (``synthetic_controls``) while the others run,
+    on machines with two or more cores; the outputs are the same either way."""
 
     kind: Literal["local", "dask"] = "local"
     address: str | None = None
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
     shard_cells: int = Field(default=512, ge=1)
+    background: bool = True
 
     @model_validator(mode="after")
     def _usable(self) -> ExecutorConfig:
@@ -396,7 +400,13 @@ def bool_errors(model: type[BaseModel], raw: Any, prefix: str) -> list[str]:
     out = []
     for key, value in raw.items():
         field = model.model_fields.get(str(key))
-        if field is None or not _holds_bool(value) or _accepts_bool(field.annotation):
+        if field is None:
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):  # a section: its own fields
+            out += bool_errors(ann, value, f"{prefix}.{key}")
+            continue
+        if not _holds_bool(value) or _accepts_bool(ann):
             continue
         import json
 

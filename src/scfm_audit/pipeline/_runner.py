@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from scfm_audit.data._simulate import SimulatedBenchmark
     from scfm_audit.edges._scores import EdgeScores
     from scfm_audit.models._base import ModelAdapter
+    from scfm_audit.pipeline._beside import Beside
     from scfm_audit.pipeline._config import EdgeConfig
 
     T = TypeVar("T")
@@ -526,6 +527,7 @@ def run_audit(
     :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
     as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
+    from scfm_audit.pipeline._beside import open_beside
     from scfm_audit.pipeline._executor import open_executor
     from scfm_audit.pipeline._output import OutputTransaction, OutputWriteError, no_space
     from scfm_audit.pipeline._validate import input_checks, raise_on_failures
@@ -543,6 +545,12 @@ def run_audit(
     try:
         out = tx.path
         progress = Progress(quiet=quiet)
+        # started first, so that its imports overlap the input checks
+        beside = open_beside(
+            cfg.executor.kind == "local" and cfg.executor.background and _worth_a_process(params)
+        )
+        if beside is not None:
+            stack.enter_context(beside)
         cache = ArtifactCache(out / "cache" if use_cache else None)
         resources = Resources(cfg, cache, progress)
         try:
@@ -561,10 +569,11 @@ def run_audit(
             raise
         try:
             with _routed_warnings() as caught:
-                run = _run_analyses(cfg, params, resources, progress)
+                run = _run_analyses(cfg, params, resources, progress, beside)
                 run.total_seconds = time.perf_counter() - started
-                for k, v in checking.items():
-                    caught[k] = caught.get(k, 0) + v
+                for more in (checking, run.warnings):
+                    for k, v in more.items():
+                        caught[k] = caught.get(k, 0) + v
                 run.warnings = caught
                 write_outputs(run, report=report, folder=tx.staging)
         except (OSError, OutputWriteError) as e:
@@ -621,66 +630,177 @@ def _routed_warnings() -> Iterator[dict[str, int]]:
         yield counts
 
 
+#: analyses of a run from which the figures alone are worth a process beside it
+FIGURES_WORTH_A_PROCESS = 4
+
+
+def _worth_a_process(params: dict[str, Any]) -> bool:
+    """Whether a process beside the run pays for its start (about 3 CPU seconds of
+    imports): it has a self-contained analysis to run, or the figures of several."""
+    specs = [ANALYSES.get(analysis_base_name(n)) for n in params]
+    return any(s.self_contained for s in specs) or len(specs) >= FIGURES_WORTH_A_PROCESS
+
+
 def _run_analyses(
-    cfg: AuditConfig, params: dict[str, Any], resources: Resources, progress: Progress
+    cfg: AuditConfig,
+    params: dict[str, Any],
+    resources: Resources,
+    progress: Progress,
+    beside: Beside | None = None,
 ) -> RunResult:
-    from scfm_audit.pipeline._output import OutputWriteError, no_space
+    """Every analysis of ``params``; the self-contained ones in the process ``beside`` the
+    run when there is one (while the others run here), each figure drawn there as soon as
+    its analysis is done. Results, test records and timings are kept in config order,
+    wherever they were computed."""
+    from scfm_audit.pipeline._beside import BesideFailed, BesideLost, run_self_contained
 
     registry = TestRegistry(alpha=cfg.alpha)
-    results: dict[str, AnalysisResult] = {}
-    specs: dict[str, AnalysisSpec] = {}
-    timings: dict[str, float] = {}
-    errors: dict[str, str] = {}
+    specs = {name: ANALYSES.get(analysis_base_name(name)) for name in params}
+    outcomes: dict[str, _Outcome] = {}
+    pngs: dict[str, dict[str, Any]] = {}
+    warned: dict[str, int] = {}
+    away = {}
+    if beside is not None:
+        away = {
+            name: beside.submit(run_self_contained, name, p, seed=cfg.seed, alpha=cfg.alpha)
+            for name, p in params.items()
+            if specs[name].self_contained
+        }
+        for name in away:
+            progress.say(f"{name}: runs in a process beside the others")
     for name, p in params.items():
-        spec = ANALYSES.get(analysis_base_name(name))
-        specs[name] = spec
-        ctx = RunContext(name, cfg.seed, resources, registry, progress, alpha=cfg.alpha)
-        t0 = time.perf_counter()
-        progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
-        n_before = len(registry)
+        if name in away:
+            continue
+        outcomes[name] = _run_here(name, specs[name], p, cfg, resources, registry, progress)
+        res = outcomes[name].result
+        if beside is not None and res is not None:
+            pngs[name] = _draw_beside(beside, res.figures)
+    for name, fut in away.items():
+        spec = specs[name]
         try:
-            res = spec.run(ctx, p)
-            # claims recorded through ctx.claim, then any a result still lists itself
-            known = {id(v) for v in ctx.claims}
-            res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
-            results[name] = res
-        except (OutputWriteError, ExecutorError):
-            raise  # a full disk, a lost cluster: the remaining analyses would fail alike
-        except Exception as e:  # one failing analysis must not lose the others
-            full = no_space(e, Path(cfg.output))
-            if full is not None:
-                raise full from None
-            # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
+            with progress.status(f"{name} (running beside the others)"):
+                res, records, seconds, caught, drawn = fut.result()
+        except BesideLost as e:  # the process is gone: do it here
+            log.debug("%s: %s; running it here", name, e)
+            outcomes[name] = _run_here(name, spec, params[name], cfg, resources, registry, progress)
+            continue
+        except BesideFailed as e:
             debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
-            log.log(
-                logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name, exc_info=True
-            )
-            errors[name] = f"{type(e).__name__}: {e}"
-            registry.rollback(n_before)
-            progress.say(f"[red]{name} failed[/]: {escape(errors[name])}")
-        timings[name] = time.perf_counter() - t0
-        progress.say(f"{name}: {len(registry) - n_before} tests in {timings[name]:.1f}s")
+            level = logging.ERROR if debug else logging.DEBUG
+            log.log(level, "analysis %s failed beside the run:\n%s", name, e.trace)
+            outcomes[name] = _Outcome(None, [], 0.0, f"{e.kind}: {e.message}", beside=True)
+            progress.say(f"[red]{name} failed[/]: {escape(str(e))}")
+            continue
+        progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
+        progress.say(f"{name}: {len(records)} tests in {seconds:.1f}s (beside the others)")
+        outcomes[name] = _Outcome(res, records, seconds, None, beside=True)
+        pngs[name] = dict(drawn)
+        for k, v in caught.items():
+            warned[k] = warned.get(k, 0) + v
+    # the registry in config order, wherever each analysis ran
+    registry.rollback(0)
+    for name in params:
+        registry.extend(outcomes[name].records)
+    errors = {n: o.error for n, o in outcomes.items() if o.error is not None}
     if params and len(errors) == len(params):
         raise RunFailedError(
             "every analysis failed (nothing was written):\n"
             + "\n".join(f"  {k}: {v}" for k, v in errors.items())
         )
-    return RunResult(
+    run = RunResult(
         config=cfg,
         output=Path(cfg.output),
         specs=specs,
         params=params,
-        results=results,
+        results={n: res for n in params if (res := outcomes[n].result) is not None},
         tests=registry.to_frame(),
         family_sensitivity=registry.family_sensitivity(),
-        timings=timings,
+        timings={n: outcomes[n].seconds for n in params},
         notes=resources.notes,
-        errors=errors,
+        errors={n: errors[n] for n in params if n in errors},
         alpha=cfg.alpha,
         cache_hits=list(resources.cache.hits),
         cache_misses=list(resources.cache.misses),
         unlearned_models=_unlearned_models(cfg),
+        pngs=pngs,
+        ran_beside=[n for n in params if n in away and outcomes[n].beside],
     )
+    run.warnings = warned  # the caller adds what was raised here
+    return run
+
+
+@dataclass
+class _Outcome:
+    """One analysis of a run: its result (None if it failed), its test records, seconds,
+    and the error that stopped it."""
+
+    result: AnalysisResult | None
+    records: list[TestRecord]
+    seconds: float
+    error: str | None
+    beside: bool = False  # computed in the process beside the run
+
+
+def _run_here(
+    name: str,
+    spec: AnalysisSpec,
+    p: Any,
+    cfg: AuditConfig,
+    resources: Resources,
+    registry: TestRegistry,
+    progress: Progress,
+) -> _Outcome:
+    """Run one analysis in this process; a failure is recorded, not raised (a full disk
+    or a lost cluster excepted: the remaining analyses would fail alike)."""
+    from scfm_audit.pipeline._output import OutputWriteError, no_space
+
+    ctx = RunContext(name, cfg.seed, resources, registry, progress, alpha=cfg.alpha)
+    t0 = time.perf_counter()
+    progress.say(f"[bold]{name}[/] v{spec.version}: {spec.description}")
+    n_before = len(registry)
+    res: AnalysisResult | None = None
+    error = None
+    try:
+        res = spec.run(ctx, p)
+        # claims recorded through ctx.claim, then any a result still lists itself
+        known = {id(v) for v in ctx.claims}
+        res.verdicts = ctx.claims + [v for v in res.verdicts if id(v) not in known]
+    except (OutputWriteError, ExecutorError):
+        raise
+    except Exception as e:  # one failing analysis must not lose the others
+        full = no_space(e, Path(cfg.output))
+        if full is not None:
+            raise full from None
+        # the traceback is for developers: SCFM_AUDIT_DEBUG=1 shows it
+        debug = bool(os.environ.get("SCFM_AUDIT_DEBUG"))
+        log.log(
+            logging.ERROR if debug else logging.DEBUG, "analysis %s failed", name, exc_info=True
+        )
+        error = f"{type(e).__name__}: {e}"
+        registry.rollback(n_before)
+        progress.say(f"[red]{name} failed[/]: {escape(error)}")
+    seconds = time.perf_counter() - t0
+    records = registry.records()[n_before:]
+    progress.say(f"{name}: {len(records)} tests in {seconds:.1f}s")
+    return _Outcome(res, records, seconds, error)
+
+
+def _draw_beside(beside: Beside, figures: dict[str, Any]) -> dict[str, Any]:
+    """Send each figure to be drawn beside the run (futures of PNG bytes); a figure that
+    cannot be pickled is left out and drawn here when the outputs are written."""
+    import pickle
+
+    from scfm_audit.plotting._render import render_pickled
+
+    out = {}
+    for fname, fig in figures.items():
+        try:
+            blob = pickle.dumps(fig, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # e.g. a formatter holding a lambda
+            log.debug("figure %s is drawn here: it does not pickle (%s)", fname, e)
+            continue
+        out[fname] = beside.submit(render_pickled, blob)
+    return out
 
 
 #: Packages whose versions ``run.json`` records.
@@ -717,6 +837,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _drawn_png(drawn: Any, what: str) -> bytes | None:
+    """The PNG drawn beside the run (bytes, or a future of them); None if there is none
+    or drawing it there failed (then it is drawn here)."""
+    if drawn is None or isinstance(drawn, bytes):
+        return drawn
+    try:
+        data: bytes = drawn.result()
+    except Exception as e:
+        log.debug("figure %s is drawn here: %s", what, e)
+        return None
+    return data
+
+
 def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = None) -> None:
     """Write every table, figure, the test registry, the config and the report into
     ``folder`` (default ``run.output``; a run passes its staging folder)."""
@@ -725,16 +858,20 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from scfm_audit.plotting._render import render_png
+
     out = Path(folder) if folder is not None else run.output
     files: dict[str, list[Path]] = {}
     for name, res in run.results.items():
         paths: list[Path] = []
         for tname, df in res.tables.items():
             paths += write_table(_parquet_safe(df), out / "tables" / f"{name}__{tname}")
+        drawn = run.pngs.get(name, {})
         for fname, fig in res.figures.items():
             png = out / "figures" / f"{name}__{fname}.png"
+            data = _drawn_png(drawn.get(fname), f"{name}__{fname}")
             with atomic_path(png) as tmp:
-                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+                tmp.write_bytes(render_png(fig) if data is None else data)
             plt.close(fig)
             paths.append(png)
         files[name] = paths
@@ -758,6 +895,7 @@ def write_outputs(run: RunResult, *, report: bool = True, folder: Path | None = 
             n: {"version": s.version, "seconds": round(run.timings[n], 3)}
             for n, s in run.specs.items()
         },
+        "ran_beside": run.ran_beside,
         "n_tests": len(run.tests),
         "errors": run.errors,
         "cache": {"hits": len(run.cache_hits), "misses": len(run.cache_misses)},
