@@ -253,6 +253,8 @@ def head_entropy(adapter: ModelAdapter, batches: Iterable[TokenizedBatch]) -> pd
         m = ctx.attention_mask
         m = torch.ones(p.shape[0], p.shape[2], dtype=torch.bool) if m is None else m
         m = m.to(p.device)
+        if p.element_size() < 4:  # fp16 / bf16: 1e-30 rounds to 0 and log(0)·0 is NaN
+            p = p.float()
         ent = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)  # (B, H, T)
         sums[L] += (ent * m[:, None, :]).sum((0, 2)).double().cpu()
         n[L] += float(m.sum())
