@@ -366,20 +366,56 @@ def test_adapter_rejects_unknown_dtype_and_batch_size():
         extract_attention_edges(model, None, batch_size=-2)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
-def test_config_cuda_without_cuda_is_one_line():
-    from scfm_audit.pipeline._config import ConfigError, config_from_dict
+def _cuda_config(tmp_path, executor: dict) -> dict:
+    from scfm_audit.pipeline._demo import shipped_demo_models
 
-    raw = {
+    root = shipped_demo_models()
+    if root is None:
+        pytest.skip("the shipped demo models are absent")
+    return {
+        "output": str(tmp_path / "out"),
+        "executor": executor,
         "datasets": {"sim": {"simulate": {"n_cells": 50}}},
-        "models": {"m": {"family": "scgpt", "path": "x", "device": "cuda"}},
+        "models": {"m": {"family": "scgpt", "path": str(root / "scgpt_demo"), "device": "cuda"}},
     }
-    with pytest.raises(ConfigError) as err:
-        config_from_dict(raw)
-    lines = str(err.value).splitlines()
-    assert lines[0] == "Invalid config:" and len(lines) == 2
-    assert lines[1].strip().startswith("models.m.device: device 'cuda' requested but CUDA")
-    assert "set device: cpu" in lines[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_is_looked_for_where_the_model_is_loaded(tmp_path):
+    """A config naming ``device: cuda`` reads on a machine without a GPU (a login node);
+    a local run there stops at its input checks with one line naming the fix."""
+    import yaml
+
+    from scfm_audit.pipeline._config import config_from_dict
+    from scfm_audit.pipeline._validate import validate_config
+
+    raw = _cuda_config(tmp_path, {"kind": "local"})
+    assert config_from_dict(raw).models["m"].device == "cuda"
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    bad = [c for c in validate_config(path) if not c.ok]
+    assert [c.name for c in bad] == ["model m"]
+    assert "\n" not in bad[0].detail
+    assert "device 'cuda' requested but CUDA is not available" in bad[0].detail
+    assert "set device: cpu" in bad[0].detail
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_a_driver_without_the_workers_gpu_loads_the_model_on_cpu(tmp_path):
+    """With a Dask cluster the driver may have no GPU: it loads the model on the CPU (to
+    tokenize and for the passes it keeps), says so in the run's notes, and the workers
+    are told to load it on the configured device."""
+    from scfm_audit._executor import model_source
+    from scfm_audit.pipeline._cache import ArtifactCache
+    from scfm_audit.pipeline._config import config_from_dict
+    from scfm_audit.pipeline._runner import Progress, Resources
+
+    cfg = config_from_dict(_cuda_config(tmp_path, {"kind": "dask", "address": "tcp://h:8786"}))
+    res = Resources(cfg, ArtifactCache(None), Progress(quiet=True))
+    model = res.model("m")
+    assert model.device.type == "cpu"
+    assert model_source(model).kwargs["device"] == "cuda"
+    assert any("loaded on the CPU in this process" in n for n in res.notes)
 
 
 def test_config_numerics_fields(tmp_path):

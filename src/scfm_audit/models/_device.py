@@ -59,8 +59,10 @@ __all__ = [
     "attention_batch_bytes",
     "auto_batch_size",
     "check_dtype_on_device",
+    "device_available",
     "free_device_memory",
     "padding_fraction",
+    "parse_device",
     "plan_batches",
     "resolve_device",
     "resolve_dtype",
@@ -94,15 +96,8 @@ def resolve_device(
     if isinstance(spec, torch.device):
         dev = spec
     else:
-        text = "auto" if spec is None else str(spec).strip().lower()
-        if text == "auto":
-            text = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            dev = torch.device(text)
-        except (RuntimeError, ValueError):
-            raise ValueError(
-                f"device {spec!r} is not a device; use 'cpu', 'cuda', 'cuda:<index>' or 'auto'."
-            ) from None
+        parsed = parse_device(spec)
+        dev = parsed or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = (
@@ -131,6 +126,36 @@ def resolve_device(
             f"device {str(dev)!r} is not supported; use 'cpu', 'cuda', 'cuda:<index>' or 'auto'."
         )
     return dev
+
+
+def parse_device(spec: str | None) -> torch.device | None:
+    """The device ``spec`` names (None for ``auto`` / None), without asking whether this
+    machine has it: a config is read where it is written (a login node, say) and the
+    device is looked for where the model is loaded. One-line ``ValueError`` for a name
+    that is no device."""
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device {spec!r} is not a device; use 'cpu', 'cuda', 'cuda:<index>' or 'auto'."
+        ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device {str(dev)!r} is not supported; use 'cpu', 'cuda', 'cuda:<index>' or 'auto'."
+        )
+    return dev
+
+
+def device_available(spec: str | None) -> bool:
+    """Whether this machine can load a model on ``spec`` (:func:`resolve_device` passes)."""
+    try:
+        resolve_device(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

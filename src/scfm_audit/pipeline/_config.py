@@ -131,9 +131,11 @@ class ModelConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str | None) -> str | None:
-        from scfm_audit.models._device import resolve_device
+        from scfm_audit.models._device import parse_device
 
-        resolve_device(v)  # one line naming the problem and the fix
+        # the name only: whether a GPU is there is asked where the model is loaded (this
+        # machine's input checks for a local run, each worker's for a cluster)
+        parse_device(v)
         return v
 
     @field_validator("batch_size")
@@ -142,18 +144,6 @@ class ModelConfig(BaseModel):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {v}")
         return v
-
-    @model_validator(mode="after")
-    def _dtype_on_device(self) -> ModelConfig:
-        if self.dtype == "bfloat16":
-            from scfm_audit.models._device import (
-                check_dtype_on_device,
-                resolve_device,
-                resolve_dtype,
-            )
-
-            check_dtype_on_device(resolve_dtype(self.dtype), resolve_device(self.device))
-        return self
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for the family's ``load`` besides path, device and name:

@@ -180,10 +180,20 @@ class Resources:
     def model(self, name: str) -> ModelAdapter:
         if name not in self._models:
             from scfm_audit.models._base import load_model
+            from scfm_audit.models._device import device_available
 
             m = self.cfg.models[name]
+            device = m.device
+            if self.cfg.executor.kind == "dask" and not device_available(m.device):
+                # a driver without the workers' GPU (a login node): here the model only
+                # tokenizes and runs the passes that stay in this process, on the CPU
+                device = "cpu"
+                self.notes.append(
+                    f"model {name}: loaded on the CPU in this process (it has no "
+                    f"{m.device}); the cluster's workers load it on {m.device}"
+                )
             self._models[name] = load_model(
-                m.family, m.path, device=m.device, name=name, **m.options()
+                m.family, m.path, device=device, name=name, **m.options()
             )
             _register_on_workers(self._models[name], name, m)
         model: ModelAdapter = self._models[name]
