@@ -52,13 +52,16 @@ check-types: $(STAMP)
 # Every benchmark of the README's table (several take minutes; differential_expression
 # simulates a 300,000-cell screen).
 BENCHMARKS := auroc coexpression attention_extraction accumulation head_ablation \
-	calibration incremental_value differential_expression de_peers
+	calibration incremental_value differential_expression de_peers dask_overhead \
+	gpu_extraction demo_time
+# a benchmark's arguments under make bench: without a GPU the extraction runs its CPU size
+BENCH_ARGS_gpu_extraction := $(if $(shell nvidia-smi -L 2>/dev/null),,--small)
 
 # the DE peers (scanpy's, illico, hpdex, crispyx, pdex) are the bench extra
 bench: $(STAMP)
 	$(BIN)/pip install -e ".[bench]"
-	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; \
-		$(BIN)/python benchmarks/$$b.py; done
+	set -e; $(foreach b,$(BENCHMARKS),echo "== benchmarks/$(b).py"; \
+		$(BIN)/python benchmarks/$(b).py $(BENCH_ARGS_$(b));)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache
