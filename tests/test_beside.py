@@ -122,6 +122,14 @@ def test_work_beside_the_run_writes_the_outputs_of_a_run_without_it(alone, tmp_p
     assert run.ran_beside == ["synthetic_controls"]
     assert set(run.pngs["grn_recovery"]) == set(run.results["grn_recovery"].figures)
     _same_outputs(alone, run)
+    # the report says where it ran, and its total is the wall time, not a sum that counts
+    # the overlapping analysis twice
+    html = (run.output / "report.html").read_text()
+    assert (
+        "beside the run" in html
+        and "beside the run"
+        not in (alone.output / "report.html").read_text().split("<h3>Timings</h3>")[1]
+    )
 
 
 def test_a_process_that_dies_leaves_its_work_to_the_run(alone, tmp_path, monkeypatch):

@@ -176,7 +176,8 @@ def _header(run: RunResult, path: Path) -> dict[str, Any]:
         "n_sig": n_sig,
         "n_claims": int((tests["family"] == "claim").sum()) if "family" in tests else 0,
         "n_descriptive": int((tests["family"] == "descriptive").sum()) if "family" in tests else 0,
-        "runtime": fmt_seconds(sum(run.timings.values())) if run.timings else _MISSING,
+        # wall time: an analysis run beside the others overlaps them, so no sum of timings
+        "runtime": _total_time(run),
         "n_analyses": len(_analysis_order(run)),
         "n_failed": len(run.errors),
         **names,
@@ -667,6 +668,8 @@ def _timings(run: RunResult) -> list[dict[str, str]]:
                 "version": str(getattr(spec, "version", _MISSING)),
                 "seconds": fmt_seconds(run.timings.get(name, math.nan)),
                 "status": "failed" if name in run.errors else "ok",
+                # its seconds overlap the others' (pipeline/_beside.py)
+                "where": "beside the run" if name in getattr(run, "ran_beside", ()) else "",
             }
         )
     return rows
