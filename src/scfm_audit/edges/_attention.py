@@ -297,15 +297,9 @@ class AttentionAccumulator:
     def prepare(self, gene_slot: torch.Tensor) -> PairIndex:
         """Index the token pairs of a batch: ``gene_slot`` (B, T) is each token's gene slot
         in :attr:`genes`, −1 for special tokens, padding and genes not accumulated."""
-        if gene_slot.ndim != 2:
-            raise ValueError(f"gene_slot must be (B, T), got shape {tuple(gene_slot.shape)}.")
-        slot = gene_slot.to(self.device, torch.int64)
+        slot, small = self._checked_slots(gene_slot)
         G = self.n_genes
-        if slot.numel() and int(slot.max()) >= G:
-            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
         B, T = slot.shape
-        # int32 indices (half the memory) whenever they fit; index_add_ accepts both
-        small = G * G < 2**31 and B * T * T < 2**31
         if small:
             slot = slot.to(torch.int32)
         valid = slot >= 0
@@ -317,6 +311,23 @@ class AttentionAccumulator:
         if small:
             sel = sel.to(torch.int32)
         return PairIndex(lin=lin[sel], sel=sel, shape=(B, T))
+
+    def _checked_slots(
+        self, gene_slot: torch.Tensor, groups: torch.Tensor | None = None, n_groups: int = 1
+    ) -> tuple[torch.Tensor, bool]:
+        """``gene_slot`` (B, T) as int64 on the device, checked (and ``groups``' length
+        against B), and whether every pair index of ``n_groups`` stacked (G, G) sums fits
+        in int32 (half the memory; ``index_add_`` accepts both)."""
+        if gene_slot.ndim != 2:
+            raise ValueError(f"gene_slot must be (B, T), got shape {tuple(gene_slot.shape)}.")
+        if groups is not None and groups.shape[0] != gene_slot.shape[0]:
+            raise ValueError(f"{groups.shape[0]} groups for a batch of {gene_slot.shape[0]} cells.")
+        slot = gene_slot.to(self.device, torch.int64)
+        G = self.n_genes
+        if slot.numel() and int(slot.max()) >= G:
+            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
+        B, T = slot.shape
+        return slot, n_groups * G * G < 2**31 and B * T * T < 2**31
 
     def add_cells(self, gene_slot: torch.Tensor | PairIndex) -> PairIndex:
         """Count a batch of cells (coverage and :attr:`n_cells`); return its
@@ -582,16 +593,11 @@ class GroupedAttentionAccumulator(AttentionAccumulator):
         if groups is None:
             raise ValueError("GroupedAttentionAccumulator needs the group of every cell.")
         g = torch.as_tensor(groups, device=self.device).to(torch.int64).reshape(-1)
-        if g.shape[0] != gene_slot.shape[0]:
-            raise ValueError(f"{g.shape[0]} groups for a batch of {gene_slot.shape[0]} cells.")
+        slot, small = self._checked_slots(gene_slot, g, self.n_groups)
         if g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.n_groups):
             raise ValueError(f"groups must lie in 0 … {self.n_groups - 1}.")
-        slot = gene_slot.to(self.device, torch.int64)
         G = self.n_genes
-        if slot.numel() and int(slot.max()) >= G:
-            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
         B, T = slot.shape
-        small = self.n_groups * G * G < 2**31 and B * T * T < 2**31
         valid = slot >= 0
         lin = (slot[:, :, None] * G + slot[:, None, :]) + (g * (G * G))[:, None, None]
         lin = lin.reshape(-1)
@@ -730,14 +736,9 @@ class MultiGroupedAttentionAccumulator(GroupedAttentionAccumulator):
         if groups is None:
             raise ValueError("MultiGroupedAttentionAccumulator needs the groups of every cell.")
         g = self._global(groups)
-        if g.shape[0] != gene_slot.shape[0]:
-            raise ValueError(f"{g.shape[0]} groups for a batch of {gene_slot.shape[0]} cells.")
-        slot = gene_slot.to(self.device, torch.int64)
+        slot, small = self._checked_slots(gene_slot, g, self.n_groups)
         G = self.n_genes
-        if slot.numel() and int(slot.max()) >= G:
-            raise ValueError(f"gene_slot has values ≥ n_genes ({G}).")
         B, T = slot.shape
-        small = self.n_groups * G * G < 2**31 and B * T * T < 2**31
         dt = torch.int32 if small else torch.int64
         valid = slot >= 0
         base = (slot[:, :, None] * G + slot[:, None, :]).reshape(-1)
