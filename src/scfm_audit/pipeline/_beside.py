@@ -93,7 +93,7 @@ class Beside:
             env=env,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._jobs.put(pickle.dumps([p for p in sys.path], protocol=pickle.HIGHEST_PROTOCOL))
+        self._jobs.put(pickle.dumps(list(sys.path), protocol=pickle.HIGHEST_PROTOCOL))
         self._writer = threading.Thread(target=self._write, name="beside-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="beside-reader", daemon=True)
         self._writer.start()
@@ -320,5 +320,6 @@ class _NoRunInputs:
 
 
 def merge_counts(into: dict[str, int], more: Mapping[str, int]) -> None:
+    """Add the counts of ``more`` into ``into`` (warnings by "Category: message")."""
     for k, v in more.items():
         into[k] = into.get(k, 0) + v

@@ -537,7 +537,7 @@ def run_audit(
     :class:`RunFailedError` if every analysis failed. The outputs are staged and swapped in
     as a whole (:mod:`~scfm_audit.pipeline._output`).
     """
-    from scfm_audit.pipeline._beside import open_beside
+    from scfm_audit.pipeline._beside import merge_counts, open_beside
     from scfm_audit.pipeline._executor import open_executor
     from scfm_audit.pipeline._output import OutputTransaction, OutputWriteError, no_space
     from scfm_audit.pipeline._validate import input_checks, raise_on_failures
@@ -581,9 +581,8 @@ def run_audit(
             with _routed_warnings() as caught:
                 run = _run_analyses(cfg, params, resources, progress, beside)
                 run.total_seconds = time.perf_counter() - started
-                for more in (checking, run.warnings):
-                    for k, v in more.items():
-                        caught[k] = caught.get(k, 0) + v
+                merge_counts(caught, checking)
+                merge_counts(caught, run.warnings)
                 run.warnings = caught
                 write_outputs(run, report=report, folder=tx.staging)
         except (OSError, OutputWriteError) as e:
@@ -662,7 +661,12 @@ def _run_analyses(
     run when there is one (while the others run here), each figure drawn there as soon as
     its analysis is done. Results, test records and timings are kept in config order,
     wherever they were computed."""
-    from scfm_audit.pipeline._beside import BesideFailed, BesideLost, run_self_contained
+    from scfm_audit.pipeline._beside import (
+        BesideFailed,
+        BesideLost,
+        merge_counts,
+        run_self_contained,
+    )
 
     registry = TestRegistry(alpha=cfg.alpha)
     specs = {name: ANALYSES.get(analysis_base_name(name)) for name in params}
@@ -705,8 +709,7 @@ def _run_analyses(
         progress.say(f"{name}: {len(records)} tests in {seconds:.1f}s (beside the others)")
         outcomes[name] = _Outcome(res, records, seconds, None, beside=True)
         pngs[name] = dict(drawn)
-        for k, v in caught.items():
-            warned[k] = warned.get(k, 0) + v
+        merge_counts(warned, caught)
     # the registry in config order, wherever each analysis ran
     registry.rollback(0)
     for name in params:
@@ -733,7 +736,7 @@ def _run_analyses(
         cache_misses=list(resources.cache.misses),
         unlearned_models=_unlearned_models(cfg),
         pngs=pngs,
-        ran_beside=[n for n in params if n in away and outcomes[n].beside],
+        ran_beside=[n for n in params if outcomes[n].beside],
     )
     run.warnings = warned  # the caller adds what was raised here
     return run
