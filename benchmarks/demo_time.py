@@ -6,9 +6,9 @@ Usage::
     python benchmarks/demo_time.py --modes beside  # one mode
     python benchmarks/demo_time.py --quick         # the quick demo
 
-Each mode runs ``scfm-audit run`` on the demo's config (the shipped demo models, as
-``scfm-audit demo`` uses them) in a fresh process and a fresh output folder, so caches
-and imports are the same for both:
+Each mode runs ``scfm-audit run`` on the demo's config (with the demo models
+``scfm-audit demo`` would use, made once before the clocks start) in a fresh process and
+a fresh output folder, so caches and imports are the same for both:
 
 * ``beside``: ``executor: {kind: local, background: true}`` (the default): figures are
   drawn, and ``synthetic_controls`` runs, in one process beside the run;
@@ -36,17 +36,10 @@ from pathlib import Path
 import yaml
 
 
-def _config(out: Path, *, quick: bool, background: bool) -> Path:
+def _config(out: Path, models: dict, *, quick: bool, background: bool) -> Path:
     from scfm_audit.pipeline._config import config_to_yaml
-    from scfm_audit.pipeline._demo import demo_config, shipped_demo_models
+    from scfm_audit.pipeline._demo import demo_config
 
-    root = shipped_demo_models()
-    if root is None:
-        sys.exit("the shipped demo models are absent (scfm-audit train-demo-models)")
-    models = {
-        name: {"family": fam, "path": str(root / name)}
-        for name, fam in (("scgpt_demo", "scgpt"), ("geneformer_demo", "geneformer"))
-    }
     cfg = demo_config(out, quick=quick, models=models)
     raw = yaml.safe_load(config_to_yaml(cfg))
     raw["executor"]["background"] = background
@@ -55,9 +48,9 @@ def _config(out: Path, *, quick: bool, background: bool) -> Path:
     return path
 
 
-def _run(mode: str, root: Path, quick: bool) -> dict:
+def _run(mode: str, root: Path, models: dict, quick: bool) -> dict:
     out = root / mode
-    cfg = _config(out, quick=quick, background=mode == "beside")
+    cfg = _config(out, models, quick=quick, background=mode == "beside")
     load0 = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -107,7 +100,13 @@ def main() -> None:
     from scfm_audit.pipeline._beside import usable_cores
 
     print(f"usable cores: {usable_cores()}; outputs under {root}")
-    runs = [_run(m.strip(), root, args.quick) for m in args.modes.split(",") if m.strip()]
+    from scfm_audit.pipeline._demo import ensure_demo_models
+
+    # the models `scfm-audit demo` would use (the shipped ones; --quick: trained once, here),
+    # made before the clocks start and shared by both modes
+    models = ensure_demo_models(root, quick=args.quick)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    runs = [_run(m, root, models, args.quick) for m in modes]
     for r in runs:
         print(
             f"{r['mode']:>7}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s, peak "
